@@ -1,0 +1,1 @@
+"""medverify detectors package."""

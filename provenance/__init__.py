@@ -1,0 +1,1 @@
+"""medverify provenance package."""

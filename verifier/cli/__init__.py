@@ -1,0 +1,68 @@
+"""The ``medverify`` command.
+
+Subcommands live one module per concept (``keys``, ``sign``, ``verify``, ``audit`` ...) and are registered here.
+:func:`main` is the one place where errors become exit codes (ClamAV convention): 0 nothing found, 1 something
+found, 2 an error stopped the work.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+import typer
+
+from provenance.errors import ProvenanceError
+from verifier.cli import _common
+from verifier.errors import MedverifyError
+
+__all__ = ["app", "app_main", "main"]
+
+app = typer.Typer(
+    name="medverify",
+    help="Tell whether medical images are genuine: signatures, watermarks, detectors, tamper-evident audit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Imported here so that each module registers its commands on ``app`` without import cycles.
+    for optional in ("keys", "signing", "audit", "demo"):
+        try:
+            __import__(f"verifier.cli.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"verifier.cli.{optional}":
+                raise
+
+
+_register()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` and return the exit code instead of exiting."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = app(args=args, prog_name="medverify", standalone_mode=False)
+    except (MedverifyError, ProvenanceError) as exc:
+        _common.err_console.print(f"[bold red]error:[/] {exc.diagnostics()}", highlight=False)
+        return 2
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        _common.err_console.print("aborted")
+        return 2
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except KeyboardInterrupt:
+        _common.err_console.print("interrupted")
+        return 130
+    return int(result) if isinstance(result, int) else 0
+
+
+def app_main() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The one error base of the application layer.
+
+The CLI catches :class:`MedverifyError` (and :class:`provenance.errors.ProvenanceError`) in one place and maps
+them to exit code 2 with the diagnostics on stderr.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AuditError", "ConfigError", "DatabaseUnavailableError", "InputError", "MedverifyError"]
+
+
+class MedverifyError(Exception):
+    """Base class of every application error."""
+
+    def diagnostics(self) -> str:
+        """A human-readable explanation, safe to print (never contains secrets)."""
+        return str(self)
+
+
+class ConfigError(MedverifyError):
+    """The settings file or environment is invalid."""
+
+
+class InputError(MedverifyError):
+    """A path or argument given by the user cannot be used."""
+
+
+class AuditError(MedverifyError):
+    """The audit database refused or failed an operation."""
+
+
+class DatabaseUnavailableError(AuditError):
+    """The audit database cannot be reached; nothing was recorded."""

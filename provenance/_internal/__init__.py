@@ -1,0 +1,1 @@
+"""Plumbing for the provenance package; not a public API."""

@@ -1,0 +1,273 @@
+"""Trust decisions about X.509 signer certificates.
+
+A :class:`TrustPolicy` names the trust anchors (CA certificates, or individual signer certificates trusted as
+they are) and what has been revoked. :meth:`TrustPolicy.evaluate` answers with a frozen :class:`TrustDecision`
+whose :class:`TrustStatus` says why; a decision cannot be used as a bool, so no caller can write
+``if policy.evaluate(cert):`` and mistake an expired or revoked signer for a trusted one.
+
+Only chains of length one are followed (anchor -> signer), which is what medverify's local CA issues.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+
+from provenance._internal.roles import KeyRole, role_of_certificate
+from provenance.errors import TrustPolicyError
+
+__all__ = ["TrustDecision", "TrustPolicy", "TrustStatus", "fingerprint_sha256", "load_certificates"]
+
+_log = logging.getLogger(__name__)
+
+
+class TrustStatus(enum.StrEnum):
+    """The outcome of evaluating a certificate against a trust policy."""
+
+    TRUSTED = "trusted"
+    UNTRUSTED = "untrusted"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+
+
+@dataclass(frozen=True)
+class TrustDecision:
+    """Why a certificate is, or is not, trusted. Compare :attr:`status`; never test the decision itself."""
+
+    status: TrustStatus
+    subject: str
+    issuer: str
+    role: KeyRole | None
+    serial: int
+    fingerprint_sha256: str
+    reason: str
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "a TrustDecision has no truth value; compare .status with TrustStatus.TRUSTED instead"
+        )
+
+
+def fingerprint_sha256(cert: x509.Certificate) -> str:
+    """The SHA-256 fingerprint of ``cert``'s DER encoding, as lower-case hex."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def load_certificates(data: bytes) -> list[x509.Certificate]:
+    """Parse one or more PEM certificates, or one DER certificate; :class:`TrustPolicyError` if none."""
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError as exc:
+        raise TrustPolicyError(f"not a PEM or DER X.509 certificate: {exc}") from exc
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    if not constraints.ca:
+        return False
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    except ValueError:
+        return False
+    return usage.key_cert_sign
+
+
+def _validity_problem(cert: x509.Certificate, at: datetime, what: str) -> tuple[TrustStatus, str] | None:
+    if at < cert.not_valid_before_utc:
+        return (
+            TrustStatus.NOT_YET_VALID,
+            f"{what} is not valid before {cert.not_valid_before_utc.isoformat()}",
+        )
+    if at > cert.not_valid_after_utc:
+        return TrustStatus.EXPIRED, f"{what} expired at {cert.not_valid_after_utc.isoformat()}"
+    return None
+
+
+class TrustPolicy:
+    """Which certificates medverify trusts as signers.
+
+    ``anchors`` are CA certificates (which must have ``CA:TRUE`` and, if they carry key usage,
+    ``keyCertSign``) and signer certificates trusted directly. ``revoked_serials`` holds
+    ``(issuer as RFC 4514 string, serial)`` pairs, ``revoked_fingerprints`` SHA-256 fingerprints in hex;
+    both apply to anchors as well.
+    """
+
+    def __init__(
+        self,
+        *,
+        anchors: Sequence[x509.Certificate],
+        revoked_serials: Iterable[tuple[str, int]] = (),
+        revoked_fingerprints: Iterable[str] = (),
+    ) -> None:
+        anchors = list(anchors)
+        if not anchors:
+            raise TrustPolicyError(
+                "a trust policy needs at least one trust anchor; "
+                "use TrustPolicy.unsafe_trust_everything() only for research"
+            )
+        for anchor in anchors:
+            if not isinstance(anchor, x509.Certificate):
+                raise TrustPolicyError(
+                    f"trust anchors must be x509.Certificate objects, not {type(anchor).__name__}"
+                )
+        self._init(anchors, revoked_serials, revoked_fingerprints, trust_everything=False)
+
+    def _init(
+        self,
+        anchors: list[x509.Certificate],
+        revoked_serials: Iterable[tuple[str, int]],
+        revoked_fingerprints: Iterable[str],
+        *,
+        trust_everything: bool,
+    ) -> None:
+        self._anchors = {fingerprint_sha256(a): a for a in anchors}
+        self._revoked_serials = frozenset((str(issuer), int(serial)) for issuer, serial in revoked_serials)
+        self._revoked_fingerprints = frozenset(
+            fp.strip().lower().replace(":", "") for fp in revoked_fingerprints
+        )
+        self._trust_everything = trust_everything
+
+    @classmethod
+    def unsafe_trust_everything(cls) -> TrustPolicy:
+        """A policy under which every well-formed certificate is TRUSTED. Research only: it proves nothing."""
+        _log.warning("UNSAFE trust policy in use: every certificate is trusted, signatures prove nothing")
+        policy = cls.__new__(cls)
+        policy._init([], (), (), trust_everything=True)
+        return policy
+
+    @classmethod
+    def from_pem_files(
+        cls,
+        paths: Sequence[Path],
+        *,
+        revoked_serials: Iterable[tuple[str, int]] = (),
+        revoked_fingerprints: Iterable[str] = (),
+    ) -> TrustPolicy:
+        """A policy whose anchors are every certificate in the PEM (or DER) files ``paths``."""
+        anchors: list[x509.Certificate] = []
+        for path in paths:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise TrustPolicyError(f"cannot read trust anchor file {path}: {exc.strerror}") from exc
+            try:
+                anchors.extend(load_certificates(data))
+            except TrustPolicyError as exc:
+                raise TrustPolicyError(f"{path}: {exc}") from exc
+        return cls(
+            anchors=anchors, revoked_serials=revoked_serials, revoked_fingerprints=revoked_fingerprints
+        )
+
+    @property
+    def anchors(self) -> tuple[x509.Certificate, ...]:
+        """The trust anchors (empty only for the unsafe trust-everything policy)."""
+        return tuple(self._anchors.values())
+
+    @property
+    def trusts_everything(self) -> bool:
+        """True for the policy made by :meth:`unsafe_trust_everything`."""
+        return self._trust_everything
+
+    def is_revoked(self, cert: x509.Certificate) -> bool:
+        """Whether ``cert`` is on this policy's revocation lists (by issuer and serial, or by fingerprint)."""
+        return (
+            fingerprint_sha256(cert) in self._revoked_fingerprints
+            or (cert.issuer.rfc4514_string(), cert.serial_number) in self._revoked_serials
+        )
+
+    def evaluate(self, certificate: x509.Certificate, *, at: datetime | None = None) -> TrustDecision:
+        """Decide whether ``certificate`` is a trusted signer at time ``at`` (default now; naive means UTC).
+
+        REVOKED beats everything; a certificate that does not chain to an anchor is UNTRUSTED; a chained one
+        outside its validity period (or issued by an anchor outside its own) is EXPIRED or NOT_YET_VALID;
+        otherwise it is TRUSTED.
+        """
+        if at is None:
+            at = datetime.now(UTC)
+        elif at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        fingerprint = fingerprint_sha256(certificate)
+
+        def decide(status: TrustStatus, reason: str) -> TrustDecision:
+            return TrustDecision(
+                status=status,
+                subject=certificate.subject.rfc4514_string(),
+                issuer=certificate.issuer.rfc4514_string(),
+                role=role_of_certificate(certificate),
+                serial=certificate.serial_number,
+                fingerprint_sha256=fingerprint,
+                reason=reason,
+            )
+
+        if self._trust_everything:
+            return decide(TrustStatus.TRUSTED, "UNSAFE policy: every certificate is trusted")
+        if self.is_revoked(certificate):
+            return decide(TrustStatus.REVOKED, "the certificate has been revoked")
+
+        if fingerprint in self._anchors:
+            problem = _validity_problem(certificate, at, "the trusted certificate")
+            if problem is not None:
+                return decide(*problem)
+            return decide(TrustStatus.TRUSTED, "the certificate is itself a trust anchor")
+
+        issuers = [a for a in self._anchors.values() if a.subject == certificate.issuer]
+        if not issuers:
+            return decide(TrustStatus.UNTRUSTED, "the certificate is not issued by any trust anchor")
+        failures: list[str] = []
+        for issuer in issuers:
+            if not _is_ca(issuer):
+                failures.append("the anchor named as issuer is not a CA")
+                continue
+            try:
+                certificate.verify_directly_issued_by(issuer)
+            except InvalidSignature:
+                failures.append("its signature does not verify with the anchor's key")
+                continue
+            except (ValueError, TypeError) as exc:
+                failures.append(f"it cannot be checked against the anchor ({exc})")
+                continue
+            if self.is_revoked(issuer):
+                return decide(TrustStatus.REVOKED, "the issuing CA has been revoked")
+            problem = _validity_problem(certificate, at, "the certificate") or _validity_problem(
+                issuer, at, "the issuing CA certificate"
+            )
+            if problem is not None:
+                return decide(*problem)
+            return decide(TrustStatus.TRUSTED, f"issued by trust anchor {issuer.subject.rfc4514_string()}")
+        return decide(
+            TrustStatus.UNTRUSTED, "an anchor has the issuer's name but " + "; ".join(sorted(set(failures)))
+        )
+
+    def with_extra_anchors(self, anchors: Sequence[x509.Certificate]) -> TrustPolicy:
+        """A copy of this policy that also trusts ``anchors``; revocations still apply."""
+        if self._trust_everything:
+            return self
+        return TrustPolicy(
+            anchors=[*self._anchors.values(), *anchors],
+            revoked_serials=self._revoked_serials,
+            revoked_fingerprints=self._revoked_fingerprints,
+        )
+
+    def __repr__(self) -> str:
+        if self._trust_everything:
+            return "TrustPolicy.unsafe_trust_everything()"
+        return (
+            f"TrustPolicy(anchors={len(self._anchors)}, revoked_serials={len(self._revoked_serials)}, "
+            f"revoked_fingerprints={len(self._revoked_fingerprints)})"
+        )

@@ -111,11 +111,6 @@ def test_errors_exit_2_with_a_message(initialised_home: Path, capsys: pytest.Cap
     assert code == 2 and "certificate" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verifier.cli.main catches click.ClickException, but typer 0.29 raises its vendored "
-    "typer._click exceptions, so usage errors escape main() instead of exiting 2",
-)
 def test_usage_error_exits_2(initialised_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "keys", "create", "x", "--role", "wizard")
     assert code == 2 and "wizard" in err

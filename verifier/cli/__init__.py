@@ -49,13 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MedverifyError, ProvenanceError) as exc:
         _common.err_console.print(f"[bold red]error:[/] {exc.diagnostics()}", highlight=False)
         return 2
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         _common.err_console.print("aborted")
         return 2
-    except click.ClickException as exc:
-        exc.show()
+    except (click.ClickException, typer.TyperException) as exc:
+        # typer 0.29 vendors click: its usage errors are typer.TyperException subclasses with show().
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:  # pragma: no cover
+            _common.err_console.print(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
         _common.err_console.print("interrupted")

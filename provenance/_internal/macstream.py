@@ -1,0 +1,183 @@
+"""The byte stream that a DICOM digital signature's MAC is computed over (PS3.15 Annex C, PS3.3 C.12.1.1.3).
+
+The signed Data Elements are encoded in the MAC Calculation Transfer Syntax (here always Explicit VR Little
+Endian, the only one medverify writes and the one DCMTK uses), in ascending tag order, with one twist that the
+standard and DCMTK (``writeSignatureFormat``) agree on: sequences and items are written *without* their length
+fields. A sequence is ``tag, 'SQ', 0x0000`` followed by its items, each ``(FFFE,E000)`` without a length and then
+its elements, and finally a Sequence Delimitation tag ``(FFFE,E0DD)`` without a length. Items carry no Item
+Delimitation. Encapsulated Pixel Data follows the same pattern; its fragments keep their lengths.
+
+Values are taken from the bytes that were read whenever possible, so that what is hashed is exactly what the file
+holds; values of a big-endian source are byte-swapped to little endian by VR.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Iterator
+
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
+from pydicom.tag import BaseTag, Tag
+
+__all__ = [
+    "DIGITAL_SIGNATURES_SEQUENCE",
+    "MAC_PARAMETERS_SEQUENCE",
+    "UnsignableElementError",
+    "is_signable_tag",
+    "iter_signature_stream",
+    "signature_item_stream",
+]
+
+MAC_PARAMETERS_SEQUENCE = 0x4FFE0001
+DIGITAL_SIGNATURES_SEQUENCE = 0xFFFAFFFA
+DATA_SET_TRAILING_PADDING = 0xFFFCFFFC
+PIXEL_DATA = 0x7FE00010
+
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+_SEQ_DELIM_TAG = b"\xfe\xff\xdd\xe0"
+# VRs with a 2-byte reserved field and 4-byte length in explicit VR (PS3.5 7.1.2).
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_SWAP_WIDTH = {
+    "US": 2, "SS": 2, "OW": 2, "AT": 2,
+    "UL": 4, "SL": 4, "FL": 4, "OF": 4, "OL": 4,
+    "FD": 8, "OD": 8, "SV": 8, "UV": 8, "OV": 8,
+}  # fmt: skip
+# Signature item attributes that are not part of the MAC (PS3.15 C.1, DCMTK encodeDigitalSignatureItem).
+_ITEM_EXCLUDED = frozenset({0x04000115, 0x04000120, 0x04000305, 0x04000310})
+
+
+class UnsignableElementError(ValueError):
+    """A signed element cannot be encoded (unknown VR, or a value that does not decode)."""
+
+
+def is_signable_tag(tag: int) -> bool:
+    """Whether a top-level tag may be covered by a signature (the rules DCMTK applies)."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if element == 0 or group < 0x0008:
+        return False
+    if tag in (0x00080001, MAC_PARAMETERS_SEQUENCE, DATA_SET_TRAILING_PADDING):
+        return False
+    if group == 0xFFFA:
+        return False
+    return not (group == 0xFFFE and element in (0xE00D, 0xE0DD))
+
+
+def _swap(value: bytes, width: int) -> bytes:
+    if width == 1 or not value:
+        return value
+    n = len(value) - len(value) % width
+    fmt_in = {2: ">%dH", 4: ">%dI", 8: ">%dQ"}[width] % (n // width)
+    fmt_out = {2: "<%dH", 4: "<%dI", 8: "<%dQ"}[width] % (n // width)
+    return struct.pack(fmt_out, *struct.unpack(fmt_in, value[:n])) + value[n:]
+
+
+def _header(tag: int, vr: str, length: int | None) -> bytes:
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
+    if vr in _LONG_VRS:
+        return head + (b"\x00\x00" if length is None else b"\x00\x00" + struct.pack("<I", length))
+    if length is None:  # pragma: no cover - only sequences are written without length
+        raise UnsignableElementError(f"{Tag(tag)}: short VR {vr} cannot be written without length")
+    if length > 0xFFFF:
+        raise UnsignableElementError(f"{Tag(tag)}: value of {length} bytes is too long for VR {vr}")
+    return head + struct.pack("<H", length)
+
+
+def _resolve_vr(elem: DataElement | RawDataElement, ds: Dataset) -> str:
+    vr = elem.VR
+    if vr is None or " or " in vr:
+        vr = correct_ambiguous_vr_element(ds[elem.tag], ds, True).VR
+    if vr is None or " or " in vr:
+        raise UnsignableElementError(f"{Tag(elem.tag)}: its VR cannot be determined")
+    return str(vr)
+
+
+def _encoded_by_pydicom(elem: DataElement, ds: Dataset) -> bytes:
+    """Explicit VR little endian encoding of an element built in memory (not read from a file)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_data_element(fp, correct_ambiguous_vr_element(elem, ds, True), ds.get("SpecificCharacterSet"))
+    return fp.getvalue()
+
+
+def iter_element_stream(ds: Dataset, tag: int) -> Iterator[bytes | memoryview]:
+    """The signature-format bytes of the element ``tag`` of ``ds`` (which must be present)."""
+    elem = ds.get_item(BaseTag(tag))
+    if elem is None:  # pragma: no cover - callers check presence
+        raise KeyError(tag)
+    vr = _resolve_vr(elem, ds)
+    if vr == "UN":
+        raise UnsignableElementError(f"{Tag(tag)} has VR UN and cannot be signed")
+    if vr == "SQ":
+        seq = ds[tag].value
+        yield _header(tag, "SQ", None)
+        for item in seq:
+            yield _ITEM_TAG
+            for child in sorted(item.keys()):
+                yield from iter_element_stream(item, int(child))
+        yield _SEQ_DELIM_TAG
+        return
+    raw = elem.value if isinstance(elem, RawDataElement) else None
+    if isinstance(raw, bytes | bytearray | memoryview):
+        little = elem.is_little_endian
+        value = bytes(raw) if little else _swap(bytes(raw), _SWAP_WIDTH.get(vr, 1))
+        undefined = elem.length == 0xFFFFFFFF
+        if tag == PIXEL_DATA and undefined:
+            yield from _encapsulated_stream(tag, vr, value)
+            return
+        if len(value) % 2:
+            value += b"\x00" if vr in ("UI", "OB") else b" "
+        yield _header(tag, vr, len(value))
+        yield value
+        return
+    converted = ds[tag]
+    if tag == PIXEL_DATA and converted.is_undefined_length:
+        yield from _encapsulated_stream(tag, vr, bytes(converted.value))
+        return
+    yield _encoded_by_pydicom(converted, ds)
+
+
+def _encapsulated_stream(tag: int, vr: str, value: bytes) -> Iterator[bytes | memoryview]:
+    """Encapsulated Pixel Data: each fragment is its item tag and data, without length; then the delimiter."""
+    yield _header(tag, vr, None)
+    view = memoryview(value)
+    pos = 0
+    while pos + 8 <= len(view):
+        item_tag = bytes(view[pos : pos + 4])
+        (length,) = struct.unpack("<I", view[pos + 4 : pos + 8])
+        if item_tag == _SEQ_DELIM_TAG:
+            break
+        if item_tag != _ITEM_TAG or pos + 8 + length > len(view):
+            raise UnsignableElementError(f"{Tag(tag)}: malformed encapsulated pixel data at byte {pos}")
+        yield _ITEM_TAG
+        yield view[pos + 8 : pos + 8 + length]
+        pos += 8 + length
+    yield _SEQ_DELIM_TAG
+
+
+def iter_signature_stream(ds: Dataset, tags: Iterable[int]) -> Iterator[bytes | memoryview]:
+    """The MAC byte stream of the data elements ``tags`` of ``ds``, in ascending tag order.
+
+    Tags not present in ``ds`` are skipped: a deleted element changes the stream and so breaks the MAC.
+    """
+    present = set(int(t) for t in ds.keys())
+    for tag in sorted(set(tags)):
+        if tag in present:
+            yield from iter_element_stream(ds, tag)
+
+
+def signature_item_stream(item: Dataset) -> Iterator[bytes | memoryview]:
+    """The part of a Digital Signatures Sequence item that is included in the MAC."""
+    for tag in sorted(int(t) for t in item.keys()):
+        if tag in _ITEM_EXCLUDED:
+            continue
+        yield from iter_element_stream(item, tag)
+
+
+def feed(update: Callable[[bytes | memoryview], object], chunks: Iterable[bytes | memoryview]) -> None:
+    """Feed ``chunks`` to a hash's ``update``."""
+    for chunk in chunks:
+        update(chunk)

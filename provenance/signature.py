@@ -1,0 +1,521 @@
+"""DICOM digital signatures (PS3.15 Annex C, PS3.3 C.12.1.1.3) that interoperate with DCMTK's ``dcmsign``.
+
+A signature is an item of the Digital Signatures Sequence (FFFA,FFFA) with the signer's X.509 certificate, and a
+matching item (same MAC ID Number) of the MAC Parameters Sequence (4FFE,0001) that names the MAC algorithm, the
+MAC Calculation Transfer Syntax and the Data Elements Signed. The MAC is a hash of the signed elements encoded as
+:mod:`provenance._internal.macstream` describes, followed by the signature item's own MAC ID Number, Digital
+Signature UID, DateTime, Certificate Type (and Purpose Code Sequence, if any). RSA signs it with PKCS#1 v1.5,
+ECDSA and DSA with a DER signature padded to an even length.
+
+Verification reports every signature with a status, and the data elements present in the file that no intact
+signature covers (one whose MAC matches, whatever its signer's trust, which is reported separately): ``dcmsign``
+answers "valid" after an unsigned element is added; medverify says which.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.serialization import Encoding
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from provenance._internal.macstream import (
+    DIGITAL_SIGNATURES_SEQUENCE,
+    MAC_PARAMETERS_SEQUENCE,
+    PIXEL_DATA,
+    UnsignableElementError,
+    is_signable_tag,
+    iter_signature_stream,
+    signature_item_stream,
+)
+from provenance.errors import SigningError
+from provenance.models import (
+    MacAlgorithm,
+    SignatureInfo,
+    SignatureProfile,
+    SignatureReport,
+    SignatureStatus,
+    UncoveredElement,
+)
+from provenance.trust import TrustPolicy, TrustStatus, fingerprint_sha256
+
+__all__ = ["SignerLike", "sign_dataset", "strip_signatures", "verify_dataset"]
+
+_MAC_ID = 0x04000005
+_MAC_XFER = 0x04000010
+_MAC_ALGORITHM = 0x04000015
+_DATA_ELEMENTS_SIGNED = 0x04000020
+_SIG_UID = 0x04000100
+_SIG_DATETIME = 0x04000105
+_CERT_TYPE = 0x04000110
+_CERT = 0x04000115
+_SIGNATURE = 0x04000120
+
+_CERT_TYPE_X509 = "X509_1993_SIG"
+
+# DER DigestInfo prefixes for PKCS#1 v1.5 (RFC 8017 9.2); RIPEMD-160 is OID 1.3.36.3.2.1, as OpenSSL writes it.
+_DIGEST_INFO = {
+    MacAlgorithm.MD5: bytes.fromhex("3020300c06082a864886f70d020505000410"),
+    MacAlgorithm.SHA1: bytes.fromhex("3021300906052b0e03021a05000414"),
+    MacAlgorithm.RIPEMD160: bytes.fromhex("3021300906052b2403020105000414"),
+    MacAlgorithm.SHA256: bytes.fromhex("3031300d060960864801650304020105000420"),
+    MacAlgorithm.SHA384: bytes.fromhex("3041300d060960864801650304020205000430"),
+    MacAlgorithm.SHA512: bytes.fromhex("3051300d060960864801650304020305000440"),
+}
+_HASHLIB_NAME = {
+    MacAlgorithm.MD5: "md5",
+    MacAlgorithm.SHA1: "sha1",
+    MacAlgorithm.RIPEMD160: "ripemd160",
+    MacAlgorithm.SHA256: "sha256",
+    MacAlgorithm.SHA384: "sha384",
+    MacAlgorithm.SHA512: "sha512",
+}
+# ECDSA and DSA sign the digest itself; any hash object of the right size carries it through Prehashed.
+_PREHASH = {
+    16: hashes.MD5(),  # noqa: S303 - only carries a digest made by a legacy MAC
+    20: hashes.SHA1(),  # noqa: S303
+    32: hashes.SHA256(),
+    48: hashes.SHA384(),
+    64: hashes.SHA512(),
+}
+_SIGNING_MACS = (MacAlgorithm.SHA256, MacAlgorithm.SHA384, MacAlgorithm.SHA512)
+# PS3.15 C.2: the Creator RSA profile requires these, when present.
+_CREATOR_REQUIRED = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)
+
+
+class SignerLike(Protocol):
+    """What signing needs: a private key and its certificate (e.g. :class:`provenance.keys.SigningKey`)."""
+
+    @property
+    def private_key(self) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey: ...
+
+    @property
+    def certificate(self) -> x509.Certificate: ...
+
+
+class _Malformed(Exception):
+    """A signature's structure cannot be interpreted."""
+
+
+def _tag_str(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _keyword(tag: int) -> str:
+    return keyword_for_tag(tag) or ("Private" if (tag >> 16) % 2 else "")
+
+
+def _tags_of(value: object) -> list[int]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, MultiValue | list | tuple):
+        return [int(Tag(v)) for v in value]
+    if isinstance(value, int | str | tuple):
+        return [int(Tag(value))]
+    raise TypeError(f"not a tag list: {type(value).__name__}")
+
+
+def _signature_time(now: dt.datetime | None) -> str:
+    # UTC with an explicit +0000: dcmsign ignores the offset when comparing with the certificate's validity.
+    t = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    return t.strftime("%Y%m%d%H%M%S.%f") + "+0000"
+
+
+def _mac_digest(ds: Dataset, tags: Iterable[int], item: Dataset, algorithm: MacAlgorithm) -> bytes:
+    h = hashlib.new(_HASHLIB_NAME[algorithm])
+    for chunk in iter_signature_stream(ds, tags):
+        h.update(chunk)
+    for chunk in signature_item_stream(item):
+        h.update(chunk)
+    return h.digest()
+
+
+def _default_tags(ds: Dataset) -> list[int]:
+    """Every present element that may be signed (the rule of dcmsign's ``createAttributeList``)."""
+    out = []
+    for tag in ds.keys():
+        t = int(tag)
+        if not is_signable_tag(t):
+            continue
+        elem = ds.get_item(tag)
+        if elem is not None and elem.VR == "UN":
+            continue
+        out.append(t)
+    return sorted(out)
+
+
+def _sequence(ds: Dataset, tag: int) -> DicomSequence:
+    if tag in ds:
+        value = ds[tag].value
+        if not isinstance(value, DicomSequence):
+            raise SigningError(f"{_tag_str(tag)} exists but is not a sequence; refusing to sign")
+        return value
+    ds.add_new(tag, "SQ", DicomSequence())
+    return ds[tag].value  # type: ignore[no-any-return]
+
+
+def _next_mac_id(ds: Dataset) -> int:
+    used: set[int] = set()
+    for seq_tag in (MAC_PARAMETERS_SEQUENCE, DIGITAL_SIGNATURES_SEQUENCE):
+        if seq_tag in ds:
+            for item in ds[seq_tag].value or ():
+                if _MAC_ID in item:
+                    used.add(int(item[_MAC_ID].value))
+    for candidate in range(0x10000):
+        if candidate not in used:
+            return candidate
+    raise SigningError("all 65536 MAC ID numbers are in use")
+
+
+def sign_dataset(
+    ds: Dataset,
+    signer: SignerLike,
+    *,
+    profile: SignatureProfile = SignatureProfile.NONE,
+    mac: MacAlgorithm = MacAlgorithm.SHA256,
+    tags: Sequence[int] | None = None,
+    now: dt.datetime | None = None,
+) -> str:
+    """Add a digital signature to ``ds`` (in place) and return its Digital Signature UID.
+
+    ``tags`` selects the elements to sign (default: every signable element present, as dcmsign does). Existing
+    signatures are kept, so several may coexist. RSA keys work with every profile; ECDSA only with ``none``,
+    the combinations that dcmsign 3.6.7 accepts.
+    """
+    key = signer.private_key
+    if mac not in _SIGNING_MACS:
+        raise SigningError(f"medverify signs with SHA256, SHA384 or SHA512, not {mac}")
+    if profile is not SignatureProfile.NONE and not isinstance(key, rsa.RSAPrivateKey):
+        raise SigningError(f"the {profile} profile requires an RSA key (ECDSA works only with profile 'none')")
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise SigningError("only RSA and ECDSA keys can sign DICOM")
+    if key.public_key().public_numbers() != signer.certificate.public_key().public_numbers():  # type: ignore[union-attr]
+        raise SigningError("the certificate does not belong to the private key")
+    chosen = sorted(set(int(t) for t in tags)) if tags is not None else _default_tags(ds)
+    bad = [t for t in chosen if not is_signable_tag(t)]
+    if bad:
+        raise SigningError(f"element(s) {', '.join(map(_tag_str, bad))} cannot be signed")
+    missing = [t for t in chosen if t not in ds]
+    if missing:
+        raise SigningError(f"element(s) {', '.join(map(_tag_str, missing))} to sign are not present")
+    if not chosen:
+        raise SigningError("nothing to sign: the dataset has no signable elements")
+    if profile in (SignatureProfile.CREATOR, SignatureProfile.AUTHORIZATION):
+        unsigned = [t for t in _CREATOR_REQUIRED if t in ds and t not in chosen]
+        if PIXEL_DATA in ds and PIXEL_DATA not in chosen:
+            unsigned.append(PIXEL_DATA)
+        if unsigned:
+            raise SigningError(
+                f"the {profile} profile requires signing {', '.join(map(_tag_str, unsigned))} when present"
+            )
+
+    mac_id = _next_mac_id(ds)
+    item = Dataset()
+    item.add_new(_MAC_ID, "US", mac_id)
+    item.add_new(_SIG_UID, "UI", generate_uid(prefix=None))
+    item.add_new(_SIG_DATETIME, "DT", _signature_time(now))
+    item.add_new(_CERT_TYPE, "CS", _CERT_TYPE_X509)
+    try:
+        digest = _mac_digest(ds, chosen, item, mac)
+    except UnsignableElementError as exc:
+        raise SigningError(f"cannot sign: {exc}") from exc
+    prehashed = Prehashed(_PREHASH[len(digest)])
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(digest, padding.PKCS1v15(), prehashed)
+    else:
+        signature = key.sign(digest, ec.ECDSA(prehashed))
+        if len(signature) % 2:
+            signature += b"\x00"
+    item.add_new(_CERT, "OB", signer.certificate.public_bytes(Encoding.DER))
+    item.add_new(_SIGNATURE, "OB", signature)
+
+    params = Dataset()
+    params.add_new(_MAC_ID, "US", mac_id)
+    params.add_new(_MAC_XFER, "UI", _mac_transfer_syntax(ds))
+    params.add_new(_MAC_ALGORITHM, "CS", mac.value)
+    params.add_new(_DATA_ELEMENTS_SIGNED, "AT", chosen)
+    _sequence(ds, MAC_PARAMETERS_SEQUENCE).append(params)
+    _sequence(ds, DIGITAL_SIGNATURES_SEQUENCE).append(item)
+    return str(item[_SIG_UID].value)
+
+
+def strip_signatures(ds: Dataset) -> None:
+    """Remove every signature of the top level (PS3.15 rule for derived objects, STYLE.md rule 5)."""
+    for tag in (MAC_PARAMETERS_SEQUENCE, DIGITAL_SIGNATURES_SEQUENCE):
+        if tag in ds:
+            del ds[tag]
+
+
+def _explicit_little(xfer: str) -> bool:
+    """Whether a MAC Calculation Transfer Syntax encodes elements as Explicit VR Little Endian.
+
+    dcmsign uses the file's own (encapsulated) transfer syntax for compressed images; every encapsulated syntax
+    encodes the elements themselves as Explicit VR Little Endian.
+    """
+    uid = UID(xfer)
+    if not uid.is_transfer_syntax:
+        return False
+    return bool(uid.is_little_endian and not uid.is_implicit_VR)
+
+
+def _mac_transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    xfer = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+    if PIXEL_DATA in ds and xfer and UID(xfer).is_transfer_syntax and UID(xfer).is_encapsulated:
+        return xfer
+    return str(ExplicitVRLittleEndian)
+
+
+def _der_sequence_length(sig: bytes) -> int:
+    """Length of a DER SEQUENCE at the start of ``sig`` (ECDSA/DSA signatures are padded to an even length)."""
+    if len(sig) < 2 or sig[0] != 0x30:
+        raise _Malformed("the ECDSA/DSA signature is not a DER sequence")
+    first = sig[1]
+    if first < 0x80:
+        return 2 + first
+    n = first & 0x7F
+    if n == 0 or n > 2 or len(sig) < 2 + n:
+        raise _Malformed("the ECDSA/DSA signature has a bad DER length")
+    return 2 + n + int.from_bytes(sig[2 : 2 + n], "big")
+
+
+def _check_signature(cert: x509.Certificate, signature: bytes, digest: bytes, algorithm: MacAlgorithm) -> str:
+    """Check ``signature`` over ``digest``; return the key type; raise InvalidSignature or _Malformed."""
+    try:
+        public = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise _Malformed(f"the signer's public key cannot be read: {exc}") from exc
+    if isinstance(public, rsa.RSAPublicKey):
+        if len(signature) != (public.key_size + 7) // 8:
+            raise InvalidSignature
+        recovered = public.recover_data_from_signature(signature, padding.PKCS1v15(), None)
+        expected = _DIGEST_INFO[algorithm] + digest
+        if not hmac.compare_digest(recovered, expected):
+            raise InvalidSignature
+        return "rsa"
+    if isinstance(public, ec.EllipticCurvePublicKey | dsa.DSAPublicKey):
+        der = signature[: _der_sequence_length(signature)]
+        if any(signature[len(der) :]):
+            raise InvalidSignature
+        prehashed = Prehashed(_PREHASH[len(digest)])
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(der, digest, ec.ECDSA(prehashed))
+            return "ecdsa"
+        public.verify(der, digest, prehashed)
+        return "dsa"
+    raise _Malformed(f"unsupported signer key type {type(public).__name__}")
+
+
+def _profiles(key_type: str | None, covered: set[int], ds: Dataset) -> tuple[str, ...]:
+    """The PS3.15 profiles this signature satisfies (none is recorded in the file; they are inferred)."""
+    if key_type != "rsa":
+        return ()
+    out = [SignatureProfile.BASE.value]
+    needed = [t for t in (*_CREATOR_REQUIRED, PIXEL_DATA) if t in ds]
+    if all(t in covered for t in needed):
+        out.append(SignatureProfile.CREATOR.value)
+        if all(t in covered for t in _default_tags(ds)):
+            out.append(SignatureProfile.AUTHORIZATION.value)
+    return tuple(out)
+
+
+_TRUST_TO_STATUS = {
+    TrustStatus.TRUSTED: SignatureStatus.VALID,
+    TrustStatus.UNTRUSTED: SignatureStatus.UNTRUSTED_SIGNER,
+    TrustStatus.REVOKED: SignatureStatus.REVOKED,
+    TrustStatus.EXPIRED: SignatureStatus.EXPIRED,
+    TrustStatus.NOT_YET_VALID: SignatureStatus.EXPIRED,
+}
+
+
+def _verify_item(
+    ds: Dataset,
+    item: object,
+    mac_items: dict[int, Dataset],
+    policy: TrustPolicy,
+    location: str,
+    at: dt.datetime,
+) -> tuple[SignatureInfo, set[int]]:
+    info: dict[str, object] = {"location": location}
+    try:
+        if not isinstance(item, Dataset):
+            raise _Malformed("the Digital Signatures Sequence item is not a dataset")
+        uid = item.get(_SIG_UID)
+        info["uid"] = str(uid.value) if uid is not None and uid.value else None
+        when = item.get(_SIG_DATETIME)
+        info["datetime"] = str(when.value) if when is not None and when.value else None
+        for tag, name in (
+            (_MAC_ID, "MAC ID Number"),
+            (_CERT, "Certificate of Signer"),
+            (_SIGNATURE, "Signature"),
+        ):
+            if tag not in item or item[tag].value in (None, b"", ""):
+                raise _Malformed(f"the signature item has no {name}")
+        mac_id = int(item[_MAC_ID].value)
+        info["mac_id"] = mac_id
+        cert_type = str(item.get(_CERT_TYPE).value if _CERT_TYPE in item else "")
+        if cert_type != _CERT_TYPE_X509:
+            raise _Malformed(f"unsupported Certificate Type {cert_type!r}")
+        try:
+            cert = x509.load_der_x509_certificate(bytes(item[_CERT].value))
+        except ValueError as exc:
+            raise _Malformed("the Certificate of Signer is not a valid X.509 certificate") from exc
+        info["signer"] = cert.subject.rfc4514_string()
+        info["issuer"] = cert.issuer.rfc4514_string()
+        info["signer_fingerprint"] = fingerprint_sha256(cert)
+        params = mac_items.get(mac_id)
+        if params is None:
+            raise _Malformed(f"no MAC Parameters item has MAC ID Number {mac_id}")
+        try:
+            algorithm = MacAlgorithm(str(params.get(_MAC_ALGORITHM).value).strip())
+        except (AttributeError, ValueError) as exc:
+            raise _Malformed("unknown or missing MAC Algorithm") from exc
+        info["mac_algorithm"] = algorithm.value
+        xfer = str(params[_MAC_XFER].value) if _MAC_XFER in params else ""
+        if not _explicit_little(xfer):
+            raise _Malformed(f"unsupported MAC Calculation Transfer Syntax {xfer!r}")
+        if _DATA_ELEMENTS_SIGNED not in params:
+            raise _Malformed("the MAC Parameters item has no Data Elements Signed")
+        try:
+            signed = _tags_of(params[_DATA_ELEMENTS_SIGNED].value)
+        except (TypeError, ValueError) as exc:
+            raise _Malformed("Data Elements Signed cannot be read") from exc
+        info["covered"] = tuple(_tag_str(t) for t in signed)
+        signature = bytes(item[_SIGNATURE].value)
+    except _Malformed as exc:
+        return SignatureInfo(status=SignatureStatus.MALFORMED, reasons=(str(exc),), **info), set()  # type: ignore[arg-type]
+
+    reasons: list[str] = []
+    missing = [t for t in signed if t not in ds]
+    if missing:
+        reasons.append(
+            "signed element(s) missing from the file: "
+            + ", ".join(f"{_tag_str(t)} {_keyword(t)}".strip() for t in missing)
+        )
+    try:
+        digest = _mac_digest(ds, signed, item, algorithm)
+        info["key_type"] = _check_signature(cert, signature, digest, algorithm)
+    except UnsignableElementError as exc:
+        reasons.append(f"a signed element cannot be encoded: {exc}")
+        return SignatureInfo(status=SignatureStatus.INVALID, reasons=tuple(reasons), **info), set()  # type: ignore[arg-type]
+    except _Malformed as exc:
+        return SignatureInfo(status=SignatureStatus.MALFORMED, reasons=(str(exc),), **info), set()  # type: ignore[arg-type]
+    except (InvalidSignature, ValueError):
+        reasons.append("the signature does not match the signed content (content or signature altered)")
+        return SignatureInfo(status=SignatureStatus.INVALID, reasons=tuple(reasons), **info), set()  # type: ignore[arg-type]
+    if missing:  # pragma: no cover - a missing element always changes the MAC
+        return SignatureInfo(status=SignatureStatus.INVALID, reasons=tuple(reasons), **info), set()  # type: ignore[arg-type]
+
+    decision = policy.evaluate(cert, at=at)
+    info["role"] = decision.role.value if decision.role is not None else None
+    status = _TRUST_TO_STATUS[decision.status]
+    covered = set(signed)
+    info["profiles"] = _profiles(str(info["key_type"]), covered, ds)
+    if status is not SignatureStatus.VALID:
+        reasons.append(decision.reason)
+    # The MAC matched: whatever the signer's trust, these elements are intact since signing.
+    return SignatureInfo(status=status, reasons=tuple(reasons), **info), covered  # type: ignore[arg-type]
+
+
+def _signature_sites(ds: Dataset, path: str = "") -> Iterator[tuple[Dataset, str]]:
+    """The top level and every sequence item that carries a Digital Signatures Sequence."""
+    if DIGITAL_SIGNATURES_SEQUENCE in ds or MAC_PARAMETERS_SEQUENCE in ds:
+        yield ds, path
+    for tag in ds.keys():
+        elem = ds.get_item(tag)
+        if elem is None or elem.VR != "SQ" or int(tag) in (DIGITAL_SIGNATURES_SEQUENCE, MAC_PARAMETERS_SEQUENCE):
+            continue
+        try:
+            items = ds[tag].value
+        except Exception:  # noqa: BLE001, S112 - a broken nested sequence is not a signature site
+            continue
+        for i, sub in enumerate(items or ()):
+            if isinstance(sub, Dataset):
+                yield from _signature_sites(sub, f"{path}{_tag_str(int(tag))}[{i}]")
+
+
+def _verify_site(
+    ds: Dataset, location: str, policy: TrustPolicy, at: dt.datetime
+) -> tuple[list[SignatureInfo], set[int]]:
+    results: list[SignatureInfo] = []
+    covered: set[int] = set()
+    try:
+        sig_items = list(ds[DIGITAL_SIGNATURES_SEQUENCE].value or ()) if DIGITAL_SIGNATURES_SEQUENCE in ds else []
+        mac_list = list(ds[MAC_PARAMETERS_SEQUENCE].value or ()) if MAC_PARAMETERS_SEQUENCE in ds else []
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken sequences
+        return [
+            SignatureInfo(
+                status=SignatureStatus.MALFORMED,
+                location=location,
+                reasons=(f"the signature sequences cannot be parsed: {type(exc).__name__}",),
+            )
+        ], covered
+    mac_items: dict[int, Dataset] = {}
+    for params in mac_list:
+        if isinstance(params, Dataset) and _MAC_ID in params:
+            try:
+                mac_items.setdefault(int(params[_MAC_ID].value), params)
+            except (TypeError, ValueError):
+                continue
+    if not sig_items:
+        results.append(
+            SignatureInfo(
+                status=SignatureStatus.MALFORMED,
+                location=location,
+                reasons=("a MAC Parameters Sequence is present without any Digital Signatures Sequence item",),
+            )
+        )
+    for item in sig_items:
+        try:
+            info, item_covered = _verify_item(ds, item, mac_items, policy, location, at)
+        except Exception as exc:  # noqa: BLE001 - hostile input must give MALFORMED, never a traceback
+            info = SignatureInfo(
+                status=SignatureStatus.MALFORMED,
+                location=location,
+                reasons=(f"the signature cannot be interpreted ({type(exc).__name__})",),
+            )
+            item_covered = set()
+        results.append(info)
+        covered |= item_covered
+    return results, covered
+
+
+def verify_dataset(ds: Dataset, policy: TrustPolicy, *, at: dt.datetime | None = None) -> SignatureReport:
+    """Check every digital signature in ``ds`` against ``policy`` and report what is not covered.
+
+    ``policy`` is required: which signers are trusted is never implicit (STYLE.md rule 2). Certificates are
+    evaluated at ``at`` (default: now).
+    """
+    when = at or dt.datetime.now(dt.UTC)
+    signatures: list[SignatureInfo] = []
+    top_covered: set[int] = set()
+    for site, location in _signature_sites(ds):
+        results, covered = _verify_site(site, location, policy, when)
+        signatures.extend(results)
+        if site is ds:
+            top_covered = covered
+    uncovered: tuple[UncoveredElement, ...] = ()
+    pixel_covered: bool | None = None
+    if signatures:
+        uncovered = tuple(
+            UncoveredElement(tag=_tag_str(int(t)), keyword=_keyword(int(t)))
+            for t in sorted(int(t) for t in ds.keys())
+            if is_signable_tag(t) and t not in top_covered
+        )
+    if PIXEL_DATA in ds:
+        pixel_covered = PIXEL_DATA in top_covered
+    return SignatureReport.combine(tuple(signatures), uncovered, pixel_covered)

@@ -1,0 +1,221 @@
+"""``medverify sign`` and ``medverify verify``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from provenance.errors import KeyStoreError, SigningError
+from provenance.keys import KeyStore
+from provenance.models import MacAlgorithm, SignatureProfile, SignatureStatus
+from provenance.signature import sign_dataset
+from provenance.trust import TrustPolicy, load_certificates
+from verifier.cli import _common, app
+from verifier.cli.keys import open_keystore
+from verifier.errors import InputError
+from verifier.instance import Instance, UnreadableInstanceError
+from verifier.pipeline import FileResult, check_path, iter_input_files, parse_checks
+from verifier.settings import Settings
+
+__all__ = ["exit_code", "load_trust_policy"]
+
+
+_FORMATS = ("text", "json", "jsonl")
+
+
+def load_trust_policy(settings: Settings, extra: Sequence[Path] = ()) -> TrustPolicy:
+    """The key store's trust policy (local CA, trusted certificates, revocations) plus ``extra`` anchors."""
+    anchors = []
+    for path in extra:
+        try:
+            anchors.extend(load_certificates(Path(path).read_bytes()))
+        except OSError as exc:
+            raise InputError(f"cannot read trust anchor file {path}: {exc.strerror}") from exc
+    store = KeyStore(settings.keys_dir, _no_passphrase)
+    try:
+        policy = store.trust_policy()
+    except KeyStoreError:
+        if not anchors:
+            raise InputError(
+                "no trusted certificates: run `medverify keys init` (or `keys trust CERT`), or pass --trust CA.pem"
+            ) from None
+        return TrustPolicy(anchors=anchors)
+    return policy.with_extra_anchors(anchors) if anchors else policy
+
+
+def _no_passphrase() -> bytes:  # pragma: no cover - trust evaluation never needs a private key
+    raise KeyStoreError("verification does not use private keys")
+
+
+def exit_code(results: Sequence[FileResult]) -> int:
+    """ClamAV convention: 1 if something was found, else 2 if an error stopped a check, else 0."""
+    if any(r.problem_found for r in results):
+        return 1
+    if any(r.failed for r in results):
+        return 2
+    return 0
+
+
+_STATUS_STYLE = {
+    SignatureStatus.VALID.value: "green",
+    SignatureStatus.UNSIGNED.value: "yellow",
+}
+
+
+def _print_text(result: FileResult) -> None:
+    style = _STATUS_STYLE.get(result.status, "red")
+    if result.signature is not None and result.signature.problem_found and result.status == "VALID":
+        style = "red"
+    line = f"[{style}]{result.status:<16}[/] {escape(result.path)}"
+    sig = result.signature
+    if sig is not None and sig.signatures:
+        parts = []
+        for s in sig.signatures:
+            who = s.signer or "unknown signer"
+            role = f", role {s.role}" if s.role else ""
+            parts.append(f"{s.status.value} by {who}{role} ({s.mac_algorithm or '?'}, {len(s.covered)} elements)")
+        line += "\n    " + "\n    ".join(escape(p) for p in parts)
+    for reason in result.reasons:
+        line += f"\n    - {escape(reason)}"
+    _common.console.print(line, highlight=False)
+
+
+@app.command(help="Check the digital signatures (and later watermarks and detectors) of DICOM files.")
+def verify(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files, or directories searched for DICOM files.")],
+    output_format: Annotated[
+        str, typer.Option("--format", "-f", help="Output: text, json (one array) or jsonl (one line a file).")
+    ] = "text",
+    checks: Annotated[
+        str | None, typer.Option("--checks", help="Comma-separated checks to run (available: signature).")
+    ] = None,
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option("--trust", help="Extra trusted CA/signer certificate (PEM); repeatable."),
+    ] = None,
+    follow_symlinks: Annotated[bool, typer.Option(help="Follow symlinks inside directories.")] = False,
+) -> int:
+    """Verify files. Exit code 0: nothing found; 1: a problem found; 2: an error stopped a check."""
+    if output_format not in _FORMATS:
+        raise InputError(f"--format must be one of {', '.join(_FORMATS)}, not {output_format!r}")
+    selected = parse_checks(checks)
+    settings = _common.settings()
+    policy = load_trust_policy(settings, trust or [])
+    files = list(iter_input_files(paths, follow_symlinks=follow_symlinks))
+    results: list[FileResult] = []
+    show_progress = output_format == "text" and len(files) > 20 and _common.err_console.is_terminal
+    with _progress(show_progress) as progress:
+        task = progress.add_task("verifying", total=len(files))
+        for path in files:
+            result = check_path(path, checks=selected, policy=policy)
+            results.append(result)
+            if output_format == "jsonl":
+                sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+                sys.stdout.flush()
+            elif output_format == "text":
+                _print_text(result)
+            progress.advance(task)
+    if output_format == "json":
+        sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    if output_format == "text" and len(results) > 1:
+        found = sum(r.problem_found for r in results)
+        failed = sum(r.failed for r in results)
+        _common.err_console.print(
+            f"{len(results)} file(s) checked: {found} with problems, {failed} unreadable", highlight=False
+        )
+    return exit_code(results)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_common.err_console,
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def _write_atomic(ds_writer: Callable[[Path], None], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        ds_writer(Path(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@app.command(help="Add a DICOM digital signature (PS3.15) with a key from the key store.")
+def sign(
+    files: Annotated[list[Path], typer.Argument(help="DICOM files to sign.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output file (one input) or directory (several).")
+    ] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Replace each input file with the signed one.")] = False,
+    key: Annotated[str | None, typer.Option("--key", "-k", help="Key name (default: the default_key setting).")] = None,
+    profile: Annotated[
+        SignatureProfile, typer.Option("--profile", help="PS3.15 signature profile.", case_sensitive=False)
+    ] = SignatureProfile.NONE,
+    mac: Annotated[str, typer.Option("--mac", help="MAC algorithm: sha256, sha384 or sha512.")] = "sha256",
+) -> int:
+    """Sign files; they are written atomically, and the signature is checked before anything is written."""
+    if (output is None) == (not in_place):
+        raise InputError("give exactly one of -o/--output and --in-place")
+    try:
+        mac_algorithm = MacAlgorithm(mac.upper())
+    except ValueError:
+        raise InputError(f"unknown MAC algorithm {mac!r}; use sha256, sha384 or sha512") from None
+    settings = _common.settings()
+    store = open_keystore(settings)
+    signer = store.load_signing_key(key or settings.default_key)
+    policy = store.trust_policy()
+    targets: list[tuple[Path, Path]] = []
+    if in_place:
+        targets = [(f, f) for f in files]
+    elif output is not None:
+        if len(files) == 1 and not output.is_dir():
+            targets = [(files[0], output)]
+        else:
+            if output.exists() and not output.is_dir():
+                raise InputError(f"{output} is not a directory (several inputs need an output directory)")
+            names = [f.name for f in files]
+            if len(set(names)) != len(names):
+                raise InputError("several inputs share a file name; sign them into separate directories")
+            targets = [(f, output / f.name) for f in files]
+    failures = 0
+    for source, target in targets:
+        try:
+            instance = Instance.from_path(source)
+            ds = instance.dataset
+            uid = sign_dataset(ds, signer, profile=profile, mac=mac_algorithm)
+            _write_atomic(ds.save_as, target)
+        except (UnreadableInstanceError, SigningError) as exc:
+            failures += 1
+            _common.err_console.print(f"[red]not signed[/] {escape(str(source))}: {escape(exc.diagnostics())}")
+            continue
+        check = check_path(target, checks=parse_checks("signature"), policy=policy)
+        mine = [s for s in (check.signature.signatures if check.signature is not None else ()) if s.uid == uid]
+        if not mine or mine[0].status is not SignatureStatus.VALID:
+            failures += 1
+            _common.err_console.print(f"[red]signature does not verify[/] {escape(str(target))}: {check.reasons}")
+            continue
+        _common.console.print(
+            f"[green]signed[/] {escape(str(target))} (key {signer.name}, {profile.value}, {mac_algorithm.value}, "
+            f"{len(mine[0].covered)} elements, UID {uid})",
+            highlight=False,
+        )
+    return 2 if failures else 0

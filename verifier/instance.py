@@ -1,0 +1,128 @@
+"""One parsed DICOM instance, read once and passed everywhere.
+
+Unreadable input becomes :class:`UnreadableInstanceError` (with a ``kind`` of ``UNREADABLE`` or ``MALFORMED``),
+never a traceback: parsing is tolerant (pydicom's defaults) but the checks below refuse what cannot be a DICOM
+instance or is cut short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Literal
+
+import pydicom
+from pydicom.dataset import FileDataset
+from pydicom.errors import InvalidDicomError
+
+from verifier.errors import InputError
+
+__all__ = ["MAX_FILE_BYTES", "Instance", "UnreadableInstanceError", "is_dicom_file"]
+
+#: Files larger than this are refused before they are read (a bound on memory per file).
+MAX_FILE_BYTES = int(os.environ.get("MEDVERIFY_MAX_FILE_BYTES", str(2 * 1024**3)))
+
+
+class UnreadableInstanceError(InputError):
+    """The input is not a readable DICOM instance."""
+
+    def __init__(self, message: str, *, kind: Literal["UNREADABLE", "MALFORMED"], sha256: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.sha256 = sha256
+
+
+def _check_truncation(ds: FileDataset, path: str, digest: str) -> None:
+    """pydicom reads a file cut short without complaint; a value shorter than its length field is MALFORMED."""
+    for tag in ds.keys():
+        elem = ds.get_item(tag)
+        length = getattr(elem, "length", None)
+        value = getattr(elem, "value", None)
+        if isinstance(value, bytes) and isinstance(length, int) and length != 0xFFFFFFFF and len(value) < length:
+            raise UnreadableInstanceError(
+                f"{path}: element {tag} is truncated ({len(value)} of {length} bytes): the file is cut short",
+                kind="MALFORMED",
+                sha256=digest,
+            )
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` starts like a DICOM Part 10 file (the 'DICM' magic after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Instance:
+    """A DICOM instance: the dataset, the file's SHA-256 and the identifiers the reports need."""
+
+    path: str
+    sha256: str
+    size: int
+    dataset: FileDataset
+
+    @property
+    def sop_instance_uid(self) -> str | None:
+        value = self.dataset.get("SOPInstanceUID")
+        return str(value) if value else None
+
+    @property
+    def sop_class_uid(self) -> str | None:
+        value = self.dataset.get("SOPClassUID")
+        return str(value) if value else None
+
+    @property
+    def modality(self) -> str | None:
+        value = self.dataset.get("Modality")
+        return str(value) if value else None
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, path: str = "<bytes>") -> Instance:
+        """Parse ``data``; raise :class:`UnreadableInstanceError` when it is not a usable DICOM instance."""
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) < 132 or data[128:132] != b"DICM":
+            raise UnreadableInstanceError(
+                f"{path}: not a DICOM Part 10 file (no 'DICM' preamble)", kind="UNREADABLE", sha256=digest
+            )
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+            _check_truncation(ds, path, digest)
+            # Touch every element so that a broken value or sequence fails here, at the boundary.
+            _ = [elem for elem in ds.iterall()]
+        except UnreadableInstanceError:
+            raise
+        except InvalidDicomError as exc:
+            raise UnreadableInstanceError(f"{path}: {exc}", kind="UNREADABLE", sha256=digest) from exc
+        except Exception as exc:
+            raise UnreadableInstanceError(
+                f"{path}: malformed DICOM ({type(exc).__name__}: {str(exc)[:200]})",
+                kind="MALFORMED",
+                sha256=digest,
+            ) from exc
+        if len(ds) == 0:
+            raise UnreadableInstanceError(f"{path}: the file has no data set", kind="MALFORMED", sha256=digest)
+        return cls(path=path, sha256=digest, size=len(data), dataset=ds)
+
+    @classmethod
+    def from_path(cls, path: Path | str) -> Instance:
+        """Read and parse the file at ``path``."""
+        p = Path(path)
+        try:
+            size = p.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise UnreadableInstanceError(
+                    f"{p}: {size} bytes exceeds the limit of {MAX_FILE_BYTES} bytes", kind="MALFORMED"
+                )
+            data = p.read_bytes()
+        except IsADirectoryError as exc:
+            raise UnreadableInstanceError(f"{p}: is a directory", kind="UNREADABLE") from exc
+        except OSError as exc:
+            raise UnreadableInstanceError(f"{p}: cannot be read ({exc.strerror})", kind="UNREADABLE") from exc
+        return cls.from_bytes(data, path=str(p))

@@ -1,0 +1,162 @@
+"""The verification pipeline: file -> :class:`Instance` -> reports -> :class:`FileResult`.
+
+The same code serves the CLI, and later the intake, scans and claim audits, so that a file gets the same answer
+wherever it is checked. Exceptions become results here, at the application boundary (STYLE.md rule 11): every
+input gives exactly one result, also when it cannot be read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from provenance.models import SignatureReport
+from provenance.signature import verify_dataset
+from provenance.trust import TrustPolicy
+from verifier.errors import InputError
+from verifier.instance import Instance, UnreadableInstanceError, is_dicom_file
+
+__all__ = ["Check", "FileResult", "check_instance", "check_path", "iter_input_files", "parse_checks"]
+
+
+class Check(enum.StrEnum):
+    """Checks that ``--checks`` selects. More arrive with the watermark and detector issues."""
+
+    SIGNATURE = "signature"
+
+
+def parse_checks(value: str | None) -> frozenset[Check]:
+    """Parse a comma-separated ``--checks`` value (default: every check)."""
+    if not value:
+        return frozenset(Check)
+    out = set()
+    for part in value.split(","):
+        name = part.strip().lower()
+        if not name:
+            continue
+        try:
+            out.add(Check(name))
+        except ValueError:
+            known = ", ".join(c.value for c in Check)
+            raise InputError(f"unknown check {name!r}; available: {known}") from None
+    if not out:
+        raise InputError("--checks selects no check")
+    return frozenset(out)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FileResult:
+    """What checking one file found. ``status`` is the signature status or UNREADABLE/MALFORMED."""
+
+    path: str
+    status: str
+    sha256: str | None = None
+    sop_instance_uid: str | None = None
+    modality: str | None = None
+    signature: SignatureReport | None = None
+    reasons: tuple[str, ...] = ()
+    error: str | None = None
+    audit_id: int | None = None
+
+    def __bool__(self) -> bool:
+        raise TypeError("a FileResult has no truth value; use .problem_found or .status")
+
+    @property
+    def problem_found(self) -> bool:
+        """Something was found: a signature that is not valid, or uncovered content in a signed file."""
+        return self.signature is not None and self.signature.problem_found
+
+    @property
+    def failed(self) -> bool:
+        """The check could not be done (unreadable or malformed input)."""
+        return self.error is not None
+
+    def with_audit_id(self, audit_id: int | None) -> FileResult:
+        return dataclasses.replace(self, audit_id=audit_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "status": self.status,
+            "sop_instance_uid": self.sop_instance_uid,
+            "sha256": self.sha256,
+            "modality": self.modality,
+            "signature": self.signature.to_dict() if self.signature is not None else None,
+            "reasons": list(self.reasons),
+            "error": self.error,
+            "audit_id": self.audit_id,
+        }
+
+
+def check_instance(instance: Instance, *, checks: frozenset[Check], policy: TrustPolicy) -> FileResult:
+    """Run the selected checks on a parsed instance."""
+    signature = None
+    reasons: list[str] = []
+    status = "CHECKED"
+    if Check.SIGNATURE in checks:
+        signature = verify_dataset(instance.dataset, policy)
+        reasons.extend(signature.reasons)
+        status = signature.status.value
+    return FileResult(
+        path=instance.path,
+        status=status,
+        sha256=instance.sha256,
+        sop_instance_uid=instance.sop_instance_uid,
+        modality=instance.modality,
+        signature=signature,
+        reasons=tuple(reasons),
+    )
+
+
+def check_path(path: Path | str, *, checks: frozenset[Check], policy: TrustPolicy) -> FileResult:
+    """Read and check one file; unreadable input gives an UNREADABLE/MALFORMED result, never an exception."""
+    try:
+        instance = Instance.from_path(path)
+    except UnreadableInstanceError as exc:
+        return FileResult(path=str(path), status=exc.kind, sha256=exc.sha256, reasons=(str(exc),), error=str(exc))
+    try:
+        return check_instance(instance, checks=checks, policy=policy)
+    except Exception as exc:  # noqa: BLE001 - the boundary: one result per input, even on a bug
+        message = f"{path}: the check failed ({type(exc).__name__}: {str(exc)[:200]})"
+        return FileResult(
+            path=str(path),
+            status="MALFORMED",
+            sha256=instance.sha256,
+            sop_instance_uid=instance.sop_instance_uid,
+            reasons=(message,),
+            error=message,
+        )
+
+
+def iter_input_files(paths: Iterable[Path | str], *, follow_symlinks: bool = False) -> Iterator[Path]:
+    """Files named on the command line, and DICOM files (by content) found under directories.
+
+    A file named explicitly is always yielded (so that a non-DICOM file gets its own UNREADABLE result); files
+    in directories are yielded only when they start like DICOM. Symlinks inside directories are not followed
+    unless asked.
+    """
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            for sub in sorted(_walk(p, follow_symlinks)):
+                if is_dicom_file(sub):
+                    yield sub
+        elif p.exists() or p.is_symlink():
+            yield p
+        else:
+            raise InputError(f"{p}: no such file or directory")
+
+
+def _walk(root: Path, follow_symlinks: bool) -> Iterator[Path]:
+    import os
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+        dirnames.sort()
+        for name in filenames:
+            full = Path(dirpath) / name
+            if not follow_symlinks and full.is_symlink():
+                continue
+            yield full

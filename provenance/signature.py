@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
@@ -281,15 +282,15 @@ def _mac_transfer_syntax(ds: Dataset) -> str:
 
 
 def _der_sequence_length(sig: bytes) -> int:
-    """Length of a DER SEQUENCE at the start of ``sig`` (ECDSA/DSA signatures are padded to an even length)."""
+    """Length of the DER SEQUENCE at the start of ``sig`` (DICOM pads OB values to an even length)."""
     if len(sig) < 2 or sig[0] != 0x30:
-        raise _Malformed("the ECDSA/DSA signature is not a DER sequence")
+        raise _Malformed("not a DER sequence")
     first = sig[1]
     if first < 0x80:
         return 2 + first
     n = first & 0x7F
-    if n == 0 or n > 2 or len(sig) < 2 + n:
-        raise _Malformed("the ECDSA/DSA signature has a bad DER length")
+    if n == 0 or n > 3 or len(sig) < 2 + n:
+        raise _Malformed("bad DER length")
     return 2 + n + int.from_bytes(sig[2 : 2 + n], "big")
 
 
@@ -371,8 +372,10 @@ def _verify_item(
         if cert_type != _CERT_TYPE_X509:
             raise _Malformed(f"unsupported Certificate Type {cert_type!r}")
         try:
-            cert = x509.load_der_x509_certificate(bytes(item[_CERT].value))
-        except ValueError as exc:
+            der = bytes(item[_CERT].value)
+            # OB values are padded to an even length; DER certificates of odd length carry one pad byte.
+            cert = x509.load_der_x509_certificate(der[: _der_sequence_length(der)])
+        except (ValueError, _Malformed) as exc:
             raise _Malformed("the Certificate of Signer is not a valid X.509 certificate") from exc
         info["signer"] = cert.subject.rfc4514_string()
         info["issuer"] = cert.issuer.rfc4514_string()
@@ -431,13 +434,28 @@ def _verify_item(
     return SignatureInfo(status=status, reasons=tuple(reasons), **info), covered  # type: ignore[arg-type]
 
 
+def _is_sequence(elem: DataElement | RawDataElement, tag: int) -> bool:
+    """Whether ``elem`` is a sequence, also when it is still raw from an Implicit VR file (VR None).
+
+    Only likely sequences are converted, so the other raw values stay exactly as read (the MAC is over them).
+    """
+    if elem.VR is not None:
+        return bool(elem.VR == "SQ")
+    try:
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:  # unknown (e.g. private) tag: an undefined length is the sign of a sequence
+        return elem.length == 0xFFFFFFFF
+
+
 def _signature_sites(ds: Dataset, path: str = "") -> Iterator[tuple[Dataset, str]]:
     """The top level and every sequence item that carries a Digital Signatures Sequence."""
     if DIGITAL_SIGNATURES_SEQUENCE in ds or MAC_PARAMETERS_SEQUENCE in ds:
         yield ds, path
     for tag in ds.keys():
         elem = ds.get_item(tag)
-        if elem is None or elem.VR != "SQ" or int(tag) in (DIGITAL_SIGNATURES_SEQUENCE, MAC_PARAMETERS_SEQUENCE):
+        if elem is None or int(tag) in (DIGITAL_SIGNATURES_SEQUENCE, MAC_PARAMETERS_SEQUENCE):
+            continue
+        if not _is_sequence(elem, int(tag)):
             continue
         try:
             items = ds[tag].value

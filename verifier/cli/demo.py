@@ -1,0 +1,168 @@
+"""``medverify demo``: the whole product on the embedded defaults, from the first command.
+
+It creates the keys on first use, signs real sample images, tampers with copies the way a forger would, verifies
+everything and prints what medverify found (and, where DCMTK is installed, what ``dcmsign`` says of the same files).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import pydicom
+import typer
+from rich.table import Table
+
+from provenance.errors import KeyStoreError
+from provenance.keys import PASSPHRASE_ENV, KeyRole, KeyStore, create_passphrase_file, passphrase_source
+from provenance.models import SignatureProfile
+from provenance.signature import sign_dataset
+from verifier.cli import _common, app
+from verifier.cli.keys import passphrase_file_path
+from verifier.pipeline import FileResult, check_path, parse_checks
+from verifier.settings import Settings
+
+__all__: list[str] = []
+
+DEMO_KEY = "demo-scanner"
+
+
+def _open_store(settings: Settings) -> KeyStore:
+    """The key store, initialised on first use; an unattended first run gets a generated passphrase file."""
+    import os
+    import sys
+
+    file = passphrase_file_path(settings)
+    has_passphrase = bool(os.environ.get(PASSPHRASE_ENV)) or (file is not None and file.exists())
+    store = KeyStore(settings.keys_dir, passphrase_source(passphrase_file=file, interactive=True))
+    if not has_passphrase and not sys.stdin.isatty():
+        try:
+            store.ca_certificate()
+        except KeyStoreError:  # not initialised yet
+            target = settings.key_passphrase_file or settings.keys_dir / "passphrase"
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            create_passphrase_file(target)
+            _common.err_console.print(
+                f"[yellow]note:[/] no key passphrase was configured; generated one in {target} (0600). "
+                f"For production set {PASSPHRASE_ENV} or let medverify prompt for it."
+            )
+            store = KeyStore(settings.keys_dir, passphrase_source(passphrase_file=target, interactive=False))
+    created = store.init()
+    for info in created:
+        _common.console.print(f"created key [bold]{info.name}[/] ({info.role.value}, {info.algorithm.value})")
+    store.ensure(DEMO_KEY, KeyRole.ACQUISITION)
+    return store
+
+
+def _sample_files() -> list[tuple[str, Path]]:
+    from pydicom.data import get_testdata_file
+
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("CT_small.dcm", "MR_small.dcm"):
+            path = get_testdata_file(name)
+            if path is not None:
+                out.append((name.removesuffix(".dcm"), Path(str(path))))
+    return out
+
+
+def _dcmsign_says(path: Path, ca_pem: Path) -> str:
+    exe = shutil.which("dcmsign")
+    if exe is None:
+        return "(dcmsign not installed)"
+    proc = subprocess.run(
+        [exe, "--verify", "+cf", str(ca_pem), str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    text = proc.stdout + proc.stderr
+    if "Verification : OK" in text and "FAILED" not in text:
+        return "OK"
+    if "no signatures" in text.lower() or ("Signature" not in text and proc.returncode == 0):
+        return "no signature"
+    return "FAILED"
+
+
+@app.command(help="Show medverify at work on real sample images, using the embedded defaults.")
+def demo(
+    workdir: Annotated[
+        Path | None, typer.Option("--workdir", help="Where to write the demo files (default: a temporary folder).")
+    ] = None,
+) -> int:
+    """Sign, tamper, verify, and compare with dcmsign. Exit 0 when every file got the expected answer."""
+    settings = _common.settings()
+    store = _open_store(settings)
+    signer = store.load_signing_key(DEMO_KEY)
+    policy = store.trust_policy()
+    out = workdir or Path(tempfile.mkdtemp(prefix="medverify-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    ca_pem = out / "medverify-ca.pem"
+    ca_pem.write_bytes(store.export_certificate("ca"))
+
+    cases: list[tuple[Path, str, str]] = []  # (file, what was done, expected status)
+    for stem, source in _sample_files():
+        ds = pydicom.dcmread(source)
+        unsigned = out / f"{stem}_unsigned.dcm"
+        ds.save_as(unsigned)
+        cases.append((unsigned, "original, never signed", "UNSIGNED"))
+
+        sign_dataset(ds, signer, profile=SignatureProfile.CREATOR)
+        signed = out / f"{stem}_signed.dcm"
+        ds.save_as(signed)
+        cases.append((signed, f"signed by '{DEMO_KEY}' (creator profile)", "VALID"))
+
+        bit = pydicom.dcmread(signed)
+        pixels = bytearray(bit.PixelData)
+        pixels[len(pixels) // 2] ^= 0x01
+        bit.PixelData = bytes(pixels)
+        flipped = out / f"{stem}_one_pixel_bit_flipped.dcm"
+        bit.save_as(flipped)
+        cases.append((flipped, "signed, then one pixel bit flipped", "INVALID"))
+
+        added = pydicom.dcmread(signed)
+        added.add_new(0x00104000, "LT", "added after signing")
+        appended = out / f"{stem}_element_added.dcm"
+        added.save_as(appended)
+        cases.append((appended, "signed, then Patient Comments added", "VALID"))
+
+    data = cases[1][0].read_bytes()
+    truncated = out / "truncated.dcm"
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    cases.append((truncated, "signed file cut short", "MALFORMED"))
+
+    checks = parse_checks("signature")
+    table = Table(title=f"medverify demo — files in {out}", show_lines=True)
+    table.add_column("file / what was done", ratio=3)
+    table.add_column("medverify", no_wrap=True)
+    table.add_column("dcmsign", no_wrap=True)
+    table.add_column("why", ratio=3)
+    results: list[FileResult] = []
+    all_expected = True
+    for path, what, expected in cases:
+        result = check_path(path, checks=checks, policy=policy)
+        results.append(result)
+        note = ""
+        sig = result.signature
+        if result.failed:
+            note = result.reasons[0].split(": ", 1)[-1]
+        elif sig is not None and sig.status.value not in ("VALID", "UNSIGNED"):
+            note = next((r for s in sig.signatures for r in s.reasons), "")
+        elif sig is not None and sig.uncovered:
+            note = "not covered: " + ", ".join(f"{u.tag} {u.keyword}" for u in sig.uncovered[:3])
+        ok = result.status == expected
+        all_expected &= ok
+        colour = "green" if result.status == "VALID" and not result.problem_found else "yellow"
+        if result.problem_found or result.failed:
+            colour = "red"
+        table.add_row(
+            f"{path.name}\n[dim]{what}[/]", f"[{colour}]{result.status}[/]", _dcmsign_says(path, ca_pem), note
+        )
+    _common.console.print(table)
+    _common.console.print(
+        "dcmsign answers OK for the file with an element added after signing; medverify reports the element "
+        "that no signature covers."
+    )
+    return 0 if all_expected else 1

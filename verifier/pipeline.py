@@ -16,6 +16,7 @@ from typing import Any
 from provenance.models import SignatureReport
 from provenance.signature import verify_dataset
 from provenance.trust import TrustPolicy
+from verifier.audit import AuditEntry, Channel, EventKind
 from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError, is_dicom_file
 
@@ -76,6 +77,19 @@ class FileResult:
 
     def with_audit_id(self, audit_id: int | None) -> FileResult:
         return dataclasses.replace(self, audit_id=audit_id)
+
+    def audit_entry(self, *, channel: Channel, event: str = EventKind.VERIFY) -> AuditEntry:
+        """The audit record of this result (one per input, also for unreadable input)."""
+        return AuditEntry(
+            event=event,
+            channel=channel,
+            path=self.path,
+            sop_instance_uid=self.sop_instance_uid,
+            file_sha256=self.sha256,
+            signature_report=self.signature.to_dict() if self.signature is not None else None,
+            verdict=self.status,
+            details={"reasons": list(self.reasons), "error": self.error},
+        ).with_local_actor()
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -67,6 +67,35 @@ def _store() -> KeyStore:
     return open_keystore(_common.settings())
 
 
+def _record(action: str, **details: object) -> None:
+    """One audit record per key event (channel ``keys``); an unreachable database is an explicit error."""
+    from verifier.audit import AuditEntry, Channel, EventKind
+    from verifier.cli.audit import open_audit_log
+
+    log = open_audit_log(_common.settings())
+    try:
+        log.append(
+            AuditEntry(
+                event=EventKind.KEY,
+                channel=Channel.KEYS,
+                verdict=action,
+                details={k: v if isinstance(v, str | int | bool | None) else str(v) for k, v in details.items()},
+            ).with_local_actor()
+        )
+    finally:
+        log.close()
+
+
+def _info_details(info: KeyInfo) -> dict[str, object]:
+    return {
+        "name": info.name,
+        "role": info.role.value,
+        "algorithm": info.algorithm.value,
+        "serial": f"{info.serial:x}",
+        "fingerprint_sha256": info.fingerprint_sha256,
+    }
+
+
 def _describe(info: KeyInfo) -> str:
     return (
         f"[bold]{info.name}[/] ({info.role}, {info.algorithm}) serial {info.serial:x} "
@@ -115,6 +144,7 @@ def init_command(
     created = store.init()
     for info in created:
         _common.console.print(f"created {_describe(info)}", highlight=False)
+        _record("created", **_info_details(info))
     if not created:
         _common.console.print(f"key store {settings.keys_dir} is already initialised", highlight=False)
     ca = store.ca_certificate()
@@ -141,6 +171,7 @@ def create_command(
     """Create a signing key with a certificate from the local CA."""
     info = _store().create(name, role, algorithm, validity_days=validity_days)
     _common.console.print(f"created {_describe(info)}", highlight=False)
+    _record("created", **_info_details(info))
 
 
 @keys_app.command("list")
@@ -206,6 +237,7 @@ def trust_command(
         raise KeyStoreError(f"cannot read {cert_file}: {exc.strerror}") from exc
     record = _store().trust(data)
     kind = "CA" if record.is_ca else "signer"
+    _record("trusted", subject=record.subject, fingerprint_sha256=record.fingerprint_sha256, is_ca=record.is_ca)
     _common.console.print(
         f"trusted {kind} {record.subject} sha256 {record.fingerprint_sha256[:16]}… "
         f"valid until {record.not_after:%Y-%m-%d}",
@@ -217,6 +249,7 @@ def trust_command(
 def revoke_command(name: Annotated[str, typer.Argument(help="Key name.")]) -> None:
     """Revoke a key's current generation: it can no longer sign and its signatures verify as REVOKED."""
     info = _store().revoke(name)
+    _record("revoked", **_info_details(info))
     _common.console.print(f"revoked {_describe(info)}", highlight=False)
     _common.console.print(f"run `medverify keys rotate {name}` to issue a replacement", highlight=False)
 
@@ -225,4 +258,5 @@ def revoke_command(name: Annotated[str, typer.Argument(help="Key name.")]) -> No
 def rotate_command(name: Annotated[str, typer.Argument(help="Key name.")]) -> None:
     """Issue a new generation of a key; the old one is retired (its signatures still verify)."""
     info = _store().rotate(name)
+    _record("rotated", **_info_details(info))
     _common.console.print(f"rotated {_describe(info)}", highlight=False)

@@ -19,7 +19,9 @@ from provenance.keys import KeyStore
 from provenance.models import MacAlgorithm, SignatureProfile, SignatureStatus
 from provenance.signature import sign_dataset
 from provenance.trust import TrustPolicy, load_certificates
+from verifier.audit import AuditEntry, AuditLog, Channel, EventKind
 from verifier.cli import _common, app
+from verifier.cli.audit import open_audit_log
 from verifier.cli.keys import open_keystore
 from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError
@@ -103,20 +105,30 @@ def verify(
         typer.Option("--trust", help="Extra trusted CA/signer certificate (PEM); repeatable."),
     ] = None,
     follow_symlinks: Annotated[bool, typer.Option(help="Follow symlinks inside directories.")] = False,
+    no_audit: Annotated[bool, typer.Option("--no-audit", help="Write no audit records (for evaluation runs).")] = False,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Audit database URL (default: MEDVERIFY_DB_URL, else SQLite).")
+    ] = None,
 ) -> int:
-    """Verify files. Exit code 0: nothing found; 1: a problem found; 2: an error stopped a check."""
+    """Verify files. Exit code 0: nothing found; 1: a problem found; 2: an error stopped a check.
+
+    Every file checked leaves one audit record (unless --no-audit), written before its result is printed.
+    """
     if output_format not in _FORMATS:
         raise InputError(f"--format must be one of {', '.join(_FORMATS)}, not {output_format!r}")
     selected = parse_checks(checks)
     settings = _common.settings()
     policy = load_trust_policy(settings, trust or [])
     files = list(iter_input_files(paths, follow_symlinks=follow_symlinks))
+    log = None if no_audit else open_audit_log(settings, db=db)
     results: list[FileResult] = []
     show_progress = output_format == "text" and len(files) > 20 and _common.err_console.is_terminal
     with _progress(show_progress) as progress:
         task = progress.add_task("verifying", total=len(files))
         for path in files:
             result = check_path(path, checks=selected, policy=policy)
+            if log is not None:
+                result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
             results.append(result)
             if output_format == "jsonl":
                 sys.stdout.write(json.dumps(result.to_dict()) + "\n")
@@ -183,6 +195,7 @@ def sign(
     store = open_keystore(settings)
     signer = store.load_signing_key(key or settings.default_key)
     policy = store.trust_policy()
+    log: AuditLog = open_audit_log(settings)
     targets: list[tuple[Path, Path]] = []
     if in_place:
         targets = [(f, f) for f in files]
@@ -213,9 +226,27 @@ def sign(
             failures += 1
             _common.err_console.print(f"[red]signature does not verify[/] {escape(str(target))}: {check.reasons}")
             continue
+        record = log.append(
+            AuditEntry(
+                event=EventKind.SIGN,
+                channel=Channel.CLI,
+                path=str(target),
+                sop_instance_uid=check.sop_instance_uid,
+                file_sha256=check.sha256,
+                signature_report=check.signature.to_dict() if check.signature is not None else None,
+                verdict=check.status,
+                details={
+                    "source": str(source),
+                    "key": signer.name,
+                    "profile": profile.value,
+                    "mac": mac_algorithm.value,
+                    "signature_uid": uid,
+                },
+            ).with_local_actor()
+        )
         _common.console.print(
             f"[green]signed[/] {escape(str(target))} (key {signer.name}, {profile.value}, {mac_algorithm.value}, "
-            f"{len(mine[0].covered)} elements, UID {uid})",
+            f"{len(mine[0].covered)} elements, UID {uid}, audit #{record.id})",
             highlight=False,
         )
     return 2 if failures else 0

@@ -1,0 +1,44 @@
+"""`medverify demo` on a fresh home: keys created on first use, every case gets its expected answer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from verifier.cli import main
+
+
+def test_demo_runs_unattended_on_a_fresh_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDVERIFY_HOME", str(home))
+    monkeypatch.delenv("MEDVERIFY_KEY_PASSPHRASE", raising=False)
+    monkeypatch.setenv("COLUMNS", "160")
+    code = main(["demo", "--workdir", str(tmp_path / "demo")])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    # Keys were created on first use, with a generated passphrase file that only the owner can read.
+    passphrase = home / "keys" / "passphrase"
+    assert passphrase.stat().st_mode & 0o777 == 0o600
+    assert passphrase.read_text().strip() not in out + err
+    for status in ("UNSIGNED", "VALID", "INVALID", "MALFORMED"):
+        assert status in out
+    assert "(0010,4000)" in out
+    if shutil.which("dcmsign"):
+        assert "FAILED" in out and "OK" in out
+
+    # The files it wrote verify the same way through the ordinary command, and each check left an audit record.
+    code = main(["verify", "--format", "jsonl", str(tmp_path / "demo")])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_name = {Path(line["path"]).name: line for line in lines}
+    assert by_name["CT_small_signed.dcm"]["signature"]["status"] == "VALID"
+    assert by_name["CT_small_one_pixel_bit_flipped.dcm"]["signature"]["status"] == "INVALID"
+    assert by_name["CT_small_element_added.dcm"]["signature"]["uncovered"] == [
+        {"tag": "(0010,4000)", "keyword": "PatientComments"}
+    ]
+    assert all(line["audit_id"] is not None for line in lines)
+    assert code == 1

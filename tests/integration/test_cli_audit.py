@@ -8,7 +8,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import TEST_KEY_PASSPHRASE
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,10 +21,10 @@ from verifier.settings import Settings
 
 
 @pytest.fixture
-def home(tmp_path: Path, keystore_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, keystore_dir: Path, key_passphrase: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     assert keystore_dir == tmp_path / "keys"
     monkeypatch.setenv("MEDVERIFY_HOME", str(tmp_path))
-    monkeypatch.setenv(PASSPHRASE_ENV, TEST_KEY_PASSPHRASE)
+    monkeypatch.setenv(PASSPHRASE_ENV, key_passphrase)
     monkeypatch.setenv("MEDVERIFY_CHECKPOINT_INTERVAL", "4")
     monkeypatch.delenv("MEDVERIFY_DB_URL", raising=False)
     with open_audit_log(Settings.load()) as log:

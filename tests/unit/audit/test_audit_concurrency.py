@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 
-from conftest import KeySigner, make_entry
+from audit_testkit import KeySigner, make_entry
 
 from verifier.audit import AuditLog, AuditStatus
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from conftest import KeySigner, make_entry, make_signer
+from audit_testkit import KeySigner, make_entry, make_signer
 
 from verifier.audit import (
     AuditEntry,

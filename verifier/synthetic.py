@@ -1,0 +1,169 @@
+"""Writing generated images as DICOM: valid for their IOD, declared synthetic, and always signed.
+
+Generators return arrays in [0, 1]; this module is the only place that turns them into DICOM files, and
+:func:`write_synthetic` signs every file before it reaches the disk (an unsigned generated file is a bug).
+The values are mapped to the modality's stored range: CT to Hounsfield units -1024..3071 (12 bits stored,
+Rescale Intercept -1024), MR and CR to 0..4095 (12 bits stored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from provenance.declaration import SyntheticDeclaration, declare_synthetic
+from provenance.models import MacAlgorithm, SignatureProfile
+from provenance.signature import SignerLike, sign_dataset, strip_signatures
+from verifier.errors import InputError
+
+__all__ = ["MODALITIES", "ModalitySpec", "build_synthetic_dataset", "write_synthetic"]
+
+_IMPLEMENTATION_UID = UID("1.2.826.0.1.3680043.8.498.1.19820")  # under pydicom's root, for medverify
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalitySpec:
+    """How generated values in [0, 1] become stored pixels of one modality."""
+
+    sop_class_uid: str
+    bits_stored: int
+    rescale_intercept: float | None
+    window: tuple[float, float]
+    pixel_spacing_mm: float
+
+
+MODALITIES: dict[str, ModalitySpec] = {
+    "CT": ModalitySpec("1.2.840.10008.5.1.4.1.1.2", 12, -1024.0, (40.0, 400.0), 0.7),
+    "MR": ModalitySpec("1.2.840.10008.5.1.4.1.1.4", 12, None, (2048.0, 4096.0), 1.0),
+    "CR": ModalitySpec("1.2.840.10008.5.1.4.1.1.1", 12, None, (2048.0, 4096.0), 0.2),
+}
+
+
+def _da_tm(now: dt.datetime) -> tuple[str, str]:
+    local = now.astimezone(dt.UTC)
+    return local.strftime("%Y%m%d"), local.strftime("%H%M%S.%f")
+
+
+def build_synthetic_dataset(
+    pixels: np.ndarray,
+    *,
+    modality: str,
+    declaration: SyntheticDeclaration,
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+    instance_number: int = 1,
+) -> Dataset:
+    """A complete, unsigned dataset of ``modality`` holding ``pixels`` (2-D, values in [0, 1])."""
+    spec = MODALITIES.get(modality.upper())
+    if spec is None:
+        raise InputError(f"unsupported modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    array = np.asarray(pixels, dtype=np.float64)
+    if array.ndim != 2 or min(array.shape) < 8:
+        raise InputError(f"a generated image must be 2-D and at least 8×8, not {array.shape}")
+    if not np.isfinite(array).all():
+        raise InputError("a generated image contains NaN or infinite values")
+    top = (1 << spec.bits_stored) - 1
+    stored = np.clip(np.rint(np.clip(array, 0.0, 1.0) * top), 0, top).astype("<u2")
+    now = declaration.generated_at
+    date, time = _da_tm(now)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(spec.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = _IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "MEDVERIFY_01"
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
+    # Patient: a synthetic identity, never a copy of the source's.
+    ds.PatientName = f"SYNTHETIC^{declaration.generator.upper()}"
+    ds.PatientID = "SYNTH-" + declaration.model_sha256[:8].upper() + f"-{declaration.seed}"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.StudyID = "SYNTH"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "SYNTHETIC IMAGES (medverify)"
+    ds.Modality = modality.upper()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.SeriesNumber = 1
+    ds.SeriesDescription = f"SYNTHETIC {declaration.generator}"
+    ds.Laterality = ""  # Type 2C: unknown for a synthetic image
+    ds.Manufacturer = "medverify"
+    ds.ManufacturerModelName = declaration.generator[:64]
+    ds.SoftwareVersions = declaration.generator_version[:64] or "medverify"
+    ds.InstanceNumber = instance_number
+    ds.PatientOrientation = ""
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality.upper() == "CT" else "OTHER"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
+    ds.BitsAllocated = 16
+    ds.BitsStored = spec.bits_stored
+    ds.HighBit = spec.bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.WindowCenter, ds.WindowWidth = spec.window
+    if modality.upper() in ("CT", "MR"):
+        ds.FrameOfReferenceUID = generate_uid()
+        ds.PositionReferenceIndicator = ""
+        ds.PixelSpacing = [spec.pixel_spacing_mm, spec.pixel_spacing_mm]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0, 0, 0]
+        ds.SliceThickness = 1.0
+        ds.PatientPosition = ""  # Type 2C: unknown for a synthetic image
+    if modality.upper() == "CT":
+        ds.RescaleIntercept = spec.rescale_intercept
+        ds.RescaleSlope = 1
+        ds.RescaleType = "HU"
+        ds.KVP = ""
+        ds.AcquisitionNumber = 1
+    elif modality.upper() == "MR":
+        ds.ScanningSequence = "RM"
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = "2D"
+        ds.RepetitionTime = ""
+        ds.EchoTime = ""
+        ds.EchoTrainLength = ""
+    else:  # CR
+        ds.BodyPartExamined = ""
+        ds.ViewPosition = ""
+    ds.PixelData = stored.tobytes()
+    declare_synthetic(ds, declaration)
+    if "SourceImageSequence" in ds and not ds.SourceImageSequence[0].ReferencedSOPClassUID:
+        ds.SourceImageSequence[0].ReferencedSOPClassUID = ds.SOPClassUID
+    return ds
+
+
+def write_synthetic(ds: Dataset, path: Path, signer: SignerLike) -> str:
+    """Sign ``ds`` (creator profile, SHA-256) and write it atomically to ``path``; return the signature UID.
+
+    This is the only way medverify writes a generated image: the file never exists unsigned.
+    """
+    strip_signatures(ds)
+    uid = sign_dataset(ds, signer, profile=SignatureProfile.CREATOR, mac=MacAlgorithm.SHA256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return uid

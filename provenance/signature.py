@@ -153,7 +153,10 @@ def _default_tags(ds: Dataset) -> list[int]:
         if not is_signable_tag(t):
             continue
         elem = ds.get_item(tag)
-        if elem is not None and elem.VR == "UN":
+        # An element read raw from an Implicit VR file has VR None until converted; a private element of an
+        # unknown creator then becomes UN, which cannot be signed (the stream would refuse it later).
+        vr = elem.VR if elem is not None and elem.VR is not None else ds[tag].VR
+        if vr == "UN":
             continue
         out.append(t)
     return sorted(out)

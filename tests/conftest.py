@@ -41,3 +41,92 @@ def keystore(keystore_dir: Path) -> KeyStore:
 def key_passphrase() -> str:
     """The passphrase of :func:`keystore_template` and its copies."""
     return TEST_KEY_PASSPHRASE
+
+
+# ----------------------------------------------------------------------------------- signatures and dcmtk
+
+#: Extra keys that :func:`signing_keystore_template` adds to the template store (name, role, algorithm).
+SIGNING_TEST_KEYS = (
+    ("rsa", "generator", "rsa-2048"),
+    ("second", "acquisition", "rsa-2048"),
+    ("ecdsa", "generator", "ecdsa-p256"),
+)
+
+
+@pytest.fixture(scope="session")
+def signing_keystore_template(keystore_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of :func:`keystore_template` with the RSA-2048 and ECDSA keys of SIGNING_TEST_KEYS; never modify."""
+    from provenance.keys import KeyAlgorithm, KeyRole
+
+    directory = tmp_path_factory.mktemp("signing-keystore") / "keys"
+    shutil.copytree(keystore_template, directory)
+    store = KeyStore(directory, lambda: TEST_KEY_PASSPHRASE.encode())
+    for name, role, algorithm in SIGNING_TEST_KEYS:
+        store.create(name, KeyRole(role), KeyAlgorithm(algorithm))
+    return directory
+
+
+def _require_tools(*tools: str) -> None:
+    """Skip when a command-line tool is missing, but fail on CI (env CI set), where it must be installed."""
+    import os
+
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        message = f"not installed: {', '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def dcmtk() -> None:
+    """Require the DCMTK tools the signature tests use (skipped without them, a failure on CI)."""
+    _require_tools("dcmsign", "dcmconv", "dcmodify", "dcmdump")
+
+
+@pytest.fixture(scope="session")
+def openssl_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test CA and two signers (RSA-2048, ECDSA P-256) made with the openssl CLI, as a dcmsign user would.
+
+    Files: ``ca.pem``, ``ca.key``, ``rsa.key``/``rsa.pem``, ``ec.key``/``ec.pem`` (unencrypted PKCS#8). Validity
+    starts a day ago: dcmsign rejects a signature made in the second of the certificate's notBefore.
+    """
+    import datetime as dt
+    import subprocess
+
+    _require_tools("openssl")
+    d = tmp_path_factory.mktemp("openssl-pki")
+    (d / "newcerts").mkdir()
+    (d / "index.txt").write_text("")
+    (d / "serial").write_text("1000\n")
+    (d / "ca.cnf").write_text(
+        "[ ca ]\ndefault_ca = testca\n"
+        "[ testca ]\ndir = .\ndatabase = ./index.txt\nnew_certs_dir = ./newcerts\nserial = ./serial\n"
+        "default_md = sha256\npolicy = anything\nunique_subject = no\ncopy_extensions = none\n"
+        "[ anything ]\ncommonName = supplied\norganizationName = optional\n"
+        "[ v3_ca ]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
+        "subjectKeyIdentifier = hash\n"
+        "[ v3_signer ]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature,nonRepudiation\n"
+        "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n"
+    )
+    now = dt.datetime.now(dt.UTC)
+    start = (now - dt.timedelta(days=1)).strftime("%Y%m%d%H%M%SZ")
+    end = (now + dt.timedelta(days=60)).strftime("%Y%m%d%H%M%SZ")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    def issue(name: str, subject: str, keyopts: list[str], *, ca: bool = False) -> None:
+        openssl("genpkey", *keyopts, "-out", f"{name}.key")
+        openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr")
+        signer = ["-selfsign", "-keyfile", "ca.key"] if ca else ["-cert", "ca.pem", "-keyfile", "ca.key"]
+        openssl(
+            "ca", "-batch", "-config", "ca.cnf", *signer, "-in", f"{name}.csr", "-out", f"{name}.pem",
+            "-startdate", start, "-enddate", end, "-extensions", "v3_ca" if ca else "v3_signer", "-notext",
+        )  # fmt: skip
+
+    rsa = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+    issue("ca", "/CN=dcmsign interop test CA/O=interop", rsa, ca=True)
+    issue("rsa", "/CN=dcmsign RSA signer/O=interop", rsa)
+    issue("ec", "/CN=dcmsign ECDSA signer/O=interop", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
+    return d

@@ -1,0 +1,251 @@
+"""``medverify sign`` and ``medverify verify`` end to end through ``verifier.cli.main``, on real files."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from verifier.cli import main
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_passphrase: str) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDVERIFY_HOME", str(home))
+    monkeypatch.setenv("MEDVERIFY_KEY_PASSPHRASE", key_passphrase)
+    for name in ("MEDVERIFY_CONFIG", "MEDVERIFY_KEY_PASSPHRASE_FILE", "MEDVERIFY_DEFAULT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # never a terminal: no prompt can hang a test
+    return home
+
+
+@pytest.fixture
+def keyed_home(home: Path, signing_keystore_template: Path) -> Path:
+    """A home whose key store has the default key plus the RSA-2048 'rsa' and 'ecdsa' keys."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(signing_keystore_template, home / "keys")
+    return home
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def jsonl(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def sample(tmp_path: Path, name: str, target: str | None = None) -> Path:
+    path = tmp_path / (target or name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(get_testdata_file(name), path)
+    return path
+
+
+def flip_pixel(path: Path) -> None:
+    ds = pydicom.dcmread(path)
+    data = bytearray(ds.PixelData)
+    data[len(data) // 3] ^= 0x10
+    ds.PixelData = bytes(data)
+    ds.save_as(path)
+
+
+def test_init_sign_and_verify(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "keys", "init")[0] == 0
+    src = sample(tmp_path, "CT_small.dcm", "in/ct.dcm")
+    before = src.read_bytes()
+    out = tmp_path / "out" / "ct_signed.dcm"
+
+    code, stdout, stderr = run(capsys, "sign", src, "-o", out)
+    assert code == 0, stdout + stderr
+    assert "signed" in stdout
+    assert src.read_bytes() == before, "sign -o must not touch its input"
+
+    code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", out)
+    assert code == 0, stdout + stderr
+    (line,) = jsonl(stdout)
+    assert line["path"] == str(out)
+    assert line["sop_instance_uid"] == str(pydicom.dcmread(src).SOPInstanceUID)
+    assert line["signature"]["status"] == "VALID"
+    assert "CN=generator" in line["signature"]["signer"]
+    (sig,) = line["signature"]["signatures"]
+    assert sig["status"] == "VALID" and sig["mac_algorithm"] == "SHA256"
+    assert line["reasons"] == []
+
+
+def test_sign_in_place_and_options(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = sample(tmp_path, "MR_small.dcm")
+    code, stdout, stderr = run(
+        capsys, "sign", src, "--in-place", "--key", "rsa", "--profile", "creator", "--mac", "sha512"
+    )
+    assert code == 0, stdout + stderr
+    ds = pydicom.dcmread(src)
+    assert str(ds[0x4FFE0001].value[0][0x04000015].value) == "SHA512"
+
+    code, stdout, _ = run(capsys, "verify", "--format", "jsonl", src)
+    assert code == 0
+    (line,) = jsonl(stdout)
+    (sig,) = line["signature"]["signatures"]
+    assert "CN=rsa" in sig["signer"] and "creator" in sig["profiles"]
+
+
+def test_sign_refusals(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = sample(tmp_path, "CT_small.dcm")
+    before = src.read_bytes()
+    assert run(capsys, "sign", src)[0] == 2  # neither -o nor --in-place
+    assert run(capsys, "sign", src, "--in-place", "-o", tmp_path / "x.dcm")[0] == 2
+    assert run(capsys, "sign", src, "--in-place", "--mac", "ripemd160")[0] == 2
+    assert run(capsys, "sign", src, "--in-place", "--key", "ecdsa", "--profile", "creator")[0] == 2
+    assert src.read_bytes() == before
+
+
+def test_sign_several_into_a_directory_and_verify_them(
+    keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = ["CT_small.dcm", "MR_small_bigendian.dcm", "JPEG2000.dcm", "rtplan.dcm"]
+    inputs = [sample(tmp_path, n, f"in/{n}") for n in names]
+    outdir = tmp_path / "signed"
+    code, stdout, stderr = run(capsys, "sign", *inputs, "-o", outdir, "--key", "ecdsa")
+    assert code == 0, stdout + stderr
+    assert sorted(p.name for p in outdir.iterdir()) == sorted(names)
+
+    code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", outdir)
+    assert code == 0, stdout + stderr
+    lines = jsonl(stdout)
+    assert len(lines) == len(names)
+    for line in lines:
+        assert {"path", "sop_instance_uid", "signature", "reasons"} <= line.keys()
+        assert line["signature"]["status"] == "VALID", line
+        assert "CN=ecdsa" in line["signature"]["signer"]
+        assert isinstance(line["signature"]["signatures"], list) and line["signature"]["signatures"]
+
+    # One tampered file among valid ones: exit 1, and only that line says INVALID.
+    flip_pixel(outdir / "CT_small.dcm")
+    code, stdout, _ = run(capsys, "verify", "--format", "jsonl", outdir)
+    assert code == 1
+    by_name = {Path(line["path"]).name: line for line in jsonl(stdout)}
+    assert by_name["CT_small.dcm"]["signature"]["status"] == "INVALID"
+    assert by_name["CT_small.dcm"]["reasons"]
+    assert {by_name[n]["signature"]["status"] for n in names if n != "CT_small.dcm"} == {"VALID"}
+
+    # The text and json formats agree on the exit code.
+    assert run(capsys, "verify", outdir)[0] == 1
+    code, stdout, _ = run(capsys, "verify", "--format", "json", outdir)
+    assert code == 1 and len(json.loads(stdout)) == len(names)
+
+
+def test_unsigned_file_exits_zero(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(capsys, "verify", "--format", "jsonl", sample(tmp_path, "CT_small.dcm"))
+    assert code == 0
+    assert jsonl(stdout)[0]["signature"]["status"] == "UNSIGNED"
+
+
+def test_added_element_is_a_finding(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = sample(tmp_path, "CT_small.dcm")
+    assert run(capsys, "sign", src, "--in-place", "--key", "rsa")[0] == 0
+    ds = pydicom.dcmread(src)
+    ds.PatientComments = "added later"
+    ds.save_as(src)
+    code, stdout, _ = run(capsys, "verify", "--format", "jsonl", src)
+    assert code == 1
+    (line,) = jsonl(stdout)
+    assert line["signature"]["status"] == "VALID"
+    assert line["signature"]["uncovered"] == [{"tag": "(0010,4000)", "keyword": "PatientComments"}]
+    assert any("(0010,4000)" in r for r in line["reasons"])
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text"])
+def test_unreadable_input_alone_exits_two(
+    keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    if kind == "truncated":
+        path = sample(tmp_path, "MR_truncated.dcm")
+        expected = "MALFORMED"
+    else:
+        path = tmp_path / "notes.dcm"
+        path.write_text("not a DICOM file\n")
+        expected = "UNREADABLE"
+    code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", path)
+    assert code == 2, stdout + stderr
+    (line,) = jsonl(stdout)
+    assert line["path"] == str(path)
+    assert line["status"] == expected
+    assert line["error"] and line["reasons"]
+    assert "Traceback" not in stdout + stderr
+
+
+def test_tampered_file_wins_over_unreadable(
+    keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signed = sample(tmp_path, "CT_small.dcm")
+    assert run(capsys, "sign", signed, "--in-place", "--key", "rsa")[0] == 0
+    flip_pixel(signed)
+    truncated = sample(tmp_path, "MR_truncated.dcm")
+    code, stdout, _ = run(capsys, "verify", "--format", "jsonl", signed, truncated)
+    assert code == 1
+    assert [line["status"] for line in jsonl(stdout)] == ["INVALID", "MALFORMED"]
+
+
+def test_bad_arguments_exit_two(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = sample(tmp_path, "CT_small.dcm")
+    code, stdout, stderr = run(capsys, "verify", "--checks", "nonsense", src)
+    assert code == 2
+    assert "nonsense" in stdout + stderr
+    assert run(capsys, "verify", "--format", "xml", src)[0] == 2
+    assert run(capsys, "verify", tmp_path / "does-not-exist.dcm")[0] == 2
+    assert run(capsys, "verify", "--checks", "signature", "--format", "jsonl", src)[0] == 0
+
+
+def test_verify_without_any_trust_is_an_error(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, stderr = run(capsys, "verify", sample(tmp_path, "CT_small.dcm"))
+    assert code == 2
+    assert "keys init" in stdout + stderr or "--trust" in stdout + stderr
+
+
+def test_directory_scan_finds_dicom_by_content(
+    keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "scan"
+    disguised = sample(tmp_path, "CT_small.dcm", "scan/x.txt")
+    assert run(capsys, "sign", disguised, "--in-place", "--key", "rsa")[0] == 0
+    nested = sample(tmp_path, "MR_small.dcm", "scan/sub/no_extension")
+    (folder / "y.dcm").write_text("plain text pretending to be DICOM\n")
+
+    code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", folder)
+    assert code == 0, stdout + stderr
+    lines = jsonl(stdout)
+    assert sorted(line["path"] for line in lines) == sorted([str(disguised), str(nested)])
+    statuses = {Path(line["path"]).name: line["signature"]["status"] for line in lines}
+    assert statuses == {"x.txt": "VALID", "no_extension": "UNSIGNED"}
+
+
+def test_trust_option_adds_an_anchor(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], signing_keystore_template: Path
+) -> None:
+    """A verifier with no key store of its own trusts a signer's CA given with --trust."""
+    from conftest import TEST_KEY_PASSPHRASE
+
+    from provenance.keys import KeyStore
+
+    signer_store = KeyStore(signing_keystore_template, lambda: TEST_KEY_PASSPHRASE.encode())
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(signer_store.export_certificate("ca"))
+    src = sample(tmp_path, "CT_small.dcm")
+    ds = pydicom.dcmread(src)
+    from provenance.signature import sign_dataset
+
+    sign_dataset(ds, signer_store.load_signing_key("rsa"))
+    ds.save_as(src)
+    code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", "--trust", ca, src)
+    assert code == 0, stdout + stderr
+    assert jsonl(stdout)[0]["signature"]["status"] == "VALID"

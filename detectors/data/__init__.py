@@ -1,0 +1,53 @@
+"""Image I/O, normalisation and corpora: everything that turns files into frames for the detectors.
+
+Needs no database and no crypto; never imports :mod:`verifier` or :mod:`provenance`.
+"""
+
+from __future__ import annotations
+
+from detectors.data.corpus import (
+    DEFAULT_FRACTIONS,
+    MANIFEST_NAME,
+    SPLITS,
+    BuildReport,
+    Corpus,
+    CorpusFrame,
+    ManifestEntry,
+    Split,
+    assign_split,
+    build_corpus,
+    build_sample_corpus,
+)
+from detectors.data.normalize import CT_HU_RANGE, normalization_range, normalize, normalize_image
+from detectors.data.reader import (
+    DEFAULT_MAX_DECODED_BYTES,
+    ImageData,
+    ImageFormat,
+    max_decoded_bytes,
+    read_image,
+    sniff_format,
+)
+
+__all__ = [
+    "CT_HU_RANGE",
+    "DEFAULT_FRACTIONS",
+    "DEFAULT_MAX_DECODED_BYTES",
+    "MANIFEST_NAME",
+    "SPLITS",
+    "BuildReport",
+    "Corpus",
+    "CorpusFrame",
+    "ImageData",
+    "ImageFormat",
+    "ManifestEntry",
+    "Split",
+    "assign_split",
+    "build_corpus",
+    "build_sample_corpus",
+    "max_decoded_bytes",
+    "normalization_range",
+    "normalize",
+    "normalize_image",
+    "read_image",
+    "sniff_format",
+]

@@ -249,3 +249,21 @@ def test_trust_option_adds_an_anchor(
     code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", "--trust", ca, src)
     assert code == 0, stdout + stderr
     assert jsonl(stdout)[0]["signature"]["status"] == "VALID"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug in verifier/instance.py: a file cut inside an element header (or inside an eagerly "
+    "converted value such as Specific Character Set) is read as a shorter, valid file",
+)
+def test_file_cut_inside_an_element_header_is_malformed(
+    keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    rows = pydicom.dcmread(get_testdata_file("CT_small.dcm")).get_item(0x00280010)
+    header_start = rows.value_tell - 8  # explicit VR little endian, short VR: 8-byte header
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: header_start + 4])
+    code, stdout, _ = run(capsys, "verify", "--format", "jsonl", cut)
+    assert jsonl(stdout)[0]["status"] == "MALFORMED"
+    assert code == 2

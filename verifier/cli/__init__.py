@@ -30,7 +30,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so that each module registers its commands on ``app`` without import cycles.
-    for optional in ("keys", "signing", "audit", "demo"):
+    for optional in ("keys", "signing", "audit", "demo", "corpus"):
         try:
             __import__(f"verifier.cli.{optional}")
         except ModuleNotFoundError as exc:

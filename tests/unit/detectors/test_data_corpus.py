@@ -1,0 +1,164 @@
+"""Corpora: splits by source that are stable and seeded, manifest round trip, build from folders, sample corpus."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from detectors.data.corpus import (
+    MANIFEST_NAME,
+    SPLITS,
+    Corpus,
+    ManifestEntry,
+    assign_split,
+    build_corpus,
+    build_sample_corpus,
+)
+from detectors.errors import CorpusError
+
+
+def _dicom_copy(src: Path, dst: Path, *, patient: str, study: str, sop: str, mark: int) -> Path:
+    ds = pydicom.dcmread(src)
+    pixels = ds.pixel_array.copy()
+    pixels[0, :4] = mark  # distinct pixels: identical pixels would be skipped as duplicates
+    ds.PixelData = pixels.tobytes()
+    ds.PatientID, ds.StudyInstanceUID, ds.SOPInstanceUID = patient, study, sop
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dst)
+    return dst
+
+
+def test_assign_split_is_stable_seeded_and_follows_fractions() -> None:
+    sources = [f"patient:{i:04d}" for i in range(2000)]
+    first = [assign_split(s, seed=3) for s in sources]
+    assert first == [assign_split(s, seed=3) for s in sources]
+    assert first != [assign_split(s, seed=4) for s in sources]
+    counts = {split: first.count(split) for split in SPLITS}
+    assert abs(counts["train"] / 2000 - 0.7) < 0.05 and abs(counts["test"] / 2000 - 0.15) < 0.05
+    assert {assign_split(s, fractions=(0.0, 0.0, 1.0)) for s in sources[:50]} == {"test"}
+    with pytest.raises(CorpusError):
+        assign_split("x", fractions=(0.5, 0.5, 0.5))
+
+
+@pytest.fixture
+def tree(tmp_path: Path, dicom_sample: dict[str, Path]) -> Path:
+    """A folder like a hospital export: DICOM without extensions, NIfTI, PNG, junk, a tiny and a broken file."""
+    root = tmp_path / "export"
+    mr, ct = dicom_sample["MR_small.dcm"], dicom_sample["CT_small.dcm"]
+    for p in range(12):
+        for i in range(2):
+            src = mr if i == 0 else ct
+            _dicom_copy(src, root / f"Patient {p}" / f"IM{i}", patient=f"P{p}", study=f"1.2.3.{p}",
+                        sop=f"1.2.3.{p}.{i}", mark=10 * p + i)
+    nib.save(nib.Nifti1Image(np.pad(np.ones((60, 60, 8), np.float32), ((2, 2), (2, 2), (0, 0))), np.eye(4)),
+             root / "brain.nii.gz")
+    cv2.imwrite(str(root / "xray.png"), np.tile(np.arange(80, dtype=np.uint16) * 500, (72, 1)))
+    cv2.imwrite(str(root / "tiny.png"), np.zeros((8, 8), np.uint8))
+    (root / "notes.txt").write_text("not an image")
+    broken = root / "broken.dcm"
+    broken.write_bytes(dicom_sample["MR_small.dcm"].read_bytes()[:4000])
+    shutil.copy(root / "Patient 0" / "IM0", root / "copy-of-IM0")
+    return root
+
+
+def test_build_corpus_from_folders(tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "corpus"
+    seen: list[tuple[int, int]] = []
+    with caplog.at_level(logging.WARNING):
+        report = build_corpus([tree], out, modality="MR", progress=lambda d, t: seen.append((d, t)))
+    assert report.added == 26  # 24 DICOM + NIfTI + PNG
+    assert report.skipped == {"duplicate": 1, "not an image": 1, "too small": 1, "unreadable": 1}
+    assert "1 unreadable" in caplog.text
+    assert seen[-1] == (report.scanned, report.scanned) == (30, 30)
+    corpus = Corpus.load(out)
+    assert len(corpus.entries) == 26
+    # Files are content-addressed: no folder or file name (often a patient's) reaches the corpus.
+    manifest_text = (out / MANIFEST_NAME).read_text()
+    assert "Patient" not in manifest_text and "P1" not in manifest_text
+    for entry in corpus.entries:
+        assert (out / entry.path).is_file() and entry.sha256 in entry.path
+    # Every image of one patient shares a split.
+    by_source: dict[str, set[str]] = {}
+    for entry in corpus.entries:
+        by_source.setdefault(entry.source_id, set()).add(entry.split)
+    assert all(len(splits) == 1 for splits in by_source.values())
+    assert len([s for s in by_source if s.startswith("patient:")]) == 12
+    assert {e.split for e in corpus.entries} == set(SPLITS)  # 12 patients at seed 0 reach every split
+    nifti = next(e for e in corpus.entries if e.format == "nifti")
+    assert nifti.modality == "MR" and nifti.shape == (8, 64, 64)
+    png = next(e for e in corpus.entries if e.format == "png")
+    assert png.shape == (1, 72, 80)
+
+
+def test_build_is_stable_and_extends(tree: Path, tmp_path: Path) -> None:
+    a = build_corpus([tree], tmp_path / "a").corpus
+    b = build_corpus([tree], tmp_path / "b").corpus
+    assert [(e.sha256, e.split) for e in a.entries] == [(e.sha256, e.split) for e in b.entries]
+    again = build_corpus([tree], tmp_path / "a")
+    assert again.added == 0 and len(again.corpus.entries) == len(a.entries)
+    with pytest.raises(CorpusError, match="seed"):
+        build_corpus([tree], tmp_path / "a", seed=1)
+
+
+def test_manifest_round_trip_and_iteration(tree: Path, tmp_path: Path) -> None:
+    built = build_corpus([tree], tmp_path / "c", modality="MR", slice_step=3).corpus
+    loaded = Corpus.load(tmp_path / "c")
+    assert sorted(loaded.entries, key=lambda e: e.path) == sorted(built.entries, key=lambda e: e.path)
+    assert ManifestEntry.from_json(json.loads(json.dumps(loaded.entries[0].to_json()))) == loaded.entries[0]
+    nifti = next(e for e in loaded.entries if e.format == "nifti")
+    assert nifti.frame_indices == (0, 3, 6)
+    total = 0
+    for split in SPLITS:
+        frames = list(loaded.iter_frames(split, normalized=True))
+        total += len(frames)
+        for frame in frames:
+            assert frame.entry.split == split and frame.pixels.dtype == np.float32
+            assert 0.0 <= float(frame.pixels.min()) and float(frame.pixels.max()) <= 1.0
+    assert total == sum(e.n_frames for e in loaded.entries) == 24 + 3 + 1
+    with pytest.raises(CorpusError):
+        list(loaded.iter_entries("holdout"))  # type: ignore[arg-type]
+
+
+def test_manifest_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="not a corpus"):
+        Corpus.load(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"version": 1, "entries": [
+        {"path": "../../etc/passwd", "format": "dicom", "modality": "CT", "shape": [1, 64, 64],
+         "source_id": "x", "split": "train", "sha256": "0"}]}))
+    with pytest.raises(CorpusError, match="relative"):
+        Corpus.load(tmp_path)
+    with pytest.raises(CorpusError):
+        build_corpus([tmp_path / "missing"], tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_sample_corpus_builds_offline_with_several_modalities(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the sample corpus must not reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    report = build_sample_corpus(tmp_path / "sample")
+    corpus = report.corpus
+    modalities = {e.modality for e in corpus.entries}
+    assert {"CT", "MR", "CR", "US"} <= modalities
+    assert {e.format for e in corpus.entries} == {"dicom", "nifti"}
+    assert len(corpus.entries) >= 12 and report.skipped_total == 0
+    assert {e.split for e in corpus.entries} == set(SPLITS)
+    origins = {e.origin.split(":")[1] for e in corpus.entries}
+    assert not any(o.startswith(("SC_", "examples_")) or "truncated" in o for o in origins)
+    for entry in corpus.entries:
+        assert min(entry.shape[1:]) >= 64
+    image = corpus.read(next(e for e in corpus.entries if e.format == "nifti"))
+    assert image.n_frames < image.total_frames  # slices, not the whole volume

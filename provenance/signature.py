@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
@@ -118,6 +119,18 @@ def _tag_str(tag: int) -> str:
 
 def _keyword(tag: int) -> str:
     return keyword_for_tag(tag) or ("Private" if (tag >> 16) % 2 else "")
+
+
+def _signed_tags(params: Dataset) -> list[int]:
+    """Data Elements Signed; read straight from the raw little-endian bytes when possible (hundreds of tags)."""
+    raw = params.get_item(_DATA_ELEMENTS_SIGNED)
+    value = getattr(raw, "value", None)
+    if isinstance(raw, RawDataElement) and raw.is_little_endian and isinstance(value, bytes):
+        if len(value) % 4:
+            raise ValueError("Data Elements Signed has a length that is not a multiple of 4")
+        words = struct.unpack(f"<{len(value) // 2}H", value)
+        return [(words[i] << 16) | words[i + 1] for i in range(0, len(words), 2)]
+    return _tags_of(params[_DATA_ELEMENTS_SIGNED].value)
 
 
 def _tags_of(value: object) -> list[int]:
@@ -397,7 +410,7 @@ def _verify_item(
         if _DATA_ELEMENTS_SIGNED not in params:
             raise _Malformed("the MAC Parameters item has no Data Elements Signed")
         try:
-            signed = _tags_of(params[_DATA_ELEMENTS_SIGNED].value)
+            signed = _signed_tags(params)
         except (TypeError, ValueError) as exc:
             raise _Malformed("Data Elements Signed cannot be read") from exc
         info["covered"] = tuple(_tag_str(t) for t in signed)

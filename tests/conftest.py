@@ -6,13 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from testkit import TEST_KEY_PASSPHRASE
 
 from provenance.keys import KeyStore
 
 pytest_plugins = ["fixtures_postgres"]  # PostgreSQL server + audit_db_url (sqlite, postgresql)
 
-#: Test-only key store passphrase; the secret-scanning tests check that it never reaches any output.
-TEST_KEY_PASSPHRASE = "test-passphrase-Zq9v7XkP3m"
 
 
 @pytest.fixture(scope="session")

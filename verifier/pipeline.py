@@ -9,18 +9,31 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Iterator
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provenance.models import SignatureReport
 from provenance.signature import verify_dataset
 from provenance.trust import TrustPolicy
-from verifier.audit import AuditEntry, Channel, EventKind
 from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError, is_dicom_file
 
-__all__ = ["Check", "FileResult", "check_instance", "check_path", "iter_input_files", "parse_checks"]
+if TYPE_CHECKING:  # SQLAlchemy is imported only when a record is written
+    from verifier.audit import AuditEntry, Channel
+
+__all__ = [
+    "Check",
+    "FileResult",
+    "check_instance",
+    "check_path",
+    "check_paths",
+    "default_workers",
+    "iter_input_files",
+    "parse_checks",
+]
 
 
 class Check(enum.StrEnum):
@@ -78,8 +91,10 @@ class FileResult:
     def with_audit_id(self, audit_id: int | None) -> FileResult:
         return dataclasses.replace(self, audit_id=audit_id)
 
-    def audit_entry(self, *, channel: Channel, event: str = EventKind.VERIFY) -> AuditEntry:
+    def audit_entry(self, *, channel: Channel, event: str = "verify") -> AuditEntry:
         """The audit record of this result (one per input, also for unreadable input)."""
+        from verifier.audit import AuditEntry
+
         return AuditEntry(
             event=event,
             channel=channel,
@@ -145,6 +160,44 @@ def check_path(path: Path | str, *, checks: frozenset[Check], policy: TrustPolic
         )
 
 
+_WORKER_STATE: tuple[frozenset[Check], TrustPolicy] | None = None
+
+
+def _check_in_worker(path: Path) -> FileResult:
+    if _WORKER_STATE is None:  # pragma: no cover - set before the pool forks
+        raise RuntimeError("worker state missing")
+    checks, policy = _WORKER_STATE
+    return check_path(path, checks=checks, policy=policy)
+
+
+def default_workers(n_files: int) -> int:
+    """Worker processes for ``n_files``: one for small batches, else one per core (at most 8)."""
+    if n_files < 64:
+        return 1
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def check_paths(
+    paths: Sequence[Path], *, checks: frozenset[Check], policy: TrustPolicy, workers: int = 1
+) -> Iterator[FileResult]:
+    """Check ``paths`` and yield one result per path, in order, using ``workers`` processes.
+
+    Workers are forked (the trust policy and checks are inherited, not pickled); results come back in input order
+    so that output and audit records follow the command line.
+    """
+    global _WORKER_STATE
+    if workers <= 1 or len(paths) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        for path in paths:
+            yield check_path(path, checks=checks, policy=policy)
+        return
+    _WORKER_STATE = (checks, policy)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            yield from pool.imap(_check_in_worker, paths, chunksize=8)
+    finally:
+        _WORKER_STATE = None
+
+
 def iter_input_files(paths: Iterable[Path | str], *, follow_symlinks: bool = False) -> Iterator[Path]:
     """Files named on the command line, and DICOM files (by content) found under directories.
 
@@ -165,8 +218,6 @@ def iter_input_files(paths: Iterable[Path | str], *, follow_symlinks: bool = Fal
 
 
 def _walk(root: Path, follow_symlinks: bool) -> Iterator[Path]:
-    import os
-
     for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
         dirnames.sort()
         for name in filenames:

@@ -233,7 +233,7 @@ def test_trust_option_adds_an_anchor(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], signing_keystore_template: Path
 ) -> None:
     """A verifier with no key store of its own trusts a signer's CA given with --trust."""
-    from conftest import TEST_KEY_PASSPHRASE
+    from testkit import TEST_KEY_PASSPHRASE
 
     from provenance.keys import KeyStore
 

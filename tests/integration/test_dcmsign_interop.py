@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.dcmtk, pytest.mark.usefixtures("dcmtk")]
 
 @pytest.fixture(scope="module")
 def store(signing_keystore_template: Path) -> KeyStore:
-    from conftest import TEST_KEY_PASSPHRASE
+    from testkit import TEST_KEY_PASSPHRASE
 
     return KeyStore(signing_keystore_template, lambda: TEST_KEY_PASSPHRASE.encode())
 

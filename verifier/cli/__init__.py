@@ -28,9 +28,21 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    # Imported here so that each module registers its commands on ``app`` without import cycles.
-    for optional in ("keys", "signing", "audit", "demo", "corpus"):
+#: Commands whose module is not named after them.
+_COMMAND_MODULES = {"verify": "signing", "sign": "signing", "db": "audit"}
+
+
+def _register(command: str | None = None) -> None:
+    """Import the command modules, which register their commands on ``app``.
+
+    With ``command`` given, only the module of that command is imported: start-up time matters for a tool that
+    is run once per file by scripts, and some modules pull in SQLAlchemy or torch.
+    """
+    modules: tuple[str, ...] = ("keys", "signing", "audit", "demo", "corpus")
+    wanted = _COMMAND_MODULES.get(command or "", command)
+    if wanted in modules:
+        modules = (wanted,)
+    for optional in modules:
         try:
             __import__(f"verifier.cli.{optional}")
         except ModuleNotFoundError as exc:
@@ -38,12 +50,18 @@ def _register() -> None:
                 raise
 
 
-_register()
+def _command_of(args: Sequence[str]) -> str | None:
+    for arg in args:
+        if not arg.startswith("-"):
+            return arg
+        return None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` and return the exit code instead of exiting."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _register(_command_of(args))
     try:
         result = app(args=args, prog_name="medverify", standalone_mode=False)
     except (MedverifyError, ProvenanceError) as exc:

@@ -72,7 +72,9 @@ def _record(action: str, **details: object) -> None:
     from verifier.audit import AuditEntry, Channel, EventKind
     from verifier.cli.audit import open_audit_log
 
-    log = open_audit_log(_common.settings())
+    # signer=False: a key event must not create the audit key as a side effect; checkpoints come from the
+    # commands that write many records, or from `medverify audit checkpoint`.
+    log = open_audit_log(_common.settings(), signer=False)
     try:
         log.append(
             AuditEntry(

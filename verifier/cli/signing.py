@@ -19,13 +19,11 @@ from provenance.keys import KeyStore
 from provenance.models import MacAlgorithm, SignatureProfile, SignatureStatus
 from provenance.signature import sign_dataset
 from provenance.trust import TrustPolicy, load_certificates
-from verifier.audit import AuditEntry, AuditLog, Channel, EventKind
 from verifier.cli import _common, app
-from verifier.cli.audit import open_audit_log
 from verifier.cli.keys import open_keystore
 from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError
-from verifier.pipeline import FileResult, check_path, iter_input_files, parse_checks
+from verifier.pipeline import FileResult, check_path, check_paths, default_workers, iter_input_files, parse_checks
 from verifier.settings import Settings
 
 __all__ = ["exit_code", "load_trust_policy"]
@@ -109,6 +107,9 @@ def verify(
     db: Annotated[
         str | None, typer.Option("--db", help="Audit database URL (default: MEDVERIFY_DB_URL, else SQLite).")
     ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", "-j", min=0, help="Worker processes (0: one per core for large batches).")
+    ] = 0,
 ) -> int:
     """Verify files. Exit code 0: nothing found; 1: a problem found; 2: an error stopped a check.
 
@@ -120,13 +121,18 @@ def verify(
     settings = _common.settings()
     policy = load_trust_policy(settings, trust or [])
     files = list(iter_input_files(paths, follow_symlinks=follow_symlinks))
-    log = None if no_audit else open_audit_log(settings, db=db)
+    log = None
+    if not no_audit:
+        from verifier.audit import Channel
+        from verifier.cli.audit import open_audit_log
+
+        log = open_audit_log(settings, db=db)
     results: list[FileResult] = []
     show_progress = output_format == "text" and len(files) > 20 and _common.err_console.is_terminal
     with _progress(show_progress) as progress:
         task = progress.add_task("verifying", total=len(files))
-        for path in files:
-            result = check_path(path, checks=selected, policy=policy)
+        n_workers = workers or default_workers(len(files))
+        for result in check_paths(files, checks=selected, policy=policy, workers=n_workers):
             if log is not None:
                 result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
             results.append(result)
@@ -195,7 +201,10 @@ def sign(
     store = open_keystore(settings)
     signer = store.load_signing_key(key or settings.default_key)
     policy = store.trust_policy()
-    log: AuditLog = open_audit_log(settings)
+    from verifier.audit import AuditEntry, Channel, EventKind
+    from verifier.cli.audit import open_audit_log
+
+    log = open_audit_log(settings)
     targets: list[tuple[Path, Path]] = []
     if in_place:
         targets = [(f, f) for f in files]

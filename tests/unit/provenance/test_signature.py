@@ -54,7 +54,7 @@ def signable_tags(ds: Dataset) -> set[str]:
 
 @pytest.fixture(scope="module")
 def store(signing_keystore_template: Path) -> KeyStore:
-    from conftest import TEST_KEY_PASSPHRASE  # read-only use of the session template
+    from testkit import TEST_KEY_PASSPHRASE  # read-only use of the session template
 
     return KeyStore(signing_keystore_template, lambda: TEST_KEY_PASSPHRASE.encode())
 

@@ -1,0 +1,132 @@
+"""``vae``: a convolutional VAE with a spatial latent map.
+
+The latent is a ``latent_channels`` x (S/8) x (S/8) map, so both the encoder and decoder are fully
+convolutional: a paired fake is the reconstruction of a real image at its native size (decoder of the posterior
+mean), and :meth:`sample` at a larger size decodes a larger standard-normal latent map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectors.generators.base import Generator, pad_to_multiple, register_generator
+from detectors.generators.config import GeneratorConfig
+from detectors.generators.errors import GeneratorConfigError
+
+__all__ = ["VAE", "VAEConfig", "VAEGenerator"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VAEConfig(GeneratorConfig):
+    """``width`` channels at full resolution, doubled (up to ``max_width``) at each of three down-samplings."""
+
+    width: int = 16
+    max_width: int = 128
+    latent_channels: int = 4
+    blocks: int = 1
+    beta: float = 0.5
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"image_size": 32, "width": 8, "max_width": 16, "steps": 40, "batch_size": 4},
+        "small": {},
+        "large": {"width": 64, "max_width": 256, "blocks": 2, "steps": 60000, "batch_size": 64, "lr": 5e-4},
+    }
+
+    def validate(self) -> None:
+        if min(self.width, self.max_width, self.latent_channels, self.blocks) < 1 or self.beta < 0:
+            raise GeneratorConfigError("width, max_width, latent_channels, blocks must be >= 1 and beta >= 0")
+
+
+class _Res(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x + self.body(x))
+
+
+class VAE(nn.Module):
+    """Encoder to (mu, logvar) maps at 1/8 resolution and a mirrored decoder with nearest-neighbour up-sampling."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        w = [min(cfg.width * 2**i, cfg.max_width) for i in range(4)]
+        enc: list[nn.Module] = [nn.Conv2d(1, w[0], 3, padding=1), nn.SiLU()]
+        for i in range(3):
+            enc += [nn.Conv2d(w[i], w[i + 1], 4, stride=2, padding=1), nn.SiLU()]
+            enc += [_Res(w[i + 1]) for _ in range(cfg.blocks)]
+        enc.append(nn.Conv2d(w[3], 2 * cfg.latent_channels, 3, padding=1))
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, w[3], 3, padding=1), nn.SiLU()]
+        for i in range(3, 0, -1):
+            dec += [_Res(w[i]) for _ in range(cfg.blocks)]
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w[i], w[i - 1], 3, padding=1), nn.SiLU()]
+        dec += [nn.Conv2d(w[0], w[0], 3, padding=1), nn.SiLU(), nn.Conv2d(w[0], 1, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+        self.latent_channels = cfg.latent_channels
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.decoder(z))
+
+
+@register_generator("vae")
+class VAEGenerator(Generator):
+    """Variational auto-encoder; paired fake = reconstruction of the real image (decoder of the posterior mean)."""
+
+    config_class = VAEConfig
+    paired_method = "VAE reconstruction: decoder(encoder mean) of the real image at its native size"
+    config: VAEConfig
+
+    def _build(self) -> dict[str, nn.Module]:
+        return {"vae": VAE(self.config)}
+
+    @property
+    def vae(self) -> VAE:
+        model = self.modules["vae"]
+        assert isinstance(model, VAE)
+        return model
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return [torch.optim.Adam(self.vae.parameters(), lr=self.config.lr)]
+
+    def _train_step(self, batch: torch.Tensor, step: int, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
+        (opt,) = optimizers
+        mu, logvar = self.vae.encode(batch)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        recon = self.vae.decode(z)
+        n = batch.shape[0]
+        rec = F.mse_loss(recon, batch, reduction="sum") / n
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum() / n
+        # KL warm-up over the first 10 % of the configured steps avoids posterior collapse early on.
+        warm = min(1.0, step / max(1.0, 0.1 * self.config.steps))
+        loss = rec + self.config.beta * warm * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 5.0)
+        opt.step()
+        pixels = batch[0].numel()
+        return {"loss": loss.item() / pixels, "mse": rec.item() / pixels, "kl": kl.item() / pixels}
+
+    def _sample(self, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+        side = -(-size // 8)
+        z = torch.randn((n, self.config.latent_channels, side, side), generator=gen)
+        return self.vae.decode(z)[..., :size, :size]
+
+    def _paired(self, real: torch.Tensor, gen: torch.Generator, rng: np.random.Generator) -> torch.Tensor:
+        x, (h, w) = pad_to_multiple(real, 8)
+        mu, _ = self.vae.encode(x)
+        return self.vae.decode(mu)[..., :h, :w]

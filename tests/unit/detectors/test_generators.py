@@ -1,0 +1,195 @@
+"""Contract tests run over every registered generator (timm-style), plus checkpoint integrity."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detectors.generators import (
+    PRESET_NAMES,
+    CheckpointError,
+    Generator,
+    GeneratorConfigError,
+    GeneratorInputError,
+    TamperGenerator,
+    TrainProgress,
+    UnknownGeneratorError,
+    create_generator,
+    generator_class,
+    list_generators,
+    read_checkpoint,
+    sha256_file,
+)
+from detectors.generators.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+torch.set_num_threads(1)
+
+GENERATORS = list_generators()
+
+
+def phantom(seed: int, h: int = 48, w: int = 48) -> np.ndarray:
+    """A smooth body outline with a few round structures and mild noise, in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w), np.float32)
+    img[((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 <= 1] = 0.45
+    for _ in range(4):
+        cy, cx = rng.uniform(0.3, 0.7, 2) * [h, w]
+        r = rng.uniform(0.05, 0.15) * min(h, w)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.uniform(0.2, 0.9)
+    img = cv2.GaussianBlur(img, (0, 0), 1.0) + rng.normal(0, 0.02, (h, w)).astype(np.float32)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+FRAMES = [phantom(i) for i in range(3)] + [phantom(9, 24, 40)]  # one smaller than the patch: upsampled
+
+
+@pytest.fixture(scope="module", params=GENERATORS)
+def trained(request: pytest.FixtureRequest) -> Generator:
+    """A ``tiny`` generator trained for its few configured steps (shared by the tests of one generator)."""
+    gen = create_generator(request.param, config="tiny", seed=0)
+    seen: list[TrainProgress] = []
+    result = gen.fit(FRAMES, seed=1, progress=seen.append, progress_every=2)
+    assert result.steps == gen.config.steps and seen[-1].step == gen.config.steps
+    assert all(np.isfinite(v) for v in result.metrics.values()) and result.metrics
+    assert seen[-1].eta_s == 0.0
+    return gen
+
+
+def test_registry() -> None:
+    assert {"vae", "gan", "diffusion", "tamper"} <= set(GENERATORS)
+    for name in GENERATORS:
+        cls = generator_class(name)
+        assert cls.name == name and cls.paired_method
+        for preset in PRESET_NAMES:
+            assert cls.config_class.preset(preset).image_size >= 16
+    with pytest.raises(UnknownGeneratorError, match="registered: diffusion"):
+        create_generator("nope")
+    with pytest.raises(GeneratorConfigError):
+        create_generator("vae", config="huge")
+    with pytest.raises(GeneratorConfigError):
+        create_generator("vae", config="tiny", width=-1)
+    with pytest.raises(GeneratorConfigError):
+        create_generator("vae", config="tiny", no_such_field=1)
+
+
+def test_sample_contract(trained: Generator) -> None:
+    out = trained.sample(2, seed=3)
+    size = trained.config.image_size
+    assert out.shape == (2, size, size) and out.dtype == np.float32
+    assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
+    big = trained.sample(1, seed=3, size=size * 2 + 8)  # clinical size by the stated method
+    assert big.shape == (1, size * 2 + 8, size * 2 + 8) and 0.0 <= big.min() <= big.max() <= 1.0
+    np.testing.assert_array_equal(out, trained.sample(2, seed=3))
+    assert trained.sample(0).shape == (0, size, size)
+
+
+def test_paired_fake_contract(trained: Generator) -> None:
+    real = phantom(42, 40, 56)  # non-square, not a multiple of the down-sampling
+    fake, mask = trained.paired_fake_with_mask(real, seed=5)
+    assert fake.shape == real.shape and fake.dtype == np.float32 and mask.shape == real.shape
+    assert 0.0 <= fake.min() <= fake.max() <= 1.0
+    assert np.abs(fake - real).mean() > 1e-3, "the paired fake must differ from the real image"
+    assert np.corrcoef(fake.ravel(), real.ravel())[0, 1] > 0.3, "the paired fake must share the real content"
+    assert mask.any()
+    changed = np.abs(fake - real) > 1e-6
+    assert changed[mask].sum() >= 0.95 * changed.sum(), "changes must lie inside the mask"
+    np.testing.assert_array_equal(fake, trained.paired_fake(real, seed=5))
+    with pytest.raises(GeneratorInputError):
+        trained.paired_fake(real * 3.0)
+    with pytest.raises(GeneratorInputError):
+        trained.paired_fake(np.zeros((2, 8, 8), np.float32))
+
+
+def test_tamper_modes() -> None:
+    gen = create_generator("tamper", config="tiny")
+    assert isinstance(gen, TamperGenerator)
+    real = phantom(3, 64, 64)
+    for mode in ("inject", "remove"):
+        result = gen.tamper(real, seed=2, mode=mode)
+        changed = result.image != real
+        assert result.mode == mode and result.mask.any() and changed.any()
+        assert not changed[~result.mask].any()
+        assert result.mask.mean() < 0.25, "a local edit"
+    telea = create_generator("tamper", config="tiny", inpaint_method="telea").tamper(real, seed=2, mode="remove")
+    assert telea.mask.any() and not (telea.image != real)[~telea.mask].any()
+
+
+def test_training_is_reproducible() -> None:
+    runs = []
+    for _ in range(2):
+        gen = create_generator("gan", config="tiny", seed=7)
+        gen.fit(FRAMES, seed=3, steps=3)
+        runs.append(gen.sample(2, seed=1))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    other = create_generator("gan", config="tiny", seed=7)
+    other.fit(FRAMES, seed=4, steps=3)
+    assert not np.array_equal(other.sample(2, seed=1), runs[0])
+
+
+def test_checkpoint_round_trip(trained: Generator, tmp_path: Path) -> None:
+    info = trained.save(tmp_path / "ckpt")
+    assert info.digest == sha256_file(tmp_path / "ckpt" / WEIGHTS_FILE) == trained.digest
+    doc = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    assert doc["name"] == trained.name and doc["digest"] == info.digest
+    assert doc["config"] == json.loads(json.dumps(trained.config.to_dict()))
+    assert doc["training"]["seed"] == 1 and doc["training"]["steps"] == trained.config.steps
+    assert info.seed == 1
+
+    loaded = create_generator(trained.name, checkpoint=tmp_path / "ckpt")
+    assert loaded.config == trained.config and loaded.digest == info.digest
+    np.testing.assert_array_equal(loaded.sample(2, seed=9), trained.sample(2, seed=9))
+    real = phantom(5)
+    np.testing.assert_array_equal(loaded.paired_fake(real, seed=1), trained.paired_fake(real, seed=1))
+
+    # The weights file is plain safetensors: no pickle opcodes, a JSON header.
+    blob = (tmp_path / "ckpt" / WEIGHTS_FILE).read_bytes()
+    header_len = int.from_bytes(blob[:8], "little")
+    json.loads(blob[8 : 8 + header_len])
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(blob)
+
+    with pytest.raises(CheckpointError, match="not 'other'"):
+        read_checkpoint(tmp_path / "ckpt", expected_name="other")
+    with pytest.raises(GeneratorConfigError):
+        create_generator(trained.name, checkpoint=tmp_path / "ckpt", config="tiny")
+
+
+def test_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
+    gen = create_generator("vae", config="tiny")
+    gen.save(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / WEIGHTS_FILE
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="does not match the checkpoint digest"):
+        create_generator("vae", checkpoint=tmp_path / "ckpt")
+    (tmp_path / "ckpt" / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        create_generator("vae", checkpoint=tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        create_generator("vae", checkpoint=tmp_path / "missing")
+
+
+def test_pickle_in_place_of_weights_is_refused(tmp_path: Path) -> None:
+    gen = create_generator("gan", config="tiny")
+    info = gen.save(tmp_path / "ckpt")
+    payload = pickle.dumps({"g.net.0.weight": [1.0]})
+    (tmp_path / "ckpt" / WEIGHTS_FILE).write_bytes(payload)
+    doc = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    import hashlib
+
+    doc["digest"] = hashlib.sha256(payload).hexdigest()  # even with a matching digest
+    (tmp_path / "ckpt" / CONFIG_FILE).write_text(json.dumps(doc))
+    assert doc["digest"] != info.digest
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        create_generator("gan", checkpoint=tmp_path / "ckpt")

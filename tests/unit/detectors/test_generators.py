@@ -193,3 +193,22 @@ def test_pickle_in_place_of_weights_is_refused(tmp_path: Path) -> None:
     assert doc["digest"] != info.digest
     with pytest.raises(CheckpointError, match="not a valid safetensors"):
         create_generator("gan", checkpoint=tmp_path / "ckpt")
+
+
+def test_cli_train_generator(tmp_path: Path) -> None:
+    from detectors.data import build_corpus
+    from verifier.cli import main
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), (phantom(i, 72, 80) * 255).astype(np.uint8))
+    build_corpus([tmp_path], tmp_path / "corpus", modality="OT")
+    out = tmp_path / "ckpt"
+    argv = ["train", "generator", "gan", "--corpus", str(tmp_path / "corpus"), "--config", "tiny"]
+    assert main([*argv, "--split", "all", "--steps", "3", "--out", str(out), "--threads", "1", "--seed", "4"]) == 0
+    gen = create_generator("gan", checkpoint=out)
+    assert gen.training_record["steps"] == 3 and gen.training_record["seed"] == 4
+    assert gen.training_record["data"]["frames"] == 3
+    assert torch.get_num_threads() == 1
+    assert main(["train", "generator", "nope", "--corpus", str(tmp_path / "corpus")]) == 2
+    assert main(["train", "generator", "gan", "--corpus", str(tmp_path / "missing")]) == 2
+    assert main([*argv, "--split", "everything"]) == 2

@@ -11,12 +11,15 @@ import dataclasses
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from verifier.errors import InputError
 
@@ -35,18 +38,42 @@ class UnreadableInstanceError(InputError):
         self.sha256 = sha256
 
 
-def _check_truncation(ds: FileDataset, path: str, digest: str) -> None:
-    """pydicom reads a file cut short without complaint; a value shorter than its length field is MALFORMED."""
+_TRUNCATION_WARNINGS = ("end of file", "before delimiter", "truncat")
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned: list[str]) -> None:
+    """pydicom reads a file cut short without complaint; find the cut here (MALFORMED).
+
+    A value shorter than its length field, a last element that does not end where the file ends (a cut inside an
+    element header), a warning that the data ended before a delimiter, or an image without Pixel Data.
+    """
+
+    def refuse(why: str, consequence: str = "the file is cut short or damaged") -> None:
+        raise UnreadableInstanceError(f"{path}: {why}: {consequence}", kind="MALFORMED", sha256=digest)
+
+    for message in warned:
+        if any(word in message.lower() for word in _TRUNCATION_WARNINGS):
+            refuse(f"the parser reported '{message[:120]}'")
+    last = None
     for tag in ds.keys():
         elem = ds.get_item(tag)
         length = getattr(elem, "length", None)
         value = getattr(elem, "value", None)
         if isinstance(value, bytes) and isinstance(length, int) and length != 0xFFFFFFFF and len(value) < length:
-            raise UnreadableInstanceError(
-                f"{path}: element {tag} is truncated ({len(value)} of {length} bytes): the file is cut short",
-                kind="MALFORMED",
-                sha256=digest,
-            )
+            refuse(f"element {tag} is truncated ({len(value)} of {length} bytes)")
+        last = elem
+    deflated = str(getattr(ds.file_meta, "TransferSyntaxUID", "")) == _DEFLATED
+    if not deflated and isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF and last.value_tell is not None:
+        end = last.value_tell + last.length
+        if end != size:
+            refuse(f"{size - end} byte(s) after the last complete element {last.tag}")
+    if 0x00080018 not in ds:
+        refuse("no SOP Instance UID in the data set", "not a composite DICOM instance, or cut short")
+    sop_class = UID(str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or ""))
+    is_image = "Rows" in ds or "Image Storage" in sop_class.name
+    if is_image and not any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
+        refuse("an image without Pixel Data")
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -92,10 +119,12 @@ class Instance:
                 f"{path}: not a DICOM Part 10 file (no 'DICM' preamble)", kind="UNREADABLE", sha256=digest
             )
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
-            # Values stay raw (the signature check hashes the bytes as read); only lengths are checked here, and
-            # a value that fails to convert later becomes a MALFORMED result at the pipeline boundary.
-            _check_truncation(ds, path, digest)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ds = pydicom.dcmread(io.BytesIO(data))
+            # Values stay raw (the signature check hashes the bytes as read); only the structure is checked here,
+            # and a value that fails to convert later becomes a MALFORMED result at the pipeline boundary.
+            _check_truncation(ds, len(data), path, digest, [str(w.message) for w in caught])
         except UnreadableInstanceError:
             raise
         except InvalidDicomError as exc:

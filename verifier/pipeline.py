@@ -201,8 +201,8 @@ def check_paths(
 def iter_input_files(paths: Iterable[Path | str], *, follow_symlinks: bool = False) -> Iterator[Path]:
     """Files named on the command line, and DICOM files (by content) found under directories.
 
-    A file named explicitly is always yielded (so that a non-DICOM file gets its own UNREADABLE result); files
-    in directories are yielded only when they start like DICOM. Symlinks inside directories are not followed
+    A path named explicitly is always yielded (a missing or non-DICOM file gets its own UNREADABLE result);
+    files in directories are yielded only when they start like DICOM. Symlinks inside directories are not followed
     unless asked.
     """
     for raw in paths:
@@ -211,10 +211,9 @@ def iter_input_files(paths: Iterable[Path | str], *, follow_symlinks: bool = Fal
             for sub in sorted(_walk(p, follow_symlinks)):
                 if is_dicom_file(sub):
                     yield sub
-        elif p.exists() or p.is_symlink():
-            yield p
         else:
-            raise InputError(f"{p}: no such file or directory")
+            # Named explicitly: it gets its own result, UNREADABLE if it does not exist (one line per input).
+            yield p
 
 
 def _walk(root: Path, follow_symlinks: bool) -> Iterator[Path]:

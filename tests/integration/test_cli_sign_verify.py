@@ -251,11 +251,6 @@ def test_trust_option_adds_an_anchor(
     assert jsonl(stdout)[0]["signature"]["status"] == "VALID"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug in verifier/instance.py: a file cut inside an element header (or inside an eagerly "
-    "converted value such as Specific Character Set) is read as a shorter, valid file",
-)
 def test_file_cut_inside_an_element_header_is_malformed(
     keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -267,3 +262,20 @@ def test_file_cut_inside_an_element_header_is_malformed(
     code, stdout, _ = run(capsys, "verify", "--format", "jsonl", cut)
     assert jsonl(stdout)[0]["status"] == "MALFORMED"
     assert code == 2
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "JPEG2000.dcm"])
+def test_every_cut_of_an_image_file_is_malformed(name: str) -> None:
+    """A sweep over cut points: an image file cut anywhere (except in its last few trailing bytes) is refused."""
+    from verifier.instance import Instance, UnreadableInstanceError
+
+    data = Path(get_testdata_file(name)).read_bytes()
+    accepted = []
+    for cut in range(132, len(data) - 200, 7):
+        try:
+            Instance.from_bytes(data[:cut])
+        except UnreadableInstanceError as exc:
+            assert exc.kind in ("MALFORMED", "UNREADABLE")
+        else:
+            accepted.append(cut)
+    assert accepted == []

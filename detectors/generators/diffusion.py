@@ -14,6 +14,7 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +22,7 @@ from torch import nn
 from detectors.generators.base import Generator, pad_to_multiple, register_generator
 from detectors.generators.config import GeneratorConfig
 from detectors.generators.errors import GeneratorConfigError, GeneratorInputError
+from detectors.generators.training import check_image
 
 __all__ = ["DiffusionConfig", "DiffusionGenerator", "UNet", "cosine_alpha_bar"]
 
@@ -239,6 +241,18 @@ class DiffusionGenerator(Generator):
 
     def _paired(self, real: torch.Tensor, gen: torch.Generator, rng: np.random.Generator) -> torch.Tensor:
         return self.regenerate(real, strength=self.config.strength, gen=gen)
+
+    def sdedit(
+        self, real: npt.NDArray[np.floating], *, strength: float | None = None, seed: int = 0
+    ) -> npt.NDArray[np.float32]:
+        """:meth:`paired_fake` at another ``strength`` (fraction of the diffusion run redone; default the config's)."""
+        image = check_image(real, "diffusion.sdedit")
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            out = self.regenerate(
+                torch.from_numpy(image)[None, None] * 2 - 1, strength=strength or self.config.strength, gen=gen
+            )
+        return ((out.clamp(-1, 1)[0, 0] + 1) * 0.5).numpy().astype(np.float32)
 
     def regenerate(self, real: torch.Tensor, *, strength: float, gen: torch.Generator) -> torch.Tensor:
         """SDEdit of an (N, 1, H, W) tensor in [-1, 1] at ``strength`` in (0, 1]."""

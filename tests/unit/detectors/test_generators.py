@@ -212,3 +212,14 @@ def test_cli_train_generator(tmp_path: Path) -> None:
     assert main(["train", "generator", "nope", "--corpus", str(tmp_path / "corpus")]) == 2
     assert main(["train", "generator", "gan", "--corpus", str(tmp_path / "missing")]) == 2
     assert main([*argv, "--split", "everything"]) == 2
+
+
+def test_diffusion_strength() -> None:
+    gen = create_generator("diffusion", config="tiny")
+    real = phantom(1)
+    mild = gen.sdedit(real, strength=0.1, seed=0)
+    strong = gen.sdedit(real, strength=0.9, seed=0)
+    assert mild.shape == real.shape and np.abs(mild - real).mean() < np.abs(strong - real).mean()
+    np.testing.assert_array_equal(gen.sdedit(real, seed=3), gen.paired_fake(real, seed=3))
+    with pytest.raises(GeneratorInputError):
+        gen.sdedit(real, strength=1.5)

@@ -231,7 +231,9 @@ class TamperGenerator(Generator):
         self, image: npt.NDArray[np.float32], hole: npt.NDArray[np.bool_], center: tuple[int, int]
     ) -> npt.NDArray[np.float32]:
         if self.config.inpaint_method == "telea":
-            filled = cv2.inpaint(image, hole.astype(np.uint8), 5, cv2.INPAINT_TELEA)
+            # 16-bit input: OpenCV's float32 path of cv2.inpaint returns garbage (4.14, checked by a test).
+            src = np.round(image * 65535.0).astype(np.uint16)
+            filled = cv2.inpaint(src, hole.astype(np.uint8), 5, cv2.INPAINT_TELEA).astype(np.float32) / 65535.0
         else:
             # Run the inpainter on a window of about twice the training size around the hole (fully convolutional).
             h, w = image.shape

@@ -122,6 +122,9 @@ def test_tamper_modes() -> None:
         assert result.mask.mean() < 0.25, "a local edit"
     telea = create_generator("tamper", config="tiny", inpaint_method="telea").tamper(real, seed=2, mode="remove")
     assert telea.mask.any() and not (telea.image != real)[~telea.mask].any()
+    ring = cv2.dilate(telea.mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~telea.mask
+    lo, hi = real[ring].min(), real[ring].max()
+    assert lo - 0.02 <= telea.image[telea.mask].min() and telea.image[telea.mask].max() <= hi + 0.02, "a plausible fill"
 
 
 def test_training_is_reproducible() -> None:

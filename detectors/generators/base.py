@@ -199,8 +199,8 @@ class Generator(abc.ABC):
         if sampler.size != self.config.image_size:
             raise GeneratorInputError(f"patch size {sampler.size} != image_size {self.config.image_size}")
         total = self.config.steps if steps is None else steps
-        if total < 0:
-            raise GeneratorInputError("steps must be >= 0")
+        if total < 0 or progress_every < 1:
+            raise GeneratorInputError("steps must be >= 0 and progress_every >= 1")
         rng = np.random.default_rng(seed)
         start = time.perf_counter()
         sums: dict[str, float] = {}

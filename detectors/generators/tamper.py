@@ -199,7 +199,11 @@ class TamperGenerator(Generator):
     # ------------------------------------------------------------------ edits
 
     def tamper(self, real: npt.NDArray[np.floating], *, seed: int = 0, mode: TamperMode | None = None) -> TamperResult:
-        """A tampered copy of ``real`` (2-D, [0, 1]); ``mode`` defaults to a seeded draw (inject_probability)."""
+        """A tampered copy of ``real`` (2-D, [0, 1]); ``mode`` defaults to a seeded draw (inject_probability).
+
+        The mask is the edited region: the lesion's support (where it changes the image by at least half a 12-bit
+        step) or the inpainted hole; no pixel outside it changes.
+        """
         image = check_image(real, "tamper")
         rng = np.random.default_rng(seed)
         draw: TamperMode = "inject" if rng.random() < self.config.inject_probability else "remove"
@@ -214,17 +218,20 @@ class TamperGenerator(Generator):
             amplitude = max(rng.uniform(lo, hi) * self._local_std(image, center, radius), self.config.min_amplitude)
             sign = 1.0 if rng.random() < 0.5 else -1.0
             local = float(image[center])
-            if local + amplitude > 1.0 or (local - amplitude >= 0.0 and sign < 0):
+            if local + amplitude > 1.0:
                 sign = -1.0
             if local - amplitude < 0.0:
                 sign = 1.0
+            # Below half a 12-bit step the change would vanish when the app writes the image: not part of the edit.
+            lesion[amplitude * lesion < 0.5 / 4096] = 0.0
+            mask = lesion > 0
             out = np.clip(image + sign * amplitude * lesion, 0.0, 1.0).astype(np.float32)
         else:
             center = self._pick_center(image, radius, rng, structured=True)
             hole = self._lesion(image.shape, center, radius, np.random.default_rng(rng.integers(2**63))) > 0.05
             hole = cv2.dilate(hole.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
             out = self._inpaint(image, hole, center)
-        mask = out != image
+            mask = hole
         return TamperResult(out, mask, chosen, center, radius)
 
     def _inpaint(

@@ -2,8 +2,8 @@
 
 Generators return arrays in [0, 1]; this module is the only place that turns them into DICOM files, and
 :func:`write_synthetic` signs every file before it reaches the disk (an unsigned generated file is a bug).
-The values are mapped to the modality's stored range: CT to Hounsfield units -1024..3071 (12 bits stored,
-Rescale Intercept -1024), MR and CR to 0..4095 (12 bits stored).
+The values are mapped to the modality's stored range: CT to Hounsfield units over the detectors' normalisation
+window ``CT_HU_RANGE`` (-1000..2000 HU; 12 bits stored, Rescale Intercept -1024), MR and CR to 0..4095 (12 bits).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from detectors.data.normalize import CT_HU_RANGE
 from provenance.declaration import SyntheticDeclaration, declare_synthetic
 from provenance.models import MacAlgorithm, SignatureProfile
 from provenance.signature import SignerLike, sign_dataset, strip_signatures
@@ -70,7 +71,14 @@ def build_synthetic_dataset(
     if not np.isfinite(array).all():
         raise InputError("a generated image contains NaN or infinite values")
     top = (1 << spec.bits_stored) - 1
-    stored = np.clip(np.rint(np.clip(array, 0.0, 1.0) * top), 0, top).astype("<u2")
+    unit = np.clip(array, 0.0, 1.0)
+    if spec.rescale_intercept is not None:
+        # CT: [0, 1] is the detectors' normalisation window (CT_HU_RANGE), mapped back to Hounsfield units.
+        lo, hi = CT_HU_RANGE
+        values = (lo + unit * (hi - lo)) - spec.rescale_intercept
+    else:
+        values = unit * top
+    stored = np.clip(np.rint(values), 0, top).astype("<u2")
     now = declaration.generated_at
     date, time = _da_tm(now)
 

@@ -77,7 +77,7 @@ def test_generated_file_is_valid_declared_and_signed(
         assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == real_mr.SOPInstanceUID
     assert back.PatientID != real_mr.PatientID  # never the source patient's identity
     stored = back.pixel_array
-    assert stored.max() <= (1 << back.BitsStored) - 1 and stored.max() > 3000
+    assert stored.max() <= (1 << back.BitsStored) - 1 and stored.max() > 2900
 
     report = verify_dataset(back, keystore.trust_policy())
     assert report.status is SignatureStatus.VALID

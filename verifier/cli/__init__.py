@@ -28,6 +28,22 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        _common.console.print(f"medverify {version('medverify')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    # A callback keeps ``app`` a command group even when only one command module is imported (see _register).
+    """Tell whether medical images are genuine: signatures, watermarks, detectors, tamper-evident audit."""
+
+
 #: Commands whose module is not named after them.
 _COMMAND_MODULES = {"verify": "signing", "sign": "signing", "db": "audit"}
 
@@ -38,7 +54,7 @@ def _register(command: str | None = None) -> None:
     With ``command`` given, only the module of that command is imported: start-up time matters for a tool that
     is run once per file by scripts, and some modules pull in SQLAlchemy or torch.
     """
-    modules: tuple[str, ...] = ("keys", "signing", "audit", "demo", "corpus", "train")
+    modules: tuple[str, ...] = ("keys", "signing", "audit", "demo", "corpus", "train", "generate")
     wanted = _COMMAND_MODULES.get(command or "", command)
     if wanted in modules:
         modules = (wanted,)

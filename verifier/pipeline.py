@@ -20,6 +20,7 @@ from provenance.signature import verify_dataset
 from provenance.trust import TrustPolicy
 from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError, is_dicom_file
+from verifier.policy import DEFAULT_POLICY, Action, Policy, Verdict, decide
 
 if TYPE_CHECKING:  # SQLAlchemy is imported only when a record is written
     from verifier.audit import AuditEntry, Channel
@@ -63,30 +64,38 @@ def parse_checks(value: str | None) -> frozenset[Check]:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FileResult:
-    """What checking one file found. ``status`` is the signature status or UNREADABLE/MALFORMED."""
+    """What checking one file found: the reports, and the verdict the site policy gives them.
+
+    ``status`` is the provenance check's own status (the signature status, or UNREADABLE/MALFORMED for input that
+    cannot be read); ``verdict`` is the final decision.
+    """
 
     path: str
     status: str
+    verdict: Verdict
     sha256: str | None = None
     sop_instance_uid: str | None = None
     modality: str | None = None
     signature: SignatureReport | None = None
-    reasons: tuple[str, ...] = ()
     error: str | None = None
     audit_id: int | None = None
 
     def __bool__(self) -> bool:
-        raise TypeError("a FileResult has no truth value; use .problem_found or .status")
+        raise TypeError("a FileResult has no truth value; use .verdict, .problem_found or .failed")
 
     @property
-    def problem_found(self) -> bool:
-        """Something was found: a signature that is not valid, or uncovered content in a signed file."""
-        return self.signature is not None and self.signature.problem_found
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(str(r) for r in self.verdict.reasons)
 
     @property
     def failed(self) -> bool:
         """The check could not be done (unreadable or malformed input)."""
         return self.error is not None
+
+    @property
+    def problem_found(self) -> bool:
+        """The policy does not simply accept the file (tampered, synthetic, uncovered content, ...)."""
+        return not self.failed and self.verdict.action is not Action.ACCEPT
 
     def with_audit_id(self, audit_id: int | None) -> FileResult:
         return dataclasses.replace(self, audit_id=audit_id)
@@ -102,72 +111,89 @@ class FileResult:
             sop_instance_uid=self.sop_instance_uid,
             file_sha256=self.sha256,
             signature_report=self.signature.to_dict() if self.signature is not None else None,
-            verdict=self.status,
-            details={"reasons": list(self.reasons), "error": self.error},
+            policy_version=self.verdict.policy_version,
+            verdict=self.verdict.status.value,
+            action=self.verdict.action.value,
+            details={"reasons": [r.to_dict() for r in self.verdict.reasons], "error": self.error},
         ).with_local_actor()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,
-            "status": self.status,
             "sop_instance_uid": self.sop_instance_uid,
+            "verdict": self.verdict.status.value,
+            "action": self.verdict.action.value,
+            "reasons": list(self.reasons),
+            "status": self.status,
             "sha256": self.sha256,
             "modality": self.modality,
             "signature": self.signature.to_dict() if self.signature is not None else None,
-            "reasons": list(self.reasons),
+            "watermark": None,
+            "synthetic_score": None,
+            "tamper_score": None,
+            "policy_version": self.verdict.policy_version,
             "error": self.error,
             "audit_id": self.audit_id,
         }
 
 
-def check_instance(instance: Instance, *, checks: frozenset[Check], policy: TrustPolicy) -> FileResult:
-    """Run the selected checks on a parsed instance."""
+def check_instance(
+    instance: Instance, *, checks: frozenset[Check], policy: TrustPolicy, site_policy: Policy = DEFAULT_POLICY
+) -> FileResult:
+    """Run the selected checks on a parsed instance and decide under the site policy."""
     signature = None
-    reasons: list[str] = []
     status = "CHECKED"
     if Check.SIGNATURE in checks:
         signature = verify_dataset(instance.dataset, policy)
-        reasons.extend(signature.reasons)
         status = signature.status.value
+    verdict = decide(policy=site_policy, signature=signature)
     return FileResult(
         path=instance.path,
         status=status,
+        verdict=verdict,
         sha256=instance.sha256,
         sop_instance_uid=instance.sop_instance_uid,
         modality=instance.modality,
         signature=signature,
-        reasons=tuple(reasons),
     )
 
 
-def check_path(path: Path | str, *, checks: frozenset[Check], policy: TrustPolicy) -> FileResult:
+def check_path(
+    path: Path | str, *, checks: frozenset[Check], policy: TrustPolicy, site_policy: Policy = DEFAULT_POLICY
+) -> FileResult:
     """Read and check one file; unreadable input gives an UNREADABLE/MALFORMED result, never an exception."""
     try:
         instance = Instance.from_path(path)
     except UnreadableInstanceError as exc:
-        return FileResult(path=str(path), status=exc.kind, sha256=exc.sha256, reasons=(str(exc),), error=str(exc))
+        return FileResult(
+            path=str(path),
+            status=exc.kind,
+            verdict=decide(policy=site_policy, input_error=(exc.kind, str(exc))),
+            sha256=exc.sha256,
+            error=str(exc),
+        )
     try:
-        return check_instance(instance, checks=checks, policy=policy)
+        return check_instance(instance, checks=checks, policy=policy, site_policy=site_policy)
     except Exception as exc:  # noqa: BLE001 - the boundary: one result per input, even on a bug
         message = f"{path}: the check failed ({type(exc).__name__}: {str(exc)[:200]})"
         return FileResult(
             path=str(path),
             status="MALFORMED",
+            verdict=decide(policy=site_policy, input_error=("MALFORMED", message)),
             sha256=instance.sha256,
             sop_instance_uid=instance.sop_instance_uid,
-            reasons=(message,),
             error=message,
         )
 
 
-_WORKER_STATE: tuple[frozenset[Check], TrustPolicy] | None = None
+_WORKER_STATE: tuple[frozenset[Check], TrustPolicy, Policy] | None = None
 
 
 def _check_in_worker(path: Path) -> FileResult:
     if _WORKER_STATE is None:  # pragma: no cover - set before the pool forks
         raise RuntimeError("worker state missing")
-    checks, policy = _WORKER_STATE
-    return check_path(path, checks=checks, policy=policy)
+    checks, policy, site_policy = _WORKER_STATE
+    return check_path(path, checks=checks, policy=policy, site_policy=site_policy)
 
 
 def default_workers(n_files: int) -> int:
@@ -178,7 +204,12 @@ def default_workers(n_files: int) -> int:
 
 
 def check_paths(
-    paths: Sequence[Path], *, checks: frozenset[Check], policy: TrustPolicy, workers: int = 1
+    paths: Sequence[Path],
+    *,
+    checks: frozenset[Check],
+    policy: TrustPolicy,
+    site_policy: Policy = DEFAULT_POLICY,
+    workers: int = 1,
 ) -> Iterator[FileResult]:
     """Check ``paths`` and yield one result per path, in order, using ``workers`` processes.
 
@@ -188,9 +219,9 @@ def check_paths(
     global _WORKER_STATE
     if workers <= 1 or len(paths) < 2 or "fork" not in multiprocessing.get_all_start_methods():
         for path in paths:
-            yield check_path(path, checks=checks, policy=policy)
+            yield check_path(path, checks=checks, policy=policy, site_policy=site_policy)
         return
-    _WORKER_STATE = (checks, policy)
+    _WORKER_STATE = (checks, policy, site_policy)
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             yield from pool.imap(_check_in_worker, paths, chunksize=8)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -24,7 +26,10 @@ from provenance.models import MacAlgorithm, SignatureProfile
 from provenance.signature import SignerLike, sign_dataset, strip_signatures
 from verifier.errors import InputError
 
-__all__ = ["MODALITIES", "ModalitySpec", "build_synthetic_dataset", "write_synthetic"]
+__all__ = ["MODALITIES", "ModalitySpec", "build_synthetic_dataset", "write_generated", "write_synthetic"]
+
+if TYPE_CHECKING:
+    from verifier.audit import AuditLog
 
 _IMPLEMENTATION_UID = UID("1.2.826.0.1.3680043.8.498.1.19820")  # under pydicom's root, for medverify
 
@@ -175,3 +180,41 @@ def write_synthetic(ds: Dataset, path: Path, signer: SignerLike) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     return uid
+
+
+def write_generated(
+    pixels: np.ndarray,
+    *,
+    path: Path,
+    modality: str,
+    declaration: SyntheticDeclaration,
+    signer: SignerLike,
+    log: AuditLog,
+    key_name: str,
+) -> int:
+    """The one path from a generator's output to a file: build, audit, declare, sign, write.
+
+    The audit record is written first, so the declaration (and later the watermark payload) can name it; it holds
+    the SOP Instance UID, the declaration and the SHA-256 of the stored pixels. Returns the record's id.
+    """
+    from verifier.audit import AuditEntry, Channel, EventKind
+
+    ds = build_synthetic_dataset(pixels, modality=modality, declaration=declaration)
+    record = log.append(
+        AuditEntry(
+            event=EventKind.GENERATE,
+            channel=Channel.GENERATE,
+            path=str(path),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            verdict="DECLARED_SYNTHETIC",
+            details={
+                **{k: v for k, v in declaration.to_dict().items() if k != "audit_id"},
+                "modality": modality.upper(),
+                "pixel_sha256": hashlib.sha256(ds.PixelData).hexdigest(),
+                "signing_key": key_name,
+            },
+        ).with_local_actor()
+    )
+    declare_synthetic(ds, dataclasses.replace(declaration, audit_id=record.id))
+    write_synthetic(ds, path, signer)
+    return record.id

@@ -25,8 +25,8 @@ def test_demo_runs_unattended_on_a_fresh_home(
     passphrase = home / "keys" / "passphrase"
     assert passphrase.stat().st_mode & 0o777 == 0o600
     assert passphrase.read_text().strip() not in out + err
-    for status in ("UNSIGNED", "VALID", "INVALID", "MALFORMED"):
-        assert status in out
+    for verdict in ("NO_EVIDENCE", "AUTHENTIC", "TAMPERED", "MALFORMED", "DECLARED_SYNTHETIC"):
+        assert verdict in out
     assert "(0010,4000)" in out
     if shutil.which("dcmsign"):
         assert "FAILED" in out and "OK" in out
@@ -36,6 +36,11 @@ def test_demo_runs_unattended_on_a_fresh_home(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     by_name = {Path(line["path"]).name: line for line in lines}
     assert by_name["CT_small_signed.dcm"]["signature"]["status"] == "VALID"
+    assert (by_name["CT_small_signed.dcm"]["verdict"], by_name["CT_small_signed.dcm"]["action"]) == (
+        "AUTHENTIC",
+        "accept",
+    )
+    assert by_name["MR_small_lesion_injected.dcm"]["verdict"] == "DECLARED_SYNTHETIC"
     assert by_name["CT_small_one_pixel_bit_flipped.dcm"]["signature"]["status"] == "INVALID"
     assert by_name["CT_small_element_added.dcm"]["signature"]["uncovered"] == [
         {"tag": "(0010,4000)", "keyword": "PatientComments"}

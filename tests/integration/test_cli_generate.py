@@ -92,8 +92,9 @@ def test_generate_unpaired_and_paired(
     ]
     capsys.readouterr()
 
-    # Every file is declared synthetic, names its audit record, and verifies as signed by the generator key.
-    assert main(["verify", "--format", "jsonl", "--no-audit", str(out)]) == 0
+    # Every file is declared synthetic, names its audit record, and verifies as signed by the generator key;
+    # the default policy quarantines declared synthetic images, so verify reports a finding (exit 1).
+    assert main(["verify", "--format", "jsonl", "--no-audit", str(out)]) == 1
     lines = {Path(r["path"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert main(["audit", "list", "--format", "jsonl"]) == 0
     records = {r["id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
@@ -104,6 +105,7 @@ def test_generate_unpaired_and_paired(
         record = records[declaration.audit_id]
         assert record["event"] == "generate" and record["sop_instance_uid"] == ds.SOPInstanceUID
         assert record["details"]["seed"] == declaration.seed
+        assert (lines[path.name]["verdict"], lines[path.name]["action"]) == ("DECLARED_SYNTHETIC", "quarantine")
         signature = lines[path.name]["signature"]
         assert signature["status"] == "VALID" and signature["signatures"][0]["role"] == "generator"
         assert signature["uncovered"] == []

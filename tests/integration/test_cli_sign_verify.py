@@ -71,32 +71,35 @@ def test_init_sign_and_verify(home: Path, tmp_path: Path, capsys: pytest.Capture
     assert "signed" in stdout
     assert src.read_bytes() == before, "sign -o must not touch its input"
 
+    # Signed by the default key, a generator key: the default policy calls it declared synthetic (exit 1).
     code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", out)
-    assert code == 0, stdout + stderr
+    assert code == 1, stdout + stderr
     (line,) = jsonl(stdout)
+    assert (line["verdict"], line["action"]) == ("DECLARED_SYNTHETIC", "quarantine")
     assert line["path"] == str(out)
     assert line["sop_instance_uid"] == str(pydicom.dcmread(src).SOPInstanceUID)
     assert line["signature"]["status"] == "VALID"
     assert "CN=generator" in line["signature"]["signer"]
     (sig,) = line["signature"]["signatures"]
     assert sig["status"] == "VALID" and sig["mac_algorithm"] == "SHA256"
-    assert line["reasons"] == []
+    assert line["signature"]["reasons"] == []
 
 
 def test_sign_in_place_and_options(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = sample(tmp_path, "MR_small.dcm")
     code, stdout, stderr = run(
-        capsys, "sign", src, "--in-place", "--key", "rsa", "--profile", "creator", "--mac", "sha512"
+        capsys, "sign", src, "--in-place", "--key", "second", "--profile", "creator", "--mac", "sha512"
     )
     assert code == 0, stdout + stderr
     ds = pydicom.dcmread(src)
     assert str(ds[0x4FFE0001].value[0][0x04000015].value) == "SHA512"
 
     code, stdout, _ = run(capsys, "verify", "--format", "jsonl", src)
-    assert code == 0
+    assert code == 0  # an acquisition key: AUTHENTIC, accepted
     (line,) = jsonl(stdout)
+    assert (line["verdict"], line["action"]) == ("AUTHENTIC", "accept")
     (sig,) = line["signature"]["signatures"]
-    assert "CN=rsa" in sig["signer"] and "creator" in sig["profiles"]
+    assert "CN=second" in sig["signer"] and "creator" in sig["profiles"]
 
 
 def test_sign_refusals(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,9 +123,10 @@ def test_sign_several_into_a_directory_and_verify_them(
     assert sorted(p.name for p in outdir.iterdir()) == sorted(names)
 
     code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", outdir)
-    assert code == 0, stdout + stderr
+    assert code == 1, stdout + stderr  # generator-signed: declared synthetic, quarantined
     lines = jsonl(stdout)
     assert len(lines) == len(names)
+    assert {line["verdict"] for line in lines} == {"DECLARED_SYNTHETIC"}
     for line in lines:
         assert {"path", "sop_instance_uid", "signature", "reasons"} <= line.keys()
         assert line["signature"]["status"] == "VALID", line
@@ -217,7 +221,7 @@ def test_directory_scan_finds_dicom_by_content(
 ) -> None:
     folder = tmp_path / "scan"
     disguised = sample(tmp_path, "CT_small.dcm", "scan/x.txt")
-    assert run(capsys, "sign", disguised, "--in-place", "--key", "rsa")[0] == 0
+    assert run(capsys, "sign", disguised, "--in-place", "--key", "second")[0] == 0
     nested = sample(tmp_path, "MR_small.dcm", "scan/sub/no_extension")
     (folder / "y.dcm").write_text("plain text pretending to be DICOM\n")
 
@@ -244,11 +248,12 @@ def test_trust_option_adds_an_anchor(
     ds = pydicom.dcmread(src)
     from provenance.signature import sign_dataset
 
-    sign_dataset(ds, signer_store.load_signing_key("rsa"))
+    sign_dataset(ds, signer_store.load_signing_key("second"))
     ds.save_as(src)
     code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", "--trust", ca, src)
     assert code == 0, stdout + stderr
     assert jsonl(stdout)[0]["signature"]["status"] == "VALID"
+    assert jsonl(stdout)[0]["verdict"] == "AUTHENTIC"
 
 
 def test_file_cut_inside_an_element_header_is_malformed(

@@ -23,7 +23,8 @@ from provenance.models import SignatureProfile
 from provenance.signature import sign_dataset
 from verifier.cli import _common, app
 from verifier.cli.keys import passphrase_file_path
-from verifier.pipeline import FileResult, check_path, parse_checks
+from verifier.pipeline import check_path, parse_checks
+from verifier.policy import load_policy
 from verifier.settings import Settings
 
 __all__: list[str] = []
@@ -71,6 +72,50 @@ def _sample_files() -> list[tuple[str, Path]]:
     return out
 
 
+def _generate_tampered_copy(store: KeyStore, out: Path, settings: Settings) -> Path | None:
+    """A CT-GAN-style tampered copy of a real MR image, written like every generated image: declared and signed."""
+    import datetime as dt
+    import hashlib
+
+    import numpy as np
+
+    from detectors.generators import create_generator
+    from provenance.declaration import SyntheticDeclaration
+    from verifier.cli.audit import open_audit_log
+    from verifier.synthetic import write_generated
+
+    sources = dict(_sample_files())
+    source = sources.get("MR_small")
+    if source is None:  # pragma: no cover - pydicom always ships it
+        return None
+    ds = pydicom.dcmread(source)
+    frame = ds.pixel_array.astype(np.float64)
+    real = (frame - frame.min()) / max(float(frame.max() - frame.min()), 1.0)
+    model = create_generator("tamper", seed=0)
+    fake = model.paired_fake(real, seed=1)
+    declaration = SyntheticDeclaration(
+        generator="tamper",
+        generator_version="demo",
+        model_sha256=model.digest or hashlib.sha256(b"tamper").hexdigest(),
+        seed=1,
+        generated_at=dt.datetime.now(dt.UTC),
+        kind="paired",
+        source_sop_class_uid=str(ds.SOPClassUID),
+        source_sop_instance_uid=str(ds.SOPInstanceUID),
+    )
+    path = out / "MR_small_lesion_injected.dcm"
+    write_generated(
+        fake,
+        path=path,
+        modality="MR",
+        declaration=declaration,
+        signer=store.load_signing_key("generator"),
+        log=open_audit_log(settings),
+        key_name="generator",
+    )
+    return path
+
+
 def _dcmsign_says(path: Path, ca_pem: Path) -> str:
     exe = shutil.which("dcmsign")
     if exe is None:
@@ -92,7 +137,7 @@ def demo(
         Path | None, typer.Option("--workdir", help="Where to write the demo files (default: a temporary folder).")
     ] = None,
 ) -> int:
-    """Sign, tamper, verify, and compare with dcmsign. Exit 0 when every file got the expected answer."""
+    """Sign, tamper, generate, verify, and compare with dcmsign. Exit 0 when every file got the expected verdict."""
     settings = _common.settings()
     store = _open_store(settings)
     signer = store.load_signing_key(DEMO_KEY)
@@ -102,17 +147,18 @@ def demo(
     ca_pem = out / "medverify-ca.pem"
     ca_pem.write_bytes(store.export_certificate("ca"))
 
-    cases: list[tuple[Path, str, str]] = []  # (file, what was done, expected status)
+    # (file, what was done, expected verdict, expected action)
+    cases: list[tuple[Path, str, str, str]] = []
     for stem, source in _sample_files():
         ds = pydicom.dcmread(source)
         unsigned = out / f"{stem}_unsigned.dcm"
         ds.save_as(unsigned)
-        cases.append((unsigned, "original, never signed", "UNSIGNED"))
+        cases.append((unsigned, "original, never signed", "NO_EVIDENCE", "accept"))
 
         sign_dataset(ds, signer, profile=SignatureProfile.CREATOR)
         signed = out / f"{stem}_signed.dcm"
         ds.save_as(signed)
-        cases.append((signed, f"signed by '{DEMO_KEY}' (creator profile)", "VALID"))
+        cases.append((signed, f"signed by acquisition key '{DEMO_KEY}'", "AUTHENTIC", "accept"))
 
         bit = pydicom.dcmread(signed)
         pixels = bytearray(bit.PixelData)
@@ -120,49 +166,60 @@ def demo(
         bit.PixelData = bytes(pixels)
         flipped = out / f"{stem}_one_pixel_bit_flipped.dcm"
         bit.save_as(flipped)
-        cases.append((flipped, "signed, then one pixel bit flipped", "INVALID"))
+        cases.append((flipped, "signed, then one pixel bit flipped", "TAMPERED", "reject"))
 
         added = pydicom.dcmread(signed)
         added.add_new(0x00104000, "LT", "added after signing")
         appended = out / f"{stem}_element_added.dcm"
         added.save_as(appended)
-        cases.append((appended, "signed, then Patient Comments added", "VALID"))
+        cases.append((appended, "signed, then Patient Comments added", "AUTHENTIC", "flag"))
 
     data = cases[1][0].read_bytes()
     truncated = out / "truncated.dcm"
     truncated.write_bytes(data[: len(data) * 2 // 3])
-    cases.append((truncated, "signed file cut short", "MALFORMED"))
+    cases.append((truncated, "signed file cut short", "MALFORMED", "reject"))
+
+    generated = _generate_tampered_copy(store, out, settings)
+    if generated is not None:
+        cases.append((generated, "lesion injected by the tamper generator, signed", "DECLARED_SYNTHETIC", "quarantine"))
 
     checks = parse_checks("signature")
+    site_policy = load_policy(settings.policy_file)
     table = Table(title=f"medverify demo — files in {out}", show_lines=True)
     table.add_column("file / what was done", ratio=3)
     table.add_column("medverify", no_wrap=True)
     table.add_column("dcmsign", no_wrap=True)
     table.add_column("why", ratio=3)
-    results: list[FileResult] = []
     all_expected = True
-    for path, what, expected in cases:
-        result = check_path(path, checks=checks, policy=policy)
-        results.append(result)
-        note = ""
+    from verifier.cli.audit import open_audit_log
+
+    log = open_audit_log(settings)
+    from verifier.audit import Channel
+
+    for path, what, expected, expected_action in cases:
+        result = check_path(path, checks=checks, policy=policy, site_policy=site_policy)
+        result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
         sig = result.signature
+        note = ""
         if result.failed:
-            note = result.reasons[0].split(": ", 1)[-1]
+            note = result.reasons[0].split(": ", 2)[-1]
         elif sig is not None and sig.status.value not in ("VALID", "UNSIGNED"):
             note = next((r for s in sig.signatures for r in s.reasons), "")
         elif sig is not None and sig.uncovered:
-            note = "not covered: " + ", ".join(f"{u.tag} {u.keyword}" for u in sig.uncovered[:3])
-        ok = result.status == expected
-        all_expected &= ok
-        colour = "green" if result.status == "VALID" and not result.problem_found else "yellow"
-        if result.problem_found or result.failed:
-            colour = "red"
+            note = "not covered by the signature: " + ", ".join(f"{u.tag} {u.keyword}" for u in sig.uncovered[:3])
+        elif result.verdict.reasons:
+            note = result.verdict.reasons[0].message
+        all_expected &= (result.verdict.status.value, result.verdict.action.value) == (expected, expected_action)
+        colour = {"accept": "green", "flag": "yellow", "quarantine": "magenta"}.get(result.verdict.action.value, "red")
         table.add_row(
-            f"{path.name}\n[dim]{what}[/]", f"[{colour}]{result.status}[/]", _dcmsign_says(path, ca_pem), note
+            f"{path.name}\n[dim]{what}[/]",
+            f"[{colour}]{result.verdict.status.value}\n{result.verdict.action.value}[/]",
+            _dcmsign_says(path, ca_pem),
+            note,
         )
     _common.console.print(table)
     _common.console.print(
-        "dcmsign answers OK for the file with an element added after signing; medverify reports the element "
-        "that no signature covers."
+        "dcmsign answers OK for the file with an element added after signing; medverify names the element that no "
+        "signature covers. Every check above is in the audit log: `medverify audit list`, `medverify audit verify`."
     )
     return 0 if all_expected else 1

@@ -6,7 +6,6 @@ record holds the SOP Instance UID, the generator, model digest, seed and the SHA
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import re
@@ -58,12 +57,11 @@ def generate(
     from detectors.data.reader import read_image
     from detectors.errors import DetectorsError
     from detectors.generators import GeneratorError, create_generator, list_generators
-    from provenance.declaration import SyntheticDeclaration, declare_synthetic
+    from provenance.declaration import SyntheticDeclaration
     from provenance.keys import KeyRole
-    from verifier.audit import AuditEntry, Channel, EventKind
     from verifier.cli.audit import open_audit_log
     from verifier.cli.keys import open_keystore
-    from verifier.synthetic import MODALITIES, build_synthetic_dataset, write_synthetic
+    from verifier.synthetic import MODALITIES, write_generated
 
     if not _NAME.match(generator) or generator not in list_generators():
         raise InputError(f"unknown generator {generator!r}; available: {', '.join(list_generators())}")
@@ -141,27 +139,19 @@ def generate(
                 source_sop_class_uid=str(source_ds.SOPClassUID) if source_ds is not None else None,
                 source_sop_instance_uid=source_uid,
             )
-            ds = build_synthetic_dataset(np.asarray(pixels), modality=modality, declaration=declaration)
-            record = log.append(
-                AuditEntry(
-                    event=EventKind.GENERATE,
-                    channel=Channel.GENERATE,
-                    sop_instance_uid=str(ds.SOPInstanceUID),
-                    verdict="DECLARED_SYNTHETIC",
-                    details={
-                        **{k: v for k, v in declaration.to_dict().items() if k != "audit_id"},
-                        "modality": modality,
-                        "pixel_sha256": hashlib.sha256(ds.PixelData).hexdigest(),
-                        "signing_key": key,
-                    },
-                ).with_local_actor()
-            )
-            declare_synthetic(ds, dataclasses.replace(declaration, audit_id=record.id))
             path = out / f"{generator}_{modality.lower()}_{image_seed:06d}.dcm"
-            write_synthetic(ds, path, signer)
+            record_id = write_generated(
+                np.asarray(pixels),
+                path=path,
+                modality=modality,
+                declaration=declaration,
+                signer=signer,
+                log=log,
+                key_name=key,
+            )
             written += 1
             progress.advance(task)
-            _common.console.print(f"wrote {escape(str(path))} (seed {image_seed}, audit #{record.id})", highlight=False)
+            _common.console.print(f"wrote {escape(str(path))} (seed {image_seed}, audit #{record_id})", highlight=False)
     _common.err_console.print(f"{written} signed synthetic file(s) in {out}", highlight=False)
     return 0
 

@@ -24,6 +24,7 @@ from verifier.cli.keys import open_keystore
 from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError
 from verifier.pipeline import FileResult, check_path, check_paths, default_workers, iter_input_files, parse_checks
+from verifier.policy import Action, load_policy
 from verifier.settings import Settings
 
 __all__ = ["exit_code", "load_trust_policy"]
@@ -57,7 +58,8 @@ def _no_passphrase() -> bytes:  # pragma: no cover - trust evaluation never need
 
 
 def exit_code(results: Sequence[FileResult]) -> int:
-    """ClamAV convention: 1 if something was found, else 2 if an error stopped a check, else 0."""
+    """ClamAV convention: 1 if something was found (the policy does not simply accept a file), else 2 if an error
+    stopped a check (unreadable input), else 0."""
     if any(r.problem_found for r in results):
         return 1
     if any(r.failed for r in results):
@@ -65,17 +67,12 @@ def exit_code(results: Sequence[FileResult]) -> int:
     return 0
 
 
-_STATUS_STYLE = {
-    SignatureStatus.VALID.value: "green",
-    SignatureStatus.UNSIGNED.value: "yellow",
-}
+_ACTION_STYLE = {Action.ACCEPT: "green", Action.FLAG: "yellow", Action.QUARANTINE: "magenta", Action.REJECT: "red"}
 
 
 def _print_text(result: FileResult) -> None:
-    style = _STATUS_STYLE.get(result.status, "red")
-    if result.signature is not None and result.signature.problem_found and result.status == "VALID":
-        style = "red"
-    line = f"[{style}]{result.status:<16}[/] {escape(result.path)}"
+    style = _ACTION_STYLE[result.verdict.action]
+    line = f"[{style}]{result.verdict.status.value:<19} {result.verdict.action.value:<10}[/] {escape(result.path)}"
     sig = result.signature
     if sig is not None and sig.signatures:
         parts = []
@@ -110,6 +107,10 @@ def verify(
     workers: Annotated[
         int, typer.Option("--workers", "-j", min=0, help="Worker processes (0: one per core for large batches).")
     ] = 0,
+    policy_file: Annotated[
+        Path | None,
+        typer.Option("--policy", help="Site policy TOML (default: the policy_file setting, else built-in)."),
+    ] = None,
 ) -> int:
     """Verify files. Exit code 0: nothing found; 1: a problem found; 2: an error stopped a check.
 
@@ -120,6 +121,7 @@ def verify(
     selected = parse_checks(checks)
     settings = _common.settings()
     policy = load_trust_policy(settings, trust or [])
+    site_policy = load_policy(policy_file or settings.policy_file)
     files = list(iter_input_files(paths, follow_symlinks=follow_symlinks))
     log = None
     if not no_audit:
@@ -132,7 +134,7 @@ def verify(
     with _progress(show_progress) as progress:
         task = progress.add_task("verifying", total=len(files))
         n_workers = workers or default_workers(len(files))
-        for result in check_paths(files, checks=selected, policy=policy, workers=n_workers):
+        for result in check_paths(files, checks=selected, policy=policy, site_policy=site_policy, workers=n_workers):
             if log is not None:
                 result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
             results.append(result)
@@ -148,7 +150,7 @@ def verify(
         found = sum(r.problem_found for r in results)
         failed = sum(r.failed for r in results)
         _common.err_console.print(
-            f"{len(results)} file(s) checked: {found} with problems, {failed} unreadable", highlight=False
+            f"{len(results)} file(s) checked: {found} not accepted, {failed} unreadable", highlight=False
         )
     return exit_code(results)
 

@@ -1,0 +1,110 @@
+"""The site policy and the decision step: every rule, in its order, with its reasons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provenance.models import SignatureInfo, SignatureReport, SignatureStatus, UncoveredElement
+from verifier.errors import ConfigError
+from verifier.policy import DEFAULT_POLICY, Action, Policy, VerdictStatus, decide, load_policy
+
+
+def _sig(status: SignatureStatus, role: str | None = "acquisition") -> SignatureInfo:
+    return SignatureInfo(status=status, uid="2.25.1", signer="CN=x", role=role, reasons=("why",))
+
+
+def _report(*sigs: SignatureInfo, uncovered: int = 0, pixels: bool | None = True) -> SignatureReport:
+    elements = tuple(UncoveredElement(tag=f"(0010,40{i:02d})", keyword="") for i in range(uncovered))
+    return SignatureReport.combine(tuple(sigs), elements, pixels)
+
+
+def test_unreadable_and_malformed_input() -> None:
+    v = decide(policy=DEFAULT_POLICY, input_error=("UNREADABLE", "not DICOM"))
+    assert (v.status, v.action) == (VerdictStatus.UNREADABLE, Action.REJECT)
+    assert decide(policy=DEFAULT_POLICY, input_error=("MALFORMED", "cut")).status is VerdictStatus.MALFORMED
+    assert v.reasons[0].source == "input"
+
+
+@pytest.mark.parametrize("broken", [SignatureStatus.INVALID, SignatureStatus.MALFORMED])
+def test_broken_signature_is_tampered_even_next_to_a_valid_one(broken: SignatureStatus) -> None:
+    v = decide(policy=DEFAULT_POLICY, signature=_report(_sig(SignatureStatus.VALID), _sig(broken)))
+    assert (v.status, v.action) == (VerdictStatus.TAMPERED, Action.REJECT)
+    assert any(r.source == "signature" and broken.value in r.message for r in v.reasons)
+
+
+def test_signed_file_with_uncovered_pixels_is_tampered() -> None:
+    v = decide(policy=DEFAULT_POLICY, signature=_report(_sig(SignatureStatus.VALID), pixels=False))
+    assert v.status is VerdictStatus.TAMPERED
+
+
+def test_roles_decide_authentic_or_declared_synthetic() -> None:
+    authentic = decide(policy=DEFAULT_POLICY, signature=_report(_sig(SignatureStatus.VALID, "acquisition")))
+    assert (authentic.status, authentic.action) == (VerdictStatus.AUTHENTIC, Action.ACCEPT)
+    synthetic = decide(policy=DEFAULT_POLICY, signature=_report(_sig(SignatureStatus.VALID, "generator")))
+    assert (synthetic.status, synthetic.action) == (VerdictStatus.DECLARED_SYNTHETIC, Action.QUARANTINE)
+
+
+def test_uncovered_elements_and_untrusted_signers_escalate_the_action() -> None:
+    flagged = decide(policy=DEFAULT_POLICY, signature=_report(_sig(SignatureStatus.VALID), uncovered=2))
+    assert (flagged.status, flagged.action) == (VerdictStatus.AUTHENTIC, Action.FLAG)
+    untrusted = decide(policy=DEFAULT_POLICY, signature=_report(_sig(SignatureStatus.UNTRUSTED_SIGNER)))
+    assert (untrusted.status, untrusted.action) == (VerdictStatus.NO_EVIDENCE, Action.FLAG)
+    revoked = decide(policy=DEFAULT_POLICY, signature=_report(_sig(SignatureStatus.REVOKED)))
+    assert revoked.action is Action.FLAG and any("REVOKED" in r.message for r in revoked.reasons)
+
+
+def test_watermark_recovers_provenance_when_the_signature_is_gone() -> None:
+    v = decide(
+        policy=DEFAULT_POLICY,
+        signature=_report(pixels=False),
+        watermark={"present": True, "payload": 7, "false_alarm_probability": 1e-12},
+    )
+    assert v.status is VerdictStatus.DECLARED_SYNTHETIC
+    assert "recovered from watermark" in v.reasons[-1].message
+
+
+def test_detector_scores_against_thresholds() -> None:
+    unsigned = _report(pixels=False)
+    assert decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"tamper_score": 0.9}).status is (
+        VerdictStatus.TAMPERED
+    )
+    suspected = decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"synthetic_score": 0.8, "threshold": 0.6})
+    assert (suspected.status, suspected.action) == (VerdictStatus.SUSPECTED_SYNTHETIC, Action.QUARANTINE)
+    below = decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"synthetic_score": 0.2, "threshold": 0.6})
+    assert below.status is VerdictStatus.NO_EVIDENCE
+    # An acquisition signature outranks a high synthetic score; a high tamper score outranks the signature.
+    signed = _report(_sig(SignatureStatus.VALID))
+    assert decide(
+        policy=DEFAULT_POLICY, signature=signed, detector={"synthetic_score": 0.99, "threshold": 0.5}
+    ).status is (VerdictStatus.AUTHENTIC)
+    assert decide(policy=DEFAULT_POLICY, signature=signed, detector={"tamper_score": 0.99}).status is (
+        VerdictStatus.TAMPERED
+    )
+
+
+def test_policy_file_overrides_and_is_strict(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('version = "hospital-7"\nuncovered_action = "quarantine"\n[actions]\nNO_EVIDENCE = "flag"\n')
+    policy = load_policy(path)
+    assert policy.version == "hospital-7"
+    assert policy.actions[VerdictStatus.NO_EVIDENCE] is Action.FLAG
+    assert policy.actions[VerdictStatus.TAMPERED] is Action.REJECT  # defaults fill the rest
+    v = decide(policy=policy, signature=_report(_sig(SignatureStatus.VALID), uncovered=1))
+    assert (v.action, v.policy_version) == (Action.QUARANTINE, "hospital-7")
+    assert load_policy(None) is DEFAULT_POLICY
+    for bad, message in [
+        ('version = "x"\ntypo = 1\n', "unknown policy key"),
+        ('[actions]\nTAMPERED = "reject"\n', "needs a version"),
+        ('version = "x"\n[actions]\nTAMPERED = "ignore"\n', "ignore"),
+        ('version = "x"\ntamper_threshold = 3\n', "between 0 and 1"),
+    ]:
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=message):
+            Policy.from_file(path)
+
+
+def test_verdict_has_no_truth_value() -> None:
+    with pytest.raises(TypeError):
+        bool(decide(policy=DEFAULT_POLICY, input_error=("UNREADABLE", "x")))

@@ -1,0 +1,293 @@
+"""Verdicts and the site policy: the one explainable step that combines the separate reports.
+
+The signature, watermark and detector reports stay separate (STYLE.md rule 12); :func:`decide` reads them and
+returns a :class:`Verdict` whose every reason names the report it came from. The site policy (TOML) maps the
+verdict to an action; its ``version`` is recorded with every audit record.
+
+Decision order (first match wins):
+
+1. the input could not be read: ``UNREADABLE`` / ``MALFORMED``;
+2. a signature whose MAC does not match, or whose structure is broken, or a signed file whose Pixel Data no
+   intact signature covers: ``TAMPERED``;
+3. a valid, trusted signature of a ``generator`` key covering the pixels: ``DECLARED_SYNTHETIC``;
+4. our generator watermark in the pixels with no signature left: ``DECLARED_SYNTHETIC`` ("provenance recovered
+   from watermark");
+5. a detector tamper score at or above the policy's threshold: ``TAMPERED``;
+6. a valid, trusted signature of an ``acquisition`` key covering the pixels: ``AUTHENTIC``;
+7. a synthetic score at or above the model's threshold: ``SUSPECTED_SYNTHETIC``;
+8. otherwise ``NO_EVIDENCE``.
+
+Elements added after signing (present but covered by no signature), and signatures that are intact but whose
+signer is untrusted, revoked or expired, do not change the status; they add a reason and raise the action to at
+least the policy's ``uncovered_action`` / ``untrusted_action``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from provenance.models import SignatureInfo, SignatureReport, SignatureStatus
+from verifier.errors import ConfigError
+
+__all__ = ["DEFAULT_POLICY", "Action", "Policy", "Reason", "Verdict", "VerdictStatus", "decide", "load_policy"]
+
+
+class VerdictStatus(enum.StrEnum):
+    AUTHENTIC = "AUTHENTIC"
+    DECLARED_SYNTHETIC = "DECLARED_SYNTHETIC"
+    TAMPERED = "TAMPERED"
+    SUSPECTED_SYNTHETIC = "SUSPECTED_SYNTHETIC"
+    NO_EVIDENCE = "NO_EVIDENCE"
+    UNREADABLE = "UNREADABLE"
+    MALFORMED = "MALFORMED"
+
+
+class Action(enum.StrEnum):
+    """What the site does with the file, from least to most severe."""
+
+    ACCEPT = "accept"
+    FLAG = "flag"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+
+    @property
+    def severity(self) -> int:
+        return list(Action).index(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reason:
+    """One reason for a verdict, tied to the report it came from."""
+
+    source: str  # "input", "signature", "watermark", "detector"
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"source": self.source, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Policy:
+    """A site policy: actions per verdict, escalations and thresholds."""
+
+    version: str
+    actions: Mapping[VerdictStatus, Action]
+    uncovered_action: Action = Action.FLAG
+    untrusted_action: Action = Action.FLAG
+    tamper_threshold: float = 0.5
+    synthetic_threshold: float | None = None  # None: the detector model's own threshold
+
+    def __post_init__(self) -> None:
+        missing = [s.value for s in VerdictStatus if s not in self.actions]
+        if missing:
+            raise ConfigError(f"policy {self.version!r} has no action for {', '.join(missing)}")
+        for name in ("tamper_threshold", "synthetic_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"policy {name} must be between 0 and 1, not {value}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "<policy>") -> Policy:
+        """Build a policy from parsed TOML; unknown keys and values are errors (a typo must not weaken it)."""
+        known = {
+            "version",
+            "actions",
+            "uncovered_action",
+            "untrusted_action",
+            "tamper_threshold",
+            "synthetic_threshold",
+        }
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown policy key(s) {', '.join(unknown)}")
+        merged = {**{s.value: a.value for s, a in DEFAULT_POLICY.actions.items()}, **dict(data.get("actions", {}))}
+        try:
+            actions = {VerdictStatus(k): Action(str(v).lower()) for k, v in merged.items()}
+            kwargs: dict[str, Any] = {
+                "version": str(data.get("version") or ""),
+                "actions": actions,
+                "uncovered_action": Action(str(data.get("uncovered_action", DEFAULT_POLICY.uncovered_action)).lower()),
+                "untrusted_action": Action(str(data.get("untrusted_action", DEFAULT_POLICY.untrusted_action)).lower()),
+                "tamper_threshold": float(data.get("tamper_threshold", DEFAULT_POLICY.tamper_threshold)),
+            }
+            if data.get("synthetic_threshold") is not None:
+                kwargs["synthetic_threshold"] = float(data["synthetic_threshold"])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+        if not kwargs["version"]:
+            raise ConfigError(f"{source}: a site policy needs a version (it is recorded with every audit record)")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Policy:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read policy file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from exc
+        return cls.from_mapping(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "actions": {s.value: a.value for s, a in self.actions.items()},
+            "uncovered_action": self.uncovered_action.value,
+            "untrusted_action": self.untrusted_action.value,
+            "tamper_threshold": self.tamper_threshold,
+            "synthetic_threshold": self.synthetic_threshold,
+        }
+
+
+#: The documented default: accept what is proven authentic or shows no evidence, quarantine synthetic images,
+#: reject tampered and unreadable files.
+DEFAULT_POLICY = Policy(
+    version="medverify-default-1",
+    actions={
+        VerdictStatus.AUTHENTIC: Action.ACCEPT,
+        VerdictStatus.DECLARED_SYNTHETIC: Action.QUARANTINE,
+        VerdictStatus.TAMPERED: Action.REJECT,
+        VerdictStatus.SUSPECTED_SYNTHETIC: Action.QUARANTINE,
+        VerdictStatus.NO_EVIDENCE: Action.ACCEPT,
+        VerdictStatus.UNREADABLE: Action.REJECT,
+        VerdictStatus.MALFORMED: Action.REJECT,
+    },
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """The final decision on one file: a status, the action the policy gives it, and why."""
+
+    status: VerdictStatus
+    action: Action
+    reasons: tuple[Reason, ...]
+    policy_version: str
+
+    def __bool__(self) -> bool:
+        raise TypeError("a Verdict has no truth value; compare .status or .action")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "action": self.action.value,
+            "reasons": [r.to_dict() for r in self.reasons],
+            "policy_version": self.policy_version,
+        }
+
+
+def load_policy(path: Path | None) -> Policy:
+    """The site policy in ``path`` (the ``policy_file`` setting), or the documented default."""
+    return DEFAULT_POLICY if path is None else Policy.from_file(path)
+
+
+def _escalate(action: Action, floor: Action) -> Action:
+    return action if action.severity >= floor.severity else floor
+
+
+def decide(
+    *,
+    policy: Policy,
+    input_error: tuple[str, str] | None = None,
+    signature: SignatureReport | None = None,
+    watermark: Mapping[str, Any] | None = None,
+    detector: Mapping[str, Any] | None = None,
+) -> Verdict:
+    """Combine the reports into a verdict under ``policy`` (see the module docstring for the order).
+
+    ``input_error`` is ``(kind, message)`` for unreadable input. ``watermark`` and ``detector`` are the
+    ``to_dict()`` forms of their reports (``present``/``generator``, ``synthetic_score``/``tamper_score``/
+    ``threshold``), so that this module stays independent of how they are computed.
+    """
+    reasons: list[Reason] = []
+    floor = Action.ACCEPT
+
+    def verdict(status: VerdictStatus) -> Verdict:
+        action = _escalate(policy.actions[status], floor)
+        return Verdict(status=status, action=action, reasons=tuple(reasons), policy_version=policy.version)
+
+    if input_error is not None:
+        kind, message = input_error
+        reasons.append(Reason("input", message))
+        return verdict(VerdictStatus.MALFORMED if kind == "MALFORMED" else VerdictStatus.UNREADABLE)
+
+    intact: tuple[SignatureInfo, ...] = ()
+    if signature is not None:
+        broken = [s for s in signature.signatures if s.status in (SignatureStatus.INVALID, SignatureStatus.MALFORMED)]
+        for sig in broken:
+            reasons.append(
+                Reason("signature", f"signature {sig.uid or '?'} is {sig.status.value}: " + "; ".join(sig.reasons))
+            )
+        if signature.signatures and signature.pixel_data_covered is False:
+            reasons.append(
+                Reason("signature", "the file is signed but its Pixel Data is covered by no intact signature")
+            )
+        if broken or (signature.signatures and signature.pixel_data_covered is False):
+            return verdict(VerdictStatus.TAMPERED)
+        intact = signature.signatures
+        for sig in intact:
+            if sig.status is not SignatureStatus.VALID:
+                reasons.append(
+                    Reason("signature", f"signature by {sig.signer} is {sig.status.value}: " + "; ".join(sig.reasons))
+                )
+                floor = _escalate(floor, policy.untrusted_action)
+        if signature.uncovered:
+            shown = ", ".join(f"{u.tag} {u.keyword}".strip() for u in signature.uncovered[:8])
+            reasons.append(
+                Reason(
+                    "signature", f"{len(signature.uncovered)} element(s) added or left outside every signature: {shown}"
+                )
+            )
+            floor = _escalate(floor, policy.uncovered_action)
+
+    valid = [s for s in intact if s.status is SignatureStatus.VALID]
+    generator_sigs = [s for s in valid if s.role == "generator"]
+    if generator_sigs:
+        reasons.append(
+            Reason("signature", f"signed by generator key {generator_sigs[0].signer}: a declared synthetic image")
+        )
+        return verdict(VerdictStatus.DECLARED_SYNTHETIC)
+
+    if watermark is not None and watermark.get("present"):
+        reasons.append(
+            Reason(
+                "watermark",
+                "provenance recovered from watermark: the pixels carry medverify's generator mark "
+                f"(payload {watermark.get('payload')}, "
+                f"false-alarm probability {watermark.get('false_alarm_probability')})",
+            )
+        )
+        return verdict(VerdictStatus.DECLARED_SYNTHETIC)
+
+    if detector is not None:
+        tamper = detector.get("tamper_score")
+        if isinstance(tamper, int | float) and tamper >= policy.tamper_threshold:
+            reasons.append(Reason("detector", f"tamper score {tamper:.3f} ≥ {policy.tamper_threshold}"))
+            return verdict(VerdictStatus.TAMPERED)
+
+    acquisition = [s for s in valid if s.role in ("acquisition", None)]
+    if acquisition:
+        reasons.insert(0, Reason("signature", f"valid signature by {acquisition[0].signer} covering the pixels"))
+        return verdict(VerdictStatus.AUTHENTIC)
+
+    if detector is not None:
+        score = detector.get("synthetic_score")
+        threshold = policy.synthetic_threshold if policy.synthetic_threshold is not None else detector.get("threshold")
+        if isinstance(score, int | float) and isinstance(threshold, int | float) and score >= threshold:
+            reasons.append(Reason("detector", f"synthetic score {score:.3f} ≥ threshold {threshold:.3f}"))
+            return verdict(VerdictStatus.SUSPECTED_SYNTHETIC)
+
+    if signature is not None and not signature.signatures:
+        reasons.append(Reason("signature", "no digital signature"))
+    if detector is None:
+        reasons.append(Reason("detector", "no detector was run"))
+    return verdict(VerdictStatus.NO_EVIDENCE)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -13,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from testkit import TEST_KEY_PASSPHRASE
+from testkit import TEST_KEY_PASSPHRASE, require_tool
 
 from provenance.declaration import read_declaration
 from verifier.cli import main
@@ -44,15 +42,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MEDVERIFY_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MEDVERIFY_KEY_PASSPHRASE", TEST_KEY_PASSPHRASE)
     return tmp_path / "home"
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def test_generate_unpaired_and_paired(
@@ -119,10 +108,13 @@ def test_generate_unpaired_and_paired(
     ca = tmp_path / "ca.pem"
     assert main(["keys", "export-cert", "ca", "-o", str(ca)]) == 0
     for path in files:
-        check = subprocess.run([_tool("dciodvfy"), str(path)], capture_output=True, text=True, check=False)
+        check = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, check=False)
         assert [x for x in (check.stdout + check.stderr).splitlines() if x.startswith("Error")] == []
         sign = subprocess.run(
-            [_tool("dcmsign"), "--verify", "+cf", str(ca), str(path)], capture_output=True, text=True, check=False
+            [require_tool("dcmsign"), "--verify", "+cf", str(ca), str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert sign.returncode == 0 and "Verification : OK" in sign.stdout + sign.stderr
 

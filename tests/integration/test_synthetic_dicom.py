@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -13,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from testkit import require_tool
 
 from provenance.declaration import SyntheticDeclaration, read_declaration
 from provenance.keys import KeyStore
@@ -20,15 +19,6 @@ from provenance.models import SignatureStatus
 from provenance.signature import verify_dataset
 from verifier.errors import InputError
 from verifier.synthetic import MODALITIES, build_synthetic_dataset, write_synthetic
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +74,14 @@ def test_generated_file_is_valid_declared_and_signed(
     assert report.signatures[0].role == "generator"
     assert report.uncovered == () and report.pixel_data_covered is True
 
-    dciodvfy = subprocess.run([_tool("dciodvfy"), str(out)], capture_output=True, text=True, check=False)
+    dciodvfy = subprocess.run([require_tool("dciodvfy"), str(out)], capture_output=True, text=True, check=False)
     errors = [line for line in (dciodvfy.stdout + dciodvfy.stderr).splitlines() if line.startswith("Error")]
     assert errors == []
 
     ca = tmp_path / "ca.pem"
     ca.write_bytes(keystore.export_certificate("ca"))
     dcmsign = subprocess.run(
-        [_tool("dcmsign"), "--verify", "+cf", str(ca), str(out)], capture_output=True, text=True, check=False
+        [require_tool("dcmsign"), "--verify", "+cf", str(ca), str(out)], capture_output=True, text=True, check=False
     )
     assert dcmsign.returncode == 0 and "Verification : OK" in dcmsign.stdout + dcmsign.stderr
 

@@ -1,0 +1,335 @@
+"""Embedding and detection (see the package docstring for the scheme and why)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from provenance.watermark import _ecc
+from provenance.watermark.models import WatermarkError, WatermarkKey, WatermarkReport, WatermarkStatus
+
+__all__ = ["DEFAULT_SCALES", "TILE", "detect", "embed"]
+
+FloatArray = npt.NDArray[Any]
+
+TILE = 128  # tile side in pixels at scale 1
+CHIP = 4  # chip pitch in pixels
+GRID = TILE // CHIP  # chips per tile side
+N_CHIPS = GRID * GRID
+N_SYNC = 320  # chips carrying the known synchronisation signs; the rest carry the coded payload
+N_PAYLOAD_CHIPS = N_CHIPS - N_SYNC
+BAND_HIGH = GRID // 2 - 1  # highest frequency kept, cycles per tile (per axis): 15/128 cycles per pixel
+BAND_LOW = 3.5  # radial cut below which the host image dominates and the detector's whitening removes anyway
+MAX_ANALYSIS_SIDE = 1024
+DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.5, 2.0)
+MASKING = 0.3  # mark amplitude relative to the local activity of the image (perceptual masking)
+ACTIVITY_CAP = 3.0  # local activity counts up to this multiple of its median (edges stay clean)
+FLOOR_PSNR_DB = 66.0  # least mark amplitude, relative to the image's dynamic range
+MIN_IMAGE_PSNR_DB = 46.0  # the mark is scaled down to stay this far below the image's own dynamic range
+MIN_STORED_PSNR_DB = 50.0
+_SIGN_HYPOTHESES = 2  # the image may have been inverted (MONOCHROME1 export)
+_WHITEN_SIGMA = 2.0
+_ACTIVITY_SIGMA = 6.0
+_CLIP = 3.0
+_MASK_SIGMA = 2.0
+_MASK_ERODE = 9
+
+
+def _band_mask() -> FloatArray:
+    k = np.fft.fftfreq(TILE) * TILE
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    keep = (np.abs(kx) <= BAND_HIGH) & (np.abs(ky) <= BAND_HIGH) & (np.hypot(kx, ky) >= BAND_LOW)
+    mask: FloatArray = keep.astype(np.float64)
+    return mask
+
+
+_MASK = _band_mask()
+_CHIP_ROWS, _CHIP_COLS = np.divmod(np.arange(N_CHIPS), GRID)
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """What the key determines: chip roles, signs and the interleaver."""
+
+    sync_chips: npt.NDArray[np.int64]
+    sync_signs: FloatArray
+    payload_chips: npt.NDArray[np.int64]
+    scramble: FloatArray
+    coded_index: npt.NDArray[np.int64]  # coded bit carried by each payload chip
+    sync_spectrum: npt.NDArray[np.complex128]  # conj FFT of the sync comb
+    indicator_spectrum: npt.NDArray[np.complex128]  # conj FFT of the sync-position comb
+
+
+def _tables(key: WatermarkKey) -> _Tables:
+    cached = key._derived  # the key keeps its derived tables
+    if isinstance(cached, _Tables):
+        return cached
+    rng = np.random.Generator(np.random.PCG64(np.frombuffer(key.derive(b"chips-v1"), dtype=np.uint32)))
+    order = rng.permutation(N_CHIPS)
+    sync_chips, payload_chips = np.sort(order[:N_SYNC]), order[N_SYNC:]
+    sync_signs = rng.choice(np.array([-1.0, 1.0]), size=N_SYNC)
+    scramble = rng.choice(np.array([-1.0, 1.0]), size=N_PAYLOAD_CHIPS)
+    coded_index = np.arange(N_PAYLOAD_CHIPS) % _ecc.CODED_BITS
+    sync_comb = _comb(sync_chips, sync_signs)
+    indicator = _comb(sync_chips, np.ones(N_SYNC))
+    tables = _Tables(
+        sync_chips=sync_chips,
+        sync_signs=sync_signs,
+        payload_chips=payload_chips,
+        scramble=scramble,
+        coded_index=coded_index,
+        sync_spectrum=np.conj(np.fft.fft2(sync_comb)),
+        indicator_spectrum=np.conj(np.fft.fft2(indicator)),
+    )
+    key._derived = tables
+    return tables
+
+
+def _comb(chips: npt.NDArray[np.int64], values: FloatArray) -> FloatArray:
+    comb = np.zeros((TILE, TILE))
+    comb[_CHIP_ROWS[chips] * CHIP, _CHIP_COLS[chips] * CHIP] = values
+    return comb
+
+
+def _tile_pattern(key: WatermarkKey, payload: int) -> FloatArray:
+    """The mark's tile: band-limited chips (sync signs and scrambled, repeated code bits), unit RMS."""
+    t = _tables(key)
+    coded = _ecc.encode(payload).astype(np.float64)
+    chips = np.zeros(N_CHIPS)
+    chips[t.sync_chips] = t.sync_signs
+    chips[t.payload_chips] = (1.0 - 2.0 * coded[t.coded_index]) * t.scramble
+    rows, cols = np.divmod(np.arange(N_CHIPS), GRID)
+    comb = np.zeros((TILE, TILE))
+    comb[rows * CHIP, cols * CHIP] = chips
+    pattern = np.fft.ifft2(np.fft.fft2(comb) * _MASK).real
+    result: FloatArray = pattern / pattern.std()
+    return result
+
+
+def _stored_range(dtype: np.dtype[np.generic], bits_stored: int | None) -> tuple[float, float] | None:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)  # type: ignore[type-var]
+        bits = info.bits if bits_stored is None else bits_stored
+        if not 1 <= bits <= info.bits:
+            raise WatermarkError(f"bits_stored={bits_stored} does not fit a {dtype} image")
+        if info.min < 0:
+            return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+        return 0.0, 2.0**bits - 1
+    if bits_stored is not None:
+        return 0.0, 2.0**bits_stored - 1
+    return None
+
+
+def _blur(image: npt.NDArray[Any], sigma: float) -> npt.NDArray[Any]:
+    blurred: npt.NDArray[Any] = cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return blurred
+
+
+def _check_image(pixels: npt.ArrayLike) -> npt.NDArray[np.generic]:
+    array = np.asarray(pixels)
+    if array.ndim != 2:
+        raise WatermarkError(f"a watermark needs a single-channel (H, W) image, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise WatermarkError(f"unsupported pixel type {array.dtype}")
+    if array.dtype.itemsize > 4 and np.issubdtype(array.dtype, np.integer):
+        raise WatermarkError(f"unsupported pixel type {array.dtype}")
+    return array
+
+
+def embed(
+    pixels: npt.ArrayLike,
+    key: WatermarkKey,
+    payload: int,
+    *,
+    bits_stored: int | None = None,
+    strength: float = 1.0,
+) -> npt.NDArray[np.generic]:
+    """Return ``pixels`` with the mark of ``key`` carrying the 64-bit ``payload``; same shape and dtype.
+
+    Integer images are rounded and clipped to the stored range (``bits_stored``, default the dtype's; signed
+    types use the signed range). The mark's power is ``strength`` times 52 dB below the image's own dynamic range
+    (0.1 to 99.9 percentile), distributed by local activity (more in texture, less in flat areas), and never more
+    than 50 dB below the stored range.
+    """
+    image = _check_image(pixels)
+    if not isinstance(payload, int) or isinstance(payload, bool) or not 0 <= payload < 2**_ecc.PAYLOAD_BITS:
+        raise WatermarkError("the payload must be an integer in [0, 2**64)")
+    if not (math.isfinite(strength) and strength > 0):
+        raise WatermarkError("strength must be a positive number")
+    stored = _stored_range(image.dtype, bits_stored)
+    x = image.astype(np.float32)
+    height, width = x.shape
+
+    tile = _tile_pattern(key, payload).astype(np.float32)
+    pattern = np.tile(tile, (-(-height // TILE), -(-width // TILE)))[:height, :width]
+
+    residual = x - _blur(x, _WHITEN_SIGMA)
+    # Local activity, eroded so that an edge's contrast does not raise the mark in the flat tissue beside it.
+    activity = np.sqrt(_blur(residual * residual, _MASK_SIGMA))
+    activity = _blur(cv2.erode(activity, np.ones((_MASK_ERODE, _MASK_ERODE), np.uint8)), _MASK_SIGMA)
+    sample = (slice(None, None, max(1, height // 256)), slice(None, None, max(1, width // 256)))
+    typical = float(np.median(activity[sample]))
+    if typical <= 0:
+        typical = float(activity.mean()) or 1.0
+    low, high = np.percentile(x[sample], [0.1, 99.9])
+    dynamic = float(high - low)
+    if dynamic <= 0:
+        dynamic = (stored[1] - stored[0]) if stored else 1.0
+    # Perceptual masking: proportional to local activity, at least a small fraction of the dynamic range (and of
+    # the integer step, which rounding would otherwise erase).
+    floor = dynamic * 10 ** (-FLOOR_PSNR_DB / 20)
+    if stored is not None:
+        floor = max(floor, 0.6)
+    amplitude = np.maximum(MASKING * np.minimum(activity, ACTIVITY_CAP * typical), floor)
+    limit = dynamic * 10 ** (-MIN_IMAGE_PSNR_DB / 20)
+    if stored is not None:
+        limit = min(limit, (stored[1] - stored[0]) * 10 ** (-(MIN_STORED_PSNR_DB + 0.5) / 20))
+    rms = math.sqrt(float(np.mean(amplitude * amplitude)))
+    gain = strength * min(1.0, limit / rms)
+    weight = amplitude
+    marked = x.astype(np.float64) + gain * weight * pattern
+    if stored is not None:
+        marked = np.clip(np.rint(marked), stored[0], stored[1])
+    result: npt.NDArray[np.generic] = marked.astype(image.dtype)
+    return result
+
+
+def _whitened(x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """High-pass residual divided by its local RMS and clipped: suppresses the host image, edges and gain."""
+    residual = x - _blur(x, _WHITEN_SIGMA)
+    local = _blur(residual * residual, _ACTIVITY_SIGMA)
+    floor = 1e-6 * float(local.mean()) + 1e-12
+    white: npt.NDArray[Any] = np.clip(residual / np.sqrt(local + floor), -_CLIP, _CLIP)
+    return white
+
+
+def _folded_chip_field(x: npt.NDArray[Any], scale: float) -> FloatArray | None:
+    """Undo a resize by ``scale``, whiten, fold into one tile, and filter with the chip band (matched filter)."""
+    height, width = x.shape
+    # A central window of at most MAX_ANALYSIS_SIDE native pixels a side holds enough tiles; it bounds the time.
+    limit = max(TILE, round(MAX_ANALYSIS_SIDE * scale))
+    if height > limit or width > limit:
+        top, left = max(0, (height - limit) // 2), max(0, (width - limit) // 2)
+        x = x[top : top + limit, left : left + limit]
+        height, width = x.shape
+    new_h, new_w = round(height / scale), round(width / scale)
+    if min(new_h, new_w) < 4 * CHIP:
+        return None
+    if (new_h, new_w) != (height, width):
+        interpolation = cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR
+        x = cv2.resize(x, (new_w, new_h), interpolation=interpolation)
+    white = _whitened(x)
+    pad_h, pad_w = -new_h % TILE, -new_w % TILE
+    if pad_h or pad_w:
+        white = np.pad(white, ((0, pad_h), (0, pad_w)))
+    folded = white.reshape(white.shape[0] // TILE, TILE, white.shape[1] // TILE, TILE).sum(axis=(0, 2))
+    field: FloatArray = np.fft.ifft2(np.fft.fft2(folded.astype(np.float64)) * _MASK).real
+    return field
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    key: WatermarkKey
+    scale: float
+    score: float
+    offset: tuple[int, int]
+    payload: int | None
+
+
+def _search(field: FloatArray, key: WatermarkKey, scale: float) -> _Candidate:
+    t = _tables(key)
+    spectrum = np.fft.fft2(field)
+    corr = np.fft.ifft2(spectrum * t.sync_spectrum).real
+    energy = np.fft.ifft2(np.fft.fft2(field * field) * t.indicator_spectrum).real
+    z = corr / np.sqrt(np.maximum(energy, 1e-30))
+    best = int(np.argmax(np.abs(z)))
+    dy, dx = divmod(best, TILE)
+    score = float(z.flat[best])
+    rows = (_CHIP_ROWS[t.payload_chips] * CHIP + dy) % TILE
+    cols = (_CHIP_COLS[t.payload_chips] * CHIP + dx) % TILE
+    chips = field[rows, cols] * t.scramble * math.copysign(1.0, score)
+    soft = np.bincount(t.coded_index, weights=chips, minlength=_ecc.CODED_BITS)
+    return _Candidate(key, scale, score, (dy, dx), _ecc.decode(soft))
+
+
+def _sync_tail(score: float) -> float:
+    """P(max |z| over the tile's offsets >= |score|) for a key independent of the image (Hoeffding + union)."""
+    return min(1.0, _SIGN_HYPOTHESES * TILE * TILE * math.exp(-score * score / 2))
+
+
+def detect(
+    pixels: npt.ArrayLike,
+    keys: Sequence[WatermarkKey],
+    *,
+    threshold_pfa: float = 1e-9,
+    scales: Sequence[float] = DEFAULT_SCALES,
+) -> WatermarkReport:
+    """Look for the mark of any of ``keys`` in ``pixels`` (any dtype, any window, possibly resized or cropped).
+
+    The report is PRESENT when the false-alarm probability of what was found, accounting for every key, scale
+    and offset tried, is at most ``threshold_pfa``; the payload is reported only when its check code matches.
+    """
+    image = _check_image(pixels)
+    keys = list(keys)
+    if not keys:
+        raise WatermarkError("detect needs at least one watermark key")
+    if not all(isinstance(k, WatermarkKey) for k in keys):
+        raise WatermarkError("keys must be WatermarkKey objects")
+    if not 0 < threshold_pfa < 1:
+        raise WatermarkError("threshold_pfa must be in (0, 1)")
+    scales = [float(s) for s in scales]
+    if not scales or not all(0.05 <= s <= 20 for s in scales):
+        raise WatermarkError("scales must be a non-empty list of factors in [0.05, 20]")
+    x = image.astype(np.float32)
+    trials = len(keys) * len(scales)
+    crc_miss = 2.0**-_ecc.CRC_BITS
+    best: tuple[float, _Candidate] | None = None
+    for scale in scales:
+        field = _folded_chip_field(x, scale)
+        if field is None:
+            continue
+        for key in keys:
+            cand = _search(field, key, scale)
+            tail = _sync_tail(cand.score)
+            if cand.payload is not None:
+                # The payload signs are keyed independently of the sync signs: under the null the decoded word
+                # is uniform, so a matching CRC-32 multiplies the tail by 2**-32 (one decoding per key and scale).
+                pfa = min(1.0, trials * tail * crc_miss)
+            else:
+                pfa = min(1.0, trials * tail)
+            if best is None or pfa < best[0]:
+                best = (pfa, cand)
+            if cand.payload is not None and pfa <= threshold_pfa:
+                return _report(pfa, cand, trials, threshold_pfa)
+    if best is None:
+        return WatermarkReport(
+            status=WatermarkStatus.ABSENT, false_alarm_probability=1.0, payload=None, key_id=None, score=0.0,
+            details={"reason": "image too small", "hypotheses": trials},
+        )
+    return _report(best[0], best[1], trials, threshold_pfa)
+
+
+def _report(pfa: float, cand: _Candidate, trials: int, threshold_pfa: float) -> WatermarkReport:
+    present = pfa <= threshold_pfa
+    details = {
+        "scale": cand.scale,
+        "offset": list(cand.offset),
+        "inverted": cand.score < 0,
+        "check_code_ok": cand.payload is not None if present else None,
+        "hypotheses": trials * _SIGN_HYPOTHESES * TILE * TILE,
+        "threshold_pfa": threshold_pfa,
+    }
+    return WatermarkReport(
+        status=WatermarkStatus.PRESENT if present else WatermarkStatus.ABSENT,
+        false_alarm_probability=pfa,
+        payload=cand.payload if present else None,
+        key_id=cand.key.key_id if present else None,
+        score=cand.score,
+        details=details,
+    )

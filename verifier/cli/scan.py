@@ -1,0 +1,208 @@
+"""``medverify scan``: incremental, resumable scans of whole archives, on local processes or a Dask cluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from verifier.cli import _common, app
+from verifier.cli.signing import _FORMATS, _print_text, exit_code, load_trust_policy
+from verifier.errors import InputError
+from verifier.pipeline import default_workers, parse_checks
+from verifier.policy import Action, load_policy
+from verifier.scan import DaskExecutor, Executor, LocalExecutor, Scanner, ScanPlan, ScanSummary
+
+__all__ = ["scan"]
+
+
+class _RateColumn(ProgressColumn):
+    """Files per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("  -- files/s" if speed is None else f"{speed:7.1f} files/s", style="progress.data.speed")
+
+
+@app.command(help="Scan archives for DICOM files (found by content) and check them; incremental and resumable.")
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="Archive roots (directories), or single files.")],
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", help="Output: text (files not accepted), json (one array) or jsonl (one line a file)."
+        ),
+    ] = "text",
+    checks: Annotated[
+        str | None, typer.Option("--checks", help="Comma-separated checks to run (available: signature).")
+    ] = None,
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option("--trust", help="Extra trusted CA/signer certificate (PEM); repeatable."),
+    ] = None,
+    no_audit: Annotated[
+        bool, typer.Option("--no-audit", help="Write no audit records and no scan state (no --incremental).")
+    ] = False,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Audit database URL (default: MEDVERIFY_DB_URL, else SQLite).")
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", "-j", min=0, help="Local worker processes, or Dask local workers (0: automatic)."),
+    ] = 0,
+    dask: Annotated[
+        str | None,
+        typer.Option("--dask", help="Check on a Dask cluster: scheduler address (tcp://host:port) or 'local'."),
+    ] = None,
+    incremental: Annotated[
+        bool, typer.Option("--incremental", help="Skip files unchanged (size, mtime) since their last scan.")
+    ] = False,
+    follow_symlinks: Annotated[bool, typer.Option(help="Follow symlinks that stay inside the scanned tree.")] = False,
+    policy_file: Annotated[
+        Path | None,
+        typer.Option("--policy", help="Site policy TOML (default: the policy_file setting, else built-in)."),
+    ] = None,
+) -> int:
+    """Scan archives. Exit code 0: nothing found; 1: a file is not accepted; 2: an error stopped a check.
+
+    Every checked file leaves one audit record (channel ``scan``) before its line is printed. A scan that was
+    killed resumes when started again on the same root, and records no file twice.
+    """
+    if output_format not in _FORMATS:
+        raise InputError(f"--format must be one of {', '.join(_FORMATS)}, not {output_format!r}")
+    selected = parse_checks(checks)
+    settings = _common.settings()
+    policy = load_trust_policy(settings, trust or [])
+    site_policy = load_policy(policy_file or settings.policy_file)
+    state = None
+    if not no_audit:
+        from verifier.audit.scanstate import ScanStateStore
+        from verifier.cli.audit import open_audit_log
+
+        state = ScanStateStore(open_audit_log(settings, db=db))
+    elif incremental:
+        raise InputError("--incremental needs the audit database; it cannot be combined with --no-audit")
+
+    err = _common.err_console
+    scanner = Scanner(
+        checks=selected,
+        trust=policy,
+        site_policy=site_policy,
+        state=state,
+        follow_symlinks=follow_symlinks,
+        warn=lambda message: err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False),
+    )
+    with err.status("finding DICOM files", spinner="dots") if err.is_terminal else _nothing():
+        plan = scanner.plan(paths, incremental=incremental)
+    _announce(plan)
+
+    executor: Executor
+    if dask is not None:
+        executor = DaskExecutor(dask, workers=workers or 2)
+    else:
+        executor = LocalExecutor(workers or default_workers(plan.to_check))
+    found = failed = False
+    collected: list[dict[str, object]] = []
+    try:
+        with _progress(err.is_terminal) as progress:
+            task = progress.add_task(f"scanning ({executor.description})", total=plan.to_check)
+            for result in scanner.execute(plan, executor):
+                code = exit_code([result])
+                found, failed = found or code == 1, failed or code == 2
+                if output_format == "jsonl":
+                    sys.stdout.write(json.dumps(_line(result.to_dict())) + "\n")
+                    sys.stdout.flush()
+                elif output_format == "json":
+                    collected.append(_line(result.to_dict()))
+                elif result.verdict.action is not Action.ACCEPT or result.failed:
+                    _print_text(result)
+                progress.advance(task)
+    finally:
+        executor.close()
+    summary = scanner.finish(plan)
+    if output_format == "json":
+        sys.stdout.write(json.dumps(collected, indent=2) + "\n")
+    _print_summary(summary, executor.description)
+    return 1 if found else 2 if failed else 0
+
+
+def _line(d: dict[str, object]) -> dict[str, object]:
+    """A JSONL line: the pipeline's result, null-safe where a report has not run (watermark, detectors)."""
+    d.setdefault("watermark", None)
+    d.setdefault("synthetic_score", None)
+    d.setdefault("tamper_score", None)
+    return d
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+def _announce(plan: ScanPlan) -> None:
+    err = _common.err_console
+    for run_id in plan.resumed_runs:
+        err.print(f"resuming unfinished scan run #{run_id}", highlight=False)
+    parts = [f"{plan.to_check} file(s) to check"]
+    if plan.skipped_done:
+        parts.append(f"{plan.skipped_done} already recorded by the resumed run")
+    if plan.incremental:
+        parts.append(f"{plan.skipped_unchanged} unchanged since the last scan (skipped)")
+    err.print(", ".join(parts), highlight=False)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=_common.err_console,
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def _print_summary(summary: ScanSummary, where: str) -> None:
+    table = Table(title="scan summary", show_header=True, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("files", justify="right")
+    for verdict, n in summary.verdicts.items():
+        table.add_row(f"verdict {verdict}", str(n))
+    for action, n in summary.actions.items():
+        table.add_row(f"action {action}", str(n))
+    table.add_row("checked", str(summary.checked), end_section=True)
+    table.add_row("skipped: unchanged", str(summary.skipped_unchanged))
+    table.add_row("skipped: recorded by the resumed run", str(summary.skipped_done))
+    table.add_row("skipped: not DICOM", str(summary.not_dicom))
+    table.add_row("skipped: symlinks", str(summary.walk.symlinks_skipped))
+    table.add_row("skipped: unreadable directories", str(summary.walk.unreadable_directories))
+    table.add_row("unreadable files", str(summary.failed), end_section=True)
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    table.add_row("rate", f"{summary.files_per_second:.1f} files/s")
+    table.add_row("on", escape(where))
+    if summary.run_ids:
+        table.add_row("scan runs", ", ".join(f"#{i}" for i in summary.run_ids))
+    _common.err_console.print(table)

@@ -1,0 +1,187 @@
+"""``medverify scan`` end to end through ``verifier.cli.main`` and as a real process that is killed and restarted."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import sqlalchemy as sa
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from verifier.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_passphrase: str, signing_keystore_template: Path) -> Path:
+    """A home whose key store has the default key plus the 'rsa' (generator) and 'second' (acquisition) keys."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDVERIFY_HOME", str(home))
+    monkeypatch.setenv("MEDVERIFY_KEY_PASSPHRASE", key_passphrase)
+    for name in ("MEDVERIFY_CONFIG", "MEDVERIFY_KEY_PASSPHRASE_FILE", "MEDVERIFY_DEFAULT_KEY", "MEDVERIFY_DB_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    home.mkdir(parents=True)
+    shutil.copytree(signing_keystore_template, home / "keys")
+    return home
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def jsonl(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def copies(root: Path, n: int, *, name: str = "CT_small.dcm", prefix: str = "im") -> list[Path]:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    out = []
+    for i in range(n):
+        ds.SOPInstanceUID = generate_uid()
+        path = root / f"s{i % 3}" / f"{prefix}{i:04d}"  # no extension: found by content
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path)
+        out.append(path)
+    return out
+
+
+def flip_pixel(path: Path) -> None:
+    ds = pydicom.dcmread(path)
+    data = bytearray(ds.PixelData)
+    data[len(data) // 3] ^= 0x10
+    ds.PixelData = bytes(data)
+    ds.save_as(path)
+
+
+@pytest.fixture
+def archive(tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Path]:
+    """Unsigned copies, one signed by an acquisition key, one signed then tampered, and files that are not DICOM."""
+    root = tmp_path / "archive"
+    unsigned = copies(root, 4)
+    signed, tampered = copies(root / "signed", 2, prefix="sig")
+    code, out, err = run(capsys, "sign", "--in-place", "--key", "second", signed, tampered)
+    assert code == 0, out + err
+    flip_pixel(tampered)
+    (root / "report.dcm").write_text("a text file with a DICOM name")
+    (root / "s0" / "empty").write_bytes(b"")
+    (root / "outside-link").symlink_to(tmp_path, target_is_directory=True)
+    return {"root": root, "unsigned": unsigned[0], "signed": signed, "tampered": tampered}
+
+
+def test_jsonl_lines_exit_code_and_incremental(archive: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    root = archive["root"]
+    code, out, err = run(capsys, "scan", root, "--format", "jsonl", "--workers", "2")
+    assert code == 1, out + err  # the tampered file is rejected
+    lines = jsonl(out)
+    assert len(lines) == 6  # report.dcm, the empty file and everything behind the symlink are not scanned
+    by_path = {line["path"]: line for line in lines}
+    for key in ("path", "sop_instance_uid", "verdict", "action", "reasons", "synthetic_score", "tamper_score",
+                "signature", "watermark", "audit_id"):  # fmt: skip
+        assert all(key in line for line in lines), key
+    assert all(isinstance(line["audit_id"], int) for line in lines)
+    assert len({line["audit_id"] for line in lines}) == 6
+    assert by_path[str(archive["signed"])]["verdict"] == "AUTHENTIC"
+    assert by_path[str(archive["signed"])]["signature"]["status"] == "VALID"
+    assert by_path[str(archive["tampered"])]["verdict"] == "TAMPERED"
+    assert by_path[str(archive["tampered"])]["action"] == "reject"
+    assert by_path[str(archive["unsigned"])]["signature"]["status"] == "UNSIGNED"
+    assert all(line["watermark"] is None or "present" in line["watermark"] for line in lines)
+    assert "scan summary" in err and "files/s" in err
+
+    code, out, err = run(capsys, "scan", root, "--format", "jsonl", "--incremental")
+    assert (code, out) == (0, ""), err
+    assert "6 unchanged since the last scan (skipped)" in err
+
+    flip_pixel(archive["unsigned"])  # changed content: checked again (still unsigned, so accepted)
+    code, out, err = run(capsys, "scan", root, "--format", "jsonl", "--incremental")
+    assert code == 0, err
+    assert [line["path"] for line in jsonl(out)] == [str(archive["unsigned"])]
+    assert "5 unchanged" in err
+
+
+def test_text_output_lists_only_files_not_accepted(
+    archive: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "scan", archive["root"], "--no-audit")
+    assert code == 1
+    assert str(archive["tampered"]) in out and "TAMPERED" in out
+    assert str(archive["signed"]) not in out and str(archive["unsigned"]) not in out
+    assert "verdict TAMPERED" in err and "skipped: not DICOM" in err
+
+
+def test_bad_options_exit_2(archive: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "scan", archive["root"], "--no-audit", "--incremental")[0] == 2
+    assert run(capsys, "scan", archive["root"], "--format", "xml")[0] == 2
+    assert run(capsys, "scan", archive["root"] / "missing")[0] == 2
+    code, _, err = run(capsys, "scan", archive["root"], "--checks", "nonsense")
+    assert code == 2 and "unknown check" in err
+
+
+def _scan_rows(db: Path) -> tuple[list[Any], list[Any]]:
+    engine = sa.create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            runs = conn.execute(sa.text("SELECT id, root, status FROM scan_runs ORDER BY id")).all()
+            recs = conn.execute(
+                sa.text("SELECT id, path, details FROM audit_records WHERE event = 'scan' ORDER BY id")
+            ).all()
+    finally:
+        engine.dispose()
+    return runs, recs
+
+
+def test_sigkilled_scan_resumes_without_losing_or_repeating_a_file(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "big"
+    files = copies(root, 400)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-c", "from verifier.cli import app_main; app_main()", "scan", str(root)]
+    proc = subprocess.Popen(
+        [*argv, "--format", "jsonl", "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the first batch is recorded: the scan is under way
+        assert first, "the scan printed nothing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    runs, recs = _scan_rows(home / "audit.db")
+    assert [(r.root, r.status) for r in runs] == [(str(root), "running")]
+    assert 0 < len(recs) < len(files), "the kill did not land mid-way"
+    killed_at = len(recs)
+
+    done = subprocess.run([*argv, "--format", "jsonl"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming unfinished scan run #{runs[0].id}" in done.stderr
+    assert f"{killed_at} already recorded by the resumed run" in done.stderr
+    assert len(done.stdout.splitlines()) == len(files) - killed_at
+
+    runs, recs = _scan_rows(home / "audit.db")
+    assert [(r.root, r.status) for r in runs] == [(str(root), "finished")]
+    per_path = Counter(r.path for r in recs if json.loads(r.details)["scan"]["run"] == runs[0].id)
+    assert set(per_path) == {str(f) for f in files}
+    assert set(per_path.values()) == {1}
+    code, out, _ = run(capsys, "audit", "verify")
+    assert code == 0, out

@@ -248,11 +248,12 @@ class DaskExecutor:
         try:
             if address == "local":
                 self._cluster = distributed.LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
                 )
                 self._client: Any = distributed.Client(self._cluster)
             else:
-                self._client = distributed.Client(address, timeout="30s")
+                # Timeout: Dask's distributed.comm.timeouts.connect setting.
+                self._client = distributed.Client(address)
         except (OSError, TimeoutError) as exc:
             self.close()
             raise InputError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc

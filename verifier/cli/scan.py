@@ -117,6 +117,7 @@ def scan(
         executor = DaskExecutor(dask, workers=workers or 2)
     else:
         executor = LocalExecutor(workers or default_workers(plan.to_check))
+    err.print(f"checking on {escape(executor.description)}", highlight=False)
     found = failed = False
     collected: list[dict[str, object]] = []
     try:

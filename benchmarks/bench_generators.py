@@ -12,7 +12,9 @@ samples and paired fakes of real crops, and measures both the same way:
   pixel neighbourhoods of real and generated patches, at native and half resolution.
 
 Lower is better for both. A ``real (control)`` row compares two independent draws of real crops: the floor of
-both figures at this sample size. Tamper is measured on paired fakes only, on a 32 x 32 window around the edit
+the AUC and of the unpaired SWD at this sample size (paired fakes share content with their real crops, so the
+paired SWD's floor is 0: compare it between generators only).
+Tamper is measured on paired fakes only, on a 32 x 32 window around the edit
 (its mask plus context), against the same window of the untampered crop. The script writes a labelled PNG grid
 per generator and an overview to ``benchmarks/results/generators/`` and the figures to
 ``benchmarks/results/bench_generators.json``; look at the grids, the figures alone do not say a sample looks
@@ -391,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"{'generator':<11} {'unpaired AUC':>13} {'SWD':>7}   {'paired AUC':>13} {'SWD':>7}   source")
     print(f"{'real ctrl':<11} {_fmt(results['control']['unpaired'])}   {_fmt(results['control'].get('tamper_window'))}"
-          f"   second draw of real crops (paired column: at the tamper windows)")
+          f"   second draw of real crops (paired column: at the tamper windows); paired SWD's floor is 0")
     for name in names:
         e = results.get(name)
         if e is None:

@@ -226,3 +226,14 @@ def test_diffusion_strength() -> None:
     np.testing.assert_array_equal(gen.sdedit(real, seed=3), gen.paired_fake(real, seed=3))
     with pytest.raises(GeneratorInputError):
         gen.sdedit(real, strength=1.5)
+
+
+def test_shipped_checkpoints_load() -> None:
+    root = Path(__file__).resolve().parents[3] / "detectors" / "checkpoints"
+    shipped = sorted(p for p in root.glob("*") if (p / CONFIG_FILE).is_file()) if root.is_dir() else []
+    for directory in shipped:
+        info, _ = read_checkpoint(directory)
+        assert (directory / WEIGHTS_FILE).stat().st_size <= 10 * 1024 * 1024
+        gen = create_generator(info.name, checkpoint=directory)
+        out = gen.sample(1, seed=0)
+        assert out.shape == (1, gen.config.image_size, gen.config.image_size) and np.isfinite(out).all()

@@ -226,6 +226,11 @@ def test_diffusion_strength() -> None:
     np.testing.assert_array_equal(gen.sdedit(real, seed=3), gen.paired_fake(real, seed=3))
     with pytest.raises(GeneratorInputError):
         gen.sdedit(real, strength=1.5)
+    gen.ddim_steps = 2
+    assert gen.sample(1, seed=0).shape == (1, 32, 32)
+    gen.ddim_steps = 1
+    with pytest.raises(GeneratorInputError):
+        gen.sample(1)
 
 
 def test_shipped_checkpoints_load() -> None:

@@ -40,6 +40,7 @@ from verifier.pipeline import Check, FileResult, check_path, check_paths
 from verifier.policy import DEFAULT_POLICY, Policy
 
 if TYPE_CHECKING:
+    from verifier.audit import AuditEntry
     from verifier.audit.scanstate import FileState, ScanRun, ScanStateStore
 
 __all__ = [
@@ -389,6 +390,7 @@ class Scanner:
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
         self.warn = warn
+        self._actor: tuple[str, str] | None = None
 
     def plan(self, roots: Iterable[Path], *, incremental: bool = False) -> ScanPlan:
         """Walk ``roots``, start (or resume) one run per root, and choose the files to check."""
@@ -445,7 +447,6 @@ class Scanner:
         if not results:
             return
         if self.state is not None:
-            from verifier.audit import Channel
             from verifier.audit.scanstate import FileState, RecordedFile
 
             by_run: dict[int, tuple[ScanRun, list[int], list[RecordedFile]]] = {}
@@ -453,13 +454,11 @@ class Scanner:
                 rp, f = files[r.path]
                 if rp.run is None:  # pragma: no cover - plan() gives every root a run when there is a store
                     raise RuntimeError(f"no scan run for {rp.root}")
-                entry = r.audit_entry(channel=Channel.SCAN, event="scan")
-                item = RecordedFile(
-                    path=f.path, entry=entry, state=FileState(size=f.size, mtime_ns=f.mtime_ns, sha256=r.sha256)
-                )
+                state = FileState(size=f.size, mtime_ns=f.mtime_ns, sha256=r.sha256)
+                entry = self._entry(r, self.state.scan_details(rp.run, state))
                 slot = by_run.setdefault(rp.run.id, (rp.run, [], []))
                 slot[1].append(i)
-                slot[2].append(item)
+                slot[2].append(RecordedFile(path=f.path, entry=entry, state=state))
             ids: dict[int, int] = {}
             for run, indexes, items in by_run.values():
                 for i, record_id in zip(indexes, self.state.record(run, items), strict=True):
@@ -472,6 +471,29 @@ class Scanner:
             rp.counts["failed"] += r.failed
             rp.counts["problems"] += r.problem_found
             yield r
+
+    def _entry(self, result: FileResult, scan: dict[str, Any]) -> AuditEntry:
+        """The audit record of ``result``, as :meth:`FileResult.audit_entry` makes it plus ``details.scan``, built
+        in one step: validating an entry is the driver's main cost per file, and the driver bounds the scan."""
+        from verifier.audit import AuditEntry, Channel
+
+        if self._actor is None:
+            probe = AuditEntry(event="scan", channel=Channel.SCAN).with_local_actor()
+            self._actor = (probe.os_user or "unknown", probe.host or "")
+        return AuditEntry(
+            event="scan",
+            channel=Channel.SCAN,
+            path=result.path,
+            sop_instance_uid=result.sop_instance_uid,
+            file_sha256=result.sha256,
+            os_user=self._actor[0],
+            host=self._actor[1],
+            signature_report=result.signature.to_dict() if result.signature is not None else None,
+            policy_version=result.verdict.policy_version,
+            verdict=result.verdict.status.value,
+            action=result.verdict.action.value,
+            details={"reasons": [r.to_dict() for r in result.verdict.reasons], "error": result.error, "scan": scan},
+        )
 
     def finish(self, plan: ScanPlan) -> ScanSummary:
         """Close the runs of ``plan`` (a run left open resumes next time) and sum up this invocation."""

@@ -222,25 +222,24 @@ class ScanStateStore:
                 for r in conn.execution_options(yield_per=10_000).execute(stmt)
             }
 
+    @staticmethod
+    def scan_details(run: ScanRun, state: FileState) -> dict[str, Any]:
+        """The ``details.scan`` object every scan record carries: from it :meth:`begin_run` rebuilds the state
+        of a file whose record was committed by a process that died before it wrote the state."""
+        return {"run": run.id, "root": run.root, "size": state.size, "mtime_ns": state.mtime_ns}
+
     def record(self, run: ScanRun, files: Sequence[RecordedFile]) -> list[int]:
         """Append the audit records of ``files`` (one transaction), then their state; returns the record ids.
 
-        Each entry gets ``details.scan`` = run, root, size and mtime, from which :meth:`begin_run` can rebuild
-        the state if the process dies before the second transaction commits.
+        Each entry must carry ``details.scan`` as :meth:`scan_details` makes it (built with the entry, so that
+        the entry is validated once: this is the hot path of a scan).
         """
         if not files:
             return []
-        entries = [
-            dataclasses.replace(
-                f.entry,
-                details={
-                    **f.entry.details,
-                    "scan": {"run": run.id, "root": run.root, "size": f.state.size, "mtime_ns": f.state.mtime_ns},
-                },
-            )
-            for f in files
-        ]
-        receipts = self._log.append_many(entries)
+        for f in files:
+            if f.entry.details.get("scan") != self.scan_details(run, f.state):
+                raise ValueError(f"the audit entry of {f.path} lacks details.scan of run {run.id}")
+        receipts = self._log.append_many([f.entry for f in files])
         rows = [_state_row(run.root, f.path, f.state, r.id, run.id) for f, r in zip(files, receipts, strict=True)]
         with _db.db_errors(self._url), _db.write_transaction(self._engine) as conn:
             self._upsert(conn, rows)

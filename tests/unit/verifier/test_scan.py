@@ -220,7 +220,7 @@ def test_crash_between_record_and_state_resumes_without_duplicates(
         entries = [
             dataclasses.replace(
                 r.audit_entry(channel=Channel.SCAN, event="scan"),
-                details={"scan": {"run": run.id, "root": run.root, "size": f.size, "mtime_ns": f.mtime_ns}},
+                details={"scan": store.scan_details(run, FileState(size=f.size, mtime_ns=f.mtime_ns))},
             )
             for r, f in zip(results, first, strict=True)
         ]
@@ -266,14 +266,18 @@ def test_record_writes_state_that_known_files_returns(tmp_path: Path, audit_db_u
     with AuditLog.open(audit_db_url) as log:
         store = ScanStateStore(log)
         run = store.begin_run("/arc")
-        entry = AuditEntry(event="scan", channel=Channel.SCAN, path="/arc/a")
         state = FileState(size=10, mtime_ns=20, sha256="0" * 64)
+        entry = AuditEntry(
+            event="scan", channel=Channel.SCAN, path="/arc/a", details={"scan": store.scan_details(run, state)}
+        )
+        with pytest.raises(ValueError, match=r"lacks details\.scan"):
+            store.record(run, [RecordedFile(path="/arc/a", entry=dataclasses.replace(entry, details={}), state=state)])
         [record_id] = store.record(run, [RecordedFile(path="/arc/a", entry=entry, state=state)])
         assert store.known_files("/arc") == {"/arc/a": state}
         assert store.known_files("/other") == {}
-        [again] = store.record(
-            run, [RecordedFile(path="/arc/a", entry=entry, state=dataclasses.replace(state, size=11))]
-        )
+        bigger = dataclasses.replace(state, size=11)
+        entry = dataclasses.replace(entry, details={"scan": store.scan_details(run, bigger)})
+        [again] = store.record(run, [RecordedFile(path="/arc/a", entry=entry, state=bigger)])
         assert again == record_id + 1 and store.known_files("/arc")["/arc/a"].size == 11
         assert log.get(record_id).entry.details["scan"] == {"run": run.id, "root": "/arc", "size": 10, "mtime_ns": 20}
 
@@ -290,3 +294,16 @@ def test_no_audit_scan_records_nothing(tmp_path: Path, trust: TrustPolicy) -> No
     results, _, summary = scan_once(tmp_path / "arc", trust, None)
     assert len(results) == 3 and all(r.audit_id is None for r in results)
     assert summary.run_ids == []
+
+
+def test_scan_records_say_what_verify_records_say(tmp_path: Path, trust: TrustPolicy) -> None:
+    """The scan builds its entries in one step for speed; they must equal FileResult.audit_entry plus details.scan."""
+    from verifier.audit import Channel
+
+    files = make_archive(tmp_path, 1)
+    [result] = check_batch([str(files[0])], CHECKS, TrustSpec.from_policy(trust), DEFAULT_POLICY)
+    scan = {"run": 1, "root": str(tmp_path), "size": 1, "mtime_ns": 2}
+    fast = Scanner(checks=CHECKS, trust=trust)._entry(result, scan)
+    reference = result.audit_entry(channel=Channel.SCAN, event="scan")
+    expected = dataclasses.replace(reference, when=fast.when, details={**reference.details, "scan": scan})
+    assert fast == expected

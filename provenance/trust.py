@@ -254,6 +254,16 @@ class TrustPolicy:
             TrustStatus.UNTRUSTED, "an anchor has the issuer's name but " + "; ".join(sorted(set(failures)))
         )
 
+    @property
+    def revoked_serials(self) -> frozenset[tuple[str, int]]:
+        """Revoked certificates as (issuer RFC 4514 name, serial number)."""
+        return self._revoked_serials
+
+    @property
+    def revoked_fingerprints(self) -> frozenset[str]:
+        """Revoked certificates by SHA-256 fingerprint (hex)."""
+        return self._revoked_fingerprints
+
     def with_extra_anchors(self, anchors: Sequence[x509.Certificate]) -> TrustPolicy:
         """A copy of this policy that also trusts ``anchors``; revocations still apply."""
         if self._trust_everything:

@@ -158,8 +158,8 @@ class TrustSpec:
     @classmethod
     def from_policy(cls, policy: TrustPolicy) -> TrustSpec:
         # TrustPolicy exposes no accessor for its revocation lists yet; read them where it keeps them.
-        serials: Iterable[tuple[str, int]] = getattr(policy, "_revoked_serials", ())
-        fingerprints: Iterable[str] = getattr(policy, "_revoked_fingerprints", ())
+        serials: Iterable[tuple[str, int]] = policy.revoked_serials
+        fingerprints: Iterable[str] = policy.revoked_fingerprints
         return cls(
             anchors_pem=tuple(a.public_bytes(serialization.Encoding.PEM) for a in policy.anchors),
             revoked_serials=tuple(sorted((str(i), int(s)) for i, s in serials)),

@@ -169,7 +169,9 @@ def time_medverify(cmd: list[str], files: list[Path], env: dict[str, str], repea
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
         valid = sum(1 for line in lines if line["status"] == "VALID" and line["signature"]["status"] == "VALID")
-        if proc.returncode != 0 or valid != len(files):
+        # Exit 1 is expected: the corpus is signed with a generator key, so the default site policy quarantines
+        # the files as declared synthetic. What is timed here is that every signature checks out.
+        if proc.returncode not in (0, 1) or valid != len(files):
             raise SystemExit(
                 f"medverify verify: exit {proc.returncode}, {valid}/{len(files)} VALID\n{proc.stderr[-2000:]}"
             )

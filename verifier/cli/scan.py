@@ -23,10 +23,18 @@ from rich.table import Table
 from rich.text import Text
 
 from verifier.cli import _common, app
-from verifier.cli.signing import _FORMATS, _print_text, exit_code, load_trust_policy
+from verifier.cli.signing import (
+    ChecksOption,
+    DbOption,
+    PolicyOption,
+    TrustOption,
+    _print_text,
+    exit_code,
+    prepare_checks,
+)
 from verifier.errors import InputError
-from verifier.pipeline import default_workers, parse_checks
-from verifier.policy import Action, load_policy
+from verifier.pipeline import default_workers
+from verifier.policy import Action
 from verifier.scan import DaskExecutor, Executor, LocalExecutor, Scanner, ScanPlan, ScanSummary
 
 __all__ = ["scan"]
@@ -49,19 +57,12 @@ def scan(
             "--format", "-f", help="Output: text (files not accepted), json (one array) or jsonl (one line a file)."
         ),
     ] = "text",
-    checks: Annotated[
-        str | None, typer.Option("--checks", help="Comma-separated checks to run (available: signature).")
-    ] = None,
-    trust: Annotated[
-        list[Path] | None,
-        typer.Option("--trust", help="Extra trusted CA/signer certificate (PEM); repeatable."),
-    ] = None,
+    checks: ChecksOption = None,
+    trust: TrustOption = None,
     no_audit: Annotated[
         bool, typer.Option("--no-audit", help="Write no audit records and no scan state (no --incremental).")
     ] = False,
-    db: Annotated[
-        str | None, typer.Option("--db", help="Audit database URL (default: MEDVERIFY_DB_URL, else SQLite).")
-    ] = None,
+    db: DbOption = None,
     workers: Annotated[
         int,
         typer.Option("--workers", "-j", min=0, help="Local worker processes, or Dask local workers (0: automatic)."),
@@ -74,22 +75,15 @@ def scan(
         bool, typer.Option("--incremental", help="Skip files unchanged (size, mtime) since their last scan.")
     ] = False,
     follow_symlinks: Annotated[bool, typer.Option(help="Follow symlinks that stay inside the scanned tree.")] = False,
-    policy_file: Annotated[
-        Path | None,
-        typer.Option("--policy", help="Site policy TOML (default: the policy_file setting, else built-in)."),
-    ] = None,
+    policy_file: PolicyOption = None,
 ) -> int:
     """Scan archives. Exit code 0: nothing found; 1: a file is not accepted; 2: an error stopped a check.
 
     Every checked file leaves one audit record (channel ``scan``) before its line is printed. A scan that was
     killed resumes when started again on the same root, and records no file twice.
     """
-    if output_format not in _FORMATS:
-        raise InputError(f"--format must be one of {', '.join(_FORMATS)}, not {output_format!r}")
-    selected = parse_checks(checks)
-    settings = _common.settings()
-    policy = load_trust_policy(settings, trust or [])
-    site_policy = load_policy(policy_file or settings.policy_file)
+    setup = prepare_checks(output_format, checks, trust, policy_file)
+    selected, settings, policy, site_policy = setup.checks, setup.settings, setup.trust, setup.site_policy
     state = None
     if not no_audit:
         from verifier.audit.scanstate import ScanStateStore

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -23,14 +24,62 @@ from verifier.cli import _common, app
 from verifier.cli.keys import open_keystore
 from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError
-from verifier.pipeline import FileResult, check_path, check_paths, default_workers, iter_input_files, parse_checks
-from verifier.policy import Action, load_policy
+from verifier.pipeline import (
+    Check,
+    FileResult,
+    check_path,
+    check_paths,
+    default_workers,
+    iter_input_files,
+    parse_checks,
+)
+from verifier.policy import Action, Policy, load_policy
 from verifier.settings import Settings
 
 __all__ = ["exit_code", "load_trust_policy"]
 
 
 _FORMATS = ("text", "json", "jsonl")
+
+
+ChecksOption = Annotated[
+    str | None, typer.Option("--checks", help="Comma-separated checks to run (available: signature).")
+]
+TrustOption = Annotated[
+    list[Path] | None, typer.Option("--trust", help="Extra trusted CA/signer certificate (PEM); repeatable.")
+]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="Audit database URL (default: MEDVERIFY_DB_URL, else SQLite).")
+]
+PolicyOption = Annotated[
+    Path | None, typer.Option("--policy", help="Site policy TOML (default: the policy_file setting, else built-in).")
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckSetup:
+    """What verify and scan need before the first file: checks, settings, trust and site policy."""
+
+    checks: frozenset[Check]
+    settings: Settings
+    trust: TrustPolicy
+    site_policy: Policy
+
+
+def prepare_checks(
+    output_format: str, checks: str | None, trust: Sequence[Path] | None, policy_file: Path | None
+) -> CheckSetup:
+    """Validate the options shared by verify and scan and load what they name."""
+    if output_format not in _FORMATS:
+        raise InputError(f"--format must be one of {', '.join(_FORMATS)}, not {output_format!r}")
+    selected = parse_checks(checks)
+    settings = _common.settings()
+    return CheckSetup(
+        checks=selected,
+        settings=settings,
+        trust=load_trust_policy(settings, trust or []),
+        site_policy=load_policy(policy_file or settings.policy_file),
+    )
 
 
 def load_trust_policy(settings: Settings, extra: Sequence[Path] = ()) -> TrustPolicy:
@@ -92,36 +141,22 @@ def verify(
     output_format: Annotated[
         str, typer.Option("--format", "-f", help="Output: text, json (one array) or jsonl (one line a file).")
     ] = "text",
-    checks: Annotated[
-        str | None, typer.Option("--checks", help="Comma-separated checks to run (available: signature).")
-    ] = None,
-    trust: Annotated[
-        list[Path] | None,
-        typer.Option("--trust", help="Extra trusted CA/signer certificate (PEM); repeatable."),
-    ] = None,
+    checks: ChecksOption = None,
+    trust: TrustOption = None,
     follow_symlinks: Annotated[bool, typer.Option(help="Follow symlinks inside directories.")] = False,
     no_audit: Annotated[bool, typer.Option("--no-audit", help="Write no audit records (for evaluation runs).")] = False,
-    db: Annotated[
-        str | None, typer.Option("--db", help="Audit database URL (default: MEDVERIFY_DB_URL, else SQLite).")
-    ] = None,
+    db: DbOption = None,
     workers: Annotated[
         int, typer.Option("--workers", "-j", min=0, help="Worker processes (0: one per core for large batches).")
     ] = 0,
-    policy_file: Annotated[
-        Path | None,
-        typer.Option("--policy", help="Site policy TOML (default: the policy_file setting, else built-in)."),
-    ] = None,
+    policy_file: PolicyOption = None,
 ) -> int:
     """Verify files. Exit code 0: nothing found; 1: a problem found; 2: an error stopped a check.
 
     Every file checked leaves one audit record (unless --no-audit), written before its result is printed.
     """
-    if output_format not in _FORMATS:
-        raise InputError(f"--format must be one of {', '.join(_FORMATS)}, not {output_format!r}")
-    selected = parse_checks(checks)
-    settings = _common.settings()
-    policy = load_trust_policy(settings, trust or [])
-    site_policy = load_policy(policy_file or settings.policy_file)
+    setup = prepare_checks(output_format, checks, trust, policy_file)
+    selected, settings, policy, site_policy = setup.checks, setup.settings, setup.trust, setup.site_policy
     files = list(iter_input_files(paths, follow_symlinks=follow_symlinks))
     log = None
     if not no_audit:

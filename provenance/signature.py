@@ -161,11 +161,10 @@ def _mac_digest(ds: Dataset, tags: Iterable[int], item: Dataset, algorithm: MacA
 def _default_tags(ds: Dataset) -> list[int]:
     """Every present element that may be signed (the rule of dcmsign's ``createAttributeList``)."""
     out = []
-    for tag in ds.keys():
+    for tag, elem in list(ds.items()):  # raw items: no value conversion
         t = int(tag)
         if not is_signable_tag(t):
             continue
-        elem = ds.get_item(tag)
         # An element read raw from an Implicit VR file has VR None until converted; a private element of an
         # unknown creator then becomes UN, which cannot be signed (the stream would refuse it later).
         vr = elem.VR if elem is not None and elem.VR is not None else ds[tag].VR
@@ -419,7 +418,8 @@ def _verify_item(
         return SignatureInfo(status=SignatureStatus.MALFORMED, reasons=(str(exc),), **info), set()  # type: ignore[arg-type]
 
     reasons: list[str] = []
-    missing = [t for t in signed if t not in ds]
+    present = ds.keys()
+    missing = [t for t in signed if t not in present]
     if missing:
         reasons.append(
             "signed element(s) missing from the file: "
@@ -467,8 +467,7 @@ def _signature_sites(ds: Dataset, path: str = "") -> Iterator[tuple[Dataset, str
     """The top level and every sequence item that carries a Digital Signatures Sequence."""
     if DIGITAL_SIGNATURES_SEQUENCE in ds or MAC_PARAMETERS_SEQUENCE in ds:
         yield ds, path
-    for tag in ds.keys():
-        elem = ds.get_item(tag)
+    for tag, elem in list(ds.items()):  # raw items: only sequences are converted below
         if elem is None or int(tag) in (DIGITAL_SIGNATURES_SEQUENCE, MAC_PARAMETERS_SEQUENCE):
             continue
         if not _is_sequence(elem, int(tag)):

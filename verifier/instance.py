@@ -56,8 +56,7 @@ def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned
         if any(word in message.lower() for word in _TRUNCATION_WARNINGS):
             refuse(f"the parser reported '{message[:120]}'")
     last = None
-    for tag in ds.keys():
-        elem = ds.get_item(tag)
+    for tag, elem in ds.items():  # raw items: no value conversion
         length = getattr(elem, "length", None)
         value = getattr(elem, "value", None)
         if isinstance(value, bytes) and isinstance(length, int) and length != 0xFFFFFFFF and len(value) < length:

@@ -45,6 +45,13 @@ _SWAP_WIDTH = {
     "UL": 4, "SL": 4, "FL": 4, "OF": 4, "OL": 4,
     "FD": 8, "OD": 8, "SV": 8, "UV": 8, "OV": 8,
 }  # fmt: skip
+_SHORT_HEADER = struct.Struct("<HH2sH")
+_LONG_HEADER = struct.Struct("<HH2s2xI")
+# VRs whose raw little-endian bytes are their signature-format value (not SQ, UN or an ambiguous VR).
+_FAST_VRS = frozenset(
+    {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN",
+     "SH", "SL", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UR", "US", "UT", "UV"}
+)  # fmt: skip
 # Signature item attributes that are not part of the MAC (PS3.15 C.1, DCMTK encodeDigitalSignatureItem).
 _ITEM_EXCLUDED = frozenset({0x04000115, 0x04000120, 0x04000305, 0x04000310})
 
@@ -163,10 +170,45 @@ def iter_signature_stream(ds: Dataset, tags: Iterable[int]) -> Iterator[bytes | 
 
     Tags not present in ``ds`` are skipped: a deleted element changes the stream and so breaks the MAC.
     """
-    present = set(int(t) for t in ds.keys())
+    # Fast path: an element read raw from an explicit VR little endian file is hashed as its header (packed in
+    # one call) and its bytes as read; small ones are batched into one buffer. Everything else (sequences,
+    # implicit or big-endian sources, ambiguous VRs, values built in memory) goes through iter_element_stream.
+    buf = bytearray()
+    elements = dict(ds.items())  # raw items, looked up by int tag: no conversion, no Tag() per lookup
     for tag in sorted(set(tags)):
-        if tag in present:
-            yield from iter_element_stream(ds, tag)
+        elem = elements.get(BaseTag(tag))
+        if elem is None:
+            continue
+        value = elem.value
+        vr = elem.VR
+        if (
+            isinstance(elem, RawDataElement)
+            and elem.is_little_endian
+            and vr is not None
+            and vr in _FAST_VRS
+            and isinstance(value, bytes)
+            and len(value) == elem.length
+            and not len(value) % 2
+        ):
+            if vr in _LONG_VRS:
+                buf += _LONG_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(value))
+            elif len(value) <= 0xFFFF:
+                buf += _SHORT_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(value))
+            else:
+                raise UnsignableElementError(f"{Tag(tag)}: value of {len(value)} bytes is too long for VR {vr}")
+            if len(value) > 65536:
+                yield bytes(buf)
+                buf.clear()
+                yield value
+            else:
+                buf += value
+            continue
+        if buf:
+            yield bytes(buf)
+            buf.clear()
+        yield from iter_element_stream(ds, tag)
+    if buf:
+        yield bytes(buf)
 
 
 def signature_item_stream(item: Dataset) -> Iterator[bytes | memoryview]:

@@ -45,6 +45,7 @@ from provenance._internal.files import (
 from provenance._internal.roles import ROLE_OIDS, KeyRole, role_of_certificate
 from provenance.errors import KeyStoreError, PassphraseError, TrustPolicyError
 from provenance.trust import TrustPolicy, fingerprint_sha256, load_certificates
+from provenance.watermark import WatermarkError, WatermarkKey
 
 __all__ = [
     "DEFAULT_KEY_NAME",
@@ -269,8 +270,7 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise KeyStoreError(
-            f"invalid key name {name!r}: use 1-64 characters a-z, 0-9, '_', '.', '-', "
-            "starting with a letter or digit"
+            f"invalid key name {name!r}: use 1-64 characters a-z, 0-9, '_', '.', '-', starting with a letter or digit"
         )
     return name
 
@@ -294,6 +294,55 @@ def _now() -> dt.datetime:
 
 
 # --------------------------------------------------------------------------------------------- the store
+
+
+def _watermark_kek(passphrase: bytes, salt: bytes) -> bytes:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    return Scrypt(salt=salt, length=32, n=2**15, r=8, p=1).derive(passphrase)
+
+
+def _encrypt_watermark_key(key: WatermarkKey, passphrase: bytes) -> bytes:
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
+    key_id = str(key.key_id)
+    sealed = AESGCM(_watermark_kek(passphrase, salt)).encrypt(nonce, key.to_bytes(), key_id.encode())
+    record = {
+        "format": "medverify-watermark-key/1",
+        "key_id": key_id,
+        "kdf": "scrypt-n32768-r8-p1",
+        "salt": base64.b64encode(salt).decode(),
+        "nonce": base64.b64encode(nonce).decode(),
+        "ciphertext": base64.b64encode(sealed).decode(),
+    }
+    return json.dumps(record, indent=2).encode()
+
+
+def _decrypt_watermark_key(path: Path, passphrase: bytes) -> WatermarkKey:
+    import base64
+    import json
+
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    try:
+        record = json.loads(path.read_bytes())
+        salt, nonce = base64.b64decode(record["salt"]), base64.b64decode(record["nonce"])
+        sealed, key_id = base64.b64decode(record["ciphertext"]), str(record["key_id"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KeyStoreError(f"watermark key file {path} is unreadable or malformed") from exc
+    try:
+        secret = AESGCM(_watermark_kek(passphrase, salt)).decrypt(nonce, sealed, key_id.encode())
+    except InvalidTag:
+        raise PassphraseError(f"the passphrase does not decrypt the watermark key {path.name}") from None
+    try:
+        return WatermarkKey.from_bytes(secret)
+    except WatermarkError as exc:
+        raise KeyStoreError(f"watermark key file {path} holds no valid key") from exc
 
 
 class KeyStore:
@@ -477,9 +526,7 @@ class KeyStore:
                 critical=True,
             )
             .add_extension(ski, critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
             .sign(key, hashes.SHA256())
         )
         ensure_private_dir(self._ca_dir)
@@ -563,9 +610,7 @@ class KeyStore:
             index = self._read_index()
             if DEFAULT_KEY_NAME in index["keys"]:
                 return []
-            return [
-                self._create_locked(index, DEFAULT_KEY_NAME, KeyRole.GENERATOR, KeyAlgorithm.RSA_3072, 825)
-            ]
+            return [self._create_locked(index, DEFAULT_KEY_NAME, KeyRole.GENERATOR, KeyAlgorithm.RSA_3072, 825)]
 
     def create(
         self,
@@ -684,15 +729,11 @@ class KeyStore:
         except TrustPolicyError as exc:
             raise KeyStoreError(str(exc)) from exc
         if len(certs) != 1:
-            raise KeyStoreError(
-                f"expected exactly one certificate, found {len(certs)}; add them one at a time"
-            )
+            raise KeyStoreError(f"expected exactly one certificate, found {len(certs)}; add them one at a time")
         cert = certs[0]
         record = TrustedCertificate.from_certificate(cert)
         if record.not_after < _now():
-            raise KeyStoreError(
-                f"refusing to trust {record.subject}: it expired at {record.not_after.isoformat()}"
-            )
+            raise KeyStoreError(f"refusing to trust {record.subject}: it expired at {record.not_after.isoformat()}")
         with self._locked():
             ensure_private_dir(self._trusted_dir)
             path = self._trusted_dir / f"{record.fingerprint_sha256}.pem"
@@ -757,6 +798,42 @@ class KeyStore:
             entry["current"] = f"{serial:x}"
             self._write_index(index)
             return self._info(name, entry, serial)
+
+    # ------------------------------------------------------------------ watermark keys
+    # Watermark keys are secrets of another type (provenance.watermark.WatermarkKey), never X.509 keys. Each is
+    # stored encrypted with AES-256-GCM under a key derived from the store's passphrase by scrypt (fresh salt and
+    # nonce per file), in keys/watermark/<n>.json, mode 0600. Old generations stay for detection.
+
+    @property
+    def _watermark_dir(self) -> Path:
+        return self._dir / "watermark"
+
+    def _watermark_files(self) -> builtins.list[Path]:
+        if not self._watermark_dir.is_dir():
+            return []
+        return sorted(self._watermark_dir.glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
+
+    def watermark_keys(self) -> builtins.list[WatermarkKey]:
+        """Every watermark key generation, newest first (detection tries them all). Needs the passphrase."""
+        passphrase = self._passphrase() if self._watermark_files() else b""
+        return [_decrypt_watermark_key(path, passphrase) for path in reversed(self._watermark_files())]
+
+    def watermark_key(self) -> WatermarkKey:
+        """The current watermark key, created on first use (the key id is ``watermark-<generation>``)."""
+        files = self._watermark_files()
+        if files:
+            return _decrypt_watermark_key(files[-1], self._passphrase())
+        return self.rotate_watermark_key()
+
+    def rotate_watermark_key(self) -> WatermarkKey:
+        """Create a new watermark key generation; older ones are kept so that their marks are still found."""
+        passphrase = self._passphrase()
+        with self._locked(create=True):
+            ensure_private_dir(self._watermark_dir)
+            generation = len(self._watermark_files()) + 1
+            key = WatermarkKey.generate(f"watermark-{generation}")
+            write_private_file(self._watermark_dir / f"{generation}.json", _encrypt_watermark_key(key, passphrase))
+        return key
 
     def trust_policy(self) -> TrustPolicy:
         """This store's trust policy: the local CA and the trusted certificates, minus what is revoked."""

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from provenance.models import SignatureReport
 from provenance.signature import verify_dataset
 from provenance.trust import TrustPolicy
+from provenance.watermark import WatermarkKey
+from provenance.watermark import detect as watermark_detect
 from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError, is_dicom_file
 from verifier.policy import DEFAULT_POLICY, Action, Policy, Verdict, decide
@@ -38,15 +40,21 @@ __all__ = [
 
 
 class Check(enum.StrEnum):
-    """Checks that ``--checks`` selects. More arrive with the watermark and detector issues."""
+    """Checks that ``--checks`` selects. The detector check arrives with the detector issue."""
 
     SIGNATURE = "signature"
+    #: Opt-in: detection needs the secret watermark keys (the key store's passphrase).
+    WATERMARK = "watermark"
+
+
+#: What runs when ``--checks`` is not given.
+DEFAULT_CHECKS = frozenset({Check.SIGNATURE})
 
 
 def parse_checks(value: str | None) -> frozenset[Check]:
-    """Parse a comma-separated ``--checks`` value (default: every check)."""
+    """Parse a comma-separated ``--checks`` value (default: :data:`DEFAULT_CHECKS`)."""
     if not value:
-        return frozenset(Check)
+        return DEFAULT_CHECKS
     out = set()
     for part in value.split(","):
         name = part.strip().lower()
@@ -77,6 +85,7 @@ class FileResult:
     sop_instance_uid: str | None = None
     modality: str | None = None
     signature: SignatureReport | None = None
+    watermark: dict[str, Any] | None = None
     error: str | None = None
     audit_id: int | None = None
 
@@ -111,6 +120,7 @@ class FileResult:
             sop_instance_uid=self.sop_instance_uid,
             file_sha256=self.sha256,
             signature_report=self.signature.to_dict() if self.signature is not None else None,
+            watermark_report=self.watermark,
             policy_version=self.verdict.policy_version,
             verdict=self.verdict.status.value,
             action=self.verdict.action.value,
@@ -128,7 +138,7 @@ class FileResult:
             "sha256": self.sha256,
             "modality": self.modality,
             "signature": self.signature.to_dict() if self.signature is not None else None,
-            "watermark": None,
+            "watermark": self.watermark,
             "synthetic_score": None,
             "tamper_score": None,
             "policy_version": self.verdict.policy_version,
@@ -138,15 +148,23 @@ class FileResult:
 
 
 def check_instance(
-    instance: Instance, *, checks: frozenset[Check], policy: TrustPolicy, site_policy: Policy = DEFAULT_POLICY
+    instance: Instance,
+    *,
+    checks: frozenset[Check],
+    policy: TrustPolicy,
+    site_policy: Policy = DEFAULT_POLICY,
+    watermark_keys: Sequence[WatermarkKey] = (),
 ) -> FileResult:
     """Run the selected checks on a parsed instance and decide under the site policy."""
     signature = None
+    watermark = None
     status = "CHECKED"
     if Check.SIGNATURE in checks:
         signature = verify_dataset(instance.dataset, policy)
         status = signature.status.value
-    verdict = decide(policy=site_policy, signature=signature)
+    if Check.WATERMARK in checks and watermark_keys:
+        watermark = _watermark_report(instance, watermark_keys)
+    verdict = decide(policy=site_policy, signature=signature, watermark=watermark)
     return FileResult(
         path=instance.path,
         status=status,
@@ -155,11 +173,32 @@ def check_instance(
         sop_instance_uid=instance.sop_instance_uid,
         modality=instance.modality,
         signature=signature,
+        watermark=watermark,
     )
 
 
+def _watermark_report(instance: Instance, keys: Sequence[WatermarkKey]) -> dict[str, Any]:
+    """Detect our mark in the stored pixels (first frame); an image that cannot be decoded says so."""
+    import numpy as np
+
+    try:
+        pixels = np.asarray(instance.dataset.pixel_array)
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types; the report says why
+        return {"present": False, "status": "UNDECODABLE", "error": f"{type(exc).__name__}: {str(exc)[:120]}"}
+    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
+        pixels = pixels[0]
+    if pixels.ndim != 2:
+        return {"present": False, "status": "UNSUPPORTED", "error": f"pixel array of shape {pixels.shape}"}
+    return watermark_detect(pixels, keys).to_dict()
+
+
 def check_path(
-    path: Path | str, *, checks: frozenset[Check], policy: TrustPolicy, site_policy: Policy = DEFAULT_POLICY
+    path: Path | str,
+    *,
+    checks: frozenset[Check],
+    policy: TrustPolicy,
+    site_policy: Policy = DEFAULT_POLICY,
+    watermark_keys: Sequence[WatermarkKey] = (),
 ) -> FileResult:
     """Read and check one file; unreadable input gives an UNREADABLE/MALFORMED result, never an exception."""
     try:
@@ -173,7 +212,9 @@ def check_path(
             error=str(exc),
         )
     try:
-        return check_instance(instance, checks=checks, policy=policy, site_policy=site_policy)
+        return check_instance(
+            instance, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=watermark_keys
+        )
     except Exception as exc:  # noqa: BLE001 - the boundary: one result per input, even on a bug
         message = f"{path}: the check failed ({type(exc).__name__}: {str(exc)[:200]})"
         return FileResult(
@@ -186,14 +227,14 @@ def check_path(
         )
 
 
-_WORKER_STATE: tuple[frozenset[Check], TrustPolicy, Policy] | None = None
+_WORKER_STATE: tuple[frozenset[Check], TrustPolicy, Policy, Sequence[WatermarkKey]] | None = None
 
 
 def _check_in_worker(path: Path) -> FileResult:
     if _WORKER_STATE is None:  # pragma: no cover - set before the pool forks
         raise RuntimeError("worker state missing")
-    checks, policy, site_policy = _WORKER_STATE
-    return check_path(path, checks=checks, policy=policy, site_policy=site_policy)
+    checks, policy, site_policy, keys = _WORKER_STATE
+    return check_path(path, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=keys)
 
 
 def default_workers(n_files: int) -> int:
@@ -210,6 +251,7 @@ def check_paths(
     policy: TrustPolicy,
     site_policy: Policy = DEFAULT_POLICY,
     workers: int = 1,
+    watermark_keys: Sequence[WatermarkKey] = (),
 ) -> Iterator[FileResult]:
     """Check ``paths`` and yield one result per path, in order, using ``workers`` processes.
 
@@ -219,9 +261,9 @@ def check_paths(
     global _WORKER_STATE
     if workers <= 1 or len(paths) < 2 or "fork" not in multiprocessing.get_all_start_methods():
         for path in paths:
-            yield check_path(path, checks=checks, policy=policy, site_policy=site_policy)
+            yield check_path(path, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=watermark_keys)
         return
-    _WORKER_STATE = (checks, policy, site_policy)
+    _WORKER_STATE = (checks, policy, site_policy, tuple(watermark_keys))
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             yield from pool.imap(_check_in_worker, paths, chunksize=8)

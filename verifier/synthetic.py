@@ -24,6 +24,7 @@ from detectors.data.normalize import CT_HU_RANGE
 from provenance.declaration import SyntheticDeclaration, declare_synthetic
 from provenance.models import MacAlgorithm, SignatureProfile
 from provenance.signature import SignerLike, sign_dataset, strip_signatures
+from provenance.watermark import WatermarkKey, embed
 from verifier.errors import InputError
 
 __all__ = ["MODALITIES", "ModalitySpec", "build_synthetic_dataset", "write_generated", "write_synthetic"]
@@ -191,11 +192,14 @@ def write_generated(
     signer: SignerLike,
     log: AuditLog,
     key_name: str,
+    watermark_key: WatermarkKey,
 ) -> int:
-    """The one path from a generator's output to a file: build, audit, declare, sign, write.
+    """The one path from a generator's output to a file: build, audit, declare, watermark, sign, write.
 
-    The audit record is written first, so the declaration (and later the watermark payload) can name it; it holds
-    the SOP Instance UID, the declaration and the SHA-256 of the stored pixels. Returns the record's id.
+    The audit record is written first, so that the declaration and the watermark payload can name it; it holds
+    the SOP Instance UID, the declaration, the watermark key id and the SHA-256 of the generator's stored pixels
+    before marking. The mark is embedded before signing, so the signature covers the marked pixels. Returns the
+    record's id.
     """
     from verifier.audit import AuditEntry, Channel, EventKind
 
@@ -212,9 +216,13 @@ def write_generated(
                 "modality": modality.upper(),
                 "pixel_sha256": hashlib.sha256(ds.PixelData).hexdigest(),
                 "signing_key": key_name,
+                "watermark_key_id": str(watermark_key.key_id),
             },
         ).with_local_actor()
     )
     declare_synthetic(ds, dataclasses.replace(declaration, audit_id=record.id))
+    stored = np.frombuffer(ds.PixelData, dtype="<u2").reshape(int(ds.Rows), int(ds.Columns))
+    marked = embed(stored, watermark_key, record.id, bits_stored=int(ds.BitsStored))
+    ds.PixelData = np.asarray(marked, dtype="<u2").tobytes()
     write_synthetic(ds, path, signer)
     return record.id

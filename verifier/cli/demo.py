@@ -112,6 +112,7 @@ def _generate_tampered_copy(store: KeyStore, out: Path, settings: Settings) -> P
         signer=store.load_signing_key("generator"),
         log=open_audit_log(settings),
         key_name="generator",
+        watermark_key=store.watermark_key(),
     )
     return path
 

@@ -72,6 +72,7 @@ def generate(
     if info.role is not KeyRole.GENERATOR:
         raise InputError(f"key {key!r} has role {info.role.value}; generated images are signed by a generator key")
     signer = store.load_signing_key(key)
+    watermark_key = store.watermark_key()
 
     ckpt = checkpoint or default_checkpoint(generator)
     try:
@@ -148,6 +149,7 @@ def generate(
                 signer=signer,
                 log=log,
                 key_name=key,
+                watermark_key=watermark_key,
             )
             written += 1
             progress.advance(task)

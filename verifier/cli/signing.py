@@ -20,6 +20,7 @@ from provenance.keys import KeyStore
 from provenance.models import MacAlgorithm, SignatureProfile, SignatureStatus
 from provenance.signature import sign_dataset
 from provenance.trust import TrustPolicy, load_certificates
+from provenance.watermark import WatermarkKey
 from verifier.cli import _common, app
 from verifier.cli.keys import open_keystore
 from verifier.errors import InputError
@@ -43,7 +44,8 @@ _FORMATS = ("text", "json", "jsonl")
 
 
 ChecksOption = Annotated[
-    str | None, typer.Option("--checks", help="Comma-separated checks to run (available: signature).")
+    str | None,
+    typer.Option("--checks", help="Comma-separated checks: signature (default), watermark (needs the key passphrase)."),
 ]
 TrustOption = Annotated[
     list[Path] | None, typer.Option("--trust", help="Extra trusted CA/signer certificate (PEM); repeatable.")
@@ -64,6 +66,7 @@ class CheckSetup:
     settings: Settings
     trust: TrustPolicy
     site_policy: Policy
+    watermark_keys: tuple[WatermarkKey, ...] = ()
 
 
 def prepare_checks(
@@ -74,11 +77,20 @@ def prepare_checks(
         raise InputError(f"--format must be one of {', '.join(_FORMATS)}, not {output_format!r}")
     selected = parse_checks(checks)
     settings = _common.settings()
+    keys: tuple[WatermarkKey, ...] = ()
+    if Check.WATERMARK in selected:
+        # The watermark keys are secrets: detection needs the key store's passphrase.
+        keys = tuple(open_keystore(settings).watermark_keys())
+        if not keys:
+            raise InputError(
+                "--checks watermark: the key store has no watermark key yet (medverify generate makes one)"
+            )
     return CheckSetup(
         checks=selected,
         settings=settings,
         trust=load_trust_policy(settings, trust or []),
         site_policy=load_policy(policy_file or settings.policy_file),
+        watermark_keys=keys,
     )
 
 
@@ -169,7 +181,14 @@ def verify(
     with _progress(show_progress) as progress:
         task = progress.add_task("verifying", total=len(files))
         n_workers = workers or default_workers(len(files))
-        for result in check_paths(files, checks=selected, policy=policy, site_policy=site_policy, workers=n_workers):
+        for result in check_paths(
+            files,
+            checks=selected,
+            policy=policy,
+            site_policy=site_policy,
+            workers=n_workers,
+            watermark_keys=setup.watermark_keys,
+        ):
             if log is not None:
                 result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
             results.append(result)

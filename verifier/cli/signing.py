@@ -256,6 +256,12 @@ def sign(
     settings = _common.settings()
     store = open_keystore(settings)
     signer = store.load_signing_key(key or settings.default_key)
+    if signer.role.value == "generator":
+        _common.err_console.print(
+            f"[yellow]note:[/] key '{signer.name}' has role generator: files it signs verify as DECLARED_SYNTHETIC. "
+            "Sign real acquisitions with an acquisition key (`medverify keys create NAME --role acquisition`).",
+            highlight=False,
+        )
     policy = store.trust_policy()
     from verifier.audit import AuditEntry, Channel, EventKind
     from verifier.cli.audit import open_audit_log

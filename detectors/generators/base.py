@@ -238,6 +238,7 @@ class Generator(abc.ABC):
             "metrics": {k: round(v, 6) for k, v in last.items()},
             "frames": len(sampler),
             "patch_size": sampler.size,
+            "sampler": sampler.description,
             "data": dict(data_description or {}),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),

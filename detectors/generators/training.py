@@ -3,6 +3,12 @@
 Training data is any iterable of 2-D float arrays in [0, 1] (normalised frames, e.g. from the corpus). The
 :class:`PatchSampler` draws random square crops of the config's ``image_size`` at native resolution; a frame
 smaller than the patch is first upsampled (bicubic) so that its short side equals the patch size.
+
+Crops are content-aware: about a third of uniformly placed crops of the sample corpus are flat background (air
+around a CT or CR, the black outside an ultrasound sector), which teaches a generator nothing about anatomy or
+texture. The sampler therefore only places crops where the crop has some contrast and is not mostly background
+(see :class:`PatchSampler`); the admissible positions are found once, exactly, from integral images, so a draw
+never retries and never hangs, even on a blank frame.
 """
 
 from __future__ import annotations
@@ -18,7 +24,14 @@ import torch
 
 from detectors.generators.errors import GeneratorInputError
 
-__all__ = ["PatchSampler", "ProgressCallback", "TrainProgress", "TrainingResult", "check_image"]
+__all__ = [
+    "PatchSampler",
+    "ProgressCallback",
+    "TrainProgress",
+    "TrainingResult",
+    "check_image",
+    "content_positions",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +82,59 @@ def check_image(image: object, where: str) -> npt.NDArray[np.float32]:
     return np.clip(arr, 0.0, 1.0)
 
 
-class PatchSampler:
-    """Random ``size`` x ``size`` crops of in-memory frames, seeded by a numpy Generator."""
+def _window_sums(a: npt.NDArray[np.float64], s: int) -> npt.NDArray[np.float64]:
+    """Sums of every ``s`` x ``s`` window of ``a``, indexed by the window's top-left corner."""
+    c = np.zeros((a.shape[0] + 1, a.shape[1] + 1), dtype=np.float64)
+    np.cumsum(np.cumsum(a, axis=0, dtype=np.float64), axis=1, out=c[1:, 1:])
+    return c[s:, s:] - c[:-s, s:] - c[s:, :-s] + c[:-s, :-s]
 
-    def __init__(self, frames: Iterable[npt.NDArray[np.floating]], size: int) -> None:
+
+def content_positions(
+    frame: npt.NDArray[np.float32], size: int, *, min_std: float, min_content: float, background_margin: float
+) -> npt.NDArray[np.int64]:
+    """Flat indices (into the ``(H - size + 1, W - size + 1)`` grid) of the crops that carry content.
+
+    A crop carries content when its standard deviation is at least ``min_std`` and at least ``min_content`` of
+    its pixels lie more than ``background_margin`` above the frame's minimum (its background level).
+    """
+    x = frame.astype(np.float64)
+    n = float(size * size)
+    mean = _window_sums(x, size) / n
+    var = _window_sums(x * x, size) / n - mean * mean
+    foreground = (x > float(x.min()) + background_margin).astype(np.float64)
+    fraction = _window_sums(foreground, size) / n
+    ok = (var >= min_std * min_std - 1e-12) & (fraction >= min_content - 1e-9)
+    return np.flatnonzero(ok)
+
+
+class PatchSampler:
+    """Random ``size`` x ``size`` crops of in-memory frames, seeded by a numpy Generator.
+
+    Content-aware: a crop is only placed where its standard deviation (in [0, 1] units) is at least ``min_std``
+    and at least ``min_content`` of its pixels are more than ``background_margin`` above the frame's minimum.
+    Frames are drawn in proportion to their number of such positions (their area of content), and a position
+    uniformly among them. A frame without any (a blank frame) is skipped; only when no frame has content does
+    the sampler fall back to uniform crops, so it always terminates. ``min_std=0`` and ``min_content=0`` give
+    the plain uniform sampler.
+    """
+
+    def __init__(
+        self,
+        frames: Iterable[npt.NDArray[np.floating]],
+        size: int,
+        *,
+        min_std: float = 0.02,
+        min_content: float = 0.1,
+        background_margin: float = 0.05,
+    ) -> None:
+        if size < 1:
+            raise GeneratorInputError(f"patch size must be >= 1, got {size}")
+        if min_std < 0 or not 0 <= min_content <= 1 or background_margin < 0:
+            raise GeneratorInputError("min_std and background_margin must be >= 0 and min_content in [0, 1]")
         self.size = size
+        self.min_std = float(min_std)
+        self.min_content = float(min_content)
+        self.background_margin = float(background_margin)
         self.frames: list[npt.NDArray[np.float32]] = []
         for i, frame in enumerate(frames):
             arr = check_image(frame, f"training frame {i}")
@@ -85,12 +146,34 @@ class PatchSampler:
             self.frames.append(np.ascontiguousarray(arr, dtype=np.float32))
         if not self.frames:
             raise GeneratorInputError("no training frames")
-        # Sample frames in proportion to their area, so large frames are not under-used.
-        areas = np.array([f.size for f in self.frames], dtype=np.float64)
-        self._p = areas / areas.sum()
+        self._positions: list[npt.NDArray[np.int64]] = [
+            content_positions(
+                f, size, min_std=self.min_std, min_content=self.min_content, background_margin=background_margin
+            )
+            for f in self.frames
+        ]
+        counts = np.array([len(p) for p in self._positions], dtype=np.float64)
+        #: False when no frame has a crop with content: the sampler then draws uniform crops.
+        self.content_aware = bool(counts.sum() > 0)
+        if not self.content_aware:
+            counts = np.array([(f.shape[0] - size + 1) * (f.shape[1] - size + 1) for f in self.frames], float)
+        # Frames in proportion to their admissible positions, so large frames are not under-used.
+        self._p = counts / counts.sum()
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    @property
+    def description(self) -> dict[str, object]:
+        """The sampling settings, for the training record."""
+        return {
+            "patch_size": self.size,
+            "min_std": self.min_std,
+            "min_content": self.min_content,
+            "background_margin": self.background_margin,
+            "content_aware": self.content_aware,
+            "frames_with_content": sum(1 for p in self._positions if len(p)),
+        }
 
     def batch(self, n: int, rng: np.random.Generator) -> torch.Tensor:
         """``n`` crops as a (n, 1, size, size) float32 tensor scaled to [-1, 1]; random flips augment."""
@@ -99,8 +182,13 @@ class PatchSampler:
         picks = rng.choice(len(self.frames), size=n, p=self._p)
         for j, k in enumerate(picks):
             frame = self.frames[k]
-            y = int(rng.integers(0, frame.shape[0] - s + 1))
-            x = int(rng.integers(0, frame.shape[1] - s + 1))
+            cols = frame.shape[1] - s + 1
+            if self.content_aware:
+                positions = self._positions[k]
+                y, x = divmod(int(positions[rng.integers(0, len(positions))]), cols)
+            else:
+                y = int(rng.integers(0, frame.shape[0] - s + 1))
+                x = int(rng.integers(0, cols))
             patch = frame[y : y + s, x : x + s]
             if rng.random() < 0.5:
                 patch = patch[:, ::-1]

@@ -30,6 +30,7 @@ from detectors.generators import (
     sha256_file,
 )
 from detectors.generators.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from detectors.generators.training import PatchSampler, content_positions
 
 torch.set_num_threads(1)
 
@@ -242,3 +243,51 @@ def test_shipped_checkpoints_load() -> None:
         gen = create_generator(info.name, checkpoint=directory)
         out = gen.sample(1, seed=0)
         assert out.shape == (1, gen.config.image_size, gen.config.image_size) and np.isfinite(out).all()
+
+
+def _crop_stats(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-crop standard deviation and fraction of pixels above the background (0) + margin, in [0, 1] units."""
+    x = (batch[:, 0].numpy().astype(np.float64) + 1.0) * 0.5
+    return x.std(axis=(1, 2)), (x > 0.05).mean(axis=(1, 2))
+
+
+def test_patch_sampler_never_returns_flat_crops() -> None:
+    rng = np.random.default_rng(0)
+    body = np.zeros((160, 200), np.float32)  # mostly air, a textured block in one corner
+    body[100:150, 20:70] = np.clip(0.5 + rng.normal(0, 0.1, (50, 50)), 0, 1)
+    blank = np.full((96, 96), 0.0, np.float32)  # a frame with no content at all is never used
+    sampler = PatchSampler([body, blank], 32)
+    assert sampler.content_aware and sampler.description["frames_with_content"] == 1
+    std, content = _crop_stats(sampler.batch(400, np.random.default_rng(1)))
+    assert std.min() >= sampler.min_std and content.min() >= sampler.min_content
+    # The plain uniform sampler on the same frames returns mostly air: the filter is what removes it.
+    uniform = PatchSampler([body, blank], 32, min_std=0, min_content=0)
+    std_u, _ = _crop_stats(uniform.batch(400, np.random.default_rng(1)))
+    assert (std_u < 0.02).mean() > 0.5
+    # Seeded and deterministic.
+    again = PatchSampler([body, blank], 32)
+    assert torch.equal(sampler.batch(16, np.random.default_rng(5)), again.batch(16, np.random.default_rng(5)))
+
+
+def test_patch_sampler_terminates_on_constant_frames() -> None:
+    sampler = PatchSampler([np.full((64, 80), 0.3, np.float32), np.zeros((40, 40), np.float32)], 32)
+    assert not sampler.content_aware
+    batch = sampler.batch(64, np.random.default_rng(0))
+    assert batch.shape == (64, 1, 32, 32) and torch.isfinite(batch).all()
+    with pytest.raises(GeneratorInputError):
+        PatchSampler(FRAMES, 32, min_content=1.5)
+
+
+def test_content_positions_match_brute_force() -> None:
+    frame = np.zeros((30, 36), np.float32)
+    frame[8:20, 5:30] = np.random.default_rng(3).uniform(0.2, 1.0, (12, 25)).astype(np.float32)
+    s, min_std, min_content, margin = 8, 0.05, 0.5, 0.05
+    found = set(content_positions(frame, s, min_std=min_std, min_content=min_content, background_margin=margin))
+    expected = set()
+    cols = frame.shape[1] - s + 1
+    for y in range(frame.shape[0] - s + 1):
+        for x in range(cols):
+            crop = frame[y : y + s, x : x + s].astype(np.float64)
+            if crop.std() >= min_std and (crop > frame.min() + margin).mean() >= min_content:
+                expected.add(y * cols + x)
+    assert found == expected and expected

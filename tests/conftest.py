@@ -13,7 +13,6 @@ from provenance.keys import KeyStore
 pytest_plugins = ["fixtures_postgres"]  # PostgreSQL server + audit_db_url (sqlite, postgresql)
 
 
-
 @pytest.fixture(scope="session")
 def keystore_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An initialised key store (local CA + default generator key), made once per session; never modify."""
@@ -129,3 +128,26 @@ def openssl_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     issue("rsa", "/CN=dcmsign RSA signer/O=interop", rsa)
     issue("ec", "/CN=dcmsign ECDSA signer/O=interop", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
     return d
+
+
+@pytest.fixture
+def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_passphrase: str) -> Path:
+    """An empty medverify home for CLI tests, isolated from the caller's settings; stdin is never a terminal."""
+    import io
+    import sys
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDVERIFY_HOME", str(home))
+    monkeypatch.setenv("MEDVERIFY_KEY_PASSPHRASE", key_passphrase)
+    for name in ("MEDVERIFY_CONFIG", "MEDVERIFY_KEY_PASSPHRASE_FILE", "MEDVERIFY_DEFAULT_KEY", "MEDVERIFY_DB_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no prompt can hang a test
+    return home
+
+
+@pytest.fixture
+def keyed_home(cli_home: Path, signing_keystore_template: Path) -> Path:
+    """:func:`cli_home` with a copy of :func:`signing_keystore_template` as its key store."""
+    cli_home.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(signing_keystore_template, cli_home / "keys")
+    return cli_home

@@ -3,6 +3,11 @@ importing one by name picks whichever pytest loaded first)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 #: Test-only key store passphrase; the secret-scanning tests check that it never reaches any output.
 TEST_KEY_PASSPHRASE = "test-passphrase-Zq9v7XkP3m"
 
@@ -12,11 +17,25 @@ def require_tool(name: str) -> str:
     import os
     import shutil
 
-    import pytest
-
     path = shutil.which(name)
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is required in CI (tests/run.sh installs it)")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    """Run ``medverify`` through ``verifier.cli.main`` and return (exit code, stdout, stderr)."""
+    from verifier.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def jsonl(out: str) -> list[dict[str, Any]]:
+    """The JSON objects of a ``--format jsonl`` output."""
+    import json
+
+    return [json.loads(line) for line in out.splitlines() if line.strip()]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,34 +16,16 @@ import pytest
 import sqlalchemy as sa
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-
-from verifier.cli import main
+from testkit import jsonl
+from testkit import run_cli as run
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_passphrase: str, signing_keystore_template: Path) -> Path:
+def home(keyed_home: Path) -> Path:
     """A home whose key store has the default key plus the 'rsa' (generator) and 'second' (acquisition) keys."""
-    home = tmp_path / "home"
-    monkeypatch.setenv("MEDVERIFY_HOME", str(home))
-    monkeypatch.setenv("MEDVERIFY_KEY_PASSPHRASE", key_passphrase)
-    for name in ("MEDVERIFY_CONFIG", "MEDVERIFY_KEY_PASSPHRASE_FILE", "MEDVERIFY_DEFAULT_KEY", "MEDVERIFY_DB_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    home.mkdir(parents=True)
-    shutil.copytree(signing_keystore_template, home / "keys")
-    return home
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def jsonl(out: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    return keyed_home
 
 
 def copies(root: Path, n: int, *, name: str = "CT_small.dcm", prefix: str = "im") -> list[Path]:

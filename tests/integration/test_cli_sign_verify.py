@@ -2,47 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import sys
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-
-from verifier.cli import main
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_passphrase: str) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("MEDVERIFY_HOME", str(home))
-    monkeypatch.setenv("MEDVERIFY_KEY_PASSPHRASE", key_passphrase)
-    for name in ("MEDVERIFY_CONFIG", "MEDVERIFY_KEY_PASSPHRASE_FILE", "MEDVERIFY_DEFAULT_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # never a terminal: no prompt can hang a test
-    return home
+from testkit import jsonl
+from testkit import run_cli as run
 
 
 @pytest.fixture
-def keyed_home(home: Path, signing_keystore_template: Path) -> Path:
-    """A home whose key store has the default key plus the RSA-2048 'rsa' and 'ecdsa' keys."""
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(signing_keystore_template, home / "keys")
-    return home
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def jsonl(out: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+def home(cli_home: Path) -> Path:
+    return cli_home
 
 
 def sample(tmp_path: Path, name: str, target: str | None = None) -> Path:

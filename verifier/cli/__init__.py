@@ -54,7 +54,10 @@ def _register(command: str | None = None) -> None:
     With ``command`` given, only the module of that command is imported: start-up time matters for a tool that
     is run once per file by scripts, and some modules pull in SQLAlchemy or torch.
     """
-    modules: tuple[str, ...] = ("keys", "signing", "audit", "demo", "corpus", "train", "generate", "scan", "watermark")
+    modules: tuple[str, ...] = (
+        "keys", "signing", "audit", "demo", "corpus", "train", "generate", "scan", "watermark",
+        "evaluate", "gateway", "orthanc", "serve", "tokens", "claims",
+    )  # fmt: skip
     wanted = _COMMAND_MODULES.get(command or "", command)
     if wanted in modules:
         modules = (wanted,)

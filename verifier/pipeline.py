@@ -11,7 +11,7 @@ import dataclasses
 import enum
 import multiprocessing
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # SQLAlchemy is imported only when a record is written
 __all__ = [
     "Check",
     "FileResult",
+    "check_bytes",
     "check_instance",
     "check_path",
     "check_paths",
@@ -201,8 +202,51 @@ def check_path(
     watermark_keys: Sequence[WatermarkKey] = (),
 ) -> FileResult:
     """Read and check one file; unreadable input gives an UNREADABLE/MALFORMED result, never an exception."""
+    return _check_loaded(
+        lambda: Instance.from_path(path),
+        str(path),
+        checks=checks,
+        policy=policy,
+        site_policy=site_policy,
+        watermark_keys=watermark_keys,
+    )
+
+
+def check_bytes(
+    data: bytes,
+    *,
+    path: str,
+    checks: frozenset[Check],
+    policy: TrustPolicy,
+    site_policy: Policy = DEFAULT_POLICY,
+    watermark_keys: Sequence[WatermarkKey] = (),
+) -> FileResult:
+    """Check an instance received in memory (an HTTP upload, a C-STORE) exactly as :func:`check_path` checks a file.
+
+    ``path`` names the input in the result and its audit record (e.g. ``http:upload/2``); it is never opened.
+    """
+    return _check_loaded(
+        lambda: Instance.from_bytes(data, path=path),
+        path,
+        checks=checks,
+        policy=policy,
+        site_policy=site_policy,
+        watermark_keys=watermark_keys,
+    )
+
+
+def _check_loaded(
+    load: Callable[[], Instance],
+    path: str,
+    *,
+    checks: frozenset[Check],
+    policy: TrustPolicy,
+    site_policy: Policy,
+    watermark_keys: Sequence[WatermarkKey],
+) -> FileResult:
+    """Parse with ``load`` and check; the one boundary where exceptions become results (one per input)."""
     try:
-        instance = Instance.from_path(path)
+        instance = load()
     except UnreadableInstanceError as exc:
         return FileResult(
             path=str(path),

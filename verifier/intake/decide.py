@@ -1,0 +1,267 @@
+"""One received upload -> one :class:`IntakeDecision` -> one audit record, for every intake channel.
+
+The DICOM gateway, the Orthanc plugin and the HTTP API all receive bytes from a peer and must answer at once:
+accept (store or forward), quarantine (keep aside for review) or reject (the sender sees a failure and a reason).
+:class:`IntakeChecker` holds what they share (the configured checks, the trust policy, the site policy, the audit
+log) and gives the same answer for the same file whatever the channel::
+
+    checker = IntakeChecker.from_settings(settings, checks="signature")
+    decision = checker.check(data, Peer(channel=Channel.INTAKE, ae_title="CT01", address="10.0.0.5:40112"))
+    ...  # spool, quarantine or refuse, then:
+    decision = checker.record(decision, outcome="forward-queued")   # exactly one audit record per upload
+
+:meth:`IntakeChecker.check` never raises: unreadable, malformed or oversized input and a failing check become a
+REJECT-able :class:`~verifier.pipeline.FileResult` (STYLE.md rule 11). :meth:`IntakeChecker.record` raises
+:class:`~verifier.errors.AuditError` when the record cannot be written; channels then refuse the upload (fail
+closed), because an upload nobody can account for must not be stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from provenance.trust import TrustPolicy
+from provenance.watermark import WatermarkKey
+from verifier.instance import MAX_FILE_BYTES, Instance, UnreadableInstanceError
+from verifier.pipeline import Check, FileResult, check_instance, parse_checks
+from verifier.policy import DEFAULT_POLICY, Action, Policy, decide
+
+if TYPE_CHECKING:
+    from verifier.audit import AuditEntry, AuditLog, Channel
+    from verifier.settings import Settings
+
+__all__ = ["IntakeChecker", "IntakeDecision", "Peer", "error_comment", "safe_uid"]
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def safe_uid(value: object) -> str | None:
+    """``value`` if it is a syntactically valid DICOM UID (digits and dots, at most 64 characters), else None.
+
+    Only a UID that passes this may appear in a file name or a log line; anything else is replaced by the SHA-256.
+    """
+    text = str(value or "").strip().rstrip("\x00")
+    return text if 0 < len(text) <= 64 and _UID.fullmatch(text) else None
+
+
+def error_comment(text: str, limit: int = 64) -> str:
+    """``text`` as a DICOM Error Comment (LO: at most 64 characters, no backslash or control characters)."""
+    clean = "".join(c if c.isprintable() and c != "\\" else " " for c in text)
+    clean = " ".join(clean.split())
+    return clean if len(clean) <= limit else clean[: limit - 3].rstrip() + "..."
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Peer:
+    """Who sent an upload, as recorded in the audit log."""
+
+    channel: Channel
+    #: Calling AE title (DICOM) or None.
+    ae_title: str | None = None
+    #: ``host:port`` of the sender, where the channel knows it.
+    address: str | None = None
+    #: Id of the API token used (HTTP), never the token itself.
+    token_id: str | None = None
+
+    def describe(self) -> str:
+        """A short label for the ``path`` column: ``intake:AE@host:port``."""
+        who = self.ae_title or ""
+        if self.address:
+            who = f"{who}@{self.address}" if who else self.address
+        return f"{self.channel.value}:{who or 'unknown'}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IntakeDecision:
+    """What checking one upload found, and from whom it came.
+
+    ``result`` carries the verdict (``result.verdict.action`` decides what the channel does); ``instance`` is the
+    parsed instance (None when the bytes could not be read); ``data`` are the bytes as received.
+    """
+
+    result: FileResult
+    peer: Peer
+    data: bytes = dataclasses.field(repr=False)
+    instance: Instance | None = None
+    #: Time spent in :meth:`IntakeChecker.check`, milliseconds.
+    check_ms: float = 0.0
+    audit_id: int | None = None
+
+    def __bool__(self) -> bool:
+        raise TypeError("an IntakeDecision has no truth value; use .action")
+
+    @property
+    def action(self) -> Action:
+        return self.result.verdict.action
+
+    @property
+    def sha256(self) -> str:
+        return self.result.sha256 or hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def sop_instance_uid(self) -> str | None:
+        """The SOP Instance UID if it is a valid UID (safe for file names), else None."""
+        return safe_uid(self.result.sop_instance_uid)
+
+    @property
+    def sop_class_uid(self) -> str | None:
+        return safe_uid(self.instance.sop_class_uid) if self.instance is not None else None
+
+    def summary(self) -> str:
+        """One line for a sender: the verdict and its first reason (e.g. for a DICOM Error Comment)."""
+        verdict = self.result.verdict
+        first = str(verdict.reasons[0].message) if verdict.reasons else ""
+        first = first.removeprefix(f"{self.result.path}: ")  # input errors start with the label
+        return f"{verdict.status.value}: {first}" if first else verdict.status.value
+
+    def audit_entry(self, **details: Any) -> AuditEntry:
+        """The one audit record of this upload, with the peer and what the channel did (``details['intake']``)."""
+        entry = self.result.audit_entry(channel=self.peer.channel, event="intake")
+        merged = dict(entry.details)
+        merged["intake"] = {"check_ms": round(self.check_ms, 3), "size": len(self.data), **details}
+        return dataclasses.replace(
+            entry,
+            peer_ae_title=self.peer.ae_title,
+            peer_address=self.peer.address,
+            api_token_id=self.peer.token_id,
+            details=merged,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as the CLI's JSON, plus the peer."""
+        out = self.result.to_dict()
+        out["peer"] = {"ae_title": self.peer.ae_title, "address": self.peer.address, "channel": self.peer.channel}
+        out["audit_id"] = self.audit_id
+        return out
+
+
+class IntakeChecker:
+    """The checks every intake channel runs, and the audit log they all write to.
+
+    Thread-safe: channels call :meth:`check` and :meth:`record` from several threads (one per association or
+    request); audit appends are serialised here as well as in the database.
+    """
+
+    def __init__(
+        self,
+        *,
+        checks: frozenset[Check],
+        trust: TrustPolicy,
+        site_policy: Policy = DEFAULT_POLICY,
+        watermark_keys: Sequence[WatermarkKey] = (),
+        audit_log: AuditLog | None = None,
+        max_bytes: int = MAX_FILE_BYTES,
+    ) -> None:
+        if not checks:
+            raise ValueError("an intake checker needs at least one check")
+        self.checks = checks
+        self.trust = trust
+        self.site_policy = site_policy
+        self.watermark_keys = tuple(watermark_keys)
+        self.audit_log = audit_log
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        checks: str | None = None,
+        trust_extra: Sequence[Path] = (),
+        policy_file: Path | None = None,
+        audit: bool = True,
+        db: str | None = None,
+    ) -> IntakeChecker:
+        """The checker configured as ``medverify verify`` would be (same trust policy, site policy and keys).
+
+        ``checks`` is a ``--checks`` value (default: signature). With ``audit`` the audit log is opened (and
+        created) now, so that a channel that cannot record refuses to start rather than refusing every upload.
+        """
+        from verifier.cli.keys import open_keystore
+        from verifier.cli.signing import load_trust_policy
+        from verifier.errors import InputError
+        from verifier.policy import load_policy
+
+        selected = parse_checks(checks)
+        keys: tuple[WatermarkKey, ...] = ()
+        if Check.WATERMARK in selected:
+            keys = tuple(open_keystore(settings).watermark_keys())
+            if not keys:
+                raise InputError("--checks watermark: the key store has no watermark key")
+        log = None
+        if audit:
+            from verifier.cli.audit import open_audit_log
+
+            log = open_audit_log(settings, db=db)
+        return cls(
+            checks=selected,
+            trust=load_trust_policy(settings, trust_extra),
+            site_policy=load_policy(policy_file or settings.policy_file),
+            watermark_keys=keys,
+            audit_log=log,
+        )
+
+    def check(self, data: bytes, peer: Peer, *, name: str | None = None) -> IntakeDecision:
+        """Check one upload; never raises (bad input gives an UNREADABLE/MALFORMED verdict, REJECT by default)."""
+        start = time.perf_counter()
+        label = name or peer.describe()
+        instance: Instance | None = None
+        try:
+            if len(data) > self.max_bytes:
+                raise UnreadableInstanceError(
+                    f"{label}: {len(data)} bytes exceeds the limit of {self.max_bytes} bytes",
+                    kind="MALFORMED",
+                    sha256=hashlib.sha256(data).hexdigest(),
+                )
+            instance = Instance.from_bytes(data, path=label)
+            result = check_instance(
+                instance,
+                checks=self.checks,
+                policy=self.trust,
+                site_policy=self.site_policy,
+                watermark_keys=self.watermark_keys,
+            )
+        except UnreadableInstanceError as exc:
+            result = self._failed(label, exc.kind, str(exc), exc.sha256 or hashlib.sha256(data).hexdigest(), None)
+        except Exception as exc:  # noqa: BLE001 - the boundary: one decision per upload, even on a bug
+            message = f"{label}: the check failed ({type(exc).__name__}: {str(exc)[:200]})"
+            uid = instance.sop_instance_uid if instance is not None else None
+            digest = instance.sha256 if instance is not None else hashlib.sha256(data).hexdigest()
+            result = self._failed(label, "MALFORMED", message, digest, uid)
+        elapsed = (time.perf_counter() - start) * 1000.0
+        return IntakeDecision(result=result, peer=peer, data=data, instance=instance, check_ms=elapsed)
+
+    def _failed(self, label: str, kind: str, message: str, digest: str, uid: str | None) -> FileResult:
+        return FileResult(
+            path=label,
+            status=kind,
+            verdict=decide(policy=self.site_policy, input_error=(kind, message)),
+            sha256=digest,
+            sop_instance_uid=uid,
+            error=message,
+        )
+
+    def record(self, decision: IntakeDecision, **details: Any) -> IntakeDecision:
+        """Write the upload's one audit record (with ``details`` under ``details.intake``); return it with its id.
+
+        Without an audit log (``audit=False``) nothing is written and the id stays None. Raises
+        :class:`~verifier.errors.AuditError` if the database refuses the record.
+        """
+        if self.audit_log is None:
+            return decision
+        entry = decision.audit_entry(**details)
+        with self._lock:
+            receipt = self.audit_log.append(entry)
+        return dataclasses.replace(decision, audit_id=receipt.id, result=decision.result.with_audit_id(receipt.id))
+
+    def close(self) -> None:
+        if self.audit_log is not None:
+            self.audit_log.close()

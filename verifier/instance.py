@@ -12,21 +12,36 @@ import hashlib
 import io
 import os
 import warnings
+import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import UID
 
 from verifier.errors import InputError
 
-__all__ = ["MAX_FILE_BYTES", "Instance", "UnreadableInstanceError", "is_dicom_file"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "MAX_INFLATED_BYTES",
+    "MAX_PIXEL_BYTES",
+    "Instance",
+    "UnreadableInstanceError",
+    "is_dicom_file",
+]
 
 #: Files larger than this are refused before they are read (a bound on memory per file).
 MAX_FILE_BYTES = int(os.environ.get("MEDVERIFY_MAX_FILE_BYTES", str(2 * 1024**3)))
+#: An image whose header promises more decoded pixel bytes than this is refused before anything is decoded: a
+#: few kilobytes of JPEG or RLE can claim 65535 x 65535 x 2^31 frames (a decompression bomb).
+MAX_PIXEL_BYTES = int(os.environ.get("MEDVERIFY_MAX_PIXEL_BYTES", str(1024**3)))
+#: A deflated data set is inflated whole by the parser; more than this is refused before inflating.
+MAX_INFLATED_BYTES = int(os.environ.get("MEDVERIFY_MAX_INFLATED_BYTES", str(512 * 1024**2)))
 
 
 class UnreadableInstanceError(InputError):
@@ -49,7 +64,7 @@ def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned
     element header), a warning that the data ended before a delimiter, or an image without Pixel Data.
     """
 
-    def refuse(why: str, consequence: str = "the file is cut short or damaged") -> None:
+    def refuse(why: str, consequence: str = "the file is cut short or damaged") -> NoReturn:
         raise UnreadableInstanceError(f"{path}: {why}: {consequence}", kind="MALFORMED", sha256=digest)
 
     for message in warned:
@@ -69,10 +84,80 @@ def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned
             refuse(f"{size - end} byte(s) after the last complete element {last.tag}")
     if 0x00080018 not in ds:
         refuse("no SOP Instance UID in the data set", "not a composite DICOM instance, or cut short")
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "Modality", "PatientID"):
+        try:  # the identifiers every report and audit record reads: decode them now, at the boundary
+            ds.get(keyword)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged value
+            refuse(f"{keyword} cannot be decoded ({type(exc).__name__}: {str(exc)[:80]})")
     sop_class = UID(str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or ""))
     is_image = "Rows" in ds or "Image Storage" in sop_class.name
     if is_image and not any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
         refuse("an image without Pixel Data")
+    if 0x7FE00010 in ds:
+        _check_pixel_budget(ds, refuse)
+
+
+def _int_attr(ds: FileDataset, keyword: str, default: int | None, refuse: Callable[[str, str], NoReturn]) -> int:
+    """An integer attribute of the image pixel module, refusing absent (without default), odd or negative values."""
+    if keyword not in ds or ds[keyword].VM == 0:
+        if default is None:
+            refuse(f"an image without {keyword}", "the pixel data cannot be interpreted")
+        return default
+    value = ds[keyword].value
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        refuse(f"{keyword} is not a number ({str(value)[:40]!r})", "the pixel data cannot be interpreted")
+    if number < 0 or (number == 0 and keyword != "PixelRepresentation"):
+        refuse(f"{keyword} is {number}", "the pixel data cannot be interpreted")
+    return number
+
+
+def _check_pixel_budget(ds: FileDataset, refuse: Callable[[str, str], NoReturn]) -> None:
+    """Refuse absurd dimensions before any decoder allocates for them (decompression bombs, hostile headers)."""
+
+    def refuse1(why: str, consequence: str = "the image is refused before decoding") -> NoReturn:
+        refuse(why, consequence)
+
+    rows = _int_attr(ds, "Rows", None, refuse1)
+    columns = _int_attr(ds, "Columns", None, refuse1)
+    frames = _int_attr(ds, "NumberOfFrames", 1, refuse1)
+    samples = _int_attr(ds, "SamplesPerPixel", 1, refuse1)
+    bits = _int_attr(ds, "BitsAllocated", None, refuse1)
+    if samples > 4 or bits > 64:
+        refuse1(f"{samples} samples of {bits} bits per pixel is not an image DICOM allows")
+    decoded = rows * columns * frames * samples * ((bits + 7) // 8)
+    if decoded > MAX_PIXEL_BYTES:
+        refuse1(
+            f"the header promises {decoded:,} bytes of decoded pixels ({rows}x{columns}, {frames} frame(s), "
+            f"{samples} sample(s) of {bits} bits), over the limit of {MAX_PIXEL_BYTES:,} (MEDVERIFY_MAX_PIXEL_BYTES)"
+        )
+
+
+def _check_deflate_budget(data: bytes, path: str, digest: str) -> None:
+    """Inflate a deflated data set in bounded steps before pydicom inflates it whole (a deflate bomb)."""
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except Exception:  # noqa: BLE001 - a broken meta header is reported by the full parse that follows
+        return
+    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflater.decompress(data[fp.tell() :], MAX_INFLATED_BYTES)
+    except zlib.error as exc:
+        raise UnreadableInstanceError(
+            f"{path}: the deflated data set cannot be inflated ({exc})", kind="MALFORMED", sha256=digest
+        ) from exc
+    if inflater.unconsumed_tail:
+        raise UnreadableInstanceError(
+            f"{path}: the deflated data set inflates to more than {MAX_INFLATED_BYTES:,} bytes "
+            "(MEDVERIFY_MAX_INFLATED_BYTES): refused before inflating",
+            kind="MALFORMED",
+            sha256=digest,
+        )
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -117,6 +202,7 @@ class Instance:
             raise UnreadableInstanceError(
                 f"{path}: not a DICOM Part 10 file (no 'DICM' preamble)", kind="UNREADABLE", sha256=digest
             )
+        _check_deflate_budget(data, path, digest)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from provenance.trust import TrustPolicy
+from provenance.watermark import WatermarkKey
 from verifier.errors import InputError
 from verifier.instance import is_dicom_file
 from verifier.pipeline import Check, FileResult, check_path, check_paths
@@ -188,14 +189,21 @@ _WORKER_POLICIES: dict[str, TrustPolicy] = {}
 
 
 def check_batch(
-    paths: Sequence[str], checks: frozenset[Check], trust: TrustSpec, site_policy: Policy
+    paths: Sequence[str],
+    checks: frozenset[Check],
+    trust: TrustSpec,
+    site_policy: Policy,
+    watermark_keys: Sequence[WatermarkKey] = (),
 ) -> list[FileResult]:
     """Check ``paths`` where this runs (a Dask worker): one result per path, never an exception per file."""
     key = trust.digest()
     policy = _WORKER_POLICIES.get(key)
     if policy is None:
         policy = _WORKER_POLICIES[key] = trust.to_policy()
-    return [check_path(p, checks=checks, policy=policy, site_policy=site_policy) for p in paths]
+    return [
+        check_path(p, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=watermark_keys)
+        for p in paths
+    ]
 
 
 # ------------------------------------------------------------------------------------------------- executors
@@ -207,7 +215,13 @@ class Executor(Protocol):
     description: str
 
     def map(
-        self, paths: Sequence[str], *, checks: frozenset[Check], trust: TrustPolicy, site_policy: Policy
+        self,
+        paths: Sequence[str],
+        *,
+        checks: frozenset[Check],
+        trust: TrustPolicy,
+        site_policy: Policy,
+        watermark_keys: Sequence[WatermarkKey] = (),
     ) -> Iterator[FileResult]: ...
 
     def close(self) -> None: ...
@@ -223,10 +237,21 @@ class LocalExecutor:
         self.description = f"{workers} local process{'es' if workers > 1 else ''}"
 
     def map(
-        self, paths: Sequence[str], *, checks: frozenset[Check], trust: TrustPolicy, site_policy: Policy
+        self,
+        paths: Sequence[str],
+        *,
+        checks: frozenset[Check],
+        trust: TrustPolicy,
+        site_policy: Policy,
+        watermark_keys: Sequence[WatermarkKey] = (),
     ) -> Iterator[FileResult]:
         return check_paths(
-            [Path(p) for p in paths], checks=checks, policy=trust, site_policy=site_policy, workers=self.workers
+            [Path(p) for p in paths],
+            checks=checks,
+            policy=trust,
+            site_policy=site_policy,
+            workers=self.workers,
+            watermark_keys=watermark_keys,
         )
 
     def close(self) -> None:
@@ -262,11 +287,26 @@ class DaskExecutor:
         self.description = f"Dask cluster {self._client.scheduler.address} ({n} worker{'s' if n != 1 else ''})"
 
     def map(
-        self, paths: Sequence[str], *, checks: frozenset[Check], trust: TrustPolicy, site_policy: Policy
+        self,
+        paths: Sequence[str],
+        *,
+        checks: frozenset[Check],
+        trust: TrustPolicy,
+        site_policy: Policy,
+        watermark_keys: Sequence[WatermarkKey] = (),
     ) -> Iterator[FileResult]:
         distributed: Any = importlib.import_module("distributed")
+        if watermark_keys and self._cluster is None and not self._client.scheduler.address.startswith("tls://"):
+            # Watermark keys are secrets: they may travel only to a local cluster or over TLS.
+            raise InputError(
+                "the watermark check sends the secret watermark keys to the Dask workers: use --dask local or a "
+                "tls:// scheduler address, or leave watermark out of --checks"
+            )
         spec = TrustSpec.from_policy(trust)
         [spec_future] = self._client.scatter([spec], broadcast=True)
+        keys_future = None
+        if watermark_keys:
+            [keys_future] = self._client.scatter([tuple(watermark_keys)], broadcast=True)
         batches = [list(paths[i : i + self.batch_size]) for i in range(0, len(paths), self.batch_size)]
         limit = max(4, 4 * max(1, len(self._client.scheduler_info().get("workers", {}))))
         pending = iter(batches)
@@ -276,7 +316,11 @@ class DaskExecutor:
             batch = next(pending, None)
             if batch is None:
                 return False
-            queue.add(self._client.submit(check_batch, batch, checks, spec_future, site_policy, pure=False))
+            queue.add(
+                self._client.submit(
+                    check_batch, batch, checks, spec_future, site_policy, keys_future or (), pure=False
+                )
+            )
             return True
 
         for _ in range(limit):
@@ -381,8 +425,10 @@ class Scanner:
         batch_size: int = 128,
         flush_seconds: float = 0.5,
         warn: Warn | None = None,
+        watermark_keys: Sequence[WatermarkKey] = (),
     ) -> None:
         self.checks = checks
+        self.watermark_keys = tuple(watermark_keys)
         self.trust = trust
         self.site_policy = site_policy
         self.state = state
@@ -434,7 +480,13 @@ class Scanner:
                 files.setdefault(f.path, (rp, f))
         pending: list[FileResult] = []
         last_flush = time.monotonic()
-        for result in executor.map(list(files), checks=self.checks, trust=self.trust, site_policy=self.site_policy):
+        for result in executor.map(
+            list(files),
+            checks=self.checks,
+            trust=self.trust,
+            site_policy=self.site_policy,
+            watermark_keys=self.watermark_keys,
+        ):
             pending.append(result)
             now = time.monotonic()
             if len(pending) >= self.batch_size or now - last_flush >= self.flush_seconds:

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from testkit import jsonl
+from testkit import TEST_KEY_PASSPHRASE, jsonl
 from testkit import run_cli as run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,3 +165,45 @@ def test_sigkilled_scan_resumes_without_losing_or_repeating_a_file(
     assert set(per_path.values()) == {1}
     code, out, _ = run(capsys, "audit", "verify")
     assert code == 0, out
+
+
+def test_scan_runs_the_watermark_check_in_its_workers(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A marked file whose signature was stripped is found by a scan; an unmarked copy is not (2 workers)."""
+    import warnings
+
+    import numpy as np
+
+    from provenance.keys import KeyStore
+    from provenance.watermark import embed
+
+    name = "693_UNCR.dcm"  # 512x512 CT from pydicom-data: large enough for the mark
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = get_testdata_file(name)
+    if source is None:
+        pytest.skip(f"{name} needs pydicom-data (the 'data' extra)")
+    key = KeyStore(home / "keys", lambda: TEST_KEY_PASSPHRASE.encode()).watermark_key()
+    root = tmp_path / "wm-archive"
+    root.mkdir()
+    ds = pydicom.dcmread(source)
+    ds.save_as(root / "plain")
+    pixels = ds.pixel_array
+    ds.PixelData = np.asarray(embed(pixels, key, 77, bits_stored=int(ds.BitsStored)), dtype=pixels.dtype).tobytes()
+    ds.SOPInstanceUID = generate_uid()
+    ds.save_as(root / "marked")
+    for i in range(3):  # enough files for the work to be split between the two workers
+        ds.SOPInstanceUID = generate_uid()
+        pydicom.dcmread(source).save_as(root / f"plain{i}")
+    code, out, err = run(
+        capsys, "scan", root, "--checks", "signature,watermark", "--workers", "2", "--format", "jsonl"
+    )
+    lines = {Path(line["path"]).name: line for line in jsonl(out)}
+    assert code == 1, err
+    assert lines["marked"]["verdict"] == "DECLARED_SYNTHETIC"
+    assert lines["marked"]["watermark"]["payload"] == 77
+    assert any("recovered from watermark" in reason for reason in lines["marked"]["reasons"])
+    assert lines["plain"]["watermark"]["present"] is False
+    assert lines["plain"]["verdict"] == "NO_EVIDENCE"
+    assert all(isinstance(line["audit_id"], int) for line in lines.values())

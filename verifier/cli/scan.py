@@ -82,8 +82,6 @@ def scan(
     Every checked file leaves one audit record (channel ``scan``) before its line is printed. A scan that was
     killed resumes when started again on the same root, and records no file twice.
     """
-    if checks and "watermark" in checks.lower():
-        raise InputError("scan does not run the watermark check yet; use verify --checks signature,watermark")
     setup = prepare_checks(output_format, checks, trust, policy_file)
     selected, settings, policy, site_policy = setup.checks, setup.settings, setup.trust, setup.site_policy
     state = None
@@ -102,6 +100,7 @@ def scan(
         site_policy=site_policy,
         state=state,
         follow_symlinks=follow_symlinks,
+        watermark_keys=setup.watermark_keys,
         warn=lambda message: err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False),
     )
     with err.status("finding DICOM files", spinner="dots") if err.is_terminal else _nothing():

@@ -136,6 +136,8 @@ def _check_pixel_budget(ds: FileDataset, refuse: Callable[[str, str], NoReturn])
 
 def _check_deflate_budget(data: bytes, path: str, digest: str) -> None:
     """Inflate a deflated data set in bounded steps before pydicom inflates it whole (a deflate bomb)."""
+    if _DEFLATED.encode() not in data[132:4096]:  # the file meta group names the transfer syntax; usually absent
+        return
     fp = io.BytesIO(data)
     try:
         read_preamble(fp, False)

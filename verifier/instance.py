@@ -141,10 +141,10 @@ def _check_deflate_budget(data: bytes, path: str, digest: str) -> None:
     fp = io.BytesIO(data)
     try:
         read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)
+        syntax = str(_read_file_meta_info(fp).get("TransferSyntaxUID", ""))
     except Exception:  # noqa: BLE001 - a broken meta header is reported by the full parse that follows
         return
-    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
+    if syntax != _DEFLATED:
         return
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
@@ -204,8 +204,8 @@ class Instance:
             raise UnreadableInstanceError(
                 f"{path}: not a DICOM Part 10 file (no 'DICM' preamble)", kind="UNREADABLE", sha256=digest
             )
-        _check_deflate_budget(data, path, digest)
         try:
+            _check_deflate_budget(data, path, digest)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 ds = pydicom.dcmread(io.BytesIO(data))

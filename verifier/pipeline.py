@@ -255,6 +255,14 @@ def _check_loaded(
             sha256=exc.sha256,
             error=str(exc),
         )
+    except Exception as exc:  # noqa: BLE001 - the boundary: a parser bug still gives one result per input
+        message = f"{path}: the parser failed ({type(exc).__name__}: {str(exc)[:200]})"
+        return FileResult(
+            path=str(path),
+            status="MALFORMED",
+            verdict=decide(policy=site_policy, input_error=("MALFORMED", message)),
+            error=message,
+        )
     try:
         return check_instance(
             instance, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=watermark_keys

@@ -103,6 +103,22 @@ def test_an_undecodable_identifier_is_malformed_not_a_crash() -> None:
         Instance.from_bytes(bytes(data))
 
 
+@pytest.mark.parametrize("tag", [b"\x02\x00\x10\x00UI", b"\x08\x00\x18\x00UI"])
+def test_an_unknown_vr_in_meta_or_identifiers_is_one_malformed_result(tag: bytes, keystore_dir: Path) -> None:
+    """Found by the fuzz harness: an unknown VR raised past the boundary (transfer syntax, SOP Instance UID)."""
+    from provenance.keys import KeyStore
+    from tests.testkit import TEST_KEY_PASSPHRASE
+    from verifier.pipeline import check_bytes, parse_checks
+
+    data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    at = data.find(tag)
+    data[at + 4 : at + 6] = b"WI"
+    trust = KeyStore(keystore_dir, lambda: TEST_KEY_PASSPHRASE.encode()).trust_policy()
+    result = check_bytes(bytes(data), path="upload", checks=parse_checks("signature"), policy=trust)
+    assert result.status == "MALFORMED"
+    assert "WI" in (result.error or "")
+
+
 def test_verify_gives_a_bomb_a_malformed_verdict_and_an_audit_record(
     keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,17 +33,41 @@ def upgrade() -> None:
         sa.Column("phash", sa.String(64)),
         sa.Column("dhash", sa.String(64)),
         sa.Column("patient_key", sa.String(64)),
+        sa.Column("study_instance_uid", sa.String(64)),
         sa.Column("study_date", sa.String(8)),
         sa.Column("body_part", sa.Text),
+        # A 96x96 rank-equalised uint8 thumbnail: confirms near-duplicates of later audits (normalised
+        # cross-correlation) and shows the earlier image next to the new one in the report.
+        sa.Column("match_view", sa.LargeBinary),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_image_index_claim_id", "image_index", ["claim_id"])
     op.create_index("ix_image_index_pixel_sha256", "image_index", ["pixel_sha256"])
     op.create_index("ix_image_index_phash", "image_index", ["phash"])
     op.create_index("ix_image_index_sop_instance_uid", "image_index", ["sop_instance_uid"])
+    op.create_index("ix_image_index_study_instance_uid", "image_index", ["study_instance_uid"])
+    op.create_index("ix_image_index_file_sha256", "image_index", ["file_sha256"])
+    # Multi-index hashing: each 64-bit pHash of each central-crop scale, split into four 16-bit bands; a near
+    # duplicate shares a band (up to one bit) with its source, so a lookup probes four indexes, never the table.
+    op.create_table(
+        "image_hashes",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("image_id", sa.Integer, sa.ForeignKey("image_index.id"), nullable=False),
+        sa.Column("scale", sa.SmallInteger, nullable=False),
+        sa.Column("phash", sa.String(16), nullable=False),
+        sa.Column("b0", sa.Integer, nullable=False),
+        sa.Column("b1", sa.Integer, nullable=False),
+        sa.Column("b2", sa.Integer, nullable=False),
+        sa.Column("b3", sa.Integer, nullable=False),
+    )
+    for band in ("b0", "b1", "b2", "b3"):
+        op.create_index(f"ix_image_hashes_{band}", "image_hashes", [band])
 
 
 def downgrade() -> None:
-    for name in ("sop_instance_uid", "phash", "pixel_sha256", "claim_id"):
+    for band in ("b0", "b1", "b2", "b3"):
+        op.drop_index(f"ix_image_hashes_{band}", table_name="image_hashes")
+    op.drop_table("image_hashes")
+    for name in ("file_sha256", "study_instance_uid", "sop_instance_uid", "phash", "pixel_sha256", "claim_id"):
         op.drop_index(f"ix_image_index_{name}", table_name="image_index")
     op.drop_table("image_index")

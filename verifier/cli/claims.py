@@ -1,0 +1,179 @@
+"""``medverify claims audit`` and ``medverify claims verify-package``: claim audits and their evidence packages.
+
+Exit codes (ClamAV convention): ``audit`` 0 no claim has findings, 1 at least one has, 2 an error stopped the
+audit; ``verify-package`` 0 the package is intact and signed by a trusted audit key, 1 it is not, 2 an error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from verifier.cli import _common, app
+from verifier.cli.audit import TrustCertOption, _load_signer, _trusted, open_audit_log
+from verifier.cli.signing import ChecksOption, DbOption, PolicyOption, TrustOption, prepare_checks
+from verifier.errors import InputError
+
+if TYPE_CHECKING:
+    from verifier.claims import ClaimAudit
+
+__all__ = ["claims_app"]
+
+claims_app = typer.Typer(
+    help=(
+        "Audit the images attached to insurance claims: reused images (also across earlier audits), header "
+        "inconsistencies, synthetic or tampered images; an HTML report and a signed evidence package."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(claims_app, name="claims")
+
+_SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "none": "green"}
+
+
+@claims_app.command("audit", help="Audit a folder of claims (one subfolder a claim, or --manifest claims.csv).")
+def audit_command(
+    directory: Annotated[Path, typer.Argument(help="Folder of claims: one subfolder per claim, or see --manifest.")],
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="CSV mapping claim_id and file (relative to DIRECTORY) to the claimed patient_id, patient_name, "
+            "patient_sex, patient_birth_date, claim_date and body_part.",
+        ),
+    ] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the HTML evidence report here.")] = None,
+    package: Annotated[
+        Path | None,
+        typer.Option("--package", help="Write a signed evidence package (ZIP: report, findings, SHA-256s) here."),
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", "-f", help="Output: text, json (the whole audit) or jsonl (one line a claim).")
+    ] = "text",
+    checks: ChecksOption = None,
+    trust: TrustOption = None,
+    db: DbOption = None,
+    policy_file: PolicyOption = None,
+    date_tolerance: Annotated[
+        int, typer.Option("--date-tolerance", min=0, help="Days a study may predate the claimed date.")
+    ] = 30,
+    follow_symlinks: Annotated[bool, typer.Option(help="Follow symlinks inside claim folders.")] = False,
+) -> int:
+    """Audit claims; every image leaves an audit record, every claim a summary record, every image an index row."""
+    from verifier.claims import ClaimsAuditor, load_claims
+
+    setup = prepare_checks(output_format, checks, trust, policy_file)
+    claims = load_claims(directory, manifest, follow_symlinks=follow_symlinks)
+    n_files = sum(len(c.files) for c in claims)
+    signer = None
+    if package is not None:
+        # Loaded first: a missing passphrase must stop the audit before any record is written.
+        signer = _load_signer(setup.settings, interactive=False)
+    log = open_audit_log(setup.settings, db=db)
+    err = _common.err_console
+    err.print(f"auditing {len(claims)} claim(s), {n_files} image(s)", highlight=False)
+    try:
+        auditor = ClaimsAuditor(
+            checks=setup.checks,
+            trust=setup.trust,
+            site_policy=setup.site_policy,
+            watermark_keys=setup.watermark_keys,
+            log=log,
+            date_tolerance_days=date_tolerance,
+        )
+        result = auditor.audit(claims)
+    finally:
+        log.close()
+
+    html = None
+    if report is not None or package is not None:
+        from verifier.report import render_claims_report
+
+        html = render_claims_report(result)
+    if report is not None and html is not None:
+        _write_text(report, html)
+        err.print(f"report: {escape(str(report))}", highlight=False)
+    if package is not None and signer is not None and html is not None:
+        from verifier.claims.package import write_package
+
+        write_package(package, result, html, signer)
+        err.print(f"evidence package: {escape(str(package))} (signed with the audit key)", highlight=False)
+
+    if output_format == "jsonl":
+        for claim in result.claims:
+            sys.stdout.write(json.dumps(claim.to_dict(), default=str) + "\n")
+    elif output_format == "json":
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    else:
+        _print_text(result)
+    rate = result.files / result.seconds if result.seconds > 0 else 0.0
+    err.print(
+        f"{len(result.claims)} claim(s), {result.files} image(s) in {result.seconds:.1f} s ({rate:.1f} images/s); "
+        f"compared with {result.indexed_before} image(s) of earlier audits",
+        highlight=False,
+    )
+    return 1 if any(c.findings for c in result.claims) else 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    from verifier.report.html import _write_atomic
+
+    try:
+        _write_atomic(path, text)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def _print_text(result: ClaimAudit) -> None:
+    table = Table(title="claims", title_justify="left")
+    table.add_column("claim")
+    table.add_column("severity")
+    table.add_column("images", justify="right")
+    table.add_column("findings", justify="right")
+    for c in result.claims:
+        style = _SEVERITY_STYLE[c.severity.value]
+        table.add_row(escape(c.claim_id), f"[{style}]{c.severity.value}[/]", str(len(c.files)), str(len(c.findings)))
+    out = _common.console
+    out.print(table)
+    for c in result.claims:
+        if not c.findings:
+            continue
+        out.print(f"[bold]{escape(c.claim_id)}[/]", highlight=False)
+        for f in c.findings:
+            style = _SEVERITY_STYLE[f.severity.value]
+            out.print(f"  [{style}]{f.severity.value:<6}[/] {f.kind:<20} {escape(f.message)}", highlight=False)
+
+
+@claims_app.command("verify-package", help="Check an evidence package: signature, trust and every SHA-256.")
+def verify_package_command(
+    package: Annotated[Path, typer.Argument(help="The evidence package (ZIP) to check.")],
+    trust_cert: TrustCertOption = None,
+    output_format: Annotated[str, typer.Option("--format", "-f", help="Output: text or json.")] = "text",
+) -> int:
+    from verifier.claims.package import PackageStatus, verify_package
+
+    if output_format not in ("text", "json"):
+        raise InputError(f"--format must be text or json, not {output_format!r}")
+    result = verify_package(package, trusted=_trusted(_common.settings(), trust_cert))
+    if output_format == "json":
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    else:
+        style = "green" if result.status is PackageStatus.VALID else "bold red"
+        _common.console.print(f"[{style}]{result.status.value}[/] {escape(str(package))}", highlight=False)
+        if result.signer:
+            _common.console.print(
+                f"  signed by {escape(result.signer)} (certificate SHA-256 {result.signer_sha256}) at {result.created}",
+                highlight=False,
+            )
+            _common.console.print(
+                f"  {result.entries} entries, {result.audited_files} audited image(s) listed", highlight=False
+            )
+        for problem in result.problems:
+            _common.console.print(f"  - {escape(problem)}", highlight=False)
+    return 0 if result.status is PackageStatus.VALID else 1

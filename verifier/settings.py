@@ -36,6 +36,16 @@ class Settings:
     key_passphrase_file: Path | None = None
     #: Site policy file (TOML); empty means the documented default policy.
     policy_file: Path | None = None
+    #: Detector model bundle for ``--checks detector``; empty means the bundle shipped in the package.
+    detector_model: Path | None = None
+    #: Calling AE titles the DICOM gateway and Orthanc plugin accept, comma-separated, each ``AE`` or
+    #: ``AE@ADDRESS`` (an IP address or network such as ``10.1.0.0/16``). Empty: nobody (the gateway refuses to
+    #: start until callers are configured).
+    gateway_allowed_callers: str = ""
+    #: Where the intake keeps quarantined instances; empty means ``home/quarantine``.
+    intake_quarantine_dir: Path | None = None
+    #: The DICOM gateway's store-and-forward spool; empty means ``home/spool``.
+    intake_spool_dir: Path | None = None
 
     @property
     def keys_dir(self) -> Path:
@@ -91,8 +101,12 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"checkpoint_interval must be an integer, not {value!r}") from exc
             if out[name] < 1:
                 raise ConfigError("checkpoint_interval must be at least 1")
-        elif name in ("key_passphrase_file", "policy_file"):
+        elif name in (
+            "key_passphrase_file", "policy_file", "detector_model", "intake_quarantine_dir", "intake_spool_dir"
+        ):
             out[name] = Path(str(value)).expanduser() if value else None
+        elif name == "gateway_allowed_callers" and isinstance(value, list):
+            out[name] = ",".join(str(v) for v in value)
         else:
             out[name] = str(value)
     return out

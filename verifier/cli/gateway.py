@@ -1,0 +1,107 @@
+"""``medverify gateway``: the DICOM Storage SCP that checks every instance before the PACS stores it."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from verifier.cli import _common, app
+from verifier.cli.signing import ChecksOption, DbOption, PolicyOption, TrustOption
+from verifier.errors import ConfigError, InputError
+
+__all__ = ["gateway", "parse_listen"]
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 in brackets) as a (host, port) pair."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise InputError(f"--listen expects HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@app.command(help="Run the DICOM gateway: check each C-STORE, forward accepted instances, quarantine or refuse.")
+def gateway(
+    forward: Annotated[str, typer.Option("--forward", help="The PACS that gets accepted instances: HOST:PORT:AET.")],
+    listen: Annotated[str, typer.Option("--listen", help="Address to listen on, HOST:PORT.")] = "127.0.0.1:11112",
+    ae_title: Annotated[str, typer.Option("--ae-title", help="The gateway's own AE title.")] = "MEDVERIFY",
+    quarantine: Annotated[
+        Path | None, typer.Option("--quarantine", help="Quarantine directory (default: setting, else HOME/quarantine).")
+    ] = None,
+    spool: Annotated[
+        Path | None, typer.Option("--spool", help="Store-and-forward spool (default: setting, else HOME/spool).")
+    ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="Allowed caller AE or AE@ADDRESS (repeatable; adds to gateway_allowed_callers)."),
+    ] = None,
+    checks: ChecksOption = None,
+    trust: TrustOption = None,
+    policy_file: PolicyOption = None,
+    db: DbOption = None,
+    retry_max: Annotated[
+        float, typer.Option("--retry-max", min=0.1, help="Longest wait between forwarding retries, seconds.")
+    ] = 60.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every instance (to stderr).")] = False,
+) -> int:
+    """Serve until interrupted (SIGINT or SIGTERM); spooled instances are forwarded after a restart."""
+    from verifier.intake.decide import IntakeChecker
+    from verifier.intake.gateway import Gateway, parse_allowed_callers
+    from verifier.intake.queue import Destination
+
+    host, port = parse_listen(listen)
+    try:
+        destination = Destination.parse(forward)
+    except ValueError as exc:
+        raise InputError(f"--forward: {exc}") from None
+    if not ae_title or len(ae_title) > 16:
+        raise InputError("--ae-title must have 1 to 16 characters")
+    settings = _common.settings()
+    allowed = parse_allowed_callers([settings.gateway_allowed_callers, *(allow or [])])
+    if not allowed:
+        raise ConfigError(
+            "no calling AE title is allowed to store: pass --allow AE[@ADDRESS] or set gateway_allowed_callers"
+        )
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("medverify.intake").setLevel(logging.INFO if verbose else logging.WARNING)
+    checker = IntakeChecker.from_settings(
+        settings, checks=checks, trust_extra=trust or [], policy_file=policy_file, db=db
+    )
+    server = Gateway(
+        checker=checker,
+        ae_title=ae_title,
+        host=host,
+        port=port,
+        forward=destination,
+        spool_dir=spool or settings.intake_spool_dir or settings.home / "spool",
+        quarantine_dir=quarantine or settings.intake_quarantine_dir or settings.home / "quarantine",
+        allowed=allowed,
+        retry_max=retry_max,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server.start()
+    except OSError as exc:
+        checker.close()
+        raise InputError(f"cannot listen on {listen}: {exc.strerror}") from None
+    names = ", ".join(sorted(c.value for c in checker.checks))
+    _common.err_console.print(
+        f"medverify gateway {ae_title} listening on {host}:{server.port}; forwarding to {destination}; "
+        f"checks: {names}; {len(server.spool)} instance(s) in the spool",
+        highlight=False,
+    )
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop()
+    counts = ", ".join(f"{n} {a}" for a, n in server.counts.items())
+    _common.err_console.print(f"gateway stopped: {counts}; {len(server.spool)} left in the spool", highlight=False)
+    return 0

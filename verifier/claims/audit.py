@@ -48,6 +48,7 @@ __all__ = [
     "load_claims",
 ]
 
+_SYNTHETIC = (VerdictStatus.DECLARED_SYNTHETIC, VerdictStatus.SUSPECTED_SYNTHETIC)
 #: A study dated more than this many days before the claimed date is reported.
 DATE_TOLERANCE_DAYS = 30
 _THUMB_SIDE = 256
@@ -643,6 +644,17 @@ class ClaimsAuditor:
                             message=f"{Path(a.path).name} was also submitted in claim {b.claim_id}{who} "
                             f"as {Path(b.path).name} ({how})",
                             files=(a.path,), other_claim=b.claim_id, evidence={**ev, "other_path": b.path})
+                )  # fmt: skip
+        # A copy of a synthetic image carries its origin even when its own provenance was stripped.
+        for a, b in ((f, other), (other, f)):
+            origin = b.result.verdict.status
+            if origin in _SYNTHETIC and a.result.verdict.status not in _SYNTHETIC:
+                by_claim[a.claim_id].findings.append(
+                    Finding(kind="synthetic_copy", severity=Severity.HIGH,
+                            message=f"{Path(a.path).name} is the same image as {Path(b.path).name} "
+                            f"(claim {b.claim_id}), which is {origin.value.lower().replace('_', ' ')}",
+                            files=(a.path,), other_claim=b.claim_id,
+                            evidence={**self._evidence(how, c), "other_path": b.path, "other_verdict": origin.value})
                 )  # fmt: skip
         return DuplicatePair(a=f, b=other, how=how, confirmation=c)
 

@@ -181,20 +181,28 @@ class Instance:
     size: int
     dataset: FileDataset
 
+    def _text(self, keyword: str) -> str | None:
+        """An identifier as text for reports and records: padding removed, control characters escaped (a hostile
+        file can put NULs inside a UID; the audit database refuses them)."""
+        value = self.dataset.get(keyword)
+        if not value:
+            return None
+        text = str(value).rstrip("\x00 ")
+        if text.isprintable():
+            return text or None
+        return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text) or None
+
     @property
     def sop_instance_uid(self) -> str | None:
-        value = self.dataset.get("SOPInstanceUID")
-        return str(value) if value else None
+        return self._text("SOPInstanceUID")
 
     @property
     def sop_class_uid(self) -> str | None:
-        value = self.dataset.get("SOPClassUID")
-        return str(value) if value else None
+        return self._text("SOPClassUID")
 
     @property
     def modality(self) -> str | None:
-        value = self.dataset.get("Modality")
-        return str(value) if value else None
+        return self._text("Modality")
 
     @classmethod
     def from_bytes(cls, data: bytes, *, path: str = "<bytes>") -> Instance:

@@ -119,6 +119,22 @@ def test_an_unknown_vr_in_meta_or_identifiers_is_one_malformed_result(tag: bytes
     assert "WI" in (result.error or "")
 
 
+def test_a_nul_inside_a_uid_is_escaped_and_recorded(
+    keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the fuzz harness: the audit log refused a record whose SOP Instance UID held a NUL byte."""
+    data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    at = data.find(b"\x08\x00\x18\x00UI") + 8
+    data[at + 3] = 0  # a NUL inside the UID, not padding
+    path = tmp_path / "nul.dcm"
+    path.write_bytes(bytes(data))
+    code, out, _ = run_cli(capsys, "verify", path, "--format", "jsonl")
+    (line,) = jsonl(out)
+    assert "\\x00" in line["sop_instance_uid"]
+    assert isinstance(line["audit_id"], int)
+    assert code == 0
+
+
 def test_verify_gives_a_bomb_a_malformed_verdict_and_an_audit_record(
     keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

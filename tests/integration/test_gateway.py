@@ -1,0 +1,236 @@
+"""The DICOM gateway end to end with real peers: DCMTK storescu -> ``medverify gateway`` -> DCMTK storescp.
+
+The gateway runs as its own process (the real command); senders are DCMTK's storescu and echoscu, except for a
+malformed data set, which no DCMTK tool will send and which a pynetdicom SCU sends as raw bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from intake_peers import dataset_bytes, dcmtk_tool, free_port, make_samples, sender_env, wait_port
+from testkit import TEST_KEY_PASSPHRASE
+
+from verifier.audit import AuditLog
+
+pytestmark = pytest.mark.dcmtk
+
+
+@pytest.fixture(scope="module")
+def sample_home(signing_keystore_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home whose key store made the samples (it holds their watermark key); never modified by tests."""
+    home = tmp_path_factory.mktemp("gateway-samples") / "home"
+    home.mkdir()
+    shutil.copytree(signing_keystore_template, home / "keys")
+    return home
+
+
+@pytest.fixture(scope="module")
+def samples(sample_home: Path) -> dict[str, Path]:
+    return make_samples(sample_home, sample_home.parent / "uploads")
+
+
+@pytest.fixture
+def home(sample_home: Path, samples: dict[str, Path], tmp_path: Path) -> Path:
+    """A fresh gateway home with the samples' key store (trust anchors and watermark key)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copytree(sample_home / "keys", home / "keys")
+    return home
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVERIFY_")}
+    env.update(MEDVERIFY_HOME=str(home), MEDVERIFY_KEY_PASSPHRASE=TEST_KEY_PASSPHRASE, OMP_NUM_THREADS="1")
+    return env
+
+
+@contextlib.contextmanager
+def _running(cmd: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[None]:
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_port(port, proc=proc)
+        except BaseException:
+            if log is not None:
+                print(log.read_text(errors="replace")[-4000:])  # shown by pytest with the failure
+            raise
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log is not None and out is not subprocess.DEVNULL:
+            out.close()  # type: ignore[union-attr]
+
+
+def _pacs(directory: Path, port: int) -> contextlib.AbstractContextManager[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    return _running([dcmtk_tool("storescp"), "-aet", "PACS", "+xa", "-od", str(directory), str(port)], port)
+
+
+def _gateway(home: Path, port: int, pacs_port: int, log: Path) -> contextlib.AbstractContextManager[None]:
+    cmd = [
+        sys.executable, "-c", "from verifier.cli import app_main; app_main()", "gateway",
+        "--listen", f"127.0.0.1:{port}", "--ae-title", "MEDVERIFY", "--forward", f"127.0.0.1:{pacs_port}:PACS",
+        "--quarantine", str(home / "quarantine"), "--spool", str(home / "spool"),
+        "--allow", "STORESCU@127.0.0.1", "--checks", "signature,watermark", "--retry-max", "0.5", "-v",
+    ]  # fmt: skip
+    return _running(cmd, port, env=_env(home), log=log)
+
+
+def _store(port: int, path: Path, aet: str = "STORESCU", called: str = "MEDVERIFY") -> tuple[int, str]:
+    """Send one file with DCMTK's storescu; return its exit code and its debug output (holds the response)."""
+    proc = subprocess.run(
+        [dcmtk_tool("storescu"), "-d", "-aet", aet, "-aec", called, "127.0.0.1", str(port), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=sender_env(),
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _response_status(output: str) -> str:
+    """The DIMSE Status line of the C-STORE response in storescu's debug output, e.g. ``0x0000: Success``."""
+    lines = [line for line in output.splitlines() if "DIMSE Status" in line]
+    assert lines, output[-2000:]
+    return lines[-1].split("DIMSE Status", 1)[1].split(":", 1)[1].strip()
+
+
+def _wait_for_files(directory: Path, count: int, timeout: float = 30.0) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = sorted(p for p in directory.iterdir() if p.is_file())
+        if len(files) >= count:
+            return files
+        time.sleep(0.1)
+    return sorted(p for p in directory.iterdir() if p.is_file())
+
+
+def _send_cut_short(port: int, source: Path, keep: int, tmp_path: Path) -> tuple[int, str]:
+    """Send ``source`` with its data set cut after ``keep`` bytes: pynetdicom sends a file's data set as raw
+    bytes (no DCMTK tool sends a broken data set)."""
+    from pynetdicom import AE, _config
+    from pynetdicom.dsutils import split_dataset
+
+    meta, offset = split_dataset(source)
+    broken = tmp_path / "cut.dcm"
+    broken.write_bytes(source.read_bytes()[: offset + keep])
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        ae = AE(ae_title="STORESCU")
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])
+        assoc = ae.associate("127.0.0.1", port, ae_title="MEDVERIFY")
+        assert assoc.is_established
+        try:
+            rsp = assoc.send_c_store(broken)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    return int(rsp.Status), str(rsp.get("ErrorComment", "") or "")
+
+
+def test_gateway_forwards_real_images_and_stops_fakes(
+    home: Path, samples: dict[str, Path], tmp_path: Path
+) -> None:
+    pacs_dir = tmp_path / "pacs"
+    pacs_port, gw_port = free_port(), free_port()
+    log = tmp_path / "gateway.log"
+    with _pacs(pacs_dir, pacs_port), _gateway(home, gw_port, pacs_port, log):
+        echo = subprocess.run(
+            [dcmtk_tool("echoscu"), "-aet", "STORESCU", "-aec", "MEDVERIFY", "127.0.0.1", str(gw_port)],
+            capture_output=True, text=True, timeout=30, env=sender_env(),
+        )  # fmt: skip
+        assert echo.returncode == 0, echo.stderr
+
+        answers = {name: _store(gw_port, samples[name]) for name in samples}
+        for name in ("real", "signed_real", "generated", "unsigned_synthetic"):
+            assert _response_status(answers[name][1]) == "0x0000: Success", (name, answers[name][1][-1500:])
+        # Tampered: a failure status (not a warning) with the reason in the Error Comment.
+        tampered = answers["tampered"][1]
+        assert _response_status(tampered) == "0xc001: Error: Cannot understand", tampered[-1500:]
+        assert answers["tampered"][0] != 0  # storescu itself reports the failure
+        assert "LO [TAMPERED: signature" in tampered, tampered[-1500:]
+
+        # A calling AE title that is not configured is refused at association; nothing of it is stored.
+        code, output = _store(gw_port, samples["real"], aet="INTRUDER")
+        assert code != 0 and "Calling AE Title Not Recognized" in output, output[-1500:]
+
+        # A malformed data set (cut short) gets a failure status and a reason, not a crash.
+        status, comment = _send_cut_short(gw_port, samples["real"], 3000, tmp_path)
+        assert status == 0xC002, (hex(status), comment)
+        assert "MALFORMED" in comment
+
+        forwarded = _wait_for_files(pacs_dir, 2)
+    assert len(forwarded) == 2, (forwarded, log.read_text()[-3000:])
+    # Byte for byte: the PACS gets through the gateway exactly the data sets it gets straight from storescu
+    # (storescu re-encodes a file as it sends it, and storescp writes its own file meta).
+    direct_dir, direct_port = tmp_path / "direct", free_port()
+    with _pacs(direct_dir, direct_port):
+        for name in ("real", "signed_real"):
+            code, output = _store(direct_port, samples[name], called="PACS")
+            assert code == 0, output[-1500:]
+    direct = _wait_for_files(direct_dir, 2)
+    assert {dataset_bytes(p) for p in forwarded} == {dataset_bytes(p) for p in direct}
+
+    quarantined = sorted((home / "quarantine").glob("*.json"))
+    verdicts = sorted(json.loads(p.read_text())["verdict"] for p in quarantined)
+    assert verdicts == ["DECLARED_SYNTHETIC", "DECLARED_SYNTHETIC"]
+    reasons = " ".join(r for p in quarantined for r in json.loads(p.read_text())["reasons"])
+    assert "signed by generator key" in reasons and "recovered from watermark" in reasons
+    # Quarantine and spool files are named by content digest, never by a UID the sender chose.
+    for path in [*(home / "quarantine").iterdir(), *(home / "spool").glob("*.dcm")]:
+        assert len(path.stem.split("-")[-1]) >= 32 and "1.2." not in path.name
+    assert not list((home / "spool").glob("*.dcm"))
+
+    with AuditLog.open(f"sqlite:///{home / 'audit.db'}") as audit:
+        records = [r.entry for r in audit.query(channel="intake")]
+    # One record per instance: 5 samples + the malformed one (the refused association sent no instance).
+    assert len(records) == 6
+    assert all(r.peer_ae_title == "STORESCU" and (r.peer_address or "").startswith("127.0.0.1:") for r in records)
+    outcomes = sorted((r.verdict, r.details["intake"]["outcome"]) for r in records)
+    assert outcomes == [
+        ("AUTHENTIC", "forward-queued"),
+        ("DECLARED_SYNTHETIC", "quarantined"),
+        ("DECLARED_SYNTHETIC", "quarantined"),
+        ("MALFORMED", "refused"),
+        ("NO_EVIDENCE", "forward-queued"),
+        ("TAMPERED", "refused"),
+    ]
+
+
+def test_gateway_spools_through_a_pacs_outage_and_a_restart(
+    home: Path, samples: dict[str, Path], tmp_path: Path
+) -> None:
+    """Accepted while the PACS is down, kept on disk across a gateway restart, delivered when the PACS is back."""
+    pacs_dir = tmp_path / "pacs"
+    pacs_port, gw_port = free_port(), free_port()
+    log = tmp_path / "gateway.log"
+    with _gateway(home, gw_port, pacs_port, log):
+        _code, output = _store(gw_port, samples["real"])
+        assert _response_status(output) == "0x0000: Success", output[-1500:]
+        assert len(list((home / "spool").glob("*.dcm"))) == 1  # on disk before the sender heard Success
+    assert len(list((home / "spool").glob("*.dcm"))) == 1  # the PACS never came: still spooled after stop
+
+    with _pacs(pacs_dir, pacs_port), _gateway(home, gw_port, pacs_port, log):
+        forwarded = _wait_for_files(pacs_dir, 1)
+    assert len(forwarded) == 1, log.read_text()[-3000:]
+    assert pydicom.dcmread(forwarded[0]).SOPInstanceUID == pydicom.dcmread(samples["real"]).SOPInstanceUID
+    assert not list((home / "spool").glob("*.dcm"))

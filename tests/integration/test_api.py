@@ -1,0 +1,413 @@
+"""The HTTP API end to end: ``medverify serve`` runs as a real uvicorn server on 127.0.0.1 (a subprocess) and is
+spoken to over real HTTP with httpx; tokens are made with the real ``medverify tokens`` command.
+
+One server serves the whole module (it takes seconds to start); each test counts the audit records it causes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from testkit import TEST_KEY_PASSPHRASE
+
+from provenance.declaration import SyntheticDeclaration
+from provenance.keys import KeyStore
+from provenance.signature import sign_dataset
+from verifier.audit import AuditLog
+from verifier.synthetic import build_synthetic_dataset, write_synthetic
+
+MAX_BODY_MB = 1.0
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    home: Path
+    env: dict[str, str]
+    tokens: dict[str, tuple[str, str]]  # scope -> (id, token)
+
+    def audit_size(self) -> int:
+        with AuditLog.open(f"sqlite:///{self.home / 'audit.db'}", migrate=False) as log:
+            return log.size()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from verifier.cli import app_main; app_main()", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def new_token(self, name: str, scope: str) -> tuple[str, str]:
+        done = self.cli("tokens", "create", name, "--scope", scope, "--format", "json")
+        assert done.returncode == 0, done.stderr
+        info = json.loads(done.stdout)
+        return info["id"], info["token"]
+
+    def auth(self, scope: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[scope][1]}"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, signing_keystore_template: Path) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("api") / "home"
+    home.mkdir()
+    shutil.copytree(signing_keystore_template, home / "keys")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVERIFY_")}
+    env.update(MEDVERIFY_HOME=str(home), MEDVERIFY_KEY_PASSPHRASE=TEST_KEY_PASSPHRASE, OMP_NUM_THREADS="1")
+    srv = Server(url="", home=home, env=env, tokens={})
+    for scope in ("verify", "audit-read", "admin"):
+        srv.tokens[scope] = srv.new_token(f"test-{scope}", scope)
+    port = free_port()
+    srv.url = f"http://127.0.0.1:{port}"
+    log = open(home / "serve.log", "wb")  # closed after the server stops
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from verifier.cli import app_main; app_main()", "serve", "--listen",
+         f"127.0.0.1:{port}", "--max-body-mb", str(MAX_BODY_MB)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited ({proc.returncode}): {(home / 'serve.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{srv.url}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not start: {(home / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield srv
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    # Nothing the server wrote may hold a token.
+    served_log = (home / "serve.log").read_text()
+    for _, token in srv.tokens.values():
+        assert token not in served_log
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, signing_keystore_template: Path) -> dict[str, bytes]:
+    """real (unsigned CT), signed (acquisition key), tampered (signed, then a pixel changed), generated, junk."""
+    d = tmp_path_factory.mktemp("api-files")
+    store = KeyStore(signing_keystore_template, lambda: TEST_KEY_PASSPHRASE.encode())
+    out: dict[str, bytes] = {"real": Path(get_testdata_file("CT_small.dcm")).read_bytes()}
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    sign_dataset(ds, store.load_signing_key("second"))
+    ds.save_as(d / "signed.dcm")
+    out["signed"] = (d / "signed.dcm").read_bytes()
+
+    data = bytearray(ds.PixelData)
+    data[len(data) // 3] ^= 0x10
+    ds.PixelData = bytes(data)
+    ds.save_as(d / "tampered.dcm")
+    out["tampered"] = (d / "tampered.dcm").read_bytes()
+
+    pixels = np.linspace(0.0, 1.0, 64 * 64).reshape(64, 64)
+    declaration = SyntheticDeclaration(
+        generator="vae",
+        generator_version="test",
+        model_sha256="ab" * 32,
+        seed=7,
+        generated_at=dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC),
+    )
+    generated = build_synthetic_dataset(pixels, modality="CT", declaration=declaration)
+    write_synthetic(generated, d / "generated.dcm", store.load_signing_key("generator"))
+    out["generated"] = (d / "generated.dcm").read_bytes()
+    out["junk"] = b"this is not a DICOM file\n" * 20
+    return out
+
+
+def related(parts: list[bytes], boundary: str = "mv-test-boundary") -> tuple[bytes, dict[str, str]]:
+    body = (
+        b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n" for p in parts)
+        + f"--{boundary}--\r\n".encode()
+    )
+    return body, {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+
+
+def post(server: Server, path: str, scope: str | None, **kwargs: Any) -> httpx.Response:
+    headers = {**(server.auth(scope) if scope else {}), **kwargs.pop("headers", {})}
+    return httpx.post(f"{server.url}{path}", headers=headers, timeout=60, **kwargs)
+
+
+DICOM = {"Content-Type": "application/dicom"}
+
+# ------------------------------------------------------------------------------------------------ schema
+
+
+def test_served_schema_is_the_committed_one(server: Server) -> None:
+    served = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    committed = json.loads((REPO / "verifier" / "api" / "openapi.json").read_text())
+    assert served == committed, "regenerate: medverify serve --openapi > verifier/api/openapi.json"
+    assert set(served["paths"]) == {"/v1/health", "/v1/verify", "/v1/audit/{record_id}", "/dicomweb/studies"}
+
+
+# ------------------------------------------------------------------------------------------------ tokens
+
+
+def test_no_bad_revoked_or_wrong_scope_token_is_refused_before_anything_is_checked(
+    server: Server, files: dict[str, bytes]
+) -> None:
+    before = server.audit_size()
+    body = files["real"]
+
+    r = post(server, "/v1/verify", None, content=body, headers=DICOM)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    token = server.tokens["verify"][1]
+    for bad in (token[:-1] + ("A" if token[-1] != "A" else "B"), f"mv_{'0' * 16}_{token.rsplit('_', 1)[1]}", "x"):
+        r = post(server, "/v1/verify", None, content=body, headers={**DICOM, "Authorization": f"Bearer {bad}"})
+        assert r.status_code == 401, bad
+        assert "invalid_token" in r.headers["www-authenticate"]
+    # Basic auth is not a bearer token.
+    r = post(server, "/v1/verify", None, content=body, headers={**DICOM, "Authorization": f"Basic {token}"})
+    assert r.status_code == 401
+
+    r = post(server, "/v1/verify", "audit-read", content=body, headers=DICOM)
+    assert r.status_code == 403 and "needs verify" in r.json()["detail"]
+    r = post(server, "/dicomweb/studies", "audit-read", content=b"x", headers=related([b"x"])[1])
+    assert r.status_code == 403
+    r = httpx.get(f"{server.url}/v1/audit/1", headers=server.auth("verify"), timeout=10)
+    assert r.status_code == 403 and "needs audit-read" in r.json()["detail"]
+
+    victim_id, victim = server.new_token("revoke-me", "verify")
+    ok = post(server, "/v1/verify", None, content=body, headers={**DICOM, "Authorization": f"Bearer {victim}"})
+    assert ok.status_code == 200
+    assert server.cli("tokens", "revoke", victim_id).returncode == 0
+    r = post(server, "/v1/verify", None, content=body, headers={**DICOM, "Authorization": f"Bearer {victim}"})
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+
+    # Only the one accepted request left a record.
+    assert server.audit_size() == before + 1 + 2  # + the token's create and revoke records
+
+
+def test_tokens_are_stored_hashed_and_listed_without_secrets(server: Server) -> None:
+    import sqlite3
+
+    with sqlite3.connect(server.home / "audit.db") as db:
+        rows = dict(db.execute("SELECT id, token_hash FROM api_tokens").fetchall())
+    for token_id, token in server.tokens.values():
+        assert rows[token_id] == hashlib.sha256(token.encode()).hexdigest()
+    dump = (server.home / "audit.db").read_bytes()
+    listing = server.cli("tokens", "list", "--format", "jsonl")
+    assert listing.returncode == 0
+    listed = {json.loads(line)["id"]: json.loads(line) for line in listing.stdout.splitlines()}
+    for token_id, token in server.tokens.values():
+        secret = token.rsplit("_", 1)[1].encode()
+        assert secret not in dump
+        assert token not in listing.stdout
+        assert listed[token_id]["state"] == "active"
+
+
+# ------------------------------------------------------------------------------------------------ /v1/verify
+
+
+def test_verify_one_file_and_read_its_audit_record(server: Server, files: dict[str, bytes]) -> None:
+    before = server.audit_size()
+    r = post(server, "/v1/verify", "verify", content=files["real"], headers=DICOM)
+    assert r.status_code == 200, r.text
+    (result,) = r.json()["results"]
+    assert (result["verdict"], result["action"], result["status"]) == ("NO_EVIDENCE", "accept", "UNSIGNED")
+    assert result["sha256"] == hashlib.sha256(files["real"]).hexdigest()
+    assert server.audit_size() == before + 1
+
+    record = httpx.get(f"{server.url}/v1/audit/{result['audit_id']}", headers=server.auth("audit-read"), timeout=10)
+    assert record.status_code == 200, record.text
+    rec = record.json()
+    assert rec["id"] == result["audit_id"]
+    assert (rec["channel"], rec["event"], rec["verdict"], rec["action"]) == ("api", "verify", "NO_EVIDENCE", "accept")
+    assert rec["api_token_id"] == server.tokens["verify"][0]
+    assert rec["file_sha256"] == result["sha256"]
+    assert rec["peer_address"].startswith("127.0.0.1:")
+    assert server.tokens["verify"][1] not in record.text
+    # admin may read too; a record that does not exist is 404; a non-number is 422.
+    assert httpx.get(f"{server.url}/v1/audit/{rec['id']}", headers=server.auth("admin"), timeout=10).json() == rec
+    missing = httpx.get(f"{server.url}/v1/audit/{10**12}", headers=server.auth("audit-read"), timeout=10)
+    assert missing.status_code == 404
+    assert httpx.get(f"{server.url}/v1/audit/x", headers=server.auth("audit-read"), timeout=10).status_code == 422
+
+
+def test_verify_several_files_in_multipart_bodies(server: Server, files: dict[str, bytes]) -> None:
+    names = ["generated", "tampered", "signed", "real", "junk"]
+    expected = {
+        "generated": ("DECLARED_SYNTHETIC", "quarantine"),
+        "tampered": ("TAMPERED", "reject"),
+        "signed": ("AUTHENTIC", "accept"),
+        "real": ("NO_EVIDENCE", "accept"),
+        "junk": ("UNREADABLE", "reject"),
+    }
+    before = server.audit_size()
+    # multipart/form-data, as curl -F sends it
+    r = post(server, "/v1/verify", "admin", files=[("file", (f"{n}.dcm", files[n])) for n in names])
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [(x["verdict"], x["action"]) for x in results] == [expected[n] for n in names]
+    assert [x["path"].rsplit("/", 1)[1] for x in results] == [f"{n}.dcm" for n in names]
+    assert results[2]["signature"]["status"] == "VALID"
+    assert results[4]["error"] and "DICM" in results[4]["error"]
+    # multipart/related, as a DICOMweb client sends it
+    body, headers = related([files[n] for n in names])
+    r = post(server, "/v1/verify", "verify", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    again = r.json()["results"]
+    assert [(x["verdict"], x["action"]) for x in again] == [expected[n] for n in names]
+    ids = [x["audit_id"] for x in results + again]
+    assert len(set(ids)) == 10
+    assert server.audit_size() == before + 10
+
+
+def test_oversized_and_malformed_bodies_are_refused_without_a_record(server: Server, files: dict[str, bytes]) -> None:
+    before = server.audit_size()
+    limit = int(MAX_BODY_MB * 1024**2)
+    big = files["real"] + b"\0" * (limit + 1 - len(files["real"]))
+    r = post(server, "/v1/verify", "verify", content=big, headers=DICOM)
+    assert r.status_code == 413, r.text
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while reading
+        for _ in range(limit // 65536 + 2):
+            yield b"\0" * 65536
+
+    r = post(server, "/v1/verify", "verify", content=chunks(), headers=DICOM)
+    assert r.status_code == 413, r.text
+    body, headers = related([files["real"], files["real"]])
+    r = post(server, "/dicomweb/studies", "verify", content=body + b"\0" * limit, headers=headers)
+    assert r.status_code == 413
+
+    body, headers = related([files["real"]])
+    cut = body[: len(body) // 2]  # no closing boundary
+    assert post(server, "/v1/verify", "verify", content=cut, headers=headers).status_code == 400
+    assert post(server, "/dicomweb/studies", "verify", content=cut, headers=headers).status_code == 400
+    no_boundary = {"Content-Type": "multipart/related; type=application/dicom"}
+    assert post(server, "/v1/verify", "verify", content=body, headers=no_boundary).status_code == 400
+    empty = {"Content-Type": "multipart/related; boundary=abc"}
+    assert post(server, "/v1/verify", "verify", content=b"--abc--\r\n", headers=empty).status_code == 400
+    assert post(server, "/v1/verify", "verify", content=b"", headers=DICOM).status_code == 400
+    r = post(server, "/v1/verify", "verify", content=files["real"], headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    assert post(server, "/v1/verify", "verify", content=files["real"]).status_code == 415  # no Content-Type
+    assert server.audit_size() == before
+
+
+# ------------------------------------------------------------------------------------------------ STOW-RS
+
+FAILED, REFERENCED, FAILURE_REASON = "00081198", "00081199", "00081197"
+SOP_INSTANCE = "00081155"
+
+
+def items(payload: dict[str, Any], tag: str) -> list[dict[str, Any]]:
+    return list(payload.get(tag, {}).get("Value", []))
+
+
+def uid_of(data: bytes) -> str:
+    import io
+
+    return str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)
+
+
+def test_stow_stores_accepted_instances_and_refuses_the_rest(server: Server, files: dict[str, bytes]) -> None:
+    store = server.home / "intake" / "stow"
+    before = server.audit_size()
+    names = ["real", "generated", "signed", "tampered", "junk"]
+    body, headers = related([files[n] for n in names])
+    r = post(server, "/dicomweb/studies", "verify", content=body, headers=headers)
+    assert r.status_code == 202, r.text  # some stored, some refused
+    assert r.headers["content-type"].startswith("application/dicom+json")
+    payload = r.json()
+    stored = [i[SOP_INSTANCE]["Value"][0] for i in items(payload, REFERENCED)]
+    assert stored == [uid_of(files["real"]), uid_of(files["signed"])]
+    failed = {
+        i.get(SOP_INSTANCE, {}).get("Value", ["?"])[0]: i[FAILURE_REASON]["Value"][0] for i in items(payload, FAILED)
+    }
+    assert failed == {uid_of(files["generated"]): 0x0110, uid_of(files["tampered"]): 0x0110, "?": 0xC000}
+    assert server.audit_size() == before + 5
+
+    def path_of(name: str, area: str) -> Path:
+        digest = hashlib.sha256(files[name]).hexdigest()
+        return store / area / digest[:2] / f"{digest}.dcm"
+
+    for name in ("real", "signed"):
+        assert path_of(name, "accepted").read_bytes() == files[name]
+    assert path_of("generated", "quarantine").read_bytes() == files["generated"]
+    kept = {p.name for p in store.rglob("*.dcm")}
+    assert kept == {
+        path_of(n, a).name for n, a in [("real", "accepted"), ("signed", "accepted"), ("generated", "quarantine")]
+    }
+
+    with AuditLog.open(f"sqlite:///{server.home / 'audit.db'}", migrate=False) as log:
+        records = [log.get(i) for i in range(before + 1, before + 6)]
+    outcomes = [r.entry.details["intake"]["outcome"] for r in records]
+    assert outcomes == ["stored", "quarantined", "stored", "rejected", "rejected"]
+    assert {r.entry.channel.value for r in records} == {"api"}
+    assert {r.entry.event for r in records} == {"intake"}
+    assert {r.entry.api_token_id for r in records} == {server.tokens["verify"][0]}
+
+
+def test_stow_status_200_when_all_stored_and_409_when_none(server: Server, files: dict[str, bytes]) -> None:
+    body, headers = related([files["signed"]])
+    r = post(server, "/dicomweb/studies", "verify", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert FAILED not in r.json() and len(items(r.json(), REFERENCED)) == 1
+
+    body, headers = related([files["tampered"], files["junk"]])
+    r = post(server, "/dicomweb/studies", "admin", content=body, headers=headers)
+    assert r.status_code == 409, r.text
+    assert REFERENCED not in r.json() and len(items(r.json(), FAILED)) == 2
+
+    # Only multipart/related of application/dicom is STOW-RS here.
+    assert post(server, "/dicomweb/studies", "verify", content=files["real"], headers=DICOM).status_code == 415
+    json_parts = {"Content-Type": 'multipart/related; type="application/dicom+json"; boundary=x'}
+    assert post(server, "/dicomweb/studies", "verify", content=b"--x--", headers=json_parts).status_code == 415
+
+
+# ------------------------------------------------------------------------------------------------ fuzzing
+
+
+def test_schemathesis_finds_no_server_error(server: Server, tmp_path: Path) -> None:
+    """Schemathesis generates requests from the served schema (valid and invalid, fixed seed, bounded count);
+    no answer may be a 5xx, and status codes, content types and JSON bodies must match the schema."""
+    pytest.importorskip("schemathesis")
+    hooks = Path(__file__).with_name("schemathesis_hooks.py")
+    done = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}/openapi.json",
+         "--header", f"Authorization: Bearer {server.tokens['admin'][1]}",
+         "--max-examples", "50", "--seed", "1", "--workers", "1", "--generation-database", "none", "--no-color",
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"],
+        env={**server.env, "SCHEMATHESIS_HOOKS": str(hooks)}, cwd=tmp_path, capture_output=True, text=True,
+        timeout=500,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "No issues found" in done.stdout

@@ -1,0 +1,384 @@
+"""The FastAPI application of ``medverify serve``.
+
+Every route but ``/v1/health`` and ``/openapi.json`` needs an API token (``Authorization: Bearer mv_...``): none
+or a bad one is 401, one of the wrong scope 403. Tokens are checked before the body is read. Bodies larger than
+the configured limit are refused with 413 (by Content-Length before reading, else while reading); a body that is
+not what its Content-Type says is 400, a media type the route does not take is 415.
+
+Every file checked leaves exactly one audit record (channel ``api``, the token's id in ``api_token_id``, the peer
+address), written before the answer goes out; when the record cannot be written the file is not stored and the
+request fails (fail closed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from verifier.api.multipart import DICOM, BodyError, MediaType, Part, parse_media_type, split_body
+from verifier.api.storage import InstanceStore
+from verifier.api.stow import DICOM_JSON, StoreOutcome, store_decision, stow_response
+from verifier.audit import AuditLog, Channel
+from verifier.audit.tokens import AuthStatus, TokenInfo, TokenScope, TokenStore
+from verifier.errors import AuditError
+from verifier.intake.decide import IntakeChecker, Peer
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ApiConfig", "create_app"]
+
+#: Default limit of one request body (all files of a multipart request together).
+DEFAULT_MAX_BODY_BYTES = 256 * 1024**2
+#: After the limit is passed, up to this much more is read and dropped so the client can read the 413.
+_DRAIN_BYTES = 16 * 1024**2
+_MAX_RECORD_ID = 2**63 - 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ApiConfig:
+    """What the application serves with: the checks and audit log, the token store, the STOW-RS backend."""
+
+    checker: IntakeChecker
+    tokens: TokenStore
+    store: InstanceStore
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    @property
+    def audit_log(self) -> AuditLog:
+        if self.checker.audit_log is None:
+            raise AuditError("the API needs an audit log")
+        return self.checker.audit_log
+
+
+# -- response models (they give the OpenAPI schema its shapes) ------------------------------------------------
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="Why the request was refused.")
+
+
+class PeerModel(BaseModel):
+    ae_title: str | None = None
+    address: str | None = None
+    channel: str
+
+
+class FileVerdict(BaseModel):
+    """One checked file: the verdict and action of the site policy, the reasons, the reports, the audit id."""
+
+    model_config = ConfigDict(extra="allow")
+
+    path: str = Field(description="The upload's label in the audit log: api:<peer>/<file name or part-N>.")
+    verdict: str = Field(description="AUTHENTIC, DECLARED_SYNTHETIC, TAMPERED, NO_EVIDENCE, UNREADABLE, ...")
+    action: str = Field(description="accept, flag, quarantine or reject.")
+    reasons: list[str]
+    status: str = Field(description="The provenance check's own status (signature status, or UNREADABLE).")
+    sha256: str | None = None
+    sop_instance_uid: str | None = None
+    modality: str | None = None
+    signature: dict[str, Any] | None = None
+    watermark: dict[str, Any] | None = None
+    policy_version: str | None = None
+    error: str | None = None
+    audit_id: int | None = Field(default=None, description="Id of the audit record (GET /v1/audit/{id}).")
+    peer: PeerModel | None = None
+
+
+class VerifyResponse(BaseModel):
+    results: list[FileVerdict] = Field(description="One result per file, in request order.")
+
+
+class AuditRecordModel(BaseModel):
+    """A stored audit record (see ``medverify audit show``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    leaf_index: int
+    leaf_hash: str
+    event: str
+    channel: str
+    when: str
+    path: str | None = None
+    file_sha256: str | None = None
+    api_token_id: str | None = None
+    verdict: str | None = None
+    action: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str
+    version: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No API token, or an invalid, expired or revoked one."},
+    403: {"model": ErrorResponse, "description": "The token's scope does not allow this route."},
+}
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body is not what its Content-Type says (malformed multipart)."},
+    413: {"model": ErrorResponse, "description": "The body is larger than the server's limit."},
+    415: {"model": ErrorResponse, "description": "A media type this route does not take."},
+    503: {"model": ErrorResponse, "description": "The audit database is unavailable; nothing was checked or stored."},
+}
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_VERIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One DICOM Part 10 file (application/dicom), or several in a multipart body.",
+        "content": {
+            DICOM: _BINARY,
+            "multipart/related": _BINARY,
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+        },
+    }
+}
+_STOW_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": 'DICOM PS3.18 STOW-RS: multipart/related; type="application/dicom", one instance per part.',
+        "content": {"multipart/related": _BINARY},
+    }
+}
+_STOW_RESPONSE_SCHEMA = {
+    "description": "PS3.18 Store Instances Response Module (DICOM JSON): ReferencedSOPSequence (00081199) and "
+    "FailedSOPSequence (00081198) with FailureReason (00081197).",
+    "content": {DICOM_JSON: {"schema": {"type": "object", "additionalProperties": True}}},
+}
+
+
+# -- plumbing -------------------------------------------------------------------------------------------------
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiToken",
+    description="An API token from `medverify tokens create --scope verify|audit-read|admin`.",
+)
+
+
+def _config(request: Request) -> ApiConfig:
+    config: ApiConfig | None = request.app.state.config
+    if config is None:
+        raise HTTPException(503, detail="this application was built without a configuration (schema only)")
+    return config
+
+
+def _require(scope: TokenScope) -> Callable[..., Awaitable[TokenInfo]]:
+    """A dependency that admits a valid token whose scope allows ``scope`` (admin allows all)."""
+
+    async def check(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> TokenInfo:
+        config = _config(request)
+        presented = credentials.credentials if credentials is not None else None
+        try:
+            result = await run_in_threadpool(config.tokens.authenticate, presented)
+        except AuditError as exc:
+            raise HTTPException(503, detail=f"cannot check the token: {exc.diagnostics()}") from None
+        if result.status is not AuthStatus.OK or result.token is None:
+            why = {AuthStatus.EXPIRED: "the API token has expired", AuthStatus.REVOKED: "the API token is revoked"}
+            detail = (
+                "a valid API token is required (Authorization: Bearer mv_...)"
+                if presented is None
+                else (why.get(result.status, "the API token is not valid"))
+            )
+            challenge = "Bearer" if presented is None else 'Bearer error="invalid_token"'
+            raise HTTPException(401, detail=detail, headers={"WWW-Authenticate": challenge})
+        if not result.token.scope.allows(scope):
+            raise HTTPException(
+                403, detail=f"the API token has scope {result.token.scope.value}; this route needs {scope.value}"
+            )
+        return result.token
+
+    return check
+
+
+#: Route parameters that admit a token of the named scope (module level: FastAPI resolves them by name).
+VerifyToken = Annotated[TokenInfo, Depends(_require(TokenScope.VERIFY))]
+AuditReadToken = Annotated[TokenInfo, Depends(_require(TokenScope.AUDIT_READ))]
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (413) before or while reading it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise HTTPException(400, detail="the Content-Length header is not a number") from None
+        if size > limit:
+            raise HTTPException(413, detail=f"the body of {size} bytes is over the limit of {limit} bytes")
+    body = bytearray()
+    over = 0
+    async for chunk in request.stream():
+        if over:
+            over += len(chunk)
+            if over > _DRAIN_BYTES:
+                break
+            continue
+        body += chunk
+        if len(body) > limit:
+            over = len(body) - limit
+    if over:
+        raise HTTPException(413, detail=f"the body is over the limit of {limit} bytes")
+    if not body:
+        raise HTTPException(400, detail="the request body is empty")
+    return bytes(body)
+
+
+def _peer(request: Request, token: TokenInfo) -> Peer:
+    address = f"{request.client.host}:{request.client.port}" if request.client is not None else None
+    return Peer(channel=Channel.API, address=address, token_id=token.id)
+
+
+def _label(peer: Peer, part: Part) -> str:
+    return f"{peer.describe()}/{part.label}"
+
+
+def _verify_parts(config: ApiConfig, parts: list[Part], peer: Peer) -> list[dict[str, Any]]:
+    """Check each part and write its one audit record (event ``verify``) before answering."""
+    out = []
+    for part in parts:
+        decision = config.checker.check(part.data, peer, name=_label(peer, part))
+        entry = dataclasses.replace(decision.audit_entry(endpoint="/v1/verify"), event="verify")
+        receipt = config.audit_log.append(entry)
+        decision = dataclasses.replace(decision, audit_id=receipt.id, result=decision.result.with_audit_id(receipt.id))
+        out.append(decision.to_dict())
+    return out
+
+
+def _stow_parts(config: ApiConfig, parts: list[Part], peer: Peer) -> tuple[int, dict[str, Any]]:
+    outcomes: list[StoreOutcome] = []
+    for part in parts:
+        decision = config.checker.check(part.data, peer, name=_label(peer, part))
+        outcomes.append(store_decision(config.checker, config.store, decision))
+    return stow_response(outcomes)
+
+
+def create_app(config: ApiConfig | None = None) -> FastAPI:
+    """The application; without ``config`` it serves nothing but its schema (used to write openapi.json)."""
+    app = FastAPI(
+        title="medverify",
+        version=importlib.metadata.version("medverify"),
+        summary="Tell whether medical DICOM images are genuine: signatures, watermarks, detectors, audit log.",
+        docs_url=None,  # the documentation pages load scripts from a CDN; the schema is enough
+        redoc_url=None,
+    )
+    app.state.config = config
+
+    @app.exception_handler(AuditError)
+    async def _audit_unavailable(_request: Request, exc: AuditError) -> JSONResponse:
+        return JSONResponse({"detail": f"audit database: {exc.diagnostics()}"}, status_code=503)
+
+    @app.get("/v1/health", response_model=HealthResponse, tags=["service"])
+    async def health() -> dict[str, str]:
+        """Liveness: the server answers. Needs no token."""
+        return {"status": "ok", "version": app.version}
+
+    @app.post(
+        "/v1/verify",
+        response_model=VerifyResponse,
+        responses={**_ERRORS, **_BODY_ERRORS},
+        openapi_extra=_VERIFY_BODY,
+        tags=["verify"],
+    )
+    async def verify(request: Request, token: VerifyToken) -> JSONResponse:
+        """Check one DICOM file or several (multipart); one verdict and one audit record per file.
+
+        A file that cannot be read still gets a result (verdict UNREADABLE or MALFORMED) and a record.
+        """
+        config = _config(request)
+        media = _media(request)
+        if media.essence not in (DICOM, "multipart/related", "multipart/form-data"):
+            raise HTTPException(415, detail="send application/dicom, multipart/related or multipart/form-data")
+        body = await _read_body(request, config.max_body_bytes)
+        if media.essence == DICOM:
+            parts = [Part(data=body, content_type=DICOM, label="upload")]
+        else:
+            parts = _split(body, media)
+        results = await run_in_threadpool(_verify_parts, config, parts, _peer(request, token))
+        return JSONResponse({"results": results})
+
+    @app.get(
+        "/v1/audit/{record_id}",
+        response_model=AuditRecordModel,
+        responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "No such record."}},
+        tags=["audit"],
+    )
+    async def audit_record(
+        request: Request,
+        record_id: Annotated[int, Path(ge=1, le=_MAX_RECORD_ID, description="The record id (audit_id).")],
+        token: AuditReadToken,
+    ) -> JSONResponse:
+        """One audit record as stored (not yet checked against the log; `medverify audit verify` does that)."""
+        log = _config(request).audit_log
+        if record_id > await run_in_threadpool(log.size):
+            raise HTTPException(404, detail=f"there is no audit record {record_id}")
+        record = await run_in_threadpool(log.get, record_id)
+        return JSONResponse(record.to_json_dict())
+
+    @app.post(
+        "/dicomweb/studies",
+        responses={
+            200: {**_STOW_RESPONSE_SCHEMA, "description": "Every instance was stored."},
+            202: {**_STOW_RESPONSE_SCHEMA, "description": "Some instances were stored, some refused."},
+            409: {**_STOW_RESPONSE_SCHEMA, "description": "No instance was stored (each refused; see FailureReason)."},
+            **_ERRORS,
+            **_BODY_ERRORS,
+        },
+        response_class=JSONResponse,
+        openapi_extra=_STOW_BODY,
+        tags=["dicomweb"],
+    )
+    async def stow(request: Request, token: VerifyToken) -> JSONResponse:
+        """STOW-RS Store Instances as an intake: accepted instances are stored, the rest refused.
+
+        Instances the site policy accepts (or flags) are stored under the configured directory, named by their
+        SHA-256; quarantined ones are kept aside in the quarantine directory and refused to the sender;
+        rejected and unreadable ones are refused. FailureReason: 0110 (processing failure: refused by the
+        site policy), C000 (cannot understand: not readable DICOM), A700 (out of resources: could not store
+        or record).
+        """
+        config = _config(request)
+        media = _media(request)
+        if media.essence != "multipart/related":
+            raise HTTPException(415, detail='STOW-RS takes multipart/related; type="application/dicom"')
+        kind = media.params.get("type", DICOM).lower()
+        if kind != DICOM:
+            raise HTTPException(415, detail=f"only type=application/dicom parts are taken, not {kind[:60]!r}")
+        body = await _read_body(request, config.max_body_bytes)
+        parts = _split(body, media)
+        status, payload = await run_in_threadpool(_stow_parts, config, parts, _peer(request, token))
+        return JSONResponse(payload, status_code=status, media_type=DICOM_JSON)
+
+    return app
+
+
+def _media(request: Request) -> MediaType:
+    try:
+        return parse_media_type(request.headers.get("content-type"))
+    except BodyError as exc:
+        raise HTTPException(exc.status, detail=str(exc)) from None
+
+
+def _split(body: bytes, media: MediaType) -> list[Part]:
+    try:
+        return split_body(body, media)
+    except BodyError as exc:
+        raise HTTPException(exc.status, detail=str(exc)) from None

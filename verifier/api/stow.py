@@ -1,0 +1,105 @@
+"""STOW-RS (DICOM PS3.18 Store Instances) as an intake: what happens to each instance, and the response.
+
+Each instance is checked like any upload, then (by the site policy's action):
+
+* accept, flag -> stored in the ``accepted`` area; listed in ReferencedSOPSequence;
+* quarantine   -> stored in the ``quarantine`` area for review; refused to the sender (FailureReason 0110);
+* reject       -> not stored; refused (0110, or C000 "cannot understand" when it is not readable DICOM).
+
+A store that fails (disk full) or an audit record that cannot be written refuses the instance with A700 (out of
+resources) and removes what was stored for it: nothing is kept that the audit log does not account for.
+The HTTP status follows PS3.18: 200 every instance stored, 202 some stored and some refused, 409 none stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from verifier.api.storage import InstanceStore, StoreArea
+from verifier.errors import AuditError
+from verifier.intake.decide import IntakeChecker, IntakeDecision
+from verifier.policy import Action
+
+__all__ = [
+    "CANNOT_UNDERSTAND",
+    "DICOM_JSON",
+    "OUT_OF_RESOURCES",
+    "PROCESSING_FAILURE",
+    "StoreOutcome",
+    "store_decision",
+    "stow_response",
+]
+
+DICOM_JSON = "application/dicom+json"
+#: Failure reasons of the Store Instances Response (PS3.18 10.5.3), which are C-STORE statuses (PS3.4 B.2.3).
+PROCESSING_FAILURE = 0x0110
+CANNOT_UNDERSTAND = 0xC000
+OUT_OF_RESOURCES = 0xA700
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StoreOutcome:
+    """What the intake did with one instance."""
+
+    decision: IntakeDecision
+    stored: bool
+    #: PS3.7 status for FailedSOPSequence; None when stored.
+    failure_reason: int | None = None
+
+
+def store_decision(checker: IntakeChecker, store: InstanceStore, decision: IntakeDecision) -> StoreOutcome:
+    """Store or refuse one checked instance and write its one audit record (``details.intake``)."""
+    action = decision.action
+    area = {Action.ACCEPT: StoreArea.ACCEPTED, Action.FLAG: StoreArea.ACCEPTED}.get(action)
+    if action is Action.QUARANTINE:
+        area = StoreArea.QUARANTINE
+    outcome = {Action.QUARANTINE: "quarantined", Action.REJECT: "rejected"}.get(action, "stored")
+    failure = None
+    if action in (Action.QUARANTINE, Action.REJECT):
+        failure = CANNOT_UNDERSTAND if decision.result.failed else PROCESSING_FAILURE
+    stored = None
+    details: dict[str, Any] = {"endpoint": "/dicomweb/studies"}
+    if area is not None:
+        try:
+            stored = store.put(decision.data, decision.sha256, area)
+            details["stored_as"] = str(stored.path.relative_to(store.root))
+        except OSError as exc:
+            outcome, failure, area = "store-failed", OUT_OF_RESOURCES, None
+            details["store_error"] = exc.strerror or type(exc).__name__
+    details["outcome"] = outcome
+    try:
+        decision = checker.record(decision, **details)
+    except AuditError:
+        if stored is not None:
+            stored.undo()
+        return StoreOutcome(decision=decision, stored=False, failure_reason=OUT_OF_RESOURCES)
+    return StoreOutcome(decision=decision, stored=area is StoreArea.ACCEPTED, failure_reason=failure)
+
+
+def _reference(outcome: StoreOutcome) -> Dataset:
+    item = Dataset()
+    # Only syntactically valid UIDs are echoed (IntakeDecision.safe_uid); an unreadable upload has none.
+    if outcome.decision.sop_class_uid:
+        item.ReferencedSOPClassUID = outcome.decision.sop_class_uid
+    if outcome.decision.sop_instance_uid:
+        item.ReferencedSOPInstanceUID = outcome.decision.sop_instance_uid
+    if outcome.failure_reason is not None:
+        item.FailureReason = outcome.failure_reason
+    return item
+
+
+def stow_response(outcomes: list[StoreOutcome]) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and the Store Instances Response (DICOM JSON) for ``outcomes``."""
+    response = Dataset()
+    stored = [o for o in outcomes if o.stored]
+    failed = [o for o in outcomes if not o.stored]
+    if failed:
+        response.FailedSOPSequence = Sequence([_reference(o) for o in failed])
+    if stored:
+        response.ReferencedSOPSequence = Sequence([_reference(o) for o in stored])
+    status = 200 if not failed else 202 if stored else 409
+    return status, response.to_json_dict()

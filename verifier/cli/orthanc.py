@@ -49,6 +49,12 @@ except BaseException as error:  # fail closed: without medverify, Orthanc stores
 
     def _refuse_rest(output, uri, **request):
         import json
+        import urllib.parse
+
+        if request.get("method") == "GET":  # listing stays possible; storing does not
+            query = urllib.parse.urlencode(request.get("get") or {{}})
+            output.AnswerBuffer(orthanc.RestApiGet("/instances" + ("?" + query if query else "")), "application/json")
+            return
 
         body = json.dumps({{"Status": "Error", "Message": _why}})  # ASCII: len() is the byte count
         output.SendHttpStatus(503, body, len(body))

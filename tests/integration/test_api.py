@@ -215,6 +215,21 @@ def test_no_bad_revoked_or_wrong_scope_token_is_refused_before_anything_is_check
     assert server.audit_size() == before + 1 + 2  # + the token's create and revoke records
 
 
+def test_expired_token_is_refused_and_health_needs_none(server: Server) -> None:
+    import sqlite3
+
+    token_id, token = server.new_token("short-lived", "audit-read")
+    url = f"{server.url}/v1/audit/1"
+    assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
+    with sqlite3.connect(server.home / "audit.db") as db:
+        db.execute("UPDATE api_tokens SET expires_at = '2020-01-01 00:00:00.000000' WHERE id = ?", (token_id,))
+    r = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 401 and "expired" in r.json()["detail"]
+    assert httpx.get(url, timeout=10).status_code == 401
+    health = httpx.get(f"{server.url}/v1/health", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
 def test_tokens_are_stored_hashed_and_listed_without_secrets(server: Server) -> None:
     import sqlite3
 

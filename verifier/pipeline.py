@@ -24,11 +24,13 @@ from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError, is_dicom_file
 from verifier.policy import DEFAULT_POLICY, Action, Policy, Verdict, decide
 
-if TYPE_CHECKING:  # SQLAlchemy is imported only when a record is written
+if TYPE_CHECKING:  # SQLAlchemy is imported only when a record is written; torch only when a detector runs
+    from detectors.models import Detector
     from verifier.audit import AuditEntry, Channel
 
 __all__ = [
     "Check",
+    "DetectorSetup",
     "FileResult",
     "check_bytes",
     "check_instance",
@@ -41,11 +43,14 @@ __all__ = [
 
 
 class Check(enum.StrEnum):
-    """Checks that ``--checks`` selects. The detector check arrives with the detector issue."""
+    """Checks that ``--checks`` selects."""
 
     SIGNATURE = "signature"
     #: Opt-in: detection needs the secret watermark keys (the key store's passphrase).
     WATERMARK = "watermark"
+    #: Opt-in: the detector networks (synthetic and tamper scores). Loads torch and the model bundle, about 2 s
+    #: once per process, then tens of milliseconds per image; signature-only runs stay free of torch.
+    DETECTOR = "detector"
 
 
 #: What runs when ``--checks`` is not given.
@@ -87,6 +92,8 @@ class FileResult:
     modality: str | None = None
     signature: SignatureReport | None = None
     watermark: dict[str, Any] | None = None
+    #: The detector's report (``DetectionReport.to_dict()``, plus ``heatmap`` when one was written), or None.
+    detection: dict[str, Any] | None = None
     error: str | None = None
     audit_id: int | None = None
 
@@ -122,6 +129,8 @@ class FileResult:
             file_sha256=self.sha256,
             signature_report=self.signature.to_dict() if self.signature is not None else None,
             watermark_report=self.watermark,
+            detection_report=self.detection,
+            model_tag=self.detection.get("model_tag") if self.detection is not None else None,
             policy_version=self.verdict.policy_version,
             verdict=self.verdict.status.value,
             action=self.verdict.action.value,
@@ -140,8 +149,9 @@ class FileResult:
             "modality": self.modality,
             "signature": self.signature.to_dict() if self.signature is not None else None,
             "watermark": self.watermark,
-            "synthetic_score": None,
-            "tamper_score": None,
+            "synthetic_score": self.detection.get("synthetic_score") if self.detection is not None else None,
+            "tamper_score": self.detection.get("tamper_score") if self.detection is not None else None,
+            "detector": _detector_summary(self.detection),
             "policy_version": self.verdict.policy_version,
             "error": self.error,
             "audit_id": self.audit_id,
@@ -155,17 +165,25 @@ def check_instance(
     policy: TrustPolicy,
     site_policy: Policy = DEFAULT_POLICY,
     watermark_keys: Sequence[WatermarkKey] = (),
+    detector: DetectorSetup | None = None,
 ) -> FileResult:
-    """Run the selected checks on a parsed instance and decide under the site policy."""
+    """Run the selected checks on a parsed instance and decide under the site policy.
+
+    ``detector`` chooses the model bundle and heatmap folder of :attr:`Check.DETECTOR` (default: the shipped
+    bundle, no heatmaps).
+    """
     signature = None
     watermark = None
+    detection = None
     status = "CHECKED"
     if Check.SIGNATURE in checks:
         signature = verify_dataset(instance.dataset, policy)
         status = signature.status.value
     if Check.WATERMARK in checks and watermark_keys:
         watermark = _watermark_report(instance, watermark_keys)
-    verdict = decide(policy=site_policy, signature=signature, watermark=watermark)
+    if Check.DETECTOR in checks:
+        detection = (detector or DetectorSetup()).report(instance)
+    verdict = decide(policy=site_policy, signature=signature, watermark=watermark, detector=detection)
     return FileResult(
         path=instance.path,
         status=status,
@@ -175,7 +193,80 @@ def check_instance(
         modality=instance.modality,
         signature=signature,
         watermark=watermark,
+        detection=detection,
     )
+
+
+def _detector_summary(detection: dict[str, Any] | None) -> dict[str, Any] | None:
+    if detection is None:
+        return None
+    keys = ("model_tag", "threshold", "tamper_threshold", "heatmap", "error")
+    return {k: detection[k] for k in keys if k in detection}
+
+
+#: Detectors loaded in this process, by bundle path ("" for the default): loaded once per process or worker.
+_DETECTORS: dict[str, Detector] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorSetup:
+    """Which detector bundle :attr:`Check.DETECTOR` uses (None: the shipped default) and where heatmaps go."""
+
+    model: Path | None = None
+    heatmap_dir: Path | None = None
+
+    def load(self) -> Detector:
+        """The detector, loaded once per process (torch gets one thread in worker processes)."""
+        key = str(self.model or "")
+        if key not in _DETECTORS:
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            import torch
+
+            from detectors.errors import DetectorsError
+            from detectors.models import load_bundle
+
+            if multiprocessing.parent_process() is not None:
+                torch.set_num_threads(1)
+            try:
+                _DETECTORS[key] = load_bundle(self.model)
+            except DetectorsError as exc:
+                raise InputError(f"detector model: {exc.diagnostics()}") from exc
+        return _DETECTORS[key]
+
+    def report(self, instance: Instance) -> dict[str, Any]:
+        """The detection report of ``instance``: scores, model tag, thresholds; a heatmap PNG when asked.
+
+        An image the reader cannot decode (or no image at all) gets a report with ``error`` and no scores.
+        """
+        from detectors.data.reader import read_image
+        from detectors.errors import DetectorsError
+        from detectors.models import prepare_frames, render_heatmap
+
+        detector = self.load()
+        ds = instance.dataset
+        try:
+            total = int(ds.get("NumberOfFrames", 1) or 1)
+        except (TypeError, ValueError):
+            total = 1
+        limit = detector.config.max_frames
+        indices = None if total <= limit else sorted({round(i * (total - 1) / (limit - 1)) for i in range(limit)})
+        try:
+            image = read_image(ds, frame_indices=indices)
+        except DetectorsError as exc:
+            return {"model_tag": detector.config.tag, "threshold": detector.config.threshold,
+                    "tamper_threshold": detector.config.tamper_threshold, "synthetic_score": None,
+                    "tamper_score": None, "error": exc.diagnostics()[:200]}
+        report = detector.detect(image)
+        out = report.to_dict()
+        if self.heatmap_dir is not None:
+            frame = prepare_frames(image, detector.config)[report.heatmap_frame]
+            target = self.heatmap_dir / f"{Path(instance.path).stem[:60]}-{instance.sha256[:12]}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(render_heatmap(report, frame))
+            os.replace(tmp, target)
+            out["heatmap"] = str(target)
+        return out
 
 
 def _watermark_report(instance: Instance, keys: Sequence[WatermarkKey]) -> dict[str, Any]:
@@ -200,6 +291,7 @@ def check_path(
     policy: TrustPolicy,
     site_policy: Policy = DEFAULT_POLICY,
     watermark_keys: Sequence[WatermarkKey] = (),
+    detector: DetectorSetup | None = None,
 ) -> FileResult:
     """Read and check one file; unreadable input gives an UNREADABLE/MALFORMED result, never an exception."""
     return _check_loaded(
@@ -209,6 +301,7 @@ def check_path(
         policy=policy,
         site_policy=site_policy,
         watermark_keys=watermark_keys,
+        detector=detector,
     )
 
 
@@ -220,6 +313,7 @@ def check_bytes(
     policy: TrustPolicy,
     site_policy: Policy = DEFAULT_POLICY,
     watermark_keys: Sequence[WatermarkKey] = (),
+    detector: DetectorSetup | None = None,
 ) -> FileResult:
     """Check an instance received in memory (an HTTP upload, a C-STORE) exactly as :func:`check_path` checks a file.
 
@@ -232,6 +326,7 @@ def check_bytes(
         policy=policy,
         site_policy=site_policy,
         watermark_keys=watermark_keys,
+        detector=detector,
     )
 
 
@@ -243,6 +338,7 @@ def _check_loaded(
     policy: TrustPolicy,
     site_policy: Policy,
     watermark_keys: Sequence[WatermarkKey],
+    detector: DetectorSetup | None = None,
 ) -> FileResult:
     """Parse with ``load`` and check; the one boundary where exceptions become results (one per input)."""
     try:
@@ -265,7 +361,12 @@ def _check_loaded(
         )
     try:
         return check_instance(
-            instance, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=watermark_keys
+            instance,
+            checks=checks,
+            policy=policy,
+            site_policy=site_policy,
+            watermark_keys=watermark_keys,
+            detector=detector,
         )
     except Exception as exc:  # noqa: BLE001 - the boundary: one result per input, even on a bug
         message = f"{path}: the check failed ({type(exc).__name__}: {str(exc)[:200]})"
@@ -279,14 +380,18 @@ def _check_loaded(
         )
 
 
-_WORKER_STATE: tuple[frozenset[Check], TrustPolicy, Policy, Sequence[WatermarkKey]] | None = None
+_WORKER_STATE: (
+    tuple[frozenset[Check], TrustPolicy, Policy, Sequence[WatermarkKey], DetectorSetup | None] | None
+) = None
 
 
 def _check_in_worker(path: Path) -> FileResult:
     if _WORKER_STATE is None:  # pragma: no cover - set before the pool forks
         raise RuntimeError("worker state missing")
-    checks, policy, site_policy, keys = _WORKER_STATE
-    return check_path(path, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=keys)
+    checks, policy, site_policy, keys, detector = _WORKER_STATE
+    return check_path(
+        path, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=keys, detector=detector
+    )
 
 
 def default_workers(n_files: int) -> int:
@@ -304,18 +409,27 @@ def check_paths(
     site_policy: Policy = DEFAULT_POLICY,
     workers: int = 1,
     watermark_keys: Sequence[WatermarkKey] = (),
+    detector: DetectorSetup | None = None,
 ) -> Iterator[FileResult]:
     """Check ``paths`` and yield one result per path, in order, using ``workers`` processes.
 
     Workers are forked (the trust policy and checks are inherited, not pickled); results come back in input order
-    so that output and audit records follow the command line.
+    so that output and audit records follow the command line. Each worker loads the detector model once, on its
+    first file, with one torch thread (torch is never started before the fork).
     """
     global _WORKER_STATE
     if workers <= 1 or len(paths) < 2 or "fork" not in multiprocessing.get_all_start_methods():
         for path in paths:
-            yield check_path(path, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=watermark_keys)
+            yield check_path(
+                path,
+                checks=checks,
+                policy=policy,
+                site_policy=site_policy,
+                watermark_keys=watermark_keys,
+                detector=detector,
+            )
         return
-    _WORKER_STATE = (checks, policy, site_policy, tuple(watermark_keys))
+    _WORKER_STATE = (checks, policy, site_policy, tuple(watermark_keys), detector)
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             yield from pool.imap(_check_in_worker, paths, chunksize=8)

@@ -27,6 +27,7 @@ from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError
 from verifier.pipeline import (
     Check,
+    DetectorSetup,
     FileResult,
     check_path,
     check_paths,
@@ -45,7 +46,19 @@ _FORMATS = ("text", "json", "jsonl")
 
 ChecksOption = Annotated[
     str | None,
-    typer.Option("--checks", help="Comma-separated checks: signature (default), watermark (needs the key passphrase)."),
+    typer.Option(
+        "--checks",
+        help="Comma-separated checks: signature (default), watermark (needs the key passphrase), detector "
+        "(synthetic and tamper scores from the detector model; loads torch).",
+    ),
+]
+ModelOption = Annotated[
+    Path | None,
+    typer.Option("--model", help="Detector bundle for --checks detector (default: detector_model setting, else the "
+                 "shipped bundle)."),
+]
+HeatmapsOption = Annotated[
+    Path | None, typer.Option("--heatmaps", help="With --checks detector: write a PNG heatmap per file into DIR.")
 ]
 TrustOption = Annotated[
     list[Path] | None, typer.Option("--trust", help="Extra trusted CA/signer certificate (PEM); repeatable.")
@@ -67,10 +80,17 @@ class CheckSetup:
     trust: TrustPolicy
     site_policy: Policy
     watermark_keys: tuple[WatermarkKey, ...] = ()
+    detector: DetectorSetup | None = None
 
 
 def prepare_checks(
-    output_format: str, checks: str | None, trust: Sequence[Path] | None, policy_file: Path | None
+    output_format: str,
+    checks: str | None,
+    trust: Sequence[Path] | None,
+    policy_file: Path | None,
+    *,
+    model: Path | None = None,
+    heatmaps: Path | None = None,
 ) -> CheckSetup:
     """Validate the options shared by verify and scan and load what they name."""
     if output_format not in _FORMATS:
@@ -85,12 +105,21 @@ def prepare_checks(
             raise InputError(
                 "--checks watermark: the key store has no watermark key yet (medverify generate makes one)"
             )
+    detector = None
+    if Check.DETECTOR in selected:
+        bundle = model or settings.detector_model
+        if bundle is not None and not (bundle / "config.json").is_file():
+            raise InputError(f"--model {bundle}: not a detector bundle (no config.json)")
+        detector = DetectorSetup(model=bundle, heatmap_dir=heatmaps)
+    elif model is not None or heatmaps is not None:
+        raise InputError("--model and --heatmaps need the detector check (--checks signature,detector)")
     return CheckSetup(
         checks=selected,
         settings=settings,
         trust=load_trust_policy(settings, trust or []),
         site_policy=load_policy(policy_file or settings.policy_file),
         watermark_keys=keys,
+        detector=detector,
     )
 
 
@@ -142,12 +171,21 @@ def _print_text(result: FileResult) -> None:
             role = f", role {s.role}" if s.role else ""
             parts.append(f"{s.status.value} by {who}{role} ({s.mac_algorithm or '?'}, {len(s.covered)} elements)")
         line += "\n    " + "\n    ".join(escape(p) for p in parts)
+    det = result.detection
+    if det is not None and det.get("synthetic_score") is not None:
+        line += (
+            f"\n    detector {escape(str(det.get('model_tag')))}: synthetic {det['synthetic_score']:.3f} "
+            f"(threshold {det.get('threshold', 0.0):.3f}), tamper {det['tamper_score']:.3f} "
+            f"(threshold {det.get('tamper_threshold', 0.0):.3f})"
+        )
+        if det.get("heatmap"):
+            line += f", heatmap {escape(str(det['heatmap']))}"
     for reason in result.reasons:
         line += f"\n    - {escape(reason)}"
     _common.console.print(line, highlight=False)
 
 
-@app.command(help="Check the digital signatures (and later watermarks and detectors) of DICOM files.")
+@app.command(help="Check DICOM files: digital signatures, and with --checks also watermarks and the detector model.")
 def verify(
     paths: Annotated[list[Path], typer.Argument(help="DICOM files, or directories searched for DICOM files.")],
     output_format: Annotated[
@@ -162,12 +200,14 @@ def verify(
         int, typer.Option("--workers", "-j", min=0, help="Worker processes (0: one per core for large batches).")
     ] = 0,
     policy_file: PolicyOption = None,
+    model: ModelOption = None,
+    heatmaps: HeatmapsOption = None,
 ) -> int:
     """Verify files. Exit code 0: nothing found; 1: a problem found; 2: an error stopped a check.
 
     Every file checked leaves one audit record (unless --no-audit), written before its result is printed.
     """
-    setup = prepare_checks(output_format, checks, trust, policy_file)
+    setup = prepare_checks(output_format, checks, trust, policy_file, model=model, heatmaps=heatmaps)
     selected, settings, policy, site_policy = setup.checks, setup.settings, setup.trust, setup.site_policy
     files = list(iter_input_files(paths, follow_symlinks=follow_symlinks))
     log = None
@@ -188,6 +228,7 @@ def verify(
             site_policy=site_policy,
             workers=n_workers,
             watermark_keys=setup.watermark_keys,
+            detector=setup.detector,
         ):
             if log is not None:
                 result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)

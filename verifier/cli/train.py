@@ -1,9 +1,10 @@
-"""``medverify train``: train the in-house generators on a corpus and write a verified checkpoint."""
+"""``medverify train``: train the in-house generators (and the detectors) on a corpus; write verified checkpoints."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -45,6 +46,13 @@ def train_generator(
     split: Annotated[str, typer.Option("--split", help="Corpus split to train on (train, val, test, all).")] = "train",
     max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Use at most N frames.")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = DEFAULT_THREADS,
+    device: Annotated[str, typer.Option("--device", help="Torch device to train on (cpu, cuda, cuda:1).")] = "cpu",
+    minutes: Annotated[
+        float | None, typer.Option("--minutes", min=0.01, help="Stop after this much training time.")
+    ] = None,
+    sampling_only: Annotated[
+        bool, typer.Option("--sampling-only", help="Save only the weights sampling uses (e.g. EMA): half the size.")
+    ] = False,
 ) -> None:
     """Train generator NAME on random patches of a corpus's normalised frames and save a checkpoint."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
@@ -59,6 +67,12 @@ def train_generator(
         raise InputError(f"--split must be train, val, test or all, not {split!r}")
     if not corpus.is_dir():
         raise InputError(f"--corpus {corpus}: not a directory")
+    try:
+        target = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"--device {device!r}: {exc}") from exc
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available here")
     destination = out if out is not None else Path("checkpoints") / name
     try:
         generator = create_generator(name, config=config, seed=seed)
@@ -71,7 +85,7 @@ def train_generator(
         _common.console.print(
             f"training [bold]{escape(name)}[/] ({escape(config)}, {generator.parameter_count:,} parameters, "
             f"{generator.config.image_size}px patches) on {len(frames)} frames of {description['sources']} "
-            f"sources for {total} steps, {threads} thread(s)",
+            f"sources for {total} steps{f' or {minutes:g} min' if minutes else ''}, {threads} thread(s) on {target}",
             highlight=False,
         )
         with Progress(
@@ -96,9 +110,16 @@ def train_generator(
             every = max(1, min(50, total // 100 or 1))
             start = time.perf_counter()
             result = generator.fit(
-                frames, steps=total, seed=seed, progress=report, progress_every=every, data_description=description
+                frames,
+                steps=total,
+                seed=seed,
+                progress=report,
+                progress_every=every,
+                data_description=description,
+                device=target,
+                time_limit_s=None if minutes is None else minutes * 60,
             )
-        info = generator.save(destination)
+        info = generator.save(destination, sampling_only=sampling_only)
     except DetectorsError as exc:
         raise InputError(exc.diagnostics()) from exc
     _common.console.print(
@@ -119,3 +140,101 @@ def list_cmd() -> None:
             f"{p} ({cls.config_class.preset(p).steps} steps)" for p in PRESET_NAMES if p in cls.config_class.PRESETS
         )
         _common.console.print(f"[bold]{name}[/]: {escape(cls.paired_method)}\n  presets: {presets}", highlight=False)
+
+
+@train_app.command("detector")
+def train_detector_cmd(
+    corpus: Annotated[Path, typer.Option("--corpus", help="Corpus directory (with manifest.json).")],
+    generators: Annotated[
+        str, typer.Option("--generators", help="Generator families that make the fakes (comma-separated).")
+    ] = "vae,gan,diffusion,tamper",
+    arch: Annotated[str, typer.Option("--arch", help="Detector: ensemble, cnn or classical.")] = "ensemble",
+    preset: Annotated[str, typer.Option("--preset", help="tiny (tests) or small (the shipped bundle).")] = "small",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="CNN training steps.")] = 1500,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Patches per step (half real).")] = 32,
+    view_size: Annotated[int, typer.Option("--view-size", min=32, help="Side of the crops taken from frames.")] = 128,
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory.")] = Path("checkpoints/detector"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of views, weights, batches.")] = 0,
+    target_fpr: Annotated[float, typer.Option("--target-fpr", help="False-positive rate of the threshold.")] = 0.01,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = DEFAULT_THREADS,
+) -> None:
+    """Build real/fake views with the in-house generators from the corpus's train split, train a detector on
+    three quarters of its sources, calibrate it and choose its thresholds on the other quarter (whole sources
+    held out), and write a bundle. The val and test splits stay untouched for `medverify evaluate`."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from detectors.errors import DetectorsError
+    from detectors.models import create_detector, save_bundle
+    from detectors.models.training import train_detector
+    from detectors.models.views import build_views, split_calibration
+
+    torch.set_num_threads(threads)
+    families = [f.strip() for f in generators.split(",") if f.strip()]
+    if not corpus.is_dir():
+        raise InputError(f"--corpus {corpus}: not a directory")
+    if not 0 < target_fpr < 1:
+        raise InputError("--target-fpr must be between 0 and 1")
+    start = time.perf_counter()
+    try:
+        detector = create_detector(arch, preset=preset, seed=seed, target_fpr=target_fpr)
+        with _bar() as progress:
+            task = progress.add_task("fakes", total=None, stats="")
+
+            def on_view(done: int, total: int, family: str) -> None:
+                progress.update(task, completed=done, total=total, stats=family)
+
+            views, description = build_views(
+                corpus, families=families, splits=("train",), view_size=view_size, seed=seed, progress=on_view
+            )
+        fit, calib = split_calibration(views, seed=seed)
+        _common.console.print(
+            f"views of the train split: {sum(v.is_real for v in fit)} real / {len(fit) - sum(v.is_real for v in fit)} "
+            f"fake for fitting, {sum(v.is_real for v in calib)} real / {len(calib) - sum(v.is_real for v in calib)} "
+            f"fake of other sources for calibration; {time.perf_counter() - start:.0f}s",
+            highlight=False,
+        )
+        _common.console.print(
+            f"training [bold]{escape(arch)}[/] ({escape(preset)}, {detector.parameter_count:,} parameters, "
+            f"{detector.config.patch_size}px patches) for {steps} steps, batch {batch_size}, {threads} thread(s)",
+            highlight=False,
+        )
+        with _bar() as progress:
+            task = progress.add_task("fit", total=steps, stats="")
+            next_line = [0]
+
+            def report(step: int, total: int, metrics: Mapping[str, float]) -> None:
+                stats = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+                progress.update(task, completed=step, total=total, stats=stats)
+                if not _common.console.is_terminal and (step >= next_line[0] or step == total):
+                    next_line[0] = step + max(1, total // 10)
+                    progress.console.print(f"step {step}/{total} {stats}", highlight=False)
+
+            record = train_detector(
+                detector, fit, calib, steps=steps, batch_size=batch_size, seed=seed, progress=report, data=description
+            )
+        info = save_bundle(detector, out)
+    except (DetectorsError, ValueError) as exc:
+        message = exc.diagnostics() if isinstance(exc, DetectorsError) else str(exc)
+        raise InputError(message) from exc
+    cfg = detector.config
+    _common.console.print(
+        f"saved {escape(str(out))}: {cfg.tag} (sha256 {info['digest']})\n"
+        f"calibrated on {record['calibration']['real']} real / {record['calibration']['synthetic']} synthetic / "
+        f"{record['calibration']['tampered']} tampered views of other sources; threshold {cfg.threshold:.4f}, "
+        f"tamper threshold {cfg.tamper_threshold:.4f} (target FPR {cfg.target_fpr:.0%}); "
+        f"{time.perf_counter() - start:.0f}s in all",
+        highlight=False,
+    )
+
+
+def _bar() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeRemainingColumn(),
+        console=_common.console,
+        transient=False,
+    )

@@ -67,21 +67,44 @@ def test_watermark_recovers_provenance_when_the_signature_is_gone() -> None:
 
 def test_detector_scores_against_thresholds() -> None:
     unsigned = _report(pixels=False)
+    tampered = decide(
+        policy=DEFAULT_POLICY, signature=unsigned, detector={"tamper_score": 0.9, "tamper_threshold": 0.7}
+    )
+    assert tampered.status is VerdictStatus.TAMPERED
+    assert "tamper score 0.900" in tampered.reasons[-1].message
+    # Without a threshold from the model or the policy a tamper score decides nothing.
     assert decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"tamper_score": 0.9}).status is (
-        VerdictStatus.TAMPERED
+        VerdictStatus.NO_EVIDENCE
     )
     suspected = decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"synthetic_score": 0.8, "threshold": 0.6})
     assert (suspected.status, suspected.action) == (VerdictStatus.SUSPECTED_SYNTHETIC, Action.QUARANTINE)
+    assert suspected.reasons[-1].source == "detector"
+    # The score at the threshold counts (at/above).
+    at = decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"synthetic_score": 0.6, "threshold": 0.6})
+    assert at.status is VerdictStatus.SUSPECTED_SYNTHETIC
     below = decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"synthetic_score": 0.2, "threshold": 0.6})
     assert below.status is VerdictStatus.NO_EVIDENCE
+    assert "below their thresholds" in below.reasons[-1].message
+    failed = decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"synthetic_score": None, "error": "no pixels"})
+    assert failed.status is VerdictStatus.NO_EVIDENCE
+    assert "could not be scored" in failed.reasons[-1].message
     # An acquisition signature outranks a high synthetic score; a high tamper score outranks the signature.
     signed = _report(_sig(SignatureStatus.VALID))
     assert decide(
         policy=DEFAULT_POLICY, signature=signed, detector={"synthetic_score": 0.99, "threshold": 0.5}
     ).status is (VerdictStatus.AUTHENTIC)
-    assert decide(policy=DEFAULT_POLICY, signature=signed, detector={"tamper_score": 0.99}).status is (
-        VerdictStatus.TAMPERED
-    )
+    assert decide(
+        policy=DEFAULT_POLICY, signature=signed, detector={"tamper_score": 0.99, "tamper_threshold": 0.5}
+    ).status is (VerdictStatus.TAMPERED)
+
+
+def test_site_policy_thresholds_override_the_model() -> None:
+    unsigned = _report(pixels=False)
+    strict = Policy.from_mapping({"version": "strict", "synthetic_threshold": 0.3, "tamper_threshold": 0.95})
+    report = {"synthetic_score": 0.4, "threshold": 0.6, "tamper_score": 0.9, "tamper_threshold": 0.5}
+    assert decide(policy=strict, signature=unsigned, detector=report).status is VerdictStatus.SUSPECTED_SYNTHETIC
+    assert DEFAULT_POLICY.tamper_threshold is None and DEFAULT_POLICY.synthetic_threshold is None
+    assert decide(policy=DEFAULT_POLICY, signature=unsigned, detector=report).status is VerdictStatus.TAMPERED
 
 
 def test_policy_file_overrides_and_is_strict(tmp_path: Path) -> None:

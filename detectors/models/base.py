@@ -1,0 +1,438 @@
+"""The detector interface, its frozen config, the detection report, the registry and the factory.
+
+Every detector maps a batch of ``patch_size`` x ``patch_size`` patches (normalised to [0, 1] at native
+resolution) to two raw logits per patch: *synthetic* (the whole image was made by a generator) and *tamper* (this
+patch holds a local edit). :meth:`Detector.detect` turns an image into patches (bounded in number), aggregates the
+patch logits (mean for synthetic, max for tamper), and maps them through the calibration stored in the config;
+the decision thresholds live in the config too, so preprocessing, calibration and threshold always travel with
+the weights (STYLE.md rule 7).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.data.normalize import CT_HU_RANGE, DEFAULT_PERCENTILES, normalize_image
+from detectors.data.reader import ImageData
+from detectors.errors import DetectorsError
+
+__all__ = [
+    "DetectionReport",
+    "Detector",
+    "DetectorConfig",
+    "DetectorInputError",
+    "ModelError",
+    "PatchBatch",
+    "UnknownDetectorError",
+    "create_detector",
+    "detector_class",
+    "frame_patches",
+    "list_detectors",
+    "platt",
+    "prepare_frames",
+    "register_detector",
+]
+
+#: Patch positions with a standard deviation below this are "flat" (background); they are scored last.
+FLAT_STD = 0.01
+
+
+class ModelError(DetectorsError):
+    """A detector model, its config or its bundle is invalid."""
+
+
+class UnknownDetectorError(ModelError):
+    """No detector is registered under the requested name."""
+
+
+class DetectorInputError(ModelError, ValueError):
+    """The image or patches given to a detector cannot be scored."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DetectorConfig:
+    """Everything that defines a detector besides its weights.
+
+    ``calibration`` maps ``"synthetic"`` and ``"tamper"`` to Platt parameters ``(a, b)``: the calibrated
+    probability of a raw image score ``s`` is ``sigmoid(a * s + b)``. ``threshold`` and ``tamper_threshold`` are
+    calibrated probabilities chosen on held-out real images at ``target_fpr``.
+    """
+
+    arch: str
+    arch_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    tag: str = ""
+    patch_size: int = 64
+    #: Patches scored per frame at most (bounded cost for large images); content patches first.
+    max_patches: int = 32
+    #: Frames scored per multi-frame image at most (evenly spaced).
+    max_frames: int = 4
+    #: Inputs are rounded to this many bits after normalisation (the bit depth the application writes).
+    quantize_bits: int = 12
+    ct_range: tuple[float, float] = CT_HU_RANGE
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    calibration: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    threshold: float = 0.5
+    tamper_threshold: float = 0.5
+    target_fpr: float = 0.01
+    training: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 16 or self.patch_size % 8:
+            raise ModelError(f"patch_size must be a multiple of 8 and >= 16, not {self.patch_size}")
+        if self.max_patches < 1 or self.max_frames < 1:
+            raise ModelError("max_patches and max_frames must be >= 1")
+        if not 1 <= self.quantize_bits <= 16:
+            raise ModelError("quantize_bits must be in [1, 16]")
+        if not 0.0 <= self.threshold <= 1.0 or not 0.0 <= self.tamper_threshold <= 1.0:
+            raise ModelError("thresholds are calibrated probabilities in [0, 1]")
+        if not 0.0 < self.target_fpr < 1.0:
+            raise ModelError("target_fpr must be in (0, 1)")
+        for key, value in self.calibration.items():
+            if key not in ("synthetic", "tamper") or len(value) != 2 or not all(map(math.isfinite, value)):
+                raise ModelError(f"bad calibration entry {key!r}: {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["arch_args"] = dict(self.arch_args)
+        data["ct_range"] = list(self.ct_range)
+        data["percentiles"] = list(self.percentiles)
+        data["calibration"] = {k: list(v) for k, v in self.calibration.items()}
+        data["training"] = dict(self.training)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DetectorConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"unknown detector config key(s): {', '.join(unknown)}")
+        try:
+            values = dict(data)
+            if "ct_range" in values:
+                values["ct_range"] = tuple(float(v) for v in values["ct_range"])
+            if "percentiles" in values:
+                values["percentiles"] = tuple(float(v) for v in values["percentiles"])
+            if "calibration" in values:
+                values["calibration"] = {str(k): (float(v[0]), float(v[1])) for k, v in values["calibration"].items()}
+            for name in ("patch_size", "max_patches", "max_frames", "quantize_bits"):
+                if name in values:
+                    values[name] = int(values[name])
+            for name in ("threshold", "tamper_threshold", "target_fpr"):
+                if name in values:
+                    values[name] = float(values[name])
+            return cls(**values)
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ModelError(f"malformed detector config: {exc}") from exc
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class DetectionReport:
+    """What a detector says about one image.
+
+    ``synthetic_score`` and ``tamper_score`` are calibrated probabilities in [0, 1]; ``threshold`` and
+    ``tamper_threshold`` are the model's decision thresholds for them (chosen at ``target_fpr`` on held-out real
+    images). ``heatmap`` holds per-patch calibrated tamper probabilities of the frame with the most suspicious
+    patch, on the grid of patch positions (NaN where no patch was scored); ``heatmap_frame`` is that frame's
+    position among the scored frames. A report has no truth value: compare the scores with the thresholds.
+    """
+
+    synthetic_score: float
+    tamper_score: float
+    threshold: float
+    tamper_threshold: float
+    model_tag: str
+    heatmap: npt.NDArray[np.float32]
+    patch_size: int
+    patch_positions: tuple[tuple[int, int], ...]
+    frame_shape: tuple[int, int]
+    heatmap_frame: int = 0
+    frames_scored: int = 1
+    patches_scored: int = 0
+
+    def __bool__(self) -> bool:
+        raise TypeError("a DetectionReport has no truth value; compare synthetic_score with threshold")
+
+    @property
+    def suspected_synthetic(self) -> bool:
+        return self.synthetic_score >= self.threshold
+
+    @property
+    def suspected_tampered(self) -> bool:
+        return self.tamper_score >= self.tamper_threshold
+
+    def pixel_heatmap(self) -> npt.NDArray[np.float32]:
+        """The heatmap at the frame's pixel size: each pixel gets the highest score of the patches covering it."""
+        h, w = self.frame_shape
+        out = np.full((h, w), np.nan, dtype=np.float32)
+        p = self.patch_size
+        rows, cols = self.heatmap.shape
+        ys = sorted({y for y, _ in self.patch_positions})
+        xs = sorted({x for _, x in self.patch_positions})
+        for i, y in enumerate(ys[:rows]):
+            for j, x in enumerate(xs[:cols]):
+                value = self.heatmap[i, j]
+                if np.isnan(value):
+                    continue
+                block = out[y : y + p, x : x + p]
+                np.fmax(block, value, out=block)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the heatmap as its grid size only; write it with :func:`render_heatmap`)."""
+        return {
+            "synthetic_score": round(self.synthetic_score, 6),
+            "tamper_score": round(self.tamper_score, 6),
+            "threshold": round(self.threshold, 6),
+            "tamper_threshold": round(self.tamper_threshold, 6),
+            "model_tag": self.model_tag,
+            "heatmap_grid": list(self.heatmap.shape),
+            "patch_size": self.patch_size,
+            "frames_scored": self.frames_scored,
+            "patches_scored": self.patches_scored,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchBatch:
+    """A training batch: patches (B, P, P) in [0, 1] and their synthetic / tamper labels (B,) in {0, 1}."""
+
+    patches: npt.NDArray[np.float32]
+    synthetic: npt.NDArray[np.float32]
+    tamper: npt.NDArray[np.float32]
+
+
+#: Called as ``progress(step, total, metrics)`` during training.
+FitProgress = Callable[[int, int, Mapping[str, float]], None]
+
+_REGISTRY: dict[str, type[Detector]] = {}
+D = TypeVar("D", bound="type[Detector]")
+
+
+def register_detector(name: str) -> Callable[[D], D]:
+    """Class decorator: register a :class:`Detector` subclass under ``name``."""
+
+    def decorate(cls: D) -> D:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"detector {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_detectors() -> list[str]:
+    """The registered detector names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def detector_class(name: str) -> type[Detector]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownDetectorError(
+            f"unknown detector {name!r}; registered: {', '.join(list_detectors()) or 'none'}"
+        ) from None
+
+
+def create_detector(name: str, *, preset: str = "small", seed: int = 0, **overrides: Any) -> Detector:
+    """Build detector ``name`` from a preset (``tiny`` for tests, ``small`` for the shipped bundle).
+
+    ``overrides`` replace config fields; ``arch_args`` overrides are merged into the preset's.
+    """
+    cls = detector_class(name)
+    if preset not in cls.PRESETS:
+        raise ModelError(f"detector {name} has no preset {preset!r}; choose {', '.join(cls.PRESETS)}")
+    values: dict[str, Any] = {"arch": name, **cls.PRESETS[preset]}
+    arch_args = {**dict(values.pop("arch_args", {})), **dict(overrides.pop("arch_args", {}))}
+    values.update(overrides)
+    config = DetectorConfig(arch_args=arch_args, **values)
+    return cls(config, seed=seed)
+
+
+def platt(params: tuple[float, float] | None, raw: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Calibrated probabilities ``sigmoid(a * raw + b)``; without parameters the plain sigmoid."""
+    a, b = params if params is not None else (1.0, 0.0)
+    z = np.clip(a * np.asarray(raw, dtype=np.float64) + b, -60.0, 60.0)
+    return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------- preprocessing
+
+
+def _quantize(frame: npt.NDArray[np.float32], bits: int) -> npt.NDArray[np.float32]:
+    levels = float(2**bits - 1)
+    return np.asarray(np.round(np.clip(frame, 0.0, 1.0) * levels) / levels, dtype=np.float32)
+
+
+def prepare_frames(
+    image: ImageData | npt.ArrayLike, config: DetectorConfig
+) -> list[npt.NDArray[np.float32]]:
+    """The frames a detector scores: normalised to [0, 1] by the config's rule and quantised to its bit depth.
+
+    An :class:`ImageData` is normalised with :func:`~detectors.data.normalize.normalize_image` (its modality,
+    window and photometric interpretation, the config's CT range and percentiles); an array is taken as already
+    normalised frames in [0, 1], shape (H, W) or (n, H, W). At most ``max_frames`` evenly spaced frames are kept.
+    """
+    if isinstance(image, ImageData):
+        frames = normalize_image(image, percentiles=config.percentiles, ct_range=config.ct_range)
+    else:
+        frames = np.asarray(image, dtype=np.float32)
+        if frames.ndim == 2:
+            frames = frames[None]
+    if frames.ndim != 3 or frames.shape[0] == 0 or min(frames.shape[1:]) < 1:
+        raise DetectorInputError(f"need (H, W) or (n, H, W) frames, got shape {frames.shape}")
+    frames = np.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0)
+    n = frames.shape[0]
+    keep = range(n) if n <= config.max_frames else sorted({round(float(i)) for i in np.linspace(0, n - 1,
+                                                                                          config.max_frames)})
+    return [_quantize(frames[i], config.quantize_bits) for i in keep]
+
+
+def _starts(length: int, patch: int) -> list[int]:
+    if length <= patch:
+        return [0]
+    starts = list(range(0, length - patch + 1, patch))
+    if starts[-1] != length - patch:
+        starts.append(length - patch)
+    return starts
+
+
+def frame_patches(
+    frame: npt.NDArray[np.float32], patch_size: int, max_patches: int
+) -> tuple[npt.NDArray[np.float32], list[tuple[int, int]], tuple[int, int]]:
+    """Patches of ``frame`` on a grid (stride = patch size, the last row/column flush with the edge).
+
+    A frame smaller than a patch is padded by mirroring. When the grid has more than ``max_patches`` positions,
+    an evenly spread, deterministic subset is kept, patches with content (standard deviation at least
+    :data:`FLAT_STD`) first. Returns the patches (N, P, P), their top-left positions and the grid shape.
+    """
+    h, w = frame.shape
+    p = patch_size
+    if h < p or w < p:
+        frame = np.pad(frame, ((0, max(0, p - h)), (0, max(0, p - w))), mode="symmetric")
+        h, w = frame.shape
+    ys, xs = _starts(h, p), _starts(w, p)
+    positions = [(y, x) for y in ys for x in xs]
+    if len(positions) > max_patches:
+        std = [float(frame[y : y + p, x : x + p].std()) for y, x in positions]
+        content = [i for i in range(len(positions)) if std[i] >= FLAT_STD]
+        flat = [i for i in range(len(positions)) if std[i] < FLAT_STD]
+        chosen = _spread(content, max_patches)
+        if len(chosen) < max_patches:
+            chosen += _spread(flat, max_patches - len(chosen))
+        positions = [positions[i] for i in sorted(chosen)]
+    patches = np.stack([frame[y : y + p, x : x + p] for y, x in positions]).astype(np.float32, copy=False)
+    return patches, positions, (len(ys), len(xs))
+
+
+def _spread(items: Sequence[int], count: int) -> list[int]:
+    if len(items) <= count:
+        return list(items)
+    return [items[round(float(i))] for i in np.linspace(0, len(items) - 1, count)]
+
+
+# ---------------------------------------------------------------------------------------------- detector
+
+
+class Detector(abc.ABC):
+    """A patch-level real/synthetic/tampered model with image-level calibrated scores."""
+
+    name: ClassVar[str] = ""
+    #: Config values per preset name (``arch`` is added by the factory).
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {}, "small": {}}
+
+    def __init__(self, config: DetectorConfig, *, seed: int = 0) -> None:
+        if config.arch != self.name:
+            raise ModelError(f"config is for {config.arch!r}, not {self.name!r}")
+        self.config = config
+        self.seed = seed
+
+    # ------------------------------------------------------------------ to implement
+
+    @abc.abstractmethod
+    def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Raw logits (N, 2) — synthetic, tamper — of patches (N, P, P) in [0, 1]."""
+
+    @abc.abstractmethod
+    def fit(
+        self,
+        batches: Iterator[PatchBatch],
+        *,
+        steps: int,
+        seed: int = 0,
+        progress: FitProgress | None = None,
+    ) -> dict[str, float]:
+        """Train on ``steps`` batches drawn from ``batches``; returns final metrics."""
+
+    @abc.abstractmethod
+    def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """Every learned array, by a stable name (saved as safetensors)."""
+
+    @abc.abstractmethod
+    def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+        """Load arrays written by :meth:`state_arrays`; raise :class:`ModelError` if they do not fit."""
+
+    @property
+    def parameter_count(self) -> int:
+        return int(sum(a.size for a in self.state_arrays().values()))
+
+    def with_config(self, **changes: Any) -> None:
+        """Replace config fields (calibration, thresholds, tag, training record) after training."""
+        self.config = dataclasses.replace(self.config, **changes)
+
+    # ------------------------------------------------------------------ scoring
+
+    def raw_scores(self, image: ImageData | npt.ArrayLike) -> tuple[float, float, dict[str, Any]]:
+        """Image-level raw scores (mean synthetic logit, max tamper logit) and what the heatmap needs."""
+        frames = prepare_frames(image, self.config)
+        syn: list[npt.NDArray[np.float32]] = []
+        best = (-math.inf, 0)
+        per_frame: list[tuple[npt.NDArray[np.float32], list[tuple[int, int]], tuple[int, int], tuple[int, int]]] = []
+        for index, frame in enumerate(frames):
+            patches, positions, grid = frame_patches(frame, self.config.patch_size, self.config.max_patches)
+            logits = self.patch_logits(patches)
+            if logits.shape != (len(patches), 2) or not np.isfinite(logits).all():
+                raise ModelError(f"{self.name} returned bad logits of shape {logits.shape}")
+            syn.append(logits[:, 0])
+            top = float(logits[:, 1].max())
+            if top > best[0]:
+                best = (top, index)
+            per_frame.append((logits[:, 1], positions, grid, (max(frame.shape[0], self.config.patch_size),
+                                                              max(frame.shape[1], self.config.patch_size))))
+        syn_all = np.concatenate(syn)
+        return float(syn_all.mean()), best[0], {"frames": per_frame, "best": best[1], "patches": int(syn_all.size)}
+
+    def detect(self, image: ImageData | npt.ArrayLike) -> DetectionReport:
+        """Score one image (an :class:`ImageData` in physical units, or normalised frames in [0, 1])."""
+        syn_raw, tamper_raw, info = self.raw_scores(image)
+        cal = self.config.calibration
+        tamper_logits, positions, grid, shape = info["frames"][info["best"]]
+        heat = np.full(grid, np.nan, dtype=np.float32)
+        all_ys = _starts(shape[0], self.config.patch_size)
+        all_xs = _starts(shape[1], self.config.patch_size)
+        probs = platt(cal.get("tamper"), tamper_logits)
+        for (y, x), value in zip(positions, probs, strict=True):
+            heat[all_ys.index(y), all_xs.index(x)] = value
+        grid_positions = tuple((y, x) for y in all_ys for x in all_xs)
+        return DetectionReport(
+            synthetic_score=float(platt(cal.get("synthetic"), syn_raw)),
+            tamper_score=float(platt(cal.get("tamper"), tamper_raw)),
+            threshold=self.config.threshold,
+            tamper_threshold=self.config.tamper_threshold,
+            model_tag=self.config.tag or self.name,
+            heatmap=heat,
+            patch_size=self.config.patch_size,
+            patch_positions=grid_positions,
+            frame_shape=shape,
+            heatmap_frame=int(info["best"]),
+            frames_scored=len(info["frames"]),
+            patches_scored=int(info["patches"]),
+        )

@@ -1,0 +1,164 @@
+"""``classical``: frequency-spectrum and noise-residual features with two scikit-learn logistic regressions.
+
+A second, independent opinion beside the CNN, and fast (numpy FFTs on batches of patches). Per patch:
+
+- noise residuals: a Laplacian and the first differences; their log standard deviation, mean absolute value,
+  kurtosis and the fraction of exact zeros (quantisation and smoothing leave traces there);
+- the relative radial power spectrum (Hann window, log of the share of each of ``bins`` radial bands);
+- periodic peaks that up-sampling layers leave: the power on the Nyquist row/column and at a quarter of the
+  sampling rate, relative to their neighbourhood, and a checkerboard energy;
+- grey-level mean and spread.
+
+The two heads (synthetic, tamper) are standardised logistic regressions; only their coefficients are stored
+(safetensors), and prediction is plain numpy, so no pickle is ever read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.models.base import Detector, DetectorConfig, FitProgress, ModelError, PatchBatch, register_detector
+
+__all__ = ["ClassicalDetector", "patch_features"]
+
+_EPS = 1e-6
+
+
+def _radial_index(p: int, bins: int) -> npt.NDArray[np.int64]:
+    fy = np.fft.fftfreq(p)[:, None]
+    fx = np.fft.rfftfreq(p)[None, :]
+    r = np.sqrt(fy**2 + fx**2) / 0.5  # 1.0 at the Nyquist frequency on the axes
+    return np.minimum((r * bins).astype(np.int64), bins)  # bin ``bins`` collects the corners beyond Nyquist
+
+
+def patch_features(patches: npt.NDArray[np.float32], bins: int = 12) -> npt.NDArray[np.float64]:
+    """Features (N, F) of patches (N, P, P) in [0, 1]."""
+    x = np.asarray(patches, dtype=np.float64)
+    n, p, _ = x.shape
+    mean = x.mean(axis=(1, 2))
+    std = x.std(axis=(1, 2))
+    lap = 4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:]
+    dx = np.diff(x, axis=2)
+    dy = np.diff(x, axis=1)
+    feats: list[npt.NDArray[np.float64]] = [mean, np.log(std + _EPS)]
+    for r in (lap, dx, dy):
+        flat = r.reshape(n, -1)
+        s = flat.std(axis=1)
+        centred = flat - flat.mean(axis=1, keepdims=True)
+        kurt = (centred**4).mean(axis=1) / (s**4 + _EPS)
+        feats += [
+            np.log(s + _EPS),
+            np.log(np.abs(flat).mean(axis=1) + _EPS),
+            np.log(kurt + 1.0),
+            (np.abs(flat) < 1e-7).mean(axis=1),
+            np.log(s + _EPS) - np.log(std + _EPS),
+        ]
+    window = np.outer(np.hanning(p), np.hanning(p))
+    spec = np.abs(np.fft.rfft2((x - mean[:, None, None]) * window)) ** 2
+    total = spec.reshape(n, -1).sum(axis=1) + _EPS
+    index = _radial_index(p, bins)
+    for b in range(bins + 1):
+        sel = index == b
+        feats.append(np.log(spec[:, sel].sum(axis=1) / total + 1e-12))
+    half, quarter = p // 2, p // 4
+    neighbours = spec[:, half - 3 : half - 1, :].mean(axis=(1, 2)) + _EPS
+    feats.append(np.log(spec[:, half, :].mean(axis=1) / neighbours + _EPS))
+    feats.append(np.log(spec[:, :, -1].mean(axis=1) / (spec[:, :, -3:-1].mean(axis=(1, 2)) + _EPS) + _EPS))
+    feats.append(np.log(spec[:, quarter, :].mean(axis=1) / (spec[:, quarter - 2, :].mean(axis=1) + _EPS) + _EPS))
+    feats.append(np.log(spec[:, :, quarter].mean(axis=1) / (spec[:, :, quarter - 2].mean(axis=1) + _EPS) + _EPS))
+    sign = np.where((np.add.outer(np.arange(p), np.arange(p)) % 2) == 0, 1.0, -1.0)
+    checker = ((x - mean[:, None, None]) * sign).mean(axis=(1, 2))
+    feats.append(np.log(np.abs(checker) + _EPS) - np.log(std + _EPS))
+    out = np.stack(feats, axis=1)
+    return np.nan_to_num(out, nan=0.0, posinf=30.0, neginf=-30.0)
+
+
+@register_detector("classical")
+class ClassicalDetector(Detector):
+    """Spectrum and residual features, standardised, two logistic regressions (synthetic, tamper)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"patch_size": 32, "max_patches": 8, "arch_args": {"bins": 8, "C": 1.0, "fit_patches": 512}},
+        "small": {"patch_size": 64, "max_patches": 32, "arch_args": {"bins": 12, "C": 0.5, "fit_patches": 12000}},
+    }
+
+    def __init__(self, config: DetectorConfig, *, seed: int = 0) -> None:
+        super().__init__(config, seed=seed)
+        self.bins = int(config.arch_args.get("bins", 12))
+        n_features = patch_features(np.zeros((1, config.patch_size, config.patch_size), np.float32), self.bins).shape[1]
+        self.mean = np.zeros(n_features)
+        self.scale = np.ones(n_features)
+        self.coef = np.zeros((2, n_features))
+        self.intercept = np.zeros(2)
+
+    def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        z = (patch_features(patches, self.bins) - self.mean) / self.scale
+        return np.asarray(z @ self.coef.T + self.intercept, dtype=np.float32)
+
+    def fit(
+        self,
+        batches: Iterator[PatchBatch],
+        *,
+        steps: int,
+        seed: int = 0,
+        progress: FitProgress | None = None,
+    ) -> dict[str, float]:
+        """Draw about ``fit_patches`` patches from ``batches`` (``steps`` is ignored) and fit both heads."""
+        from sklearn.linear_model import LogisticRegression
+
+        wanted = int(self.config.arch_args.get("fit_patches", 12000))
+        feats, syn, tam = [], [], []
+        count = 0
+        while count < wanted:
+            batch = next(batches)
+            feats.append(patch_features(batch.patches, self.bins))
+            syn.append(batch.synthetic)
+            tam.append(batch.tamper)
+            count += len(batch.patches)
+        x = np.concatenate(feats)
+        self.mean = x.mean(axis=0)
+        self.scale = x.std(axis=0) + 1e-6
+        z = (x - self.mean) / self.scale
+        metrics: dict[str, float] = {"patches": float(len(z))}
+        c = float(self.config.arch_args.get("C", 0.5))
+        for head, labels in enumerate((np.concatenate(syn), np.concatenate(tam))):
+            name = ("syn", "tamper")[head]
+            if len(np.unique(labels)) < 2:
+                self.coef[head] = 0.0
+                self.intercept[head] = -4.0 if labels.max() == 0 else 4.0
+                metrics[f"{name}_acc"] = 1.0
+                continue
+            model = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed)
+            model.fit(z, labels)
+            self.coef[head] = model.coef_[0]
+            self.intercept[head] = model.intercept_[0]
+            metrics[f"{name}_acc"] = float(model.score(z, labels))
+        if progress is not None:
+            progress(1, 1, metrics)
+        return metrics
+
+    def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        return {
+            "classical.mean": self.mean.astype(np.float64),
+            "classical.scale": self.scale.astype(np.float64),
+            "classical.coef": self.coef.astype(np.float64),
+            "classical.intercept": self.intercept.astype(np.float64),
+        }
+
+    def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+        try:
+            mean = np.asarray(arrays["classical.mean"], np.float64)
+            scale = np.asarray(arrays["classical.scale"], np.float64)
+            coef = np.asarray(arrays["classical.coef"], np.float64)
+            intercept = np.asarray(arrays["classical.intercept"], np.float64)
+        except KeyError as exc:
+            raise ModelError(f"classical weights lack {exc}") from None
+        if mean.shape != self.mean.shape or coef.shape != self.coef.shape or intercept.shape != (2,):
+            raise ModelError("classical weights do not fit the config (patch size / bins)")
+        if not (scale > 0).all():
+            raise ModelError("classical weights have a non-positive scale")
+        self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, intercept

@@ -1,0 +1,111 @@
+"""``ensemble``: the CNN and the classical model together; their patch logits are averaged with weights.
+
+The members share the ensemble's patch size and preprocessing. The image-level calibration and thresholds of
+the ensemble (in its config) are fitted on held-out data after both members are trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.models.base import (
+    Detector,
+    DetectorConfig,
+    FitProgress,
+    ModelError,
+    PatchBatch,
+    detector_class,
+    register_detector,
+)
+
+__all__ = ["EnsembleDetector"]
+
+
+def _member_args(preset: str, name: str) -> dict[str, Any]:
+    return dict(detector_class(name).PRESETS[preset].get("arch_args", {}))
+
+
+@register_detector("ensemble")
+class EnsembleDetector(Detector):
+    """Weighted mean of member logits (``weights`` per member; default equal)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"patch_size": 32, "max_patches": 8, "arch_args": {"members": ["cnn", "classical"], "preset": "tiny"}},
+        "small": {
+            "patch_size": 64,
+            "max_patches": 32,
+            "arch_args": {"members": ["cnn", "classical"], "preset": "small", "weights": [0.6, 0.4]},
+        },
+    }
+
+    def __init__(self, config: DetectorConfig, *, seed: int = 0) -> None:
+        super().__init__(config, seed=seed)
+        args = dict(config.arch_args)
+        names = [str(m) for m in args.get("members", ["cnn", "classical"])]
+        if not names or "ensemble" in names:
+            raise ModelError("an ensemble needs members other than itself")
+        preset = str(args.get("preset", "small"))
+        weights = [float(w) for w in args.get("weights", [1.0 / len(names)] * len(names))]
+        if len(weights) != len(names) or min(weights) < 0 or sum(weights) <= 0:
+            raise ModelError("ensemble weights must be one non-negative number per member")
+        self.weights = np.asarray(weights, dtype=np.float32) / np.float32(sum(weights))
+        self.members: dict[str, Detector] = {}
+        for i, name in enumerate(names):
+            member_args = dict(args.get(name, _member_args(preset, name)))
+            member_config = dataclasses.replace(
+                config, arch=name, arch_args=member_args, calibration={}, training={}, tag=""
+            )
+            self.members[name] = detector_class(name)(member_config, seed=seed + i)
+
+    def with_config(self, **changes: Any) -> None:
+        super().with_config(**changes)
+        # Member arch_args are recorded so that a bundle rebuilds the same members.
+        args = dict(self.config.arch_args)
+        for name, member in self.members.items():
+            args[name] = dict(member.config.arch_args)
+        self.config = dataclasses.replace(self.config, arch_args=args)
+
+    def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out = np.zeros((len(patches), 2), dtype=np.float32)
+        for weight, member in zip(self.weights, self.members.values(), strict=True):
+            out += weight * member.patch_logits(patches)
+        return out
+
+    def fit(
+        self,
+        batches: Iterator[PatchBatch],
+        *,
+        steps: int,
+        seed: int = 0,
+        progress: FitProgress | None = None,
+    ) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for name, member in self.members.items():
+
+            def report(step: int, total: int, values: Mapping[str, float], name: str = name) -> None:
+                if progress is not None:
+                    progress(step, total, {f"{name}.{k}": v for k, v in values.items()})
+
+            for key, value in member.fit(batches, steps=steps, seed=seed, progress=report).items():
+                metrics[f"{name}.{key}"] = value
+        self.with_config()
+        return metrics
+
+    def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        out: dict[str, npt.NDArray[Any]] = {}
+        for member in self.members.values():
+            out.update(member.state_arrays())
+        return out
+
+    def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+        for name, member in self.members.items():
+            member.load_state_arrays({k: v for k, v in arrays.items() if k.startswith(f"{name}.")})
+        known = tuple(f"{name}." for name in self.members)
+        extra = [k for k in arrays if not k.startswith(known)]
+        if extra:
+            raise ModelError(f"unexpected arrays in ensemble weights: {', '.join(sorted(extra)[:5])}")

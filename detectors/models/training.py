@@ -1,0 +1,224 @@
+"""Training, calibration and threshold selection of a detector on views (see :mod:`detectors.models.views`).
+
+- :class:`PatchStream` draws balanced batches: half real, half fake patches, every fake patch beside the real
+  patch at the same place of its aligned real view (the same laundering applied to both), so the model learns the
+  generator's traces rather than content; unpaired samples are matched with a random real patch. Laundering
+  (resize, blur, noise, 8-bit windowed export, JPEG) is applied with probability ``augment`` per pair.
+- :func:`calibrate` fits Platt scaling of the image-level raw scores on held-out views and picks the thresholds:
+  the lowest calibrated probability that at most ``target_fpr`` of the held-out real views reach.
+- :func:`train_detector` does both and records what it trained on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.models.augment import launder
+from detectors.models.base import Detector, ModelError, PatchBatch, platt
+from detectors.models.views import View
+
+__all__ = ["PatchStream", "calibrate", "threshold_at_fpr", "train_detector"]
+
+#: A patch of a tampered view counts as tampered when it holds at least this share of the edit (or 24 pixels).
+TAMPER_SHARE = 0.3
+
+
+def _pad(image: npt.NDArray[np.float32], p: int) -> npt.NDArray[np.float32]:
+    h, w = image.shape
+    if h >= p and w >= p:
+        return image
+    return np.pad(image, ((0, max(0, p - h)), (0, max(0, p - w))), mode="symmetric")
+
+
+class PatchStream:
+    """An endless, seeded iterator of :class:`PatchBatch` drawn from views."""
+
+    def __init__(
+        self,
+        views: Sequence[View],
+        *,
+        patch_size: int,
+        batch_size: int = 32,
+        seed: int = 0,
+        quantize_bits: int = 12,
+        augment: float = 0.5,
+    ) -> None:
+        self.reals = [v for v in views if v.is_real]
+        fakes = [v for v in views if not v.is_real]
+        if not self.reals or not fakes:
+            raise ModelError("training needs real views and fake views")
+        self.families: dict[str, list[View]] = {}
+        for view in fakes:
+            self.families.setdefault(view.family, []).append(view)
+        self.names = sorted(self.families)
+        self.p = patch_size
+        self.batch_size = max(2, batch_size)
+        self.rng = np.random.default_rng(seed)
+        self.levels = float(2**quantize_bits - 1)
+        self.augment = augment
+
+    def __iter__(self) -> PatchStream:
+        return self
+
+    def _crop(
+        self, image: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_] | None, rng: np.random.Generator
+    ) -> tuple[int, int]:
+        h, w = image.shape
+        if mask is not None and mask.any() and rng.random() < 0.8:
+            ys, xs = np.nonzero(mask)
+            k = int(rng.integers(len(ys)))
+            y = int(np.clip(ys[k] - rng.integers(0, self.p), 0, max(0, h - self.p)))
+            x = int(np.clip(xs[k] - rng.integers(0, self.p), 0, max(0, w - self.p)))
+            return y, x
+        return int(rng.integers(0, max(1, h - self.p + 1))), int(rng.integers(0, max(1, w - self.p + 1)))
+
+    def _finish(self, image: npt.NDArray[np.float32], flip: int) -> npt.NDArray[np.float32]:
+        patch = np.asarray(np.round(np.clip(image, 0.0, 1.0) * self.levels) / self.levels, dtype=np.float32)
+        if flip & 1:
+            patch = patch[:, ::-1]
+        if flip & 2:
+            patch = patch[::-1]
+        if flip & 4:
+            patch = patch.T
+        return np.ascontiguousarray(patch, dtype=np.float32)
+
+    def __next__(self) -> PatchBatch:
+        rng = self.rng
+        patches, syn, tam = [], [], []
+        for _ in range(self.batch_size // 2):
+            family = self.names[int(rng.integers(len(self.names)))]
+            fake = self.families[family][int(rng.integers(len(self.families[family])))]
+            real = fake.partner if fake.partner is not None else self.reals[int(rng.integers(len(self.reals)))]
+            seed = int(rng.integers(2**63))
+            fake_img, mask = fake.pixels, fake.mask
+            real_img = real.pixels
+            if rng.random() < self.augment:
+                fake_img, mask = launder(fake_img, mask, np.random.default_rng(seed))
+                real_img, _ = launder(real_img, None, np.random.default_rng(seed))
+            fake_img, real_img = _pad(fake_img, self.p), _pad(real_img, self.p)
+            mask_p = None if mask is None else _pad(mask.astype(np.float32), self.p) > 0.5
+            y, x = self._crop(fake_img, mask_p, rng)
+            flip = int(rng.integers(8))
+            fp = fake_img[y : y + self.p, x : x + self.p]
+            if fake.partner is None or real_img.shape != fake_img.shape:
+                ry, rx = self._crop(real_img, None, rng)
+            else:
+                ry, rx = y, x
+            rp = real_img[ry : ry + self.p, rx : rx + self.p]
+            tampered = 0.0
+            if fake.family == "tamper" and mask_p is not None:
+                inside = float(mask_p[y : y + self.p, x : x + self.p].sum())
+                tampered = 1.0 if inside >= min(24.0, TAMPER_SHARE * float(mask_p.sum())) and inside > 0 else 0.0
+            patches += [self._finish(fp, flip), self._finish(rp, flip)]
+            syn += [1.0 if fake.is_synthetic else 0.0, 0.0]
+            tam += [tampered, 0.0]
+        return PatchBatch(np.stack(patches), np.asarray(syn, np.float32), np.asarray(tam, np.float32))
+
+
+def threshold_at_fpr(real_scores: npt.ArrayLike, target_fpr: float) -> float:
+    """The lowest threshold ``t`` such that at most ``target_fpr`` of ``real_scores`` are ``>= t``."""
+    scores = np.sort(np.asarray(real_scores, dtype=np.float64))[::-1]
+    if scores.size == 0:
+        raise ModelError("no real images to choose a threshold on")
+    allowed = math.floor(target_fpr * scores.size)
+    if allowed >= scores.size:
+        return 0.0
+    return float(min(1.0, np.nextafter(scores[allowed], np.inf)))
+
+
+def _platt_fit(raw: npt.NDArray[np.float64], labels: npt.NDArray[np.float64]) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=100.0, class_weight="balanced", max_iter=1000)
+    model.fit(raw[:, None], labels)
+    return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+
+def raw_view_scores(detector: Detector, views: Sequence[View]) -> npt.NDArray[np.float64]:
+    """Image-level raw scores (N, 2) of views: mean synthetic logit, max tamper logit."""
+    out = np.zeros((len(views), 2))
+    for i, view in enumerate(views):
+        syn, tam, _ = detector.raw_scores(view.pixels)
+        out[i] = (syn, tam)
+    return out
+
+
+def calibrate(detector: Detector, views: Sequence[View], *, target_fpr: float | None = None) -> dict[str, Any]:
+    """Fit Platt scaling and thresholds on held-out ``views``; updates the detector's config and reports."""
+    fpr = detector.config.target_fpr if target_fpr is None else target_fpr
+    raw = raw_view_scores(detector, views)
+    real = np.array([v.is_real for v in views])
+    synthetic = np.array([v.is_synthetic for v in views])
+    tampered = np.array([v.family == "tamper" for v in views])
+    if not real.any():
+        raise ModelError("calibration needs held-out real views")
+    calibration: dict[str, tuple[float, float]] = {}
+    for name, column, positive in (("synthetic", 0, synthetic), ("tamper", 1, tampered)):
+        if positive.any():
+            sel = real | positive
+            calibration[name] = _platt_fit(raw[sel, column], positive[sel].astype(np.float64))
+        else:
+            calibration[name] = (1.0, 0.0)
+    syn_real = platt(calibration["synthetic"], raw[real, 0])
+    tam_real = platt(calibration["tamper"], raw[real, 1])
+    threshold = threshold_at_fpr(syn_real, fpr)
+    tamper_threshold = threshold_at_fpr(tam_real, fpr)
+    detector.with_config(calibration=calibration, threshold=threshold, tamper_threshold=tamper_threshold,
+                         target_fpr=fpr)
+    return {
+        "views": len(views),
+        "real": int(real.sum()),
+        "synthetic": int(synthetic.sum()),
+        "tampered": int(tampered.sum()),
+        "sources": len({v.source_id for v in views if v.is_real}),
+        "method": "platt",
+        "threshold_rule": f"lowest calibrated probability reached by at most {fpr:.2%} of the held-out real views",
+    }
+
+
+def train_detector(
+    detector: Detector,
+    fit_views: Sequence[View],
+    calib_views: Sequence[View],
+    *,
+    steps: int,
+    batch_size: int = 32,
+    seed: int = 0,
+    augment: float = 0.5,
+    progress: Callable[[int, int, Mapping[str, float]], None] | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train on ``fit_views``, calibrate on ``calib_views`` (other sources), record it all in the config."""
+    fit_sources = {v.source_id for v in fit_views if v.is_real}
+    calib_sources = {v.source_id for v in calib_views if v.is_real}
+    if fit_sources & calib_sources:
+        raise ModelError("a source is in both the training and the calibration views")
+    stream = PatchStream(fit_views, patch_size=detector.config.patch_size, batch_size=batch_size, seed=seed,
+                         quantize_bits=detector.config.quantize_bits, augment=augment)
+    start = time.perf_counter()
+    metrics = detector.fit(stream, steps=steps, seed=seed, progress=progress)
+    fit_s = time.perf_counter() - start
+    calibration = calibrate(detector, calib_views)
+    families: dict[str, int] = {}
+    for view in fit_views:
+        families[view.family] = families.get(view.family, 0) + 1
+    record = {
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "augment": augment,
+        "fit_seconds": round(fit_s, 1),
+        "metrics": {k: round(float(v), 5) for k, v in metrics.items()},
+        "fit_views": families,
+        "fit_sources": len(fit_sources),
+        "calibration": calibration,
+        "data": dict(data or {}),
+    }
+    detector.with_config(training=record)
+    return record

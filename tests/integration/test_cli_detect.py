@@ -1,0 +1,112 @@
+"""``medverify train detector``, ``medverify evaluate`` and ``medverify verify --checks detector`` end to end,
+on the sample corpus (installed test images) with a tiny bundle trained by the CLI itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from testkit import jsonl, run_cli
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from detectors.data import build_sample_corpus
+
+    out = tmp_path_factory.mktemp("detect") / "corpus"
+    build_sample_corpus(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ensemble trained, calibrated and saved by the CLI (a few steps: the plumbing, not the accuracy)."""
+    import torch
+
+    from verifier.cli import main
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("detect") / "bundle"
+    code = main(["train", "detector", "--corpus", str(corpus), "--generators", "vae,tamper", "--preset", "tiny",
+                 "--steps", "3", "--batch-size", "8", "--view-size", "48", "--threads", "1", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_train_writes_a_bundle_with_its_record(bundle: Path) -> None:
+    record = json.loads((bundle / "config.json").read_text())
+    config = record["config"]
+    assert record["format"] == "medverify-detector/1" and config["arch"] == "ensemble"
+    assert config["tag"] == f"ensemble-{record['digest'][:12]}"
+    training = config["training"]
+    assert training["steps"] == 3 and training["seed"] == 0
+    assert set(training["data"]["generators"]) == {"vae", "tamper"}
+    assert training["data"]["generators"]["vae"]["digest"]  # the shipped VAE checkpoint made the fakes
+    # Calibration used other sources of the train split than fitting.
+    assert training["calibration"]["real"] > 0 and training["calibration"]["sources"] >= 1
+    assert set(config["calibration"]) == {"synthetic", "tamper"} and 0 <= config["threshold"] <= 1
+
+
+def test_evaluate_reports_per_family(bundle: Path, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _err = run_cli(capsys, "evaluate", "--corpus", corpus, "--model", bundle, "--view-size", "48",
+                              "--format", "json")
+    assert code == 0
+    result = json.loads(out)
+    assert set(result["conditions"]) == {"clean", "jpeg75", "resize0.5"}
+    clean = result["conditions"]["clean"]
+    assert set(clean["families"]) == {"vae", "tamper"}
+    assert 0.0 <= clean["families"]["vae"]["auc"] <= 1.0 and clean["fpr_synthetic"] is not None
+    assert "pixel_auc" in clean["families"]["tamper"]
+    assert result["data"]["splits"] == ["test", "val"]
+
+
+def test_verify_with_detector(
+    bundle: Path, keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from detectors.data.corpus import sample_dicom_files
+
+    files = {p.name: p for _pkg, p in sample_dicom_files()}
+    ct, mr = files["CT_small.dcm"], files["MR_small.dcm"]
+    heatmaps = tmp_path / "heatmaps"
+    code, out, _err = run_cli(capsys, "verify", ct, mr, "--checks", "signature,detector", "--model", bundle,
+                              "--heatmaps", heatmaps, "-f", "jsonl")
+    assert code in (0, 1)
+    lines = jsonl(out)
+    tag = json.loads((bundle / "config.json").read_text())["config"]["tag"]
+    for line in lines:
+        assert 0.0 <= line["synthetic_score"] <= 1.0 and 0.0 <= line["tamper_score"] <= 1.0
+        assert line["detector"]["model_tag"] == tag and 0.0 <= line["detector"]["threshold"] <= 1.0
+        assert Path(line["detector"]["heatmap"]).is_file()
+        assert any(r.startswith("detector:") for r in line["reasons"])
+    # The audit record keeps the detection report and the model tag.
+    code, out, _err = run_cli(capsys, "audit", "list", "--format", "jsonl")
+    records = jsonl(out)
+    assert records and all(r["model_tag"] == tag for r in records)
+    assert all(r["detection_report"]["synthetic_score"] is not None for r in records)
+    # Signature-only output keeps the fields, empty.
+    code, out, _err = run_cli(capsys, "verify", ct, "-f", "jsonl", "--no-audit")
+    (line,) = jsonl(out)
+    assert line["synthetic_score"] is None and line["detector"] is None
+    # --model without the detector check is refused with a clear error.
+    code, _out, err = run_cli(capsys, "verify", ct, "--model", bundle, "--no-audit")
+    assert code == 2 and "detector check" in err
+
+
+def test_signature_only_verify_never_imports_torch(keyed_home: Path) -> None:
+    from detectors.data.corpus import sample_dicom_files
+
+    ct = {p.name: p for _pkg, p in sample_dicom_files()}["CT_small.dcm"]
+    script = (
+        "import sys\nfrom verifier.cli import main\n"
+        f"code = main(['verify', {str(ct)!r}, '--checks', 'signature', '--no-audit', '-f', 'jsonl'])\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ}, check=False)
+    assert done.stdout.strip().splitlines()[-1] in ("NO-TORCH 0", "NO-TORCH 1"), done.stderr[-2000:]

@@ -1,0 +1,216 @@
+"""Contract tests over every registered detector (timm-style), plus preprocessing, calibration and bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detectors.data.reader import read_image
+from detectors.generators import create_generator
+from detectors.models import (
+    DetectionReport,
+    Detector,
+    ModelError,
+    UnknownDetectorError,
+    create_detector,
+    frame_patches,
+    list_detectors,
+    load_bundle,
+    prepare_frames,
+    render_heatmap,
+    save_bundle,
+)
+from detectors.models.augment import export_8bit, jpeg, launder, resize
+from detectors.models.evaluation import auc, evaluate_views
+from detectors.models.training import PatchStream, threshold_at_fpr, train_detector
+from detectors.models.views import View
+
+torch.set_num_threads(1)
+
+DETECTORS = list_detectors()
+
+
+def phantom(seed: int, h: int = 64, w: int = 64) -> np.ndarray:
+    """A smooth 'anatomy' plus fine sensor noise and 12-bit steps, in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 0.4 + 0.2 * np.sin(xx / (5 + seed % 4)) * np.cos(yy / 7) + 0.03 * rng.standard_normal((h, w))
+    for _ in range(3):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(4, 12)
+        img += 0.2 * ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)
+    return np.round(np.clip(img, 0, 1) * 4095) / 4095
+
+
+def tiny_views(n: int = 8, *, split: str = "train", offset: int = 0) -> list[View]:
+    """Real phantoms, 'synthetic' fakes (blurred: what a VAE does) and real tamper edits (the in-house tamper)."""
+    tamper = create_generator("tamper", config="tiny", seed=0)
+    views: list[View] = []
+    for i in range(n):
+        real_px = phantom(offset + i).astype(np.float32)
+        real = View(pixels=real_px, family="real", source_id=f"s{offset + i}", modality="MR", split=split)
+        blurred = cv2.GaussianBlur(real_px, (0, 0), 1.2)
+        edited, mask = tamper.paired_fake_with_mask(real_px, seed=i)
+        views += [
+            real,
+            View(pixels=blurred, family="vae", source_id=real.source_id, modality="MR", split=split, partner=real),
+            View(pixels=edited, family="tamper", source_id=real.source_id, modality="MR", split=split, mask=mask,
+                 partner=real),
+        ]
+    return views
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Detector, Path]]:
+    """Every registered detector, tiny preset, trained a few steps and calibrated, saved as a bundle."""
+    out = {}
+    fit, calib = tiny_views(8), tiny_views(6, split="val", offset=100)
+    for name in DETECTORS:
+        detector = create_detector(name, preset="tiny", seed=0)
+        train_detector(detector, fit, calib, steps=4, batch_size=8, seed=0)
+        directory = tmp_path_factory.mktemp(f"bundle-{name}")
+        save_bundle(detector, directory)
+        out[name] = (detector, directory)
+    return out
+
+
+def test_registry_and_factory() -> None:
+    assert {"cnn", "classical", "ensemble"} <= set(DETECTORS)
+    with pytest.raises(UnknownDetectorError, match="registered"):
+        create_detector("nope")
+    with pytest.raises(ModelError, match="preset"):
+        create_detector("cnn", preset="huge")
+    with pytest.raises(ModelError, match="patch_size"):
+        create_detector("classical", preset="tiny", patch_size=20)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_contract_any_size_bit_depth_and_frames(name: str, trained: dict[str, tuple[Detector, Path]]) -> None:
+    detector, _ = trained[name]
+    cfg = detector.config
+    assert cfg.tag.startswith(f"{name}-") and 0.0 <= cfg.threshold <= 1.0 and 0.0 <= cfg.tamper_threshold <= 1.0
+    assert set(cfg.calibration) == {"synthetic", "tamper"}
+    for shape in [(20, 30), (64, 64), (301, 97), (3, 40, 50), (9, 33, 33)]:
+        image = np.random.default_rng(len(shape)).random(shape, dtype=np.float32)
+        report = detector.detect(image)
+        assert 0.0 <= report.synthetic_score <= 1.0 and 0.0 <= report.tamper_score <= 1.0
+        assert report.model_tag == cfg.tag and report.threshold == cfg.threshold
+        assert report.frames_scored == min(shape[0] if len(shape) == 3 else 1, cfg.max_frames)
+        assert 1 <= report.patches_scored <= cfg.max_patches * report.frames_scored
+        assert report.pixel_heatmap().shape == report.frame_shape
+        json.dumps(report.to_dict())
+        with pytest.raises(TypeError):
+            bool(report)
+    # The same pixels give the same scores (bounded sampling is deterministic).
+    image = phantom(3, 200, 150)
+    assert detector.detect(image).synthetic_score == detector.detect(image).synthetic_score
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_bundle_round_trip_and_digest(name: str, trained: dict[str, tuple[Detector, Path]], tmp_path: Path) -> None:
+    detector, directory = trained[name]
+    loaded = load_bundle(directory)
+    assert loaded.config.tag == detector.config.tag and loaded.config.to_dict() == detector.config.to_dict()
+    image = phantom(5, 90, 70)
+    a, b = detector.detect(image), loaded.detect(image)
+    assert a.synthetic_score == pytest.approx(b.synthetic_score, abs=1e-6)
+    assert a.tamper_score == pytest.approx(b.tamper_score, abs=1e-6)
+    record = json.loads((directory / "config.json").read_text())
+    assert record["config"]["training"]["fit_sources"] == 8 and len(record["digest"]) == 64
+    # Flip one byte of the weights: the digest check refuses them before parsing.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_bytes((directory / "config.json").read_bytes())
+    weights = bytearray((directory / "model.safetensors").read_bytes())
+    weights[-1] ^= 1
+    (bad / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(ModelError, match="digest"):
+        load_bundle(bad)
+    with pytest.raises(ModelError, match="not a detector bundle"):
+        load_bundle(tmp_path / "missing")
+
+
+def test_dicom_input_uses_config_normalisation(dicom_sample: dict[str, Path],
+                                               trained: dict[str, tuple[Detector, Path]]) -> None:
+    detector, _ = trained["classical"]
+    image = read_image(dicom_sample["CT_small.dcm"])
+    frames = prepare_frames(image, detector.config)
+    assert len(frames) == 1 and 0.0 <= frames[0].min() and frames[0].max() <= 1.0
+    levels = np.unique(frames[0])  # quantised to the config's bit depth
+    assert np.allclose(levels * 4095, np.round(levels * 4095), atol=1e-3)
+    report = detector.detect(image)
+    png = render_heatmap(report, frames[report.heatmap_frame])
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape[:2] == report.frame_shape
+
+
+def test_patches_are_bounded_and_cover_small_frames() -> None:
+    big = np.random.default_rng(0).random((2000, 1500), dtype=np.float32)
+    patches, positions, grid = frame_patches(big, 64, 32)
+    assert patches.shape == (32, 64, 64) and len(positions) == 32 and grid == (32, 24)
+    assert len(set(positions)) == 32
+    small, positions, grid = frame_patches(np.ones((10, 70), np.float32), 32, 8)
+    assert small.shape == (3, 32, 32) and grid == (1, 3) and positions[-1] == (0, 38)
+
+
+def test_threshold_at_fpr() -> None:
+    scores = np.linspace(0, 1, 200)
+    t = threshold_at_fpr(scores, 0.01)
+    assert (scores >= t).mean() <= 0.01 and (scores >= t).sum() == 2
+    assert threshold_at_fpr([0.3, 0.3, 0.3], 0.01) > 0.3
+    with pytest.raises(ModelError):
+        threshold_at_fpr([], 0.01)
+
+
+def test_laundering_keeps_range_and_mask_follows() -> None:
+    image = phantom(1, 80, 60).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[20:30, 10:20] = True
+    for out in (jpeg(image, 75), export_8bit(image, 0.1, 0.9)):
+        assert out.shape == image.shape and 0.0 <= out.min() and out.max() <= 1.0
+    small, small_mask = resize(image, 0.5, mask)
+    assert small.shape == (40, 30) and small_mask is not None and small_mask.sum() == 25
+    for seed in range(10):
+        out, m = launder(image, mask, np.random.default_rng(seed))
+        assert m is not None and m.shape == out.shape and np.isfinite(out).all()
+
+
+def test_stream_pairs_real_and_fake_patches() -> None:
+    stream = PatchStream(tiny_views(3), patch_size=32, batch_size=16, seed=0, augment=0.0)
+    batch = next(stream)
+    assert batch.patches.shape == (16, 32, 32)
+    assert batch.synthetic[1::2].sum() == 0 and batch.tamper[1::2].sum() == 0  # every second patch is real
+    assert set(np.unique(batch.synthetic[::2])) <= {0.0, 1.0}
+
+
+def test_classical_separates_blur_after_training() -> None:
+    """The classical model must learn the blur that a VAE reconstruction leaves (held-out sources)."""
+    detector = create_detector("classical", preset="tiny", seed=0)
+    fit = [v for v in tiny_views(10) if v.family != "tamper"]
+    calib = [v for v in tiny_views(6, split="val", offset=50) if v.family != "tamper"]
+    train_detector(detector, fit, calib, steps=1, batch_size=32, seed=0)
+    test = [v for v in tiny_views(6, split="test", offset=200) if v.family != "tamper"]
+    result = evaluate_views(detector, test, conditions={"clean": lambda image, mask: (image, mask)})
+    assert result["conditions"]["clean"]["families"]["vae"]["auc"] > 0.9
+    assert auc([0.1, 0.2], [0.3, 0.4]) == 1.0 and auc([0.5], [0.5]) == 0.5 and auc([], [1]) is None
+
+
+def test_training_refuses_a_source_in_both_sets() -> None:
+    views = tiny_views(2)
+    with pytest.raises(ModelError, match="both"):
+        train_detector(create_detector("classical", preset="tiny"), views, views, steps=1)
+
+
+def test_report_is_frozen() -> None:
+    report = DetectionReport(synthetic_score=0.1, tamper_score=0.2, threshold=0.5, tamper_threshold=0.5,
+                             model_tag="x", heatmap=np.zeros((1, 1), np.float32), patch_size=32,
+                             patch_positions=((0, 0),), frame_shape=(32, 32))
+    with pytest.raises(AttributeError):
+        report.synthetic_score = 1.0  # type: ignore[misc]

@@ -49,7 +49,7 @@ from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from provenance.watermark import WatermarkKey, WatermarkStatus, detect, embed
+from provenance.watermark import WatermarkKey, WatermarkStatus, detect, display_window, embed
 
 MODALITIES = {"CT", "MR", "CR", "DX", "MG", "NM", "US", "XA", "PT"}
 ATTACKS = ("none", "stripped", "png8", "jpeg75", "resize0.5", "resize2", "crop60", "noise")
@@ -60,14 +60,33 @@ TARGET_MS = 50.0
 
 
 class Image:
-    def __init__(self, name: str, modality: str, pixels: npt.NDArray[Any], bits: int, window: tuple[float, float]):
-        self.name, self.modality, self.pixels, self.bits, self.window = name, modality, pixels, bits, window
+    """A sample image, the window its 8-bit export uses, and the file's own VOI window (what embed is told)."""
+
+    def __init__(self, name: str, modality: str, pixels: npt.NDArray[Any], bits: int, window: tuple[float, float],
+                 voi: tuple[float, float] | None):
+        self.name, self.modality, self.pixels, self.bits = name, modality, pixels, bits
+        self.window, self.voi = window, voi
+
+    def embed(self, key: WatermarkKey, payload: int, pixels: npt.NDArray[Any] | None = None) -> npt.NDArray[Any]:
+        """Mark as ``medverify watermark embed`` does: with the file's BitsStored and VOI window."""
+        target = self.pixels if pixels is None else pixels
+        return embed(target, key, payload, bits_stored=self.bits, window=self.voi)
+
+
+def _functional(ds: Dataset, sequence: str) -> Dataset:
+    """The shared functional group item ``sequence`` of an enhanced (multi-frame) image, else the dataset."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and sequence in shared[0]:
+        return shared[0][sequence][0]  # type: ignore[no-any-return]
+    return ds
 
 
 def _window(ds: Dataset, pixels: npt.NDArray[Any]) -> tuple[float, float]:
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    rescale = _functional(ds, "PixelValueTransformationSequence")
+    slope = float(rescale.get("RescaleSlope", 1) or 1)
+    intercept = float(rescale.get("RescaleIntercept", 0) or 0)
+    voi = _functional(ds, "FrameVOILUTSequence")
+    center, width = voi.get("WindowCenter"), voi.get("WindowWidth")
     if center is not None and width is not None:
         c = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
         w = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
@@ -104,7 +123,7 @@ def load_images(min_side: int) -> list[Image]:
             frame = np.ascontiguousarray(frame).astype(frame.dtype.newbyteorder("="))
             bits = int(ds.get("BitsStored", frame.dtype.itemsize * 8))
             name = Path(path).name + (f"[{i}]" if array.ndim == 3 else "")
-            images.append(Image(name, str(ds.Modality), frame, bits, _window(ds, frame)))
+            images.append(Image(name, str(ds.Modality), frame, bits, _window(ds, frame), display_window(ds)))
         seen.add(uid)
     return images
 
@@ -211,7 +230,7 @@ def robustness(images: list[Image], repeat: int, rng: np.random.Generator, out_d
         for r in range(repeat):
             key = WatermarkKey.generate(f"bench-{r}")
             payload = int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2))
-            marked = embed(img.pixels, key, payload, bits_stored=img.bits)
+            marked = img.embed(key, payload)
             lo, hi = np.percentile(img.pixels, [0.1, 99.9])
             psnr_stored.append(psnr(img.pixels, marked, 2.0**img.bits - 1))
             psnr_image.append(psnr(img.pixels, marked, float(hi - lo)))
@@ -246,7 +265,7 @@ def _save_views(images: list[Image], out_dir: Path) -> None:
     """Windowed views of marked images and the 20x amplified difference, for a person to look at."""
     key = WatermarkKey.generate("view")
     for img in images[:4]:
-        marked = embed(img.pixels, key, 12345, bits_stored=img.bits)
+        marked = img.embed(key, 12345)
         lo, hi = img.window
         diff = (marked.astype(np.float64) - img.pixels) * 20 * 255 / (hi - lo) + 128
         view = np.hstack([to8(img.pixels, img.window), to8(marked, img.window), np.clip(diff, 0, 255).astype(np.uint8)])
@@ -268,7 +287,7 @@ def false_alarms(images: list[Image], n: int, rng: np.random.Generator) -> dict[
         y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         patch = img.pixels[y : y + side, x : x + side]
         if tried % 10 == 9:  # a tenth of the patches carry another key's mark
-            patch = embed(patch, other, int(rng.integers(0, 2**63)), bits_stored=img.bits)
+            patch = img.embed(other, int(rng.integers(0, 2**63)), patch)
         report = detect(patch, [key])
         tried += 1
         alarms += report.status is WatermarkStatus.PRESENT or report.payload is not None

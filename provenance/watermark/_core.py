@@ -14,24 +14,27 @@ import numpy.typing as npt
 from provenance.watermark import _ecc
 from provenance.watermark.models import WatermarkError, WatermarkKey, WatermarkReport, WatermarkStatus
 
-__all__ = ["DEFAULT_SCALES", "TILE", "detect", "embed"]
+__all__ = ["DEFAULT_SCALES", "MIN_SIDE", "TILE", "detect", "embed"]
 
 FloatArray = npt.NDArray[Any]
 
 TILE = 128  # tile side in pixels at scale 1
-CHIP = 4  # chip pitch in pixels
+MIN_SIDE = TILE  # detect needs one whole tile: smaller images (at the scale tried) are TOO_SMALL
+CHIP = 2  # chip pitch in pixels
 GRID = TILE // CHIP  # chips per tile side
 N_CHIPS = GRID * GRID
-N_SYNC = 320  # chips carrying the known synchronisation signs; the rest carry the coded payload
+N_SYNC = 1280  # chips carrying the known synchronisation signs; the rest carry the coded payload
 N_PAYLOAD_CHIPS = N_CHIPS - N_SYNC
-BAND_HIGH = GRID // 2 - 1  # highest frequency kept, cycles per tile (per axis): 15/128 cycles per pixel
-BAND_LOW = 3.5  # radial cut below which the host image dominates and the detector's whitening removes anyway
+BAND_HIGH = 30  # highest frequency kept, cycles per tile (per axis): 0.23 cycles per pixel
+BAND_LOW = 7.0  # radial cut (0.055 cycles per pixel) below which anatomy dominates the band
+JPEG_BLOCK_FREQUENCY = TILE // 8  # 8x8-block edges of JPEG put energy on these lines of the spectrum
 MAX_ANALYSIS_SIDE = 1024
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.5, 2.0)
-MASKING = 0.3  # mark amplitude relative to the local activity of the image (perceptual masking)
+MASKING = 0.6  # mark amplitude relative to the local activity of the image (perceptual masking)
 ACTIVITY_CAP = 3.0  # local activity counts up to this multiple of its median (edges stay clean)
-FLOOR_PSNR_DB = 66.0  # least mark amplitude, relative to the image's dynamic range
-MIN_IMAGE_PSNR_DB = 46.0  # the mark is scaled down to stay this far below the image's own dynamic range
+FLOOR_LEVELS = 0.7  # least mark amplitude inside the display window, in 8-bit grey levels of that window
+OUTSIDE_FLOOR_LEVELS = 0.2  # the same outside the window
+MIN_IMAGE_PSNR_DB = 40.0  # the mark is scaled down to stay this far below the image's own dynamic range
 MIN_STORED_PSNR_DB = 50.0
 _SIGN_HYPOTHESES = 2  # the image may have been inverted (MONOCHROME1 export)
 _WHITEN_SIGMA = 2.0
@@ -45,6 +48,7 @@ def _band_mask() -> FloatArray:
     k = np.fft.fftfreq(TILE) * TILE
     ky, kx = np.meshgrid(k, k, indexing="ij")
     keep = (np.abs(kx) <= BAND_HIGH) & (np.abs(ky) <= BAND_HIGH) & (np.hypot(kx, ky) >= BAND_LOW)
+    keep &= (np.abs(kx) != JPEG_BLOCK_FREQUENCY) & (np.abs(ky) != JPEG_BLOCK_FREQUENCY)
     mask: FloatArray = keep.astype(np.float64)
     return mask
 
@@ -70,7 +74,7 @@ def _tables(key: WatermarkKey) -> _Tables:
     cached = key._derived  # the key keeps its derived tables
     if isinstance(cached, _Tables):
         return cached
-    rng = np.random.Generator(np.random.PCG64(np.frombuffer(key.derive(b"chips-v1"), dtype=np.uint32)))
+    rng = np.random.Generator(np.random.PCG64(np.frombuffer(key.derive(b"chips-v2"), dtype=np.uint32)))
     order = rng.permutation(N_CHIPS)
     sync_chips, payload_chips = np.sort(order[:N_SYNC]), order[N_SYNC:]
     sync_signs = rng.choice(np.array([-1.0, 1.0]), size=N_SYNC)
@@ -148,14 +152,17 @@ def embed(
     payload: int,
     *,
     bits_stored: int | None = None,
+    window: tuple[float, float] | None = None,
     strength: float = 1.0,
 ) -> npt.NDArray[np.generic]:
     """Return ``pixels`` with the mark of ``key`` carrying the 64-bit ``payload``; same shape and dtype.
 
     Integer images are rounded and clipped to the stored range (``bits_stored``, default the dtype's; signed
-    types use the signed range). The mark's power is ``strength`` times 52 dB below the image's own dynamic range
-    (0.1 to 99.9 percentile), distributed by local activity (more in texture, less in flat areas), and never more
-    than 50 dB below the stored range.
+    types use the signed range). ``window`` is the display window (low, high) in stored values, e.g. a DICOM
+    file's VOI window; without it the 1st to 99th percentiles stand in. The mark is ``MASKING`` times the local
+    activity (more in texture, less in flat areas), at least ``FLOOR_LEVELS`` of an 8-bit grey level of that
+    window inside it, and scaled down so that the PSNR over the stored range stays above
+    ``MIN_STORED_PSNR_DB`` (and over the image's own 0.1-99.9 percentile range above ``MIN_IMAGE_PSNR_DB``).
     """
     image = _check_image(pixels)
     if not isinstance(payload, int) or isinstance(payload, bool) or not 0 <= payload < 2**_ecc.PAYLOAD_BITS:
@@ -168,35 +175,59 @@ def embed(
 
     tile = _tile_pattern(key, payload).astype(np.float32)
     pattern = np.tile(tile, (-(-height // TILE), -(-width // TILE)))[:height, :width]
+    amplitude = _amplitude(x, stored, window) * np.float32(strength)
+    marked = x.astype(np.float64) + amplitude * pattern
+    if stored is not None:
+        marked = np.clip(np.rint(marked), stored[0], stored[1])
+    result: npt.NDArray[np.generic] = marked.astype(image.dtype)
+    return result
+
+
+def _amplitude(
+    x: npt.NDArray[np.float32], stored: tuple[float, float] | None, window: tuple[float, float] | None
+) -> npt.NDArray[np.float32]:
+    """The perceptual mask: the mark's local RMS amplitude at each pixel (see :func:`embed`)."""
+    height, width = x.shape
+    sample = (slice(None, None, max(1, height // 256)), slice(None, None, max(1, width // 256)))
+    low, p1, p99, high = (float(v) for v in np.percentile(x[sample], [0.1, 1, 99, 99.9]))
+    dynamic = high - low
+    if dynamic <= 0:
+        dynamic = (stored[1] - stored[0]) if stored else 1.0
+    if window is None and stored is not None and stored[1] - stored[0] <= 255:
+        window = stored  # an 8-bit image is shown as it is
+    if window is None:
+        # Unknown display window: no floor tied to it. A guessed (wide) window would put a visible mark into
+        # flat regions that a narrow window shows; only the activity mask and the rounding floor apply.
+        w_low, w_high, level = p1, p99, 0.0
+    else:
+        w_low, w_high = float(min(window)), float(max(window))
+        if not (math.isfinite(w_low) and math.isfinite(w_high)) or w_high <= w_low:
+            raise WatermarkError("the display window must be two finite, different values")
+        level = (w_high - w_low) / 255.0  # one grey level of an 8-bit export through the window
 
     residual = x - _blur(x, _WHITEN_SIGMA)
     # Local activity, eroded so that an edge's contrast does not raise the mark in the flat tissue beside it.
     activity = np.sqrt(_blur(residual * residual, _MASK_SIGMA))
     activity = _blur(cv2.erode(activity, np.ones((_MASK_ERODE, _MASK_ERODE), np.uint8)), _MASK_SIGMA)
-    sample = (slice(None, None, max(1, height // 256)), slice(None, None, max(1, width // 256)))
-    typical = float(np.median(activity[sample]))
+    # The typical activity of the textured part (flat background, often most of an ultrasound or CT image,
+    # would drag a plain median to zero).
+    sampled = activity[sample]
+    textured = sampled[sampled > 0.01 * float(np.percentile(sampled, 99))]
+    typical = float(np.median(textured)) if textured.size else 0.0
     if typical <= 0:
         typical = float(activity.mean()) or 1.0
-    low, high = np.percentile(x[sample], [0.1, 99.9])
-    dynamic = float(high - low)
-    if dynamic <= 0:
-        dynamic = (stored[1] - stored[0]) if stored else 1.0
-    # Perceptual masking: proportional to local activity, at least a small fraction of the dynamic range (and of
-    # the integer step, which rounding would otherwise erase).
-    floor = dynamic * 10 ** (-FLOOR_PSNR_DB / 20)
+    # Inside the window an 8-bit export keeps a mark of a grey level or so; outside it (clipped to black or
+    # white there) only the stored values carry it, so the floor is lower.
+    inside = _blur(((x >= w_low) & (x <= w_high)).astype(np.float32), _MASK_SIGMA)
+    floor = np.float32(FLOOR_LEVELS * level) * inside + np.float32(OUTSIDE_FLOOR_LEVELS * level) * (1 - inside)
     if stored is not None:
-        floor = max(floor, 0.6)
-    amplitude = np.maximum(MASKING * np.minimum(activity, ACTIVITY_CAP * typical), floor)
+        floor = np.maximum(floor, np.float32(0.6))  # below 0.6 of an integer step rounding erases the mark
+    amplitude = np.maximum(np.float32(MASKING) * np.minimum(activity, np.float32(ACTIVITY_CAP * typical)), floor)
     limit = dynamic * 10 ** (-MIN_IMAGE_PSNR_DB / 20)
     if stored is not None:
         limit = min(limit, (stored[1] - stored[0]) * 10 ** (-(MIN_STORED_PSNR_DB + 0.5) / 20))
     rms = math.sqrt(float(np.mean(amplitude * amplitude)))
-    gain = strength * min(1.0, limit / rms)
-    weight = amplitude
-    marked = x.astype(np.float64) + gain * weight * pattern
-    if stored is not None:
-        marked = np.clip(np.rint(marked), stored[0], stored[1])
-    result: npt.NDArray[np.generic] = marked.astype(image.dtype)
+    result: npt.NDArray[np.float32] = amplitude * np.float32(min(1.0, limit / rms))
     return result
 
 
@@ -209,7 +240,7 @@ def _whitened(x: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return white
 
 
-def _folded_chip_field(x: npt.NDArray[Any], scale: float) -> FloatArray | None:
+def _folded_chip_field(x: npt.NDArray[Any], scale: float) -> FloatArray:
     """Undo a resize by ``scale``, whiten, fold into one tile, and filter with the chip band (matched filter)."""
     height, width = x.shape
     # A central window of at most MAX_ANALYSIS_SIDE native pixels a side holds enough tiles; it bounds the time.
@@ -219,8 +250,6 @@ def _folded_chip_field(x: npt.NDArray[Any], scale: float) -> FloatArray | None:
         x = x[top : top + limit, left : left + limit]
         height, width = x.shape
     new_h, new_w = round(height / scale), round(width / scale)
-    if min(new_h, new_w) < 4 * CHIP:
-        return None
     if (new_h, new_w) != (height, width):
         interpolation = cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR
         x = cv2.resize(x, (new_w, new_h), interpolation=interpolation)
@@ -263,6 +292,11 @@ def _sync_tail(score: float) -> float:
     return min(1.0, _SIGN_HYPOTHESES * TILE * TILE * math.exp(-score * score / 2))
 
 
+def _analysable(shape: tuple[int, ...], scale: float) -> bool:
+    """Whether the image, resized back by 1/``scale``, holds a whole tile."""
+    return min(shape) >= MIN_SIDE and min(round(side / scale) for side in shape) >= MIN_SIDE
+
+
 def detect(
     pixels: npt.ArrayLike,
     keys: Sequence[WatermarkKey],
@@ -274,6 +308,8 @@ def detect(
 
     The report is PRESENT when the false-alarm probability of what was found, accounting for every key, scale
     and offset tried, is at most ``threshold_pfa``; the payload is reported only when its check code matches.
+    An image under ``MIN_SIDE`` pixels a side is TOO_SMALL (nothing tested); scales at which the image resized
+    back would be smaller than that are not tried.
     """
     image = _check_image(pixels)
     keys = list(keys)
@@ -286,20 +322,26 @@ def detect(
     scales = [float(s) for s in scales]
     if not scales or not all(0.05 <= s <= 20 for s in scales):
         raise WatermarkError("scales must be a non-empty list of factors in [0.05, 20]")
+    scales = [s for s in scales if _analysable(image.shape, s)]
+    if not scales:
+        return WatermarkReport(
+            status=WatermarkStatus.TOO_SMALL, false_alarm_probability=1.0, payload=None, key_id=None, score=0.0,
+            details={"reason": f"image too small: the mark needs at least {MIN_SIDE}x{MIN_SIDE} pixels",
+                     "shape": list(image.shape), "hypotheses": 0},
+        )
     x = image.astype(np.float32)
+    # Every key and scale that could be tried counts, also when a match ends the search early.
     trials = len(keys) * len(scales)
     crc_miss = 2.0**-_ecc.CRC_BITS
     best: tuple[float, _Candidate] | None = None
     for scale in scales:
         field = _folded_chip_field(x, scale)
-        if field is None:
-            continue
         for key in keys:
             cand = _search(field, key, scale)
             tail = _sync_tail(cand.score)
             if cand.payload is not None:
                 # The payload signs are keyed independently of the sync signs: under the null the decoded word
-                # is uniform, so a matching CRC-32 multiplies the tail by 2**-32 (one decoding per key and scale).
+                # is uniform, so a matching check code multiplies the tail by 2**-16 (one decoding per key and scale).
                 pfa = min(1.0, trials * tail * crc_miss)
             else:
                 pfa = min(1.0, trials * tail)
@@ -307,11 +349,8 @@ def detect(
                 best = (pfa, cand)
             if cand.payload is not None and pfa <= threshold_pfa:
                 return _report(pfa, cand, trials, threshold_pfa)
-    if best is None:
-        return WatermarkReport(
-            status=WatermarkStatus.ABSENT, false_alarm_probability=1.0, payload=None, key_id=None, score=0.0,
-            details={"reason": "image too small", "hypotheses": trials},
-        )
+    if best is None:  # unreachable: scales and keys are non-empty
+        raise WatermarkError("no hypothesis was tested")
     return _report(best[0], best[1], trials, threshold_pfa)
 
 

@@ -114,10 +114,15 @@ class WatermarkKey:
 
 
 class WatermarkStatus(enum.StrEnum):
-    """Whether a watermark of one of the given keys is in the pixels."""
+    """Whether a watermark of one of the given keys is in the pixels.
+
+    TOO_SMALL: the image is smaller than the mark's minimum size (:data:`~provenance.watermark.MIN_SIDE`
+    pixels a side); nothing was tested, so the answer is neither present nor absent.
+    """
 
     PRESENT = "PRESENT"
     ABSENT = "ABSENT"
+    TOO_SMALL = "TOO_SMALL"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -127,7 +132,7 @@ class WatermarkReport:
     ``false_alarm_probability`` bounds the probability that an image *without* this mark (any image made without
     the key) scores at least as high, over all the hypotheses the detector tried (keys, scales, offsets). The
     status is PRESENT when it is at most the detector's threshold. ``payload`` is the decoded 64-bit payload when
-    its check code matched, else None; it is always None when the status is ABSENT. ``score`` is the
+    its check code matched, else None; it is always None unless the status is PRESENT. ``score`` is the
     synchronisation statistic (a z-score; negative when the image was inverted). ``details`` says where the mark
     was found: scale, offset, inversion, number of hypotheses, whether the check code matched.
     """
@@ -140,8 +145,8 @@ class WatermarkReport:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.status is WatermarkStatus.ABSENT and (self.payload is not None or self.key_id is not None):
-            raise ValueError("an ABSENT watermark report carries no payload and no key id")
+        if self.status is not WatermarkStatus.PRESENT and (self.payload is not None or self.key_id is not None):
+            raise ValueError(f"a {self.status.value} watermark report carries no payload and no key id")
         if not 0.0 <= self.false_alarm_probability <= 1.0:
             raise ValueError("false_alarm_probability must be in [0, 1]")
 

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from testkit import jsonl, run_cli
 
 from verifier.cli import main
 
@@ -93,3 +94,53 @@ def test_bad_input_exits_2(key_file: Path, tmp_path: Path, capsys: pytest.Captur
     bad_key.write_bytes(b"xx")
     code, _, err = run(capsys, "watermark", "detect", str(junk), "--key-file", str(bad_key))
     assert code == 2 and "bad.key" in err
+
+
+def test_embed_in_a_signed_file_drops_or_renews_the_signature(
+    keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Marking changes Pixel Data: the old signature would verify as INVALID, so it goes (or is made anew)."""
+    signed, marked, resigned = tmp_path / "signed.dcm", tmp_path / "marked.dcm", tmp_path / "resigned.dcm"
+    assert run_cli(capsys, "sign", _ct(), "-o", signed, "--key", "second")[0] == 0
+    # No --key-file: the key store's current watermark key.
+    code, out, err = run_cli(capsys, "watermark", "embed", signed, "-o", marked, "--payload", "9")
+    assert code == 0 and "removed 1 signature" in err and "medverify sign" in err
+    assert "DigitalSignaturesSequence" not in pydicom.dcmread(marked)
+    code, out, err = run_cli(capsys, "watermark", "embed", signed, "-o", resigned, "--payload", "9", "--sign", "second")
+    assert code == 0 and "signed again with key 'second'" in err
+
+    code, out, _ = run_cli(capsys, "verify", "--no-audit", "--format", "jsonl", marked, resigned)
+    unsigned, valid = jsonl(out)
+    assert unsigned["signature"]["status"] == "UNSIGNED"
+    assert valid["signature"]["status"] == "VALID" and valid["verdict"] == "AUTHENTIC"
+    code, out, _ = run_cli(capsys, "watermark", "detect", marked, resigned, "--format", "jsonl")
+    assert code == 1
+    for line in jsonl(out):
+        assert line["present"] is True and line["payload"] == 9 and line["key_id"] == "watermark-1"
+
+
+def test_detect_goes_on_after_a_bad_file_and_says_too_small(
+    key_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    small = get_testdata_file("MR_small.dcm")  # 64x64: under the mark's minimum of 128x128
+    assert small is not None
+    code, out, _ = run_cli(capsys, "watermark", "detect", junk, small, _ct(), "--format", "jsonl",
+                           "--key-file", key_file)
+    assert code == 2  # an unreadable input, though the others were checked
+    bad, too_small, absent = jsonl(out)
+    assert bad["status"] == "ERROR" and bad["present"] is False and "junk.png" in bad["error"]
+    assert too_small["status"] == "TOO_SMALL" and too_small["present"] is False and too_small["payload"] is None
+    assert absent["status"] == "ABSENT" and absent["key_id"] is None
+
+
+def test_rotated_keys_are_all_tried(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = tmp_path / "first.dcm", tmp_path / "second.dcm"
+    assert run_cli(capsys, "watermark", "embed", _ct(), "-o", first, "--payload", "1")[0] == 0
+    code, out, _ = run_cli(capsys, "watermark", "rotate")
+    assert code == 0 and "'watermark-2'" in out
+    assert run_cli(capsys, "watermark", "embed", _ct(), "-o", second, "--payload", "2")[0] == 0
+    code, out, _ = run_cli(capsys, "watermark", "detect", first, second, "--format", "jsonl")
+    assert code == 1
+    assert [(line["key_id"], line["payload"]) for line in jsonl(out)] == [("watermark-1", 1), ("watermark-2", 2)]

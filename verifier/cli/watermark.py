@@ -1,7 +1,8 @@
 """``medverify watermark``: mark the pixels of a DICOM or PNG image, and look for the mark in DICOM, PNG, JPEG.
 
-The key file holds one watermark key (:meth:`provenance.watermark.WatermarkKey.to_bytes`), mode 0600; the
-default is ``keys_dir/watermark.key``. Integration with the key store comes later.
+The keys are the key store's watermark keys (``embed`` uses the current one, ``detect`` tries every generation;
+both need the key store passphrase), or, with ``--key-file``, one key file made by ``watermark keygen``
+(:meth:`provenance.watermark.WatermarkKey.to_bytes`, mode 0600) for research outside the product.
 """
 
 from __future__ import annotations
@@ -16,8 +17,18 @@ import numpy as np
 import numpy.typing as npt
 import typer
 
-from provenance.watermark import WatermarkError, WatermarkKey, WatermarkReport, WatermarkStatus, detect, embed
+from provenance.keys import KeyStore
+from provenance.watermark import (
+    WatermarkError,
+    WatermarkKey,
+    WatermarkReport,
+    WatermarkStatus,
+    detect,
+    display_window,
+    embed,
+)
 from verifier.cli import _common, app
+from verifier.cli.keys import open_keystore
 from verifier.errors import InputError
 
 __all__ = ["load_key", "read_pixels", "wm_app"]
@@ -33,17 +44,13 @@ _DICOM_SUFFIXES = {".dcm", ".dicom", ""}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 
 KeyFileOption = Annotated[
-    Path | None, typer.Option("--key-file", help="Watermark key file (default: keys_dir/watermark.key).")
+    Path | None,
+    typer.Option("--key-file", help="A watermark key file from `watermark keygen` (default: the key store's keys)."),
 ]
 
 
-def _default_key_file() -> Path:
-    return _common.settings().keys_dir / "watermark.key"
-
-
-def load_key(path: Path | None) -> WatermarkKey:
+def load_key(path: Path) -> WatermarkKey:
     """Read a watermark key file; a missing, unreadable or malformed file is an :class:`InputError`."""
-    path = path or _default_key_file()
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -92,14 +99,12 @@ def read_pixels(path: Path) -> npt.NDArray[Any]:
 
 @wm_app.command("keygen")
 def keygen_command(
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Key file to create (default: keys_dir/watermark.key).")
-    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Key file to create.")],
     key_id: Annotated[str, typer.Option("--key-id", help="Key id reported by detect.")] = "wm-1",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key file.")] = False,
 ) -> None:
-    """Create a watermark key file (mode 0600)."""
-    path = out or _default_key_file()
+    """Create a stand-alone watermark key file (mode 0600) for --key-file; the product uses the key store's."""
+    path = out
     if path.exists() and not force:
         raise InputError(f"{path} exists; use --force to replace it (marks made with the old key stay detectable "
                          "only with the old key)")
@@ -113,31 +118,72 @@ def keygen_command(
     _common.console.print(f"watermark key {key_id!r} (fingerprint {key.fingerprint}) written to {path}")
 
 
+@wm_app.command("rotate")
+def rotate_command() -> None:
+    """Start a new watermark key generation in the key store; marks made with older ones are still found."""
+    key = _store().rotate_watermark_key()
+    _common.console.print(f"new watermark key {key.key_id!r} (fingerprint {key.fingerprint}); generate marks "
+                          "with it from now on, detect tries every generation", highlight=False, markup=False)
+
+
 @wm_app.command("embed")
 def embed_command(
     file: Annotated[Path, typer.Argument(help="DICOM or PNG image to mark.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file (DICOM in, DICOM out; PNG in, PNG out).")],
     payload: Annotated[int, typer.Option("--payload", help="64-bit payload, e.g. the audit record id.")],
     key_file: KeyFileOption = None,
+    sign: Annotated[
+        str | None,
+        typer.Option("--sign", help="Re-sign the marked DICOM file with this key store signing key."),
+    ] = None,
 ) -> None:
-    """Mark the pixels of FILE and write OUT; every other element of a DICOM file is kept."""
-    key = load_key(key_file)
+    """Mark the pixels of FILE and write OUT; every other element of a DICOM file is kept.
+
+    Marking changes the pixels, so the signatures over them no longer hold: they are removed (and the command
+    says so), and ``--sign KEY`` signs the marked file anew.
+    """
     if not 0 <= payload < 2**64:
         raise InputError("--payload must be in [0, 2**64)")
+    key = load_key(key_file) if key_file is not None else _store().watermark_key()
     if _is_dicom(file):
-        _embed_dicom(file, out, key, payload)
+        removed = _embed_dicom(file, out, key, payload, sign)
+        if removed:
+            _common.err_console.print(
+                f"note: removed {removed} signature(s) of {file} that covered the old pixels"
+                + (f"; signed again with key {sign!r}" if sign else "; sign the output anew (`medverify sign`)"),
+                highlight=False, markup=False,
+            )
     else:
+        if sign is not None:
+            raise InputError("--sign applies to DICOM files only")
         pixels = read_pixels(file)
         if pixels.dtype not in (np.uint8, np.uint16):
             raise InputError(f"{file}: only 8- and 16-bit PNG images can be marked")
-        marked: npt.NDArray[Any] = embed(pixels, key, payload)
+        marked: npt.NDArray[Any] = _embed(pixels, key, payload)
         if not cv2.imwrite(str(out), marked):
             raise InputError(f"cannot write {out}")
-    _common.console.print(f"{out}: marked with key {key.key_id!r}, payload {payload}")
+    _common.console.print(f"{out}: marked with key {key.key_id!r}, payload {payload}", highlight=False, markup=False)
 
 
-def _embed_dicom(file: Path, out: Path, key: WatermarkKey, payload: int) -> None:
+def _store() -> KeyStore:
+    return open_keystore(_common.settings())
+
+
+def _embed(
+    pixels: npt.NDArray[Any], key: WatermarkKey, payload: int, bits: int | None = None,
+    window: tuple[float, float] | None = None,
+) -> npt.NDArray[Any]:
+    try:
+        return embed(pixels, key, payload, bits_stored=bits, window=window)
+    except WatermarkError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _embed_dicom(file: Path, out: Path, key: WatermarkKey, payload: int, sign: str | None) -> int:
+    """Mark every frame; drop the signatures the new pixels break (and re-sign if asked). Returns how many."""
     import pydicom
+
+    from provenance.signature import sign_dataset, strip_signatures
 
     try:
         ds = pydicom.dcmread(file)
@@ -146,16 +192,23 @@ def _embed_dicom(file: Path, out: Path, key: WatermarkKey, payload: int) -> None
         raise InputError(f"cannot read DICOM pixels from {file}: {type(exc).__name__}") from None
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise InputError(f"{file}: the watermark needs single-channel images")
+    signer = _store().load_signing_key(sign) if sign is not None else None
     bits = int(ds.get("BitsStored", pixels.dtype.itemsize * 8))
+    window = display_window(ds)
     frames = [pixels] if pixels.ndim == 2 else list(pixels)
-    marked = np.stack([embed(f, key, payload, bits_stored=bits) for f in frames])
+    marked = np.stack([_embed(f, key, payload, bits, window) for f in frames])
     marked = marked[0] if pixels.ndim == 2 else marked
     # Written uncompressed (a lossy re-encode would weaken the mark); BitsStored and PixelRepresentation kept.
     ds.set_pixel_data(marked, ds.PhotometricInterpretation, bits, generate_instance_uid=False)
+    removed = len(ds.get("DigitalSignaturesSequence") or ())
+    strip_signatures(ds)  # the top-level signatures cover Pixel Data: they would now verify as INVALID
+    if signer is not None:
+        sign_dataset(ds, signer)
     try:
         ds.save_as(out, enforce_file_format=True)
     except OSError as exc:
         raise InputError(f"cannot write {out}: {exc.strerror}") from None
+    return removed
 
 
 def _line(path: Path, report: WatermarkReport) -> dict[str, Any]:
@@ -168,7 +221,7 @@ def _line(path: Path, report: WatermarkReport) -> dict[str, Any]:
         "payload": report.payload,
         "key_id": report.key_id,
         "score": round(report.score, 3),
-        "details": report.details if present else {},
+        "details": report.details if present or report.status is WatermarkStatus.TOO_SMALL else {},
     }
 
 
@@ -178,13 +231,24 @@ def detect_command(
     output_format: Annotated[str, typer.Option("--format", "-f", help="Output: text or jsonl.")] = "text",
     key_file: KeyFileOption = None,
 ) -> int:
-    """Look for the mark in each FILE. Exit 0: no mark found; 1: a mark found in at least one file."""
+    """Look for the mark in each FILE with the key file, else every watermark key of the key store.
+
+    Exit 0: no mark found; 1: a mark found in at least one file; 2: a file could not be read (the others are
+    still checked, and the unreadable one gets its own line).
+    """
     if output_format not in ("text", "jsonl"):
         raise InputError("--format must be text or jsonl")
-    key = load_key(key_file)
-    found = False
+    keys = [load_key(key_file)] if key_file is not None else _store().watermark_keys()
+    if not keys:
+        raise InputError("the key store has no watermark key yet (medverify generate makes one); or use --key-file")
+    found = errors = False
     for path in files:
-        report = detect(read_pixels(path), [key])
+        try:
+            report = detect(read_pixels(path), keys)
+        except (InputError, WatermarkError) as exc:
+            errors = True
+            _print_error(path, str(exc), output_format)
+            continue
         line = _line(path, report)
         found = found or line["present"]
         if output_format == "jsonl":
@@ -194,7 +258,18 @@ def detect_command(
             _common.console.print(
                 f"{path}: PRESENT key {report.key_id!r} payload {payload} "
                 f"(false alarm probability {report.false_alarm_probability:.2e})", highlight=False, markup=False)
+        elif report.status is WatermarkStatus.TOO_SMALL:
+            _common.console.print(f"{path}: TOO_SMALL ({report.details['reason']})", highlight=False, markup=False)
         else:
             _common.console.print(f"{path}: ABSENT (best false alarm probability "
                                   f"{report.false_alarm_probability:.2e})", highlight=False, markup=False)
-    return 1 if found else 0
+    return 2 if errors else 1 if found else 0
+
+
+def _print_error(path: Path, message: str, output_format: str) -> None:
+    if output_format == "jsonl":
+        line = {"path": str(path), "present": False, "status": "ERROR", "false_alarm_probability": None,
+                "payload": None, "key_id": None, "error": message}
+        _common.console.print(json.dumps(line), soft_wrap=True, highlight=False, markup=False)
+    else:
+        _common.err_console.print(f"{path}: error: {message}", highlight=False, markup=False)

@@ -34,6 +34,7 @@ __all__ = [
     "create_detector",
     "detector_class",
     "frame_patches",
+    "grid_starts",
     "list_detectors",
     "platt",
     "prepare_frames",
@@ -168,9 +169,11 @@ class DetectionReport:
         return self.tamper_score >= self.tamper_threshold
 
     def pixel_heatmap(self) -> npt.NDArray[np.float32]:
-        """The heatmap at the frame's pixel size: each pixel gets the highest score of the patches covering it."""
+        """The heatmap at the frame's pixel size: each pixel gets the mean score of the scored patches covering it
+        (NaN where none is)."""
         h, w = self.frame_shape
-        out = np.full((h, w), np.nan, dtype=np.float32)
+        total = np.zeros((h, w), dtype=np.float64)
+        count = np.zeros((h, w), dtype=np.float64)
         p = self.patch_size
         rows, cols = self.heatmap.shape
         ys = sorted({y for y, _ in self.patch_positions})
@@ -178,11 +181,11 @@ class DetectionReport:
         for i, y in enumerate(ys[:rows]):
             for j, x in enumerate(xs[:cols]):
                 value = self.heatmap[i, j]
-                if np.isnan(value):
-                    continue
-                block = out[y : y + p, x : x + p]
-                np.fmax(block, value, out=block)
-        return out
+                if not np.isnan(value):
+                    total[y : y + p, x : x + p] += value
+                    count[y : y + p, x : x + p] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, total / count, np.nan).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (the heatmap as its grid size only; write it with :func:`render_heatmap`)."""
@@ -296,30 +299,41 @@ def prepare_frames(
     return [_quantize(frames[i], config.quantize_bits) for i in keep]
 
 
-def _starts(length: int, patch: int) -> list[int]:
+def _starts(length: int, patch: int, stride: int) -> list[int]:
     if length <= patch:
         return [0]
-    starts = list(range(0, length - patch + 1, patch))
+    starts = list(range(0, length - patch + 1, stride))
     if starts[-1] != length - patch:
         starts.append(length - patch)
     return starts
 
 
+def grid_starts(shape: tuple[int, int], patch: int, max_patches: int) -> tuple[list[int], list[int]]:
+    """Row and column starts of the patch grid: half-overlapping patches when all of them fit in
+    ``max_patches`` (finer heatmaps for small images), else stride = patch; the last ones flush with the edge."""
+    h, w = shape
+    ys, xs = _starts(h, patch, patch // 2), _starts(w, patch, patch // 2)
+    if len(ys) * len(xs) <= max_patches:
+        return ys, xs
+    return _starts(h, patch, patch), _starts(w, patch, patch)
+
+
 def frame_patches(
     frame: npt.NDArray[np.float32], patch_size: int, max_patches: int
-) -> tuple[npt.NDArray[np.float32], list[tuple[int, int]], tuple[int, int]]:
-    """Patches of ``frame`` on a grid (stride = patch size, the last row/column flush with the edge).
+) -> tuple[npt.NDArray[np.float32], list[tuple[int, int]], tuple[list[int], list[int]]]:
+    """Patches of ``frame`` on the grid of :func:`grid_starts`.
 
     A frame smaller than a patch is padded by mirroring. When the grid has more than ``max_patches`` positions,
     an evenly spread, deterministic subset is kept, patches with content (standard deviation at least
-    :data:`FLAT_STD`) first. Returns the patches (N, P, P), their top-left positions and the grid shape.
+    :data:`FLAT_STD`) first. Returns the patches (N, P, P), their top-left positions and the grid's row and
+    column starts.
     """
     h, w = frame.shape
     p = patch_size
     if h < p or w < p:
         frame = np.pad(frame, ((0, max(0, p - h)), (0, max(0, p - w))), mode="symmetric")
         h, w = frame.shape
-    ys, xs = _starts(h, p), _starts(w, p)
+    ys, xs = grid_starts((h, w), p, max_patches)
     positions = [(y, x) for y in ys for x in xs]
     if len(positions) > max_patches:
         std = [float(frame[y : y + p, x : x + p].std()) for y, x in positions]
@@ -330,7 +344,7 @@ def frame_patches(
             chosen += _spread(flat, max_patches - len(chosen))
         positions = [positions[i] for i in sorted(chosen)]
     patches = np.stack([frame[y : y + p, x : x + p] for y, x in positions]).astype(np.float32, copy=False)
-    return patches, positions, (len(ys), len(xs))
+    return patches, positions, (ys, xs)
 
 
 def _spread(items: Sequence[int], count: int) -> list[int]:
@@ -395,7 +409,9 @@ class Detector(abc.ABC):
         frames = prepare_frames(image, self.config)
         syn: list[npt.NDArray[np.float32]] = []
         best = (-math.inf, 0)
-        per_frame: list[tuple[npt.NDArray[np.float32], list[tuple[int, int]], tuple[int, int], tuple[int, int]]] = []
+        per_frame: list[
+            tuple[npt.NDArray[np.float32], list[tuple[int, int]], tuple[list[int], list[int]], tuple[int, int]]
+        ] = []
         for index, frame in enumerate(frames):
             patches, positions, grid = frame_patches(frame, self.config.patch_size, self.config.max_patches)
             logits = self.patch_logits(patches)
@@ -414,10 +430,8 @@ class Detector(abc.ABC):
         """Score one image (an :class:`ImageData` in physical units, or normalised frames in [0, 1])."""
         syn_raw, tamper_raw, info = self.raw_scores(image)
         cal = self.config.calibration
-        tamper_logits, positions, grid, shape = info["frames"][info["best"]]
-        heat = np.full(grid, np.nan, dtype=np.float32)
-        all_ys = _starts(shape[0], self.config.patch_size)
-        all_xs = _starts(shape[1], self.config.patch_size)
+        tamper_logits, positions, (all_ys, all_xs), shape = info["frames"][info["best"]]
+        heat = np.full((len(all_ys), len(all_xs)), np.nan, dtype=np.float32)
         probs = platt(cal.get("tamper"), tamper_logits)
         for (y, x), value in zip(positions, probs, strict=True):
             heat[all_ys.index(y), all_xs.index(x)] = value

@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+import detectors
 from provenance.errors import KeyStoreError, SigningError
 from provenance.keys import KeyStore
 from provenance.models import MacAlgorithm, SignatureProfile, SignatureStatus
@@ -110,6 +111,8 @@ def prepare_checks(
         bundle = model or settings.detector_model
         if bundle is not None and not (bundle / "config.json").is_file():
             raise InputError(f"--model {bundle}: not a detector bundle (no config.json)")
+        if bundle is None and not (Path(detectors.__file__).parent / "checkpoints/detector/config.json").is_file():
+            raise InputError("no detector model: the package ships none; pass --model BUNDLE")
         detector = DetectorSetup(model=bundle, heatmap_dir=heatmaps)
     elif model is not None or heatmaps is not None:
         raise InputError("--model and --heatmaps need the detector check (--checks signature,detector)")

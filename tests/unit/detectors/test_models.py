@@ -153,11 +153,12 @@ def test_dicom_input_uses_config_normalisation(dicom_sample: dict[str, Path],
 
 def test_patches_are_bounded_and_cover_small_frames() -> None:
     big = np.random.default_rng(0).random((2000, 1500), dtype=np.float32)
-    patches, positions, grid = frame_patches(big, 64, 32)
-    assert patches.shape == (32, 64, 64) and len(positions) == 32 and grid == (32, 24)
+    patches, positions, (ys, xs) = frame_patches(big, 64, 32)
+    assert patches.shape == (32, 64, 64) and len(positions) == 32 and (len(ys), len(xs)) == (32, 24)
     assert len(set(positions)) == 32
-    small, positions, grid = frame_patches(np.ones((10, 70), np.float32), 32, 8)
-    assert small.shape == (3, 32, 32) and grid == (1, 3) and positions[-1] == (0, 38)
+    # A small frame: padded to the patch size, half-overlapping patches (all of them fit the bound).
+    small, positions, (ys, xs) = frame_patches(np.ones((10, 70), np.float32), 32, 8)
+    assert small.shape == (4, 32, 32) and ys == [0] and xs == [0, 16, 32, 38] and positions[-1] == (0, 38)
 
 
 def test_threshold_at_fpr() -> None:

@@ -6,6 +6,7 @@ One server serves the whole module (it takes seconds to start); each test counts
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -73,36 +74,43 @@ class Server:
         return {"Authorization": f"Bearer {self.tokens[scope][1]}"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, signing_keystore_template: Path) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("api") / "home"
-    home.mkdir()
-    shutil.copytree(signing_keystore_template, home / "keys")
+def new_home(root: Path, keys: Path) -> Server:
+    """A medverify home with a copy of the test key store and one token of each scope (made by the CLI)."""
+    home = root / "home"
+    home.mkdir(parents=True)
+    shutil.copytree(keys, home / "keys")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVERIFY_")}
     env.update(MEDVERIFY_HOME=str(home), MEDVERIFY_KEY_PASSPHRASE=TEST_KEY_PASSPHRASE, OMP_NUM_THREADS="1")
     srv = Server(url="", home=home, env=env, tokens={})
     for scope in ("verify", "audit-read", "admin"):
         srv.tokens[scope] = srv.new_token(f"test-{scope}", scope)
+    return srv
+
+
+@contextlib.contextmanager
+def serving(srv: Server, *args: str) -> Iterator[Server]:
+    """``medverify serve`` on a free loopback port until the block ends; the log may hold no token."""
     port = free_port()
     srv.url = f"http://127.0.0.1:{port}"
-    log = open(home / "serve.log", "wb")  # closed after the server stops
+    log_path = srv.home / "serve.log"
+    log = open(log_path, "ab")  # closed after the server stops
     proc = subprocess.Popen(
         [sys.executable, "-c", "from verifier.cli import app_main; app_main()", "serve", "--listen",
-         f"127.0.0.1:{port}", "--max-body-mb", str(MAX_BODY_MB)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+         f"127.0.0.1:{port}", *args],
+        env=srv.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"the server exited ({proc.returncode}): {(home / 'serve.log').read_text()[-2000:]}")
+                pytest.fail(f"the server exited ({proc.returncode}): {log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{srv.url}/v1/health", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"the server did not start: {(home / 'serve.log').read_text()[-2000:]}")
+                pytest.fail(f"the server did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.2)
         yield srv
     finally:
@@ -113,10 +121,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, signing_keystore_template: 
             proc.kill()
             proc.wait()
         log.close()
-    # Nothing the server wrote may hold a token.
-    served_log = (home / "serve.log").read_text()
+    served_log = log_path.read_text()
     for _, token in srv.tokens.values():
         assert token not in served_log
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, signing_keystore_template: Path) -> Iterator[Server]:
+    srv = new_home(tmp_path_factory.mktemp("api"), signing_keystore_template)
+    with serving(srv, "--max-body-mb", str(MAX_BODY_MB)):
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -426,3 +440,44 @@ def test_schemathesis_finds_no_server_error(server: Server, tmp_path: Path) -> N
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "No issues found" in done.stdout
+
+
+# ------------------------------------------------------------------------------------------------ forwarding
+
+
+def test_stow_forwards_what_it_stores_to_a_pacs(
+    tmp_path: Path, signing_keystore_template: Path, files: dict[str, bytes]
+) -> None:
+    """With --forward, STOW-RS also sends each stored instance to a real DCMTK storescp (the PACS) by C-STORE."""
+    from intake_peers import dcmtk_tool, wait_port
+
+    received = tmp_path / "pacs"
+    received.mkdir()
+    pacs_port = free_port()
+    pacs = subprocess.Popen(
+        [dcmtk_tool("storescp"), "-aet", "PACS", "+xa", "-od", str(received), str(pacs_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_port(pacs_port, proc=pacs)
+        srv = new_home(tmp_path, signing_keystore_template)
+        with serving(srv, "--forward", f"127.0.0.1:{pacs_port}:PACS", "--ae-title", "MVAPI"):
+            body, headers = related([files["signed"], files["tampered"], files["real"]])
+            r = post(srv, "/dicomweb/studies", "verify", content=body, headers=headers)
+            assert r.status_code == 202, r.text
+            deadline = time.monotonic() + 60
+            while len(list(received.iterdir())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        got = sorted(str(pydicom.dcmread(f).SOPInstanceUID) for f in received.iterdir())
+        assert got == sorted([uid_of(files["signed"]), uid_of(files["real"])])
+        assert not list((srv.home / "intake" / "stow" / "spool").glob("*.dcm")), "the spool is emptied"
+        with AuditLog.open(f"sqlite:///{srv.home / 'audit.db'}", migrate=False) as log:
+            intake = [r.entry for r in log.query(event="intake")]
+        assert [e.details["intake"].get("forward") for e in intake] == [
+            f"PACS@127.0.0.1:{pacs_port}",
+            None,
+            f"PACS@127.0.0.1:{pacs_port}",
+        ]
+    finally:
+        pacs.terminate()
+        pacs.wait(timeout=30)

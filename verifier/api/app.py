@@ -30,6 +30,7 @@ from verifier.audit import AuditLog, Channel
 from verifier.audit.tokens import AuthStatus, TokenInfo, TokenScope, TokenStore
 from verifier.errors import AuditError
 from verifier.intake.decide import IntakeChecker, Peer
+from verifier.intake.queue import Forwarder
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ApiConfig", "create_app"]
 
@@ -48,6 +49,8 @@ class ApiConfig:
     tokens: TokenStore
     store: InstanceStore
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Forwards what STOW-RS stores to a PACS (C-STORE, durable spool); None keeps it in ``store`` only.
+    forward: Forwarder | None = None
 
     @property
     def audit_log(self) -> AuditLog:
@@ -267,7 +270,7 @@ def _stow_parts(config: ApiConfig, parts: list[Part], peer: Peer) -> tuple[int, 
     outcomes: list[StoreOutcome] = []
     for part in parts:
         decision = config.checker.check(part.data, peer, name=_label(peer, part))
-        outcomes.append(store_decision(config.checker, config.store, decision))
+        outcomes.append(store_decision(config.checker, config.store, decision, forward=config.forward))
     return stow_response(outcomes)
 
 

@@ -2,7 +2,8 @@
 
 Each instance is checked like any upload, then (by the site policy's action):
 
-* accept, flag -> stored in the ``accepted`` area; listed in ReferencedSOPSequence;
+* accept, flag -> stored in the ``accepted`` area (and queued to the PACS when forwarding); listed in
+  ReferencedSOPSequence;
 * quarantine   -> stored in the ``quarantine`` area for review; refused to the sender (FailureReason 0110);
 * reject       -> not stored; refused (0110, or C000 "cannot understand" when it is not readable DICOM).
 
@@ -14,6 +15,7 @@ The HTTP status follows PS3.18: 200 every instance stored, 202 some stored and s
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -22,6 +24,7 @@ from pydicom.sequence import Sequence
 from verifier.api.storage import InstanceStore, StoreArea
 from verifier.errors import AuditError
 from verifier.intake.decide import IntakeChecker, IntakeDecision
+from verifier.intake.queue import Forwarder
 from verifier.policy import Action
 
 __all__ = [
@@ -33,6 +36,8 @@ __all__ = [
     "store_decision",
     "stow_response",
 ]
+
+_log = logging.getLogger("medverify.api")
 
 DICOM_JSON = "application/dicom+json"
 #: Failure reasons of the Store Instances Response (PS3.18 10.5.3), which are C-STORE statuses (PS3.4 B.2.3).
@@ -51,8 +56,14 @@ class StoreOutcome:
     failure_reason: int | None = None
 
 
-def store_decision(checker: IntakeChecker, store: InstanceStore, decision: IntakeDecision) -> StoreOutcome:
-    """Store or refuse one checked instance and write its one audit record (``details.intake``)."""
+def store_decision(
+    checker: IntakeChecker, store: InstanceStore, decision: IntakeDecision, *, forward: Forwarder | None = None
+) -> StoreOutcome:
+    """Store or refuse one checked instance and write its one audit record (``details.intake``).
+
+    With ``forward``, a stored instance is also queued to the PACS (the gateway's durable spool and forwarder),
+    after its record is written: a failed record never lets an instance through.
+    """
     action = decision.action
     area = {Action.ACCEPT: StoreArea.ACCEPTED, Action.FLAG: StoreArea.ACCEPTED}.get(action)
     if action is Action.QUARANTINE:
@@ -71,12 +82,20 @@ def store_decision(checker: IntakeChecker, store: InstanceStore, decision: Intak
             outcome, failure, area = "store-failed", OUT_OF_RESOURCES, None
             details["store_error"] = exc.strerror or type(exc).__name__
     details["outcome"] = outcome
+    if forward is not None and area is StoreArea.ACCEPTED:
+        details["forward"] = str(forward.destination)
     try:
         decision = checker.record(decision, **details)
     except AuditError:
         if stored is not None:
             stored.undo()
         return StoreOutcome(decision=decision, stored=False, failure_reason=OUT_OF_RESOURCES)
+    if forward is not None and area is StoreArea.ACCEPTED:
+        try:
+            forward.spool.put(decision.data, sha256=decision.sha256)
+            forward.notify()
+        except OSError as exc:  # the instance stays stored in accepted/; only its forwarding is lost
+            _log.error("stored %s but could not queue it for %s: %s", decision.sha256, forward.destination, exc)
     return StoreOutcome(decision=decision, stored=area is StoreArea.ACCEPTED, failure_reason=failure)
 
 

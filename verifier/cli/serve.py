@@ -56,6 +56,14 @@ def serve(
             help="STOW-RS backend: accepted/ and quarantine/ go here (default: <home>/intake/stow).",
         ),
     ] = None,
+    forward: Annotated[
+        str | None,
+        typer.Option(
+            "--forward",
+            help="HOST:PORT:AET of a PACS: STOW-RS also forwards what it stores there (C-STORE, durable spool).",
+        ),
+    ] = None,
+    ae_title: Annotated[str, typer.Option("--ae-title", help="Calling AE title when forwarding.")] = "MEDVERIFY",
     max_body_mb: Annotated[
         float, typer.Option("--max-body-mb", min=0.001, help="Largest request body in MiB (413 above it).")
     ] = 256.0,
@@ -83,23 +91,42 @@ def serve(
     from verifier.audit.tokens import TokenStore
     from verifier.intake.decide import IntakeChecker
 
+    destination = None
+    if forward is not None:
+        from verifier.intake.queue import Destination
+
+        try:
+            destination = Destination.parse(forward)
+        except ValueError as exc:
+            raise InputError(f"--forward: {exc}") from None
     settings = _common.settings()
     checker = IntakeChecker.from_settings(
         settings, checks=checks, trust_extra=trust or (), policy_file=policy_file, db=db
     )
     if checker.audit_log is None:  # pragma: no cover - from_settings opens it unless audit=False
         raise InputError("the HTTP API needs the audit log")
+    store = InstanceStore(store_dir or settings.home / "intake" / "stow")
+    forwarder = None
+    if destination is not None:
+        from verifier.intake.queue import Forwarder, Spool
+
+        forwarder = Forwarder(Spool(store.root / "spool"), destination, calling_ae_title=ae_title)
     config = ApiConfig(
         checker=checker,
         tokens=TokenStore(checker.audit_log),
-        store=InstanceStore(store_dir or settings.home / "intake" / "stow"),
+        store=store,
         max_body_bytes=int(max_body_mb * 1024**2),
+        forward=forwarder,
     )
     _common.err_console.print(
         f"medverify API on http://{listen} (checks: {', '.join(sorted(c.value for c in checker.checks))}; "
         f"audit log {checker.audit_log.url}; STOW-RS store {config.store.root})",
         highlight=False,
     )
+    if forwarder is not None:
+        forwarder.start()  # resumes what an earlier run left in the spool
+        forwarder.notify()
+        _common.err_console.print(f"forwarding stored instances to {destination}", highlight=False)
     try:
         uvicorn.run(
             create_app(config),
@@ -110,5 +137,7 @@ def serve(
             timeout_graceful_shutdown=10,
         )
     finally:
+        if forwarder is not None:
+            forwarder.stop()
         checker.close()
     return 0

@@ -41,6 +41,9 @@ def gateway(
         typer.Option("--allow", help="Allowed caller AE or AE@ADDRESS (repeatable; adds to gateway_allowed_callers)."),
     ] = None,
     checks: ChecksOption = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Detector bundle for --checks detector (default: the setting).")
+    ] = None,
     trust: TrustOption = None,
     policy_file: PolicyOption = None,
     db: DbOption = None,
@@ -70,7 +73,7 @@ def gateway(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("medverify.intake").setLevel(logging.INFO if verbose else logging.WARNING)
     checker = IntakeChecker.from_settings(
-        settings, checks=checks, trust_extra=trust or [], policy_file=policy_file, db=db
+        settings, checks=checks, trust_extra=trust or [], policy_file=policy_file, db=db, model=model
     )
     server = Gateway(
         checker=checker,

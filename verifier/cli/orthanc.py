@@ -147,6 +147,9 @@ def install_plugin(
     home: Annotated[Path | None, typer.Option("--home", help="medverify home for Orthanc (default: this one).")] = None,
     checks: Annotated[str, typer.Option("--checks", help="Checks to run on each upload.")] = "signature",
     quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Detector bundle for --checks detector (default: the setting).")
+    ] = None,
     db: Annotated[str | None, typer.Option("--db", help="Audit database URL (default: the home's).")] = None,
     allow: Annotated[
         list[str] | None, typer.Option("--allow", help="Allowed calling AE title for C-STORE (repeatable).")
@@ -180,6 +183,8 @@ def install_plugin(
         "Checks": checks,
         "QuarantineDirectory": str(quarantine or settings.intake_quarantine_dir or settings.home / "quarantine"),
     }
+    if model is not None:
+        section["DetectorModel"] = str(model.resolve())
     if db or settings.db_url:
         section["DatabaseUrl"] = db or settings.db_url
     if allowed:

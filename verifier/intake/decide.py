@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from provenance.trust import TrustPolicy
 from provenance.watermark import WatermarkKey
 from verifier.instance import MAX_FILE_BYTES, Instance, UnreadableInstanceError
-from verifier.pipeline import Check, FileResult, check_instance, parse_checks
+from verifier.pipeline import Check, DetectorSetup, FileResult, check_instance, parse_checks
 from verifier.policy import DEFAULT_POLICY, Action, Policy, decide
 
 if TYPE_CHECKING:
@@ -156,6 +156,7 @@ class IntakeChecker:
         trust: TrustPolicy,
         site_policy: Policy = DEFAULT_POLICY,
         watermark_keys: Sequence[WatermarkKey] = (),
+        detector: DetectorSetup | None = None,
         audit_log: AuditLog | None = None,
         max_bytes: int = MAX_FILE_BYTES,
     ) -> None:
@@ -165,6 +166,7 @@ class IntakeChecker:
         self.trust = trust
         self.site_policy = site_policy
         self.watermark_keys = tuple(watermark_keys)
+        self.detector = detector
         self.audit_log = audit_log
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -179,12 +181,16 @@ class IntakeChecker:
         policy_file: Path | None = None,
         audit: bool = True,
         db: str | None = None,
+        model: Path | None = None,
     ) -> IntakeChecker:
         """The checker configured as ``medverify verify`` would be (same trust policy, site policy and keys).
 
-        ``checks`` is a ``--checks`` value (default: signature). With ``audit`` the audit log is opened (and
-        created) now, so that a channel that cannot record refuses to start rather than refusing every upload.
+        ``checks`` is a ``--checks`` value (default: signature); ``model`` the detector bundle of the detector check
+        (default: the ``detector_model`` setting, else the shipped bundle), loaded now. With ``audit`` the audit log
+        is opened (and created) now. Whatever is missing is an error here, so that a channel that cannot check or
+        record refuses to start rather than refusing every upload.
         """
+        import detectors
         from verifier.cli.keys import open_keystore
         from verifier.cli.signing import load_trust_policy
         from verifier.errors import InputError
@@ -196,6 +202,18 @@ class IntakeChecker:
             keys = tuple(open_keystore(settings).watermark_keys())
             if not keys:
                 raise InputError("--checks watermark: the key store has no watermark key")
+        detector = None
+        if Check.DETECTOR in selected:
+            bundle = model or settings.detector_model
+            shipped = Path(detectors.__file__).parent / "checkpoints" / "detector" / "config.json"
+            if bundle is not None and not (bundle / "config.json").is_file():
+                raise InputError(f"detector model {bundle}: not a detector bundle (no config.json)")
+            if bundle is None and not shipped.is_file():
+                raise InputError("no detector model: the package ships none; set detector_model or pass --model")
+            detector = DetectorSetup(model=bundle)
+            detector.load()  # torch and the weights now, not in the first sender's C-STORE
+        elif model is not None:
+            raise InputError("a detector model needs the detector check (--checks signature,detector)")
         log = None
         if audit:
             from verifier.cli.audit import open_audit_log
@@ -206,8 +224,20 @@ class IntakeChecker:
             trust=load_trust_policy(settings, trust_extra),
             site_policy=load_policy(policy_file or settings.policy_file),
             watermark_keys=keys,
+            detector=detector,
             audit_log=log,
         )
+
+    def warm_up(self) -> None:
+        """Check pydicom's bundled CT_small once (nothing recorded), so that lazy imports and first-call costs are
+        paid before the first real upload."""
+        from pydicom.data import get_testdata_file
+
+        from verifier.audit import Channel
+
+        sample = get_testdata_file("CT_small.dcm")
+        if sample is not None:
+            self.check(Path(sample).read_bytes(), Peer(channel=Channel.INTAKE), name="warm-up")
 
     def check(self, data: bytes, peer: Peer, *, name: str | None = None) -> IntakeDecision:
         """Check one upload; never raises (bad input gives an UNREADABLE/MALFORMED verdict, REJECT by default)."""
@@ -228,6 +258,7 @@ class IntakeChecker:
                 policy=self.trust,
                 site_policy=self.site_policy,
                 watermark_keys=self.watermark_keys,
+                detector=self.detector,
             )
         except UnreadableInstanceError as exc:
             result = self._failed(label, exc.kind, str(exc), exc.sha256 or hashlib.sha256(data).hexdigest(), None)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from verifier.errors import ConfigError
 from verifier.intake.decide import IntakeChecker, IntakeDecision, Peer, error_comment
-from verifier.intake.queue import Destination, Forwarder, QuarantineStore, Spool
+from verifier.intake.queue import Destination, Forwarder, QuarantineStore, Spool, set_no_delay
 from verifier.policy import Action
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ class Gateway:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+        self.checker.warm_up()
         ae = AE(ae_title=self.ae_title)
         for cx in StoragePresentationContexts:
             if cx.abstract_syntax is not None:
@@ -149,7 +150,11 @@ class Gateway:
         ae.add_supported_context(Verification)
         ae.require_calling_aet = sorted({c.ae_title for c in self.allowed})
         ae.maximum_pdu_size = 0  # no limit on what we accept: fewer, larger PDUs
-        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_CONN_OPEN, _no_delay),
+        ]
         server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         if server is None:  # pragma: no cover - only with block=True
             raise RuntimeError("pynetdicom did not start a server")
@@ -248,6 +253,11 @@ class Gateway:
             recorded.audit_id,
             decision.check_ms,
         )
+
+
+def _no_delay(event: Event) -> None:
+    """Turn Nagle off on an association's socket: a small last PDU must not wait for a delayed ACK (~40 ms)."""
+    set_no_delay(event.assoc)
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:

@@ -263,7 +263,9 @@ def register(orthanc: Any) -> OrthancFilter:
         if section.get(key):
             env[name] = str(section[key])
     settings = Settings.load(env=env)
-    checker = IntakeChecker.from_settings(settings, checks=section.get("Checks") or None)
+    model = Path(section["DetectorModel"]) if section.get("DetectorModel") else None
+    checker = IntakeChecker.from_settings(settings, checks=section.get("Checks") or None, model=model)
+    checker.warm_up()
     quarantine = QuarantineStore(settings.intake_quarantine_dir or settings.home / "quarantine")
     allowed = parse_allowed_callers([settings.gateway_allowed_callers])
     plugin = OrthancFilter(orthanc, checker, quarantine, allowed)

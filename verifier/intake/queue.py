@@ -12,12 +12,14 @@ File names are made from a sequence number and the SHA-256 of the content, never
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
 import json
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -25,9 +27,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Destination", "Forwarder", "QuarantineStore", "Spool", "atomic_write"]
+__all__ = ["Destination", "Forwarder", "QuarantineStore", "Spool", "atomic_write", "set_no_delay"]
 
 _log = logging.getLogger("medverify.intake")
+
+
+def set_no_delay(assoc: Any) -> None:
+    """Turn Nagle off on an association's socket: a small last PDU must not wait for a delayed ACK (~40 ms)."""
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -230,6 +240,7 @@ class Forwarder(threading.Thread):
         if not assoc.is_established:
             self.last_error = "association rejected or aborted" if assoc.is_rejected else "no connection"
             return settled
+        set_no_delay(assoc)
         try:
             for (sop_class, syntax), paths in contexts.items():
                 for path in paths:

@@ -16,8 +16,10 @@ key. Each case applies one to three mutations that know the file's structure:
 - ``signature``: bytes inside the Digital Signatures / MAC Parameters sequences changed;
 - ``splice`` / ``swap`` / ``bitflip``: element ranges copied from another seed, swapped, or bits flipped.
 
-Every case is written to a file and run through :func:`verifier.pipeline.check_path` and one audit record is
-appended, in a worker process with an address-space limit. The parent kills a case that runs longer than
+Cases alternate between the two entry points: the scan's (the case written to a file,
+:func:`verifier.pipeline.check_path`, one audit record appended) and the intake's (the bytes as received,
+:class:`verifier.intake.decide.IntakeChecker` ``check`` then ``record``, as the gateway, the Orthanc plugin and the
+HTTP API do), in a worker process with an address-space limit. The parent kills a case that runs longer than
 ``--timeout`` seconds (a hang) and restarts the worker. Reported: cases, crashes (an exception escaping the
 boundary or a dead worker; must be 0), hangs (0), answered cases without an audit record (0), peak memory of the
 worker, cases/s, and the verdicts seen. Saves ``benchmarks/results/fuzz.json`` and exits 1 when a target is
@@ -330,16 +332,19 @@ def make_case(seeds: list[Seed], rng: random.Random) -> tuple[str, list[str], by
 # -- the worker --------------------------------------------------------------------------------------------------
 
 
-def _worker(conn: Connection, workdir: str, checks: str, memory_limit: int) -> None:
+def _worker(conn: Connection, workdir: str, checks: str, memory_limit: int, entry: str) -> None:
     warnings.simplefilter("ignore")  # pydicom warns about every damaged value; the verdicts say what matters
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     from provenance.trust import TrustPolicy
     from verifier.audit import AuditLog, Channel
+    from verifier.intake.decide import IntakeChecker, Peer
     from verifier.pipeline import check_path, parse_checks
 
     policy: TrustPolicy = _trust(workdir)
     log = AuditLog.open(f"sqlite:///{workdir}/audit.db")
     selected = parse_checks(checks)
+    intake = IntakeChecker(checks=selected, trust=policy, audit_log=log)
+    peer = Peer(channel=Channel.INTAKE, ae_title="FUZZER", address="127.0.0.1:104")
     case_file = Path(workdir) / f"case-{os.getpid()}.dcm"
     while True:
         try:
@@ -351,11 +356,15 @@ def _worker(conn: Connection, workdir: str, checks: str, memory_limit: int) -> N
         index, data = message
         started = time.perf_counter()
         try:
-            case_file.write_bytes(data)
-            result = check_path(case_file, checks=selected, policy=policy)
-            receipt = log.append(result.audit_entry(channel=Channel.SCAN, event="fuzz"))
+            if entry == "scan" or (entry == "both" and index % 2 == 0):
+                case_file.write_bytes(data)
+                result = check_path(case_file, checks=selected, policy=policy)
+                audit_id = log.append(result.audit_entry(channel=Channel.SCAN, event="fuzz")).id
+            else:
+                decision = intake.record(intake.check(data, peer), outcome="fuzz")
+                result, audit_id = decision.result, decision.audit_id
             answer = {"index": index, "verdict": result.verdict.status.value, "status": result.status,
-                      "audit_id": receipt.id}  # fmt: skip
+                      "audit_id": audit_id}  # fmt: skip
         except BaseException as exc:  # noqa: BLE001 - a crash is what this harness looks for
             answer = {"index": index, "crash": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         answer["seconds"] = time.perf_counter() - started
@@ -372,8 +381,9 @@ def _trust(workdir: str) -> Any:
 class Runner:
     """A worker process fed one case at a time; a case that does not answer in ``timeout`` s is a hang."""
 
-    def __init__(self, workdir: Path, checks: str, timeout: float, memory_limit: int) -> None:
+    def __init__(self, workdir: Path, checks: str, timeout: float, memory_limit: int, entry: str = "both") -> None:
         self.workdir, self.checks, self.timeout, self.memory_limit = workdir, checks, timeout, memory_limit
+        self.entry = entry
         self.ctx = multiprocessing.get_context("fork")
         self.proc: Any = None
         self.conn: Connection | None = None
@@ -381,7 +391,7 @@ class Runner:
     def _start(self) -> None:
         parent, child = self.ctx.Pipe()
         self.proc = self.ctx.Process(
-            target=_worker, args=(child, str(self.workdir), self.checks, self.memory_limit), daemon=True
+            target=_worker, args=(child, str(self.workdir), self.checks, self.memory_limit, self.entry), daemon=True
         )
         self.proc.start()
         child.close()
@@ -418,7 +428,7 @@ class Runner:
 
 def run(cases: int, *, seed: int = 0, checks: str = "signature", timeout: float = 5.0,
         memory_limit: int = 6 * 1024**3, workdir: Path | None = None, progress: bool = False,
-        crash_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
+        crash_dir: Path | None = None, entry: str = "both") -> dict[str, Any]:  # fmt: skip
     """Run ``cases`` fuzz cases and return the figures (see the module docstring)."""
     from verifier.audit import AuditLog
 
@@ -428,7 +438,7 @@ def run(cases: int, *, seed: int = 0, checks: str = "signature", timeout: float 
     try:
         seeds = load_seeds(work)
         rng = random.Random(seed)
-        runner = Runner(work, checks, timeout, memory_limit)
+        runner = Runner(work, checks, timeout, memory_limit, entry)
         crashes: list[dict[str, Any]] = []
         hangs: list[dict[str, Any]] = []
         unrecorded = 0
@@ -472,6 +482,7 @@ def run(cases: int, *, seed: int = 0, checks: str = "signature", timeout: float 
             "cases": cases,
             "seed": seed,
             "checks": checks,
+            "entry": entry,
             "seeds": [s.name for s in seeds],
             "crashes": len(crashes),
             "hangs": len(hangs),
@@ -496,14 +507,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checks", default="signature", help="pipeline checks, as for medverify verify --checks")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds after which a case is a hang")
+    parser.add_argument("--entry", choices=("both", "scan", "intake"), default="both", help="entry points to drive")
     args = parser.parse_args(argv)
     figures = run(args.cases, seed=args.seed, checks=args.checks, timeout=args.timeout, progress=True,
-                  crash_dir=RESULTS / "fuzz-crashes")  # fmt: skip
+                  crash_dir=RESULTS / "fuzz-crashes", entry=args.entry)  # fmt: skip
     figures["date"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     figures["python"] = sys.version.split()[0]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fuzz.json").write_text(json.dumps(figures, indent=2))
-    print(f"cases {figures['cases']}  ({figures['cases_per_s']}/s, checks: {figures['checks']})")
+    print(f"cases {figures['cases']}  ({figures['cases_per_s']}/s, checks: {figures['checks']}, entry: {args.entry})")
     for key, target in TARGETS.items():
         mark = "PASS" if figures[key] <= target else "FAIL"
         print(f"  {key:<12} {figures[key]:>6}   target {target}   {mark}")

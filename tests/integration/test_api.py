@@ -319,6 +319,24 @@ def test_verify_several_files_in_multipart_bodies(server: Server, files: dict[st
     assert server.audit_size() == before + 10
 
 
+def test_concurrent_requests_each_get_their_records(server: Server, files: dict[str, bytes]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = server.audit_size()
+    body, headers = related([files["signed"], files["real"]])
+
+    def one(i: int) -> httpx.Response:
+        path, scope = ("/v1/verify", "verify") if i % 2 else ("/dicomweb/studies", "admin")
+        return post(server, path, scope, content=body, headers=headers)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(8)))
+    assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers if a.status_code != 200]
+    ids = [x["audit_id"] for a in answers[1::2] for x in a.json()["results"]]
+    assert len(set(ids)) == 8
+    assert server.audit_size() == before + 16
+
+
 def test_oversized_and_malformed_bodies_are_refused_without_a_record(server: Server, files: dict[str, bytes]) -> None:
     before = server.audit_size()
     limit = int(MAX_BODY_MB * 1024**2)

@@ -12,6 +12,7 @@ request fails (fail closed).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib.metadata
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,9 @@ class ApiConfig:
     tokens: TokenStore
     store: InstanceStore
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Requests whose bodies are read and checked at once; more wait their turn. Bounds memory to about
+    #: ``max_concurrent * max_body_bytes`` and keeps the CPU-bound checks from starving each other.
+    max_concurrent: int = 4
     #: Forwards what STOW-RS stores to a PACS (C-STORE, durable spool); None keeps it in ``store`` only.
     forward: Forwarder | None = None
 
@@ -284,6 +288,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.config = config
+    app.state.slots = asyncio.Semaphore(config.max_concurrent if config is not None else 1)
 
     @app.exception_handler(AuditError)
     async def _audit_unavailable(_request: Request, exc: AuditError) -> JSONResponse:
@@ -310,12 +315,14 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         media = _media(request)
         if media.essence not in (DICOM, "multipart/related", "multipart/form-data"):
             raise HTTPException(415, detail="send application/dicom, multipart/related or multipart/form-data")
-        body = await _read_body(request, config.max_body_bytes)
-        if media.essence == DICOM:
-            parts = [Part(data=body, content_type=DICOM, label="upload")]
-        else:
-            parts = _split(body, media)
-        results = await run_in_threadpool(_verify_parts, config, parts, _peer(request, token))
+        async with _slots(request):
+            body = await _read_body(request, config.max_body_bytes)
+            if media.essence == DICOM:
+                parts = [Part(data=body, content_type=DICOM, label="upload")]
+            else:
+                parts = _split(body, media)
+            del body
+            results = await run_in_threadpool(_verify_parts, config, parts, _peer(request, token))
         return JSONResponse({"results": results})
 
     @app.get(
@@ -365,12 +372,17 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         kind = media.params.get("type", DICOM).lower()
         if kind != DICOM:
             raise HTTPException(415, detail=f"only type=application/dicom parts are taken, not {kind[:60]!r}")
-        body = await _read_body(request, config.max_body_bytes)
-        parts = _split(body, media)
-        status, payload = await run_in_threadpool(_stow_parts, config, parts, _peer(request, token))
+        async with _slots(request):
+            parts = _split(await _read_body(request, config.max_body_bytes), media)
+            status, payload = await run_in_threadpool(_stow_parts, config, parts, _peer(request, token))
         return JSONResponse(payload, status_code=status, media_type=DICOM_JSON)
 
     return app
+
+
+def _slots(request: Request) -> asyncio.Semaphore:
+    slots: asyncio.Semaphore = request.app.state.slots
+    return slots
 
 
 def _media(request: Request) -> MediaType:

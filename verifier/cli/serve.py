@@ -67,6 +67,9 @@ def serve(
     max_body_mb: Annotated[
         float, typer.Option("--max-body-mb", min=0.001, help="Largest request body in MiB (413 above it).")
     ] = 256.0,
+    max_concurrent: Annotated[
+        int, typer.Option("--max-concurrent", min=1, help="Requests read and checked at once; more wait.")
+    ] = 4,
     openapi: Annotated[
         bool, typer.Option("--openapi", help="Print the OpenAPI schema (JSON) and exit; starts nothing.")
     ] = False,
@@ -116,6 +119,7 @@ def serve(
         tokens=TokenStore(checker.audit_log),
         store=store,
         max_body_bytes=int(max_body_mb * 1024**2),
+        max_concurrent=max_concurrent,
         forward=forwarder,
     )
     _common.err_console.print(

@@ -49,6 +49,9 @@ def serve(
     trust: TrustOption = None,
     policy_file: PolicyOption = None,
     db: DbOption = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Detector bundle for --checks detector (default: the setting).")
+    ] = None,
     store_dir: Annotated[
         Path | None,
         typer.Option(
@@ -104,8 +107,9 @@ def serve(
             raise InputError(f"--forward: {exc}") from None
     settings = _common.settings()
     checker = IntakeChecker.from_settings(
-        settings, checks=checks, trust_extra=trust or (), policy_file=policy_file, db=db
+        settings, checks=checks, trust_extra=trust or (), policy_file=policy_file, db=db, model=model
     )
+    checker.warm_up()  # lazy imports and first-call costs before the first request, not in it
     if checker.audit_log is None:  # pragma: no cover - from_settings opens it unless audit=False
         raise InputError("the HTTP API needs the audit log")
     store = InstanceStore(store_dir or settings.home / "intake" / "stow")

@@ -132,7 +132,10 @@ _BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "The body is not what its Content-Type says (malformed multipart)."},
     413: {"model": ErrorResponse, "description": "The body is larger than the server's limit."},
     415: {"model": ErrorResponse, "description": "A media type this route does not take."},
-    503: {"model": ErrorResponse, "description": "The audit database is unavailable; nothing was checked or stored."},
+    503: {
+        "model": ErrorResponse,
+        "description": "The audit database is unavailable: the request fails rather than answer without a record.",
+    },
 }
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}

@@ -261,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--speed-files", type=int, default=60)
     parser.add_argument("--skip-logo", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="With --skip-logo: take the LOGO and unseen-modality figures from this earlier JSON.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -292,6 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     _log(f"evaluating the bundle {bundle.config.tag} on {len(eval_views)} views...")
     results["bundle"] = evaluate_views(bundle, eval_views)
+    if args.skip_logo and args.reuse is not None:
+        earlier = json.loads(args.reuse.read_text())
+        for key in ("logo_steps", "logo", "unseen_modality"):
+            if key in earlier:
+                results[key] = earlier[key]
+        results["reused_from"] = {"file": args.reuse.name, "when": earlier.get("when")}
     if not args.skip_logo:
         results["logo_steps"] = args.steps
         results["logo"] = logo(args.preset, fit, calib, eval_views, args.steps, args.seed, families)

@@ -263,7 +263,7 @@ def create_detector(name: str, *, preset: str = "small", seed: int = 0, **overri
 def platt(params: tuple[float, float] | None, raw: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Calibrated probabilities ``sigmoid(a * raw + b)``; without parameters the plain sigmoid."""
     a, b = params if params is not None else (1.0, 0.0)
-    z = np.clip(a * np.asarray(raw, dtype=np.float64) + b, -60.0, 60.0)
+    z = np.clip(a * np.asarray(raw, dtype=np.float64) + b, -30.0, 30.0)  # so that a probability stays < 1
     return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
 
 

@@ -33,6 +33,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)  # a model is not a secret; it ships as package data
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

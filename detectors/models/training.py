@@ -27,6 +27,10 @@ __all__ = ["PatchStream", "calibrate", "threshold_at_fpr", "train_detector"]
 
 #: A patch of a tampered view counts as tampered when it holds at least this share of the edit (or 24 pixels).
 TAMPER_SHARE = 0.3
+#: A head whose calibrated score separates the held-out views worse than this (ROC AUC) gets threshold 1.0: its
+#: score is still reported, but it can never flag a file (a weak head at a 1 % FPR threshold chosen on a few
+#: sources does not keep that FPR on other sources).
+MIN_CALIBRATION_AUC = 0.8
 
 
 def _pad(image: npt.NDArray[np.float32], p: int) -> npt.NDArray[np.float32]:
@@ -165,13 +169,23 @@ def calibrate(detector: Detector, views: Sequence[View], *, target_fpr: float | 
             calibration[name] = _platt_fit(raw[sel, column], positive[sel].astype(np.float64))
         else:
             calibration[name] = (1.0, 0.0)
-    syn_real = platt(calibration["synthetic"], raw[real, 0])
-    tam_real = platt(calibration["tamper"], raw[real, 1])
-    threshold = threshold_at_fpr(syn_real, fpr)
-    tamper_threshold = threshold_at_fpr(tam_real, fpr)
-    detector.with_config(calibration=calibration, threshold=threshold, tamper_threshold=tamper_threshold,
-                         target_fpr=fpr)
+    from detectors.models.evaluation import auc
+
+    thresholds: dict[str, float] = {}
+    separation: dict[str, float | None] = {}
+    disabled: list[str] = []
+    for name, column, positive in (("synthetic", 0, synthetic), ("tamper", 1, tampered)):
+        separation[name] = value = auc(raw[real, column], raw[positive, column])
+        thresholds[name] = threshold_at_fpr(platt(calibration[name], raw[real, column]), fpr)
+        if value is None or value < MIN_CALIBRATION_AUC:
+            thresholds[name] = 1.0
+            disabled.append(name)
+    detector.with_config(calibration=calibration, threshold=thresholds["synthetic"],
+                         tamper_threshold=thresholds["tamper"], target_fpr=fpr)
     return {
+        "auc": {k: None if v is None else round(v, 4) for k, v in separation.items()},
+        "disabled": disabled,
+        "min_auc": MIN_CALIBRATION_AUC,
         "views": len(views),
         "real": int(real.sum()),
         "synthetic": int(synthetic.sum()),

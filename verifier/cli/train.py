@@ -202,13 +202,17 @@ def train_detector_cmd(
         with _bar() as progress:
             task = progress.add_task("fit", total=steps, stats="")
             next_line = [0]
+            fit_start = time.perf_counter()
 
             def report(step: int, total: int, metrics: Mapping[str, float]) -> None:
                 stats = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
                 progress.update(task, completed=step, total=total, stats=stats)
                 if not _common.console.is_terminal and (step >= next_line[0] or step == total):
                     next_line[0] = step + max(1, total // 10)
-                    progress.console.print(f"step {step}/{total} {stats}", highlight=False)
+                    elapsed = time.perf_counter() - fit_start
+                    eta = elapsed / step * (total - step)
+                    progress.console.print(f"step {step}/{total} {stats} {step / elapsed:.2f} steps/s eta {eta:.0f}s",
+                                           highlight=False)
 
             record = train_detector(
                 detector, fit, calib, steps=steps, batch_size=batch_size, seed=seed, progress=report, data=description

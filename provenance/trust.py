@@ -142,6 +142,10 @@ class TrustPolicy:
             fp.strip().lower().replace(":", "") for fp in revoked_fingerprints
         )
         self._trust_everything = trust_everything
+        #: (certificate fingerprint, issuer fingerprint) -> None if the issuer's key verifies the certificate's
+        #: signature, else why not. Archives hold thousands of files signed by one key: the public-key check is
+        #: done once per certificate, the time-dependent checks every time.
+        self._issued_by: dict[tuple[str, str], str | None] = {}
 
     @classmethod
     def unsafe_trust_everything(cls) -> TrustPolicy:
@@ -234,13 +238,9 @@ class TrustPolicy:
             if not _is_ca(issuer):
                 failures.append("the anchor named as issuer is not a CA")
                 continue
-            try:
-                certificate.verify_directly_issued_by(issuer)
-            except InvalidSignature:
-                failures.append("its signature does not verify with the anchor's key")
-                continue
-            except (ValueError, TypeError) as exc:
-                failures.append(f"it cannot be checked against the anchor ({exc})")
+            failure = self._check_issued_by(certificate, fingerprint, issuer)
+            if failure is not None:
+                failures.append(failure)
                 continue
             if self.is_revoked(issuer):
                 return decide(TrustStatus.REVOKED, "the issuing CA has been revoked")
@@ -253,6 +253,22 @@ class TrustPolicy:
         return decide(
             TrustStatus.UNTRUSTED, "an anchor has the issuer's name but " + "; ".join(sorted(set(failures)))
         )
+
+    def _check_issued_by(self, certificate: x509.Certificate, fingerprint: str, issuer: x509.Certificate) -> str | None:
+        key = (fingerprint, fingerprint_sha256(issuer))
+        if key in self._issued_by:
+            return self._issued_by[key]
+        failure: str | None = None
+        try:
+            certificate.verify_directly_issued_by(issuer)
+        except InvalidSignature:
+            failure = "its signature does not verify with the anchor's key"
+        except (ValueError, TypeError) as exc:
+            failure = f"it cannot be checked against the anchor ({exc})"
+        if len(self._issued_by) >= 4096:
+            self._issued_by.clear()
+        self._issued_by[key] = failure
+        return failure
 
     @property
     def revoked_serials(self) -> frozenset[tuple[str, int]]:

@@ -15,10 +15,11 @@ import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 import pydicom
-from pydicom.dataelem import RawDataElement
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
@@ -86,7 +87,7 @@ def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned
         refuse("no SOP Instance UID in the data set", "not a composite DICOM instance, or cut short")
     for keyword in ("SOPInstanceUID", "SOPClassUID", "Modality", "PatientID"):
         try:  # the identifiers every report and audit record reads: decode them now, at the boundary
-            ds.get(keyword)
+            _peek(ds, keyword)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged value
             refuse(f"{keyword} cannot be decoded ({type(exc).__name__}: {str(exc)[:80]})")
     sop_class = UID(str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or ""))
@@ -97,13 +98,24 @@ def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned
         _check_pixel_budget(ds, refuse)
 
 
+def _peek(ds: FileDataset, keyword: str) -> Any:
+    """The value of ``keyword`` decoded from a copy: the data set keeps its raw element, so that the signature
+    check still hashes the bytes as read (and takes its fast path)."""
+    elem = ds.get_item(tag_for_keyword(keyword))  # type: ignore[arg-type]  # a keyword of the dictionary
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement):
+        elem = convert_raw_data_element(elem, encoding=getattr(ds, "_character_set", None), ds=ds)
+    return elem.value
+
+
 def _int_attr(ds: FileDataset, keyword: str, default: int | None, refuse: Callable[[str, str], NoReturn]) -> int:
     """An integer attribute of the image pixel module, refusing absent (without default), odd or negative values."""
-    if keyword not in ds or ds[keyword].VM == 0:
+    value = _peek(ds, keyword)
+    if value is None or value == "" or (isinstance(value, list | tuple) and not value):
         if default is None:
             refuse(f"an image without {keyword}", "the pixel data cannot be interpreted")
         return default
-    value = ds[keyword].value
     try:
         number = int(value)
     except (TypeError, ValueError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator
 
+from pydicom.datadict import DicomDictionary
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -181,6 +182,10 @@ def iter_signature_stream(ds: Dataset, tags: Iterable[int]) -> Iterator[bytes | 
             continue
         value = elem.value
         vr = elem.VR
+        if vr is None and isinstance(elem, RawDataElement) and elem.is_implicit_VR and elem.is_little_endian:
+            # Implicit VR little endian: the value bytes are already in the MAC's encoding; only the VR comes
+            # from the data dictionary (private and unknown tags keep the slow path, which names the problem).
+            vr = _dictionary_vr(tag)
         if (
             isinstance(elem, RawDataElement)
             and elem.is_little_endian
@@ -209,6 +214,12 @@ def iter_signature_stream(ds: Dataset, tags: Iterable[int]) -> Iterator[bytes | 
         yield from iter_element_stream(ds, tag)
     if buf:
         yield bytes(buf)
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    """The VR of a standard, unambiguous tag from the data dictionary, else None."""
+    entry = DicomDictionary.get(tag)
+    return entry[0] if entry is not None and " or " not in entry[0] else None
 
 
 def signature_item_stream(item: Dataset) -> Iterator[bytes | memoryview]:

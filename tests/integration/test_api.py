@@ -394,6 +394,8 @@ def test_stow_stores_accepted_instances_and_refuses_the_rest(server: Server, fil
     assert r.status_code == 202, r.text  # some stored, some refused
     assert r.headers["content-type"].startswith("application/dicom+json")
     payload = r.json()
+    assert payload["00081190"] == {"vr": "UR"}  # Retrieve URL: Type 2, empty (no WADO-RS here)
+    assert all(i["00081190"] == {"vr": "UR"} for i in items(payload, REFERENCED))
     stored = [i[SOP_INSTANCE]["Value"][0] for i in items(payload, REFERENCED)]
     assert stored == [uid_of(files["real"]), uid_of(files["signed"])]
     failed = {

@@ -108,12 +108,15 @@ def _reference(outcome: StoreOutcome) -> Dataset:
         item.ReferencedSOPInstanceUID = outcome.decision.sop_instance_uid
     if outcome.failure_reason is not None:
         item.FailureReason = outcome.failure_reason
+    else:
+        item.RetrieveURL = ""  # Type 2 (PS3.18 Table I.1-1): present, empty: this intake offers no WADO-RS
     return item
 
 
 def stow_response(outcomes: list[StoreOutcome]) -> tuple[int, dict[str, Any]]:
     """The HTTP status and the Store Instances Response (DICOM JSON) for ``outcomes``."""
     response = Dataset()
+    response.RetrieveURL = ""  # Type 2, empty: no WADO-RS here
     stored = [o for o in outcomes if o.stored]
     failed = [o for o in outcomes if not o.stored]
     if failed:

@@ -21,22 +21,26 @@ Its statistic is a sum of key-signed terms, whose null distribution is known wha
   coded bit on ten or eleven chips, scrambled by key-chosen signs. The tile is repeated over the whole image.
 * Embedding scales the field by a perceptual mask: 0.6 x the local activity (RMS of the high-pass image, eroded
   so that edge contrast does not spread into flat tissue beside it, capped at 3 x its typical value); at least
-  one 8-bit grey level of the display window inside it when the window is known (a DICOM file's VOI window,
-  :func:`display_window`), so that an 8-bit export through it keeps the mark; at least 0.6 of an integer step,
-  which rounding would otherwise erase; then scaled down, if needed, to stay 50.5 dB below the stored range and
-  40 dB below the image's own 0.1-99.9 percentile range. No window-based floor is used when the window is not
+  0.7 of an 8-bit grey level of the display window inside it when the window is known (a DICOM file's VOI
+  window, :func:`display_window`), so that an 8-bit export through it keeps the mark; at least 0.6 of an
+  integer step, which rounding would otherwise erase; then, if needed, the activity part is scaled down (the
+  floor kept while it fits) to stay 50.5 dB below the stored range and 40 dB below the image's own 0.1-99.9
+  percentile range. No window-based floor is used when the window is not
   known: a guessed wide window would put a visible mark into flat regions that a narrow window shows.
 * Detection whitens the image (high-pass, divided by its local RMS, clipped), which removes most of the host,
   the window and the gain; folds it into one tile (summing all tiles, so any crop and any number of tiles
   work); filters it with the chip band (matched filter); and correlates with the key's synchronisation comb for
   all 128x128 cyclic offsets at once by FFT. Resizing is handled by trying each scale in ``scales`` (default
-  1, 0.5 and 2): the image is resampled back by 1/scale first. Crops change only the offset.
+  1, 0.5 and 2): the image is resampled back by 1/scale first (area average down, cubic up). Crops change
+  only the offset.
 * The statistic at each offset is z = sum(s_j y_j) / sqrt(sum(y_j**2)) over the synchronisation chips, with
   s_j the key's signs. For an image made without the key, the signs are independent of y, so by Hoeffding's
   inequality P(|z| >= t) <= 2 exp(-t**2 / 2) whatever the image: no model of the image is assumed. The union
   over offsets and both signs (an inverted export) gives the tail of one search; every key and every scale
   that could be tried multiplies it (Bonferroni), also when a match ends the search early.
-* At the best offset the payload is decoded (soft Viterbi). The payload chips' scrambling signs are uniform
+* At the best offset the payload is decoded (soft Viterbi on the chip values, clipped at 2.5 robust standard
+  deviations so that a few edge-dominated chips cannot outvote the rest). The payload chips' scrambling signs
+  are uniform
   and independent of the sync signs and of the image, so the soft vector's law is unchanged by flipping any of
   its signs, in particular by any codeword; the Viterbi decoder commutes with such flips, hence the decoded
   80-bit word of an unmarked image is uniform and passes the check code with probability exactly 2**-16. The

@@ -34,6 +34,8 @@ MASKING = 0.6  # mark amplitude relative to the local activity of the image (per
 ACTIVITY_CAP = 3.0  # local activity counts up to this multiple of its median (edges stay clean)
 FLOOR_LEVELS = 0.7  # least mark amplitude inside the display window, in 8-bit grey levels of that window
 OUTSIDE_FLOOR_LEVELS = 0.2  # the same outside the window
+ROUNDING_FLOOR = 0.6  # least amplitude of an integer image, in stored units
+SOFT_CLIP = 2.5  # payload soft values are clipped at this many robust standard deviations (edges, outliers)
 MIN_IMAGE_PSNR_DB = 40.0  # the mark is scaled down to stay this far below the image's own dynamic range
 MIN_STORED_PSNR_DB = 50.0
 _SIGN_HYPOTHESES = 2  # the image may have been inverted (MONOCHROME1 export)
@@ -221,13 +223,37 @@ def _amplitude(
     inside = _blur(((x >= w_low) & (x <= w_high)).astype(np.float32), _MASK_SIGMA)
     floor = np.float32(FLOOR_LEVELS * level) * inside + np.float32(OUTSIDE_FLOOR_LEVELS * level) * (1 - inside)
     if stored is not None:
-        floor = np.maximum(floor, np.float32(0.6))  # below 0.6 of an integer step rounding erases the mark
-    amplitude = np.maximum(np.float32(MASKING) * np.minimum(activity, np.float32(ACTIVITY_CAP * typical)), floor)
+        floor = np.maximum(floor, np.float32(ROUNDING_FLOOR))  # below about half a step rounding erases the mark
+    masked = np.float32(MASKING) * np.minimum(activity, np.float32(ACTIVITY_CAP * typical))
     limit = dynamic * 10 ** (-MIN_IMAGE_PSNR_DB / 20)
     if stored is not None:
         limit = min(limit, (stored[1] - stored[0]) * 10 ** (-(MIN_STORED_PSNR_DB + 0.5) / 20))
-    rms = math.sqrt(float(np.mean(amplitude * amplitude)))
-    result: npt.NDArray[np.float32] = amplitude * np.float32(min(1.0, limit / rms))
+    return _within_limit(masked, floor, limit)
+
+
+def _within_limit(masked: npt.NDArray[Any], floor: npt.NDArray[Any], limit: float) -> npt.NDArray[np.float32]:
+    """max(gain x masked, floor) with the largest gain <= 1 whose RMS is at most ``limit``.
+
+    The floor is kept as long as it fits (scaling it down with the rest would put it under the rounding step
+    and erase the mark in flat regions); when the floor alone is over the limit, everything is scaled down.
+    """
+    def rms(values: npt.NDArray[Any]) -> float:
+        return math.sqrt(float(np.mean(np.square(values, dtype=np.float64))))
+
+    full: npt.NDArray[np.float32] = np.maximum(masked, floor).astype(np.float32)
+    if rms(full) <= limit:
+        return full
+    if rms(floor) >= limit:
+        scaled: npt.NDArray[np.float32] = (floor * (limit / rms(floor))).astype(np.float32)
+        return scaled
+    low, high = 0.0, 1.0
+    for _ in range(20):  # bisection on the gain; the RMS grows monotonically with it
+        gain = (low + high) / 2
+        if rms(np.maximum(np.float32(gain) * masked, floor)) <= limit:
+            low = gain
+        else:
+            high = gain
+    result: npt.NDArray[np.float32] = np.maximum(np.float32(low) * masked, floor).astype(np.float32)
     return result
 
 
@@ -251,7 +277,7 @@ def _folded_chip_field(x: npt.NDArray[Any], scale: float) -> FloatArray:
         height, width = x.shape
     new_h, new_w = round(height / scale), round(width / scale)
     if (new_h, new_w) != (height, width):
-        interpolation = cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR
+        interpolation = cv2.INTER_AREA if scale > 1 else cv2.INTER_CUBIC
         x = cv2.resize(x, (new_w, new_h), interpolation=interpolation)
     white = _whitened(x)
     pad_h, pad_w = -new_h % TILE, -new_w % TILE
@@ -283,6 +309,8 @@ def _search(field: FloatArray, key: WatermarkKey, scale: float) -> _Candidate:
     rows = (_CHIP_ROWS[t.payload_chips] * CHIP + dy) % TILE
     cols = (_CHIP_COLS[t.payload_chips] * CHIP + dx) % TILE
     chips = field[rows, cols] * t.scramble * math.copysign(1.0, score)
+    spread = 1.4826 * float(np.median(np.abs(chips))) + 1e-30  # robust scale (MAD) of the chip values
+    chips = np.clip(chips, -SOFT_CLIP * spread, SOFT_CLIP * spread)
     soft = np.bincount(t.coded_index, weights=chips, minlength=_ecc.CODED_BITS)
     return _Candidate(key, scale, score, (dy, dx), _ecc.decode(soft))
 

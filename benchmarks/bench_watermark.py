@@ -1,11 +1,12 @@
 """Watermark robustness, imperceptibility, false alarms and speed on real sample images.
 
 Images: every single-channel clinical image (CT, MR, CR, DX, MG, NM, US, XA, PT) among pydicom's and
-pydicom-data's test files that decodes, is at least ``--min-side`` pixels on each side (default 256; the scheme
-needs about 256x256 pixels at its embedding scale, see :mod:`provenance.watermark`), one per SOP Instance UID,
-up to two frames of a multi-frame file. Each image is marked ``--repeat`` times (default 3) with a fresh key and
-a random 64-bit payload, then attacked; a trial counts when the decoded payload equals the embedded one bit for
-bit (PRESENT with the right key id).
+pydicom-data's test files that decodes, is at least ``--min-side`` pixels on each side (default 256: detection
+needs 128, and a 60% crop of 256 is 154; see :mod:`provenance.watermark`), one per SOP Instance UID, up to two
+frames of a multi-frame file. Each image is marked ``--repeat`` times (default 3) with a fresh key and a random
+64-bit payload, as ``medverify watermark embed`` marks a DICOM file (its BitsStored and its own VOI window, none
+when it has none), then attacked; a trial counts when the decoded payload equals the embedded one bit for bit
+(PRESENT with the right key id).
 
 Attacks (each on the marked stored pixels):
 
@@ -27,7 +28,7 @@ detector states is also printed.
 
 Speed: embed + detect of a 512x512 16-bit CT (693_UNCR), median of 20 runs.
 
-    nice -n 10 python benchmarks/bench_watermark.py              # --repeat 3 --patches 10000
+    nice -n 10 python benchmarks/bench_watermark.py --repeat 5   # the README's figures; --patches 10000
 """
 
 from __future__ import annotations

@@ -83,3 +83,27 @@ def test_stripped_file_with_our_mark_is_declared_synthetic_from_the_watermark(
     # Without the watermark check the same file shows no evidence.
     assert main(["verify", "--no-audit", "--format", "jsonl", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["verdict"] == "NO_EVIDENCE"
+
+
+def test_marked_pixels_under_a_broken_signature_are_tampered(
+    home: Path, keystore: KeyStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Our mark found, but the signature over the pixels no longer verifies: the file was changed after signing."""
+    name = "693_UNCR.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = get_testdata_file(name)
+    if source is None:
+        pytest.skip(f"{name} needs pydicom-data (the 'data' extra)")
+    signed = tmp_path / "signed.dcm"
+    assert main(["sign", source, "-o", str(signed)]) == 0
+    ds = pydicom.dcmread(signed)
+    marked = embed(ds.pixel_array, keystore.watermark_key(), 77, bits_stored=int(ds.BitsStored))
+    ds.PixelData = np.asarray(marked, dtype=ds.pixel_array.dtype).tobytes()  # the signature is left in place
+    path = tmp_path / "tampered.dcm"
+    ds.save_as(path)
+    capsys.readouterr()
+    code = main(["verify", "--no-audit", "--format", "jsonl", "--checks", "signature,watermark", str(path)])
+    line = json.loads(capsys.readouterr().out)
+    assert line["watermark"]["present"] is True and line["watermark"]["payload"] == 77
+    assert line["verdict"] == "TAMPERED" and code != 0

@@ -193,6 +193,7 @@ def test_gateway_forwards_real_images_and_stops_fakes(
     quarantined = sorted((home / "quarantine").glob("*.json"))
     verdicts = sorted(json.loads(p.read_text())["verdict"] for p in quarantined)
     assert verdicts == ["DECLARED_SYNTHETIC", "DECLARED_SYNTHETIC"]
+    assert all(isinstance(json.loads(p.read_text())["audit_id"], int) for p in quarantined)
     reasons = " ".join(r for p in quarantined for r in json.loads(p.read_text())["reasons"])
     assert "signed by generator key" in reasons and "recovered from watermark" in reasons
     # Quarantine and spool files are named by content digest, never by a UID the sender chose.

@@ -18,6 +18,7 @@ configuration: an unknown title is refused at association, a known title from an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import ipaddress
@@ -229,7 +230,9 @@ class Gateway:
             path = self.quarantine.put(decision.data, sha256=decision.sha256, record=record)
         except OSError as exc:
             return self._refuse(decision, STATUS_INTERNAL, f"quarantine store unavailable ({exc.strerror})")
-        self._record(decision, outcome="quarantined", status=0, quarantine_file=path.name)
+        recorded = self._record(decision, outcome="quarantined", status=0, quarantine_file=path.name)
+        with contextlib.suppress(OSError):  # the verdict file names its audit record (the copy is already kept)
+            self.quarantine.put(decision.data, sha256=decision.sha256, record={**record, "audit_id": recorded.audit_id})
         return _status(0x0000)
 
     def _refuse(self, decision: IntakeDecision, code: int, why: str) -> Dataset:
@@ -240,7 +243,7 @@ class Gateway:
             _log.exception("could not record a refused instance from %s", decision.peer.describe())
         return _status(code, comment)
 
-    def _record(self, decision: IntakeDecision, **details: Any) -> None:
+    def _record(self, decision: IntakeDecision, **details: Any) -> IntakeDecision:
         recorded = self.checker.record(decision, **details)
         with self._count_lock:
             self.counts[decision.action.value] += 1
@@ -253,6 +256,7 @@ class Gateway:
             recorded.audit_id,
             decision.check_ms,
         )
+        return recorded
 
 
 def _no_delay(event: Event) -> None:

@@ -98,9 +98,10 @@ class OrthancFilter:
             return 0
         if action is Action.QUARANTINE:
             name = self._quarantine(decision, "orthanc-dicom")
-            self._record(
+            recorded = self._record(
                 decision, outcome="quarantined", origin="orthanc-dicom", status=STATUS_QUARANTINED, quarantine_file=name
             )
+            self._name_record(decision, recorded, "orthanc-dicom")
             return STATUS_QUARANTINED
         code = STATUS_UNREADABLE if decision.result.failed else STATUS_REFUSED
         self._record(decision, outcome="refused", origin="orthanc-dicom", status=code)
@@ -159,6 +160,7 @@ class OrthancFilter:
             recorded = self._record(
                 decision, outcome="quarantined", origin="orthanc-rest", status=403, quarantine_file=name
             )
+            self._name_record(decision, recorded, "orthanc-rest")
             code = 403
         else:
             code = 400 if decision.result.failed else 403
@@ -213,6 +215,13 @@ class OrthancFilter:
         received = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         record = {**decision.to_dict(), "origin": origin, "received": received}
         return self.quarantine.put(decision.data, sha256=decision.sha256, record=record).name
+
+    def _name_record(self, decision: IntakeDecision, recorded: IntakeDecision, origin: str) -> None:
+        """Add the audit id to a quarantined instance's verdict file (the copy itself is already kept)."""
+        with contextlib.suppress(OSError):
+            received = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            record = {**decision.to_dict(), "origin": origin, "received": received, "audit_id": recorded.audit_id}
+            self.quarantine.put(decision.data, sha256=decision.sha256, record=record)
 
     def _record(self, decision: IntakeDecision, **details: Any) -> IntakeDecision:
         recorded = self.checker.record(decision, **details)

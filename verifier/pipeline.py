@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from provenance.models import SignatureReport
 from provenance.signature import verify_dataset
 from provenance.trust import TrustPolicy
-from provenance.watermark import WatermarkKey
+from provenance.watermark import WatermarkError, WatermarkKey
 from provenance.watermark import detect as watermark_detect
 from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError, is_dicom_file
@@ -281,7 +281,10 @@ def _watermark_report(instance: Instance, keys: Sequence[WatermarkKey]) -> dict[
         pixels = pixels[0]
     if pixels.ndim != 2:
         return {"present": False, "status": "UNSUPPORTED", "error": f"pixel array of shape {pixels.shape}"}
-    return watermark_detect(pixels, keys).to_dict()
+    try:
+        return watermark_detect(pixels, keys).to_dict()
+    except WatermarkError as exc:  # e.g. float pixels with NaN, 64-bit integers: the report says why
+        return {"present": False, "status": "UNSUPPORTED", "error": str(exc)}
 
 
 def check_path(

@@ -145,6 +145,8 @@ def _check_image(pixels: npt.ArrayLike) -> npt.NDArray[np.generic]:
         raise WatermarkError(f"unsupported pixel type {array.dtype}")
     if array.dtype.itemsize > 4 and np.issubdtype(array.dtype, np.integer):
         raise WatermarkError(f"unsupported pixel type {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise WatermarkError("the image has non-finite pixel values (NaN or infinity)")
     return array
 
 

@@ -211,6 +211,11 @@ def test_bad_input() -> None:
         embed(np.zeros((64, 64), np.uint16), KEY, 2**64)
     with pytest.raises(WatermarkError):
         detect(np.zeros((64, 64), np.uint16), [])
+    nan = np.zeros((256, 256), np.float32)
+    nan[5, 5] = np.nan
+    for call in (lambda: embed(nan, KEY, 1), lambda: detect(nan, [KEY])):
+        with pytest.raises(WatermarkError, match="non-finite"):
+            call()
 
 
 def test_code_corrects_errors_and_checks() -> None:

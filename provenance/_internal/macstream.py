@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator
 
-from pydicom.datadict import DicomDictionary
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -218,8 +218,11 @@ def iter_signature_stream(ds: Dataset, tags: Iterable[int]) -> Iterator[bytes | 
 
 def _dictionary_vr(tag: int) -> str | None:
     """The VR of a standard, unambiguous tag from the data dictionary, else None."""
-    entry = DicomDictionary.get(tag)
-    return entry[0] if entry is not None and " or " not in entry[0] else None
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return vr if " or " not in vr else None
 
 
 def signature_item_stream(item: Dataset) -> Iterator[bytes | memoryview]:

@@ -200,6 +200,7 @@ def test_gateway_forwards_real_images_and_stops_fakes(
     for path in [*(home / "quarantine").iterdir(), *(home / "spool").glob("*.dcm")]:
         assert len(path.stem.split("-")[-1]) >= 32 and "1.2." not in path.name
     assert not list((home / "spool").glob("*.dcm"))
+    assert not list((home / "spool").glob(".incoming-*"))  # staged copies of refused instances are removed
 
     with AuditLog.open(f"sqlite:///{home / 'audit.db'}") as audit:
         records = [r.entry for r in audit.query(channel="intake")]

@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +134,7 @@ class Gateway:
             self.spool, forward, calling_ae_title=ae_title, retry_initial=retry_initial, retry_max=retry_max
         )
         self._server: ThreadedAssociationServer | None = None
+        self._staging = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medverify-spool")
         self.counts: dict[str, int] = {a.value: 0 for a in Action}
         self._count_lock = threading.Lock()
 
@@ -172,6 +174,7 @@ class Gateway:
             self._server.shutdown()
             self._server = None
         self.forwarder.stop()
+        self._staging.shutdown(wait=True)
         self.checker.close()
 
     # -- handlers ----------------------------------------------------------------------------------------------
@@ -196,27 +199,35 @@ class Gateway:
         """Check one instance and answer; any exception here becomes pynetdicom's failure status (fail closed)."""
         ae_title, address, peer = self._peer(event)
         data = _part10_bytes(event)
-        decision = self.checker.check(data, peer)
-        if not self._authorised(ae_title, address):
-            return self._refuse(decision, STATUS_NOT_AUTHORIZED, f"calling AE {ae_title} not allowed from {address}")
-        action = decision.action
-        if action in (Action.ACCEPT, Action.FLAG):
-            return self._forward(decision)
-        if action is Action.QUARANTINE:
-            return self._quarantine(decision)
-        code = STATUS_UNREADABLE if decision.result.failed else STATUS_REFUSED
-        return self._refuse(decision, code, decision.summary())
-
-    def _forward(self, decision: IntakeDecision) -> Dataset:
+        # The spool's fsync (milliseconds on most disks) runs while the checks run; only an accepted instance is
+        # then renamed into the queue.
+        staging = self._staging.submit(self.spool.stage, data)
         try:
-            path = self.spool.put(decision.data, sha256=decision.sha256)
+            decision = self.checker.check(data, peer)
+            if not self._authorised(ae_title, address):
+                why = f"calling AE {ae_title} not allowed from {address}"
+                return self._refuse(decision, STATUS_NOT_AUTHORIZED, why)
+            action = decision.action
+            if action in (Action.ACCEPT, Action.FLAG):
+                return self._forward(decision, staging)
+            if action is Action.QUARANTINE:
+                return self._quarantine(decision)
+            code = STATUS_UNREADABLE if decision.result.failed else STATUS_REFUSED
+            return self._refuse(decision, code, decision.summary())
+        finally:
+            staging.add_done_callback(_discard_unclaimed)
+
+    def _forward(self, decision: IntakeDecision, staging: Future[Path]) -> Dataset:
+        try:
+            path = self.spool.commit(staging.result(), sha256=decision.sha256)
         except OSError as exc:
             return self._refuse(decision, STATUS_INTERNAL, f"gateway spool unavailable ({exc.strerror})")
         try:
             self._record(decision, outcome="forward-queued", status=0, spool_file=path.name)
-        except Exception:
+        except Exception:  # noqa: BLE001 - no record, no storing: fail closed with a status the sender may retry
             self.spool.done(path)  # nobody could account for it: do not forward it
-            raise
+            _log.exception("audit record failed; refused an instance from %s", decision.peer.describe())
+            return _status(STATUS_INTERNAL, "medverify audit log unavailable")
         self.forwarder.notify()
         return _status(0x0000)
 
@@ -230,7 +241,11 @@ class Gateway:
             path = self.quarantine.put(decision.data, sha256=decision.sha256, record=record)
         except OSError as exc:
             return self._refuse(decision, STATUS_INTERNAL, f"quarantine store unavailable ({exc.strerror})")
-        recorded = self._record(decision, outcome="quarantined", status=0, quarantine_file=path.name)
+        try:
+            recorded = self._record(decision, outcome="quarantined", status=0, quarantine_file=path.name)
+        except Exception:  # noqa: BLE001 - as in _forward; the quarantined copy stays for the operator
+            _log.exception("audit record failed; refused an instance from %s", decision.peer.describe())
+            return _status(STATUS_INTERNAL, "medverify audit log unavailable")
         with contextlib.suppress(OSError):  # the verdict file names its audit record (the copy is already kept)
             self.quarantine.put(decision.data, sha256=decision.sha256, record={**record, "audit_id": recorded.audit_id})
         return _status(0x0000)
@@ -257,6 +272,12 @@ class Gateway:
             decision.check_ms,
         )
         return recorded
+
+
+def _discard_unclaimed(staging: Future[Path]) -> None:
+    """Remove a staged spool file that was not committed (the instance was not accepted)."""
+    if staging.exception() is None:
+        Spool.discard(staging.result())  # a no-op after commit: the file was renamed away
 
 
 def _no_delay(event: Event) -> None:

@@ -102,11 +102,38 @@ class Spool:
 
     def put(self, data: bytes, *, sha256: str) -> Path:
         """Add an instance durably; return its spool file. Raises OSError if it cannot be written."""
+        return self.commit(self.stage(data), sha256=sha256)
+
+    def stage(self, data: bytes) -> Path:
+        """Write ``data`` to a temporary file in the spool and fsync it (not yet queued). The gateway does this
+        while the checks run, so that the slow part of durability overlaps them."""
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".incoming-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return Path(tmp)
+
+    def commit(self, staged: Path, *, sha256: str) -> Path:
+        """Queue a staged file: rename it into the spool and fsync the directory; return its spool file."""
         with self._lock:
             name = f"{time.time_ns():020d}-{next(self._counter):06d}-{sha256[:32]}.dcm"
         path = self.directory / name
-        atomic_write(path, data)
+        try:
+            os.replace(staged, path)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.directory)
         return path
+
+    @staticmethod
+    def discard(staged: Path) -> None:
+        staged.unlink(missing_ok=True)
 
     def pending(self, limit: int | None = None) -> list[Path]:
         """Spooled files, oldest first."""

@@ -188,12 +188,17 @@ class Generator(abc.ABC):
         progress: ProgressCallback | None = None,
         progress_every: int = 10,
         data_description: Mapping[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        time_limit_s: float | None = None,
     ) -> TrainingResult:
         """Train on random patches of ``frames`` (2-D arrays in [0, 1]) for ``steps`` (default: the config's).
 
         Reproducible: the patches come from ``numpy.random.default_rng(seed)`` and torch is seeded with ``seed``
-        (same seed, data and thread count give the same weights). ``progress`` is called every
-        ``progress_every`` steps and at the end.
+        (same seed, data and thread count give the same weights on the CPU). ``progress`` is called every
+        ``progress_every`` steps and at the end. ``device`` (e.g. ``"cuda"``) trains there: patches are still
+        drawn on the CPU, the modules go back to the CPU afterwards (GPU kernels are not bit-reproducible).
+        ``time_limit_s`` stops after the first step that ends past that many seconds (the record and the result
+        then give the steps done).
         """
         sampler = frames if isinstance(frames, PatchSampler) else PatchSampler(frames, self.config.image_size)
         if sampler.size != self.config.image_size:
@@ -201,39 +206,58 @@ class Generator(abc.ABC):
         total = self.config.steps if steps is None else steps
         if total < 0 or progress_every < 1:
             raise GeneratorInputError("steps must be >= 0 and progress_every >= 1")
+        if time_limit_s is not None and not time_limit_s > 0:
+            raise GeneratorInputError(f"time_limit_s must be positive, got {time_limit_s}")
+        done = 0
+        target = torch.device(device) if device is not None else torch.device("cpu")
         rng = np.random.default_rng(seed)
         start = time.perf_counter()
         sums: dict[str, float] = {}
         count = 0
         last: dict[str, float] = {}
         with _seeded(seed):
+            if target.type == "cuda":
+                torch.cuda.manual_seed_all(seed)
+            for module in self.modules.values():
+                module.to(target)
             optimizers = self._optimizers()
             for module in self.modules.values():
                 module.train()
             try:
                 for step in range(1, total + 1):
-                    losses = self._train_step(sampler.batch(self.config.batch_size, rng), step, optimizers)
+                    batch = sampler.batch(self.config.batch_size, rng).to(target, non_blocking=True)
+                    losses = self._train_step(batch, step, optimizers)
                     for key, value in losses.items():
                         if not np.isfinite(value):
                             raise GeneratorInputError(f"training diverged at step {step}: {key} = {value}")
                         sums[key] = sums.get(key, 0.0) + value
                     count += 1
-                    if step % progress_every == 0 or step == total:
+                    done = step
+                    elapsed = time.perf_counter() - start
+                    stop = time_limit_s is not None and elapsed >= time_limit_s
+                    if step % progress_every == 0 or step == total or stop:
                         last = {k: v / count for k, v in sums.items()}
                         sums, count = {}, 0
                         if progress is not None:
-                            elapsed = time.perf_counter() - start
-                            progress(TrainProgress(step, total, last, elapsed, step / max(elapsed, 1e-9)))
+                            shown = step if stop else total
+                            progress(TrainProgress(step, shown, last, elapsed, step / max(elapsed, 1e-9)))
+                    if stop:
+                        break
             finally:
                 for module in self.modules.values():
                     module.eval()
+                    module.to("cpu")
         elapsed = time.perf_counter() - start
         previous = int(self.training_record.get("steps", 0))
+        earlier = list(self.training_record.get("earlier_runs", []))
+        if previous:  # a continued run: keep what the earlier runs were
+            keys = ("steps", "seed", "elapsed_s", "device", "threads", "torch", "metrics")
+            earlier.append({k: self.training_record[k] for k in keys if k in self.training_record})
         self.training_record = {
-            "trained": total > 0 or previous > 0,
+            "trained": done > 0 or previous > 0,
             "init_seed": self.init_seed,
             "seed": seed,
-            "steps": previous + total,
+            "steps": previous + done,
             "elapsed_s": round(elapsed, 2),
             "metrics": {k: round(v, 6) for k, v in last.items()},
             "frames": len(sampler),
@@ -242,9 +266,11 @@ class Generator(abc.ABC):
             "data": dict(data_description or {}),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "device": _device_name(target),
+            **({"earlier_runs": earlier} if earlier else {}),
         }
         self.checkpoint_info = None  # the weights changed
-        return TrainingResult(total, seed, elapsed, last, len(sampler))
+        return TrainingResult(done, seed, elapsed, last, len(sampler))
 
     def sample(self, n: int, *, seed: int = 0, size: int | None = None) -> npt.NDArray[np.float32]:
         """``n`` unpaired samples, shape (n, size, size) float32 in [0, 1]; ``size`` defaults to the model's.
@@ -283,16 +309,33 @@ class Generator(abc.ABC):
         """Every parameter and buffer, keyed ``<module>.<name>``."""
         return {f"{key}.{k}": v for key, m in self.modules.items() for k, v in m.state_dict().items()}
 
-    def save(self, directory: str | os.PathLike[str]) -> CheckpointInfo:
-        """Write a checkpoint (safetensors + JSON with digest) and return its info."""
+    def save(self, directory: str | os.PathLike[str], *, sampling_only: bool = False) -> CheckpointInfo:
+        """Write a checkpoint (safetensors + JSON with digest) and return its info.
+
+        ``sampling_only`` keeps only :meth:`sampling_modules` (e.g. the EMA weights, not the training copy or the
+        discriminator): half the size, enough to sample and make paired fakes; loading fills the other modules
+        from them (see :meth:`_complete`), so further training starts from the sampling weights.
+        """
+        keep = set(self.sampling_modules()) if sampling_only else set(self.modules)
         training = dict(self.training_record)
         training["parameters"] = self.parameter_count
         training["paired_method"] = self.paired_method
         training["upsample_method"] = self.upsample_method
+        if sampling_only:
+            training["saved_modules"] = sorted(keep)
+        tensors = {k: v for k, v in self.state_tensors().items() if k.split(".", 1)[0] in keep}
         self.checkpoint_info = write_checkpoint(
-            directory, name=self.name, tensors=self.state_tensors(), config=self.config.to_dict(), training=training
+            directory, name=self.name, tensors=tensors, config=self.config.to_dict(), training=training
         )
         return self.checkpoint_info
+
+    def sampling_modules(self) -> tuple[str, ...]:
+        """The modules that sampling and paired fakes use (all of them unless a subclass says otherwise)."""
+        return tuple(self.modules)
+
+    def _complete(self, missing: list[str]) -> None:
+        """Fill ``missing`` modules of a sampling-only checkpoint from the loaded ones; the default refuses."""
+        raise CheckpointError(f"checkpoint lacks the {', '.join(missing)} weights")
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Generator:
@@ -304,7 +347,14 @@ class Generator(abc.ABC):
             raise CheckpointError(f"checkpoint config is invalid: {exc}") from exc
         init_seed = info.training.get("init_seed", 0)
         self = cls(config, seed=init_seed if isinstance(init_seed, int) else 0)
+        present = {k.split(".", 1)[0] for k in tensors}
+        missing = [key for key in self.modules if key not in present]
+        sampling = set(self.sampling_modules())
+        if missing and not (sampling <= present and all(key not in sampling for key in missing)):
+            raise CheckpointError(f"checkpoint lacks the {', '.join(missing)} weights")
         for key, module in self.modules.items():
+            if key in missing:
+                continue
             prefix = f"{key}."
             part = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
@@ -314,11 +364,21 @@ class Generator(abc.ABC):
         extra = [k for k in tensors if k.split(".", 1)[0] not in self.modules]
         if extra:
             raise CheckpointError(f"unexpected tensors in checkpoint: {', '.join(sorted(extra)[:5])}")
+        if missing:
+            self._complete(missing)
         self.training_record = {
-            k: v for k, v in info.training.items() if k not in ("parameters", "paired_method", "upsample_method")
+            k: v
+            for k, v in info.training.items()
+            if k not in ("parameters", "paired_method", "upsample_method", "saved_modules")
         }
         self.checkpoint_info = info
         return self
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
 
 
 def _to_numpy(x: torch.Tensor) -> npt.NDArray[np.float32]:

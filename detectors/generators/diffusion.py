@@ -86,7 +86,7 @@ def cosine_alpha_bar(timesteps: int, s: float = 0.008) -> torch.Tensor:
 
 def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([args.sin(), args.cos()], dim=1)
 
@@ -197,6 +197,13 @@ class DiffusionGenerator(Generator):
         ema.requires_grad_(False)
         return {"unet": unet, "ema": ema}
 
+    def sampling_modules(self) -> tuple[str, ...]:
+        return ("ema",)
+
+    def _complete(self, missing: list[str]) -> None:
+        # A sampling-only checkpoint: the training UNet restarts from the EMA weights.
+        self.modules["unet"].load_state_dict(self.modules["ema"].state_dict())
+
     @property
     def _alpha_bar(self) -> torch.Tensor:
         return cosine_alpha_bar(self.config.timesteps)
@@ -211,8 +218,8 @@ class DiffusionGenerator(Generator):
     def _train_step(self, batch: torch.Tensor, step: int, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
         (opt,) = optimizers
         unet, ema = self.modules["unet"], self.modules["ema"]
-        ab = self._alpha_bar
-        t = torch.randint(0, self.config.timesteps, (batch.shape[0],))
+        ab = self._alpha_bar.to(batch.device)
+        t = torch.randint(0, self.config.timesteps, (batch.shape[0],), device=batch.device)
         noise = torch.randn_like(batch)
         a = ab[t][:, None, None, None]
         x_t = a.sqrt() * batch + (1 - a).sqrt() * noise
@@ -224,8 +231,7 @@ class DiffusionGenerator(Generator):
         # EMA with a warm-up so that short runs are not dominated by the initial weights.
         decay = min(self.config.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                pe.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1 - decay)
         return {"loss": loss.item()}
 
     def _ddim(self, x: torch.Tensor, t_start: int, steps: int) -> torch.Tensor:

@@ -18,25 +18,34 @@ from torch import nn
 from detectors.generators.base import Generator, pad_to_multiple, register_generator
 from detectors.generators.config import GeneratorConfig
 from detectors.generators.errors import GeneratorConfigError
+from detectors.generators.gan import DCGANDiscriminator, GANConfig, diff_augment
 
 __all__ = ["VAE", "VAEConfig", "VAEGenerator"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class VAEConfig(GeneratorConfig):
-    """``width`` channels at full resolution, doubled (up to ``max_width``) at each of three down-samplings."""
+    """``width`` channels at full resolution, doubled (up to ``max_width``) at each of three down-samplings.
+
+    ``adv_weight`` > 0 adds a patch-GAN term (VQGAN-style; a spectrally normalised patch discriminator with the
+    hinge loss on DiffAugment-ed inputs) from ``adv_start`` x the configured steps on: MSE alone averages
+    texture and noise away. Its per-pixel weight is relative to the per-pixel MSE. 0 (the dataclass default,
+    so that older checkpoints load) is the plain VAE.
+    """
 
     width: int = 16
     max_width: int = 128
     latent_channels: int = 4
     blocks: int = 1
     beta: float = 0.5
+    adv_weight: float = 0.0
+    adv_start: float = 0.2
     steps: int = 3000
     batch_size: int = 32
     lr: float = 1e-3
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"image_size": 32, "width": 8, "max_width": 16, "steps": 40, "batch_size": 4},
+        "tiny": {"image_size": 32, "width": 8, "max_width": 16, "steps": 40, "batch_size": 4, "adv_weight": 0.01},
         "small": {},
         "large": {"width": 64, "max_width": 256, "blocks": 2, "steps": 60000, "batch_size": 64, "lr": 5e-4},
     }
@@ -44,6 +53,8 @@ class VAEConfig(GeneratorConfig):
     def validate(self) -> None:
         if min(self.width, self.max_width, self.latent_channels, self.blocks) < 1 or self.beta < 0:
             raise GeneratorConfigError("width, max_width, latent_channels, blocks must be >= 1 and beta >= 0")
+        if self.adv_weight < 0 or not 0 <= self.adv_start <= 1:
+            raise GeneratorConfigError("adv_weight must be >= 0 and adv_start in [0, 1]")
 
 
 class _Res(nn.Module):
@@ -92,7 +103,18 @@ class VAEGenerator(Generator):
     config: VAEConfig
 
     def _build(self) -> dict[str, nn.Module]:
-        return {"vae": VAE(self.config)}
+        modules: dict[str, nn.Module] = {"vae": VAE(self.config)}
+        if self.config.adv_weight > 0:
+            modules["d"] = DCGANDiscriminator(
+                GANConfig(width=self.config.width, image_size=self.config.image_size, discriminator_norm="spectral")
+            )
+        return modules
+
+    def sampling_modules(self) -> tuple[str, ...]:
+        return ("vae",)
+
+    def _complete(self, missing: list[str]) -> None:
+        """The discriminator of a sampling-only checkpoint restarts from its initialisation (init_seed)."""
 
     @property
     def vae(self) -> VAE:
@@ -101,25 +123,46 @@ class VAEGenerator(Generator):
         return model
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
-        return [torch.optim.Adam(self.vae.parameters(), lr=self.config.lr)]
+        opts: list[torch.optim.Optimizer] = [torch.optim.Adam(self.vae.parameters(), lr=self.config.lr)]
+        if "d" in self.modules:
+            opts.append(torch.optim.Adam(self.modules["d"].parameters(), lr=2e-4, betas=(0.0, 0.9)))
+        return opts
 
     def _train_step(self, batch: torch.Tensor, step: int, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
-        (opt,) = optimizers
+        opt = optimizers[0]
         mu, logvar = self.vae.encode(batch)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         recon = self.vae.decode(z)
         n = batch.shape[0]
+        pixels = batch[0].numel()
         rec = F.mse_loss(recon, batch, reduction="sum") / n
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum() / n
         # KL warm-up over the first 10 % of the configured steps avoids posterior collapse early on.
         warm = min(1.0, step / max(1.0, 0.1 * self.config.steps))
         loss = rec + self.config.beta * warm * kl
+        d = self.modules.get("d")
+        extra: dict[str, float] = {"adv_g": 0.0, "adv_d": 0.0} if d is not None else {}
+        adversarial = isinstance(d, DCGANDiscriminator) and step > self.config.adv_start * self.config.steps
+        if adversarial:
+            assert isinstance(d, DCGANDiscriminator)
+            d.requires_grad_(False)
+            g_adv = -d.logits(diff_augment(recon)).mean()
+            d.requires_grad_(True)
+            loss = loss + self.config.adv_weight * pixels * g_adv
+            extra["adv_g"] = g_adv.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 5.0)
         opt.step()
-        pixels = batch[0].numel()
-        return {"loss": loss.item() / pixels, "mse": rec.item() / pixels, "kl": kl.item() / pixels}
+        if adversarial:
+            assert isinstance(d, DCGANDiscriminator)
+            fake = recon.detach()
+            d_loss = F.relu(1 - d.logits(diff_augment(batch))).mean() + F.relu(1 + d.logits(diff_augment(fake))).mean()
+            optimizers[1].zero_grad(set_to_none=True)
+            d_loss.backward()  # type: ignore[no-untyped-call]
+            optimizers[1].step()
+            extra["adv_d"] = d_loss.item()
+        return {"loss": loss.item() / pixels, "mse": rec.item() / pixels, "kl": kl.item() / pixels, **extra}
 
     def _sample(self, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
         side = -(-size // 8)

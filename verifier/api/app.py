@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.metadata
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -40,6 +41,8 @@ DEFAULT_MAX_BODY_BYTES = 256 * 1024**2
 #: After the limit is passed, up to this much more is read and dropped so the client can read the 413.
 _DRAIN_BYTES = 16 * 1024**2
 _MAX_RECORD_ID = 2**63 - 1
+#: A client's ``X-Request-ID`` is recorded (details.intake.request_id) when it has this form, else ignored.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -257,27 +260,36 @@ def _peer(request: Request, token: TokenInfo) -> Peer:
     return Peer(channel=Channel.API, address=address, token_id=token.id)
 
 
+def _request_id(request: Request) -> dict[str, str]:
+    """``{"request_id": ...}`` for the audit record when the client sent a well-formed X-Request-ID."""
+    value = request.headers.get("x-request-id", "")
+    return {"request_id": value} if _REQUEST_ID.fullmatch(value) else {}
+
+
 def _label(peer: Peer, part: Part) -> str:
     return f"{peer.describe()}/{part.label}"
 
 
-def _verify_parts(config: ApiConfig, parts: list[Part], peer: Peer) -> list[dict[str, Any]]:
+def _verify_parts(config: ApiConfig, parts: list[Part], peer: Peer, tags: dict[str, str]) -> list[dict[str, Any]]:
     """Check each part and write its one audit record (event ``verify``) before answering."""
     out = []
     for part in parts:
         decision = config.checker.check(part.data, peer, name=_label(peer, part))
-        entry = dataclasses.replace(decision.audit_entry(endpoint="/v1/verify"), event="verify")
+        entry = dataclasses.replace(decision.audit_entry(endpoint="/v1/verify", **tags), event="verify")
         receipt = config.audit_log.append(entry)
         decision = dataclasses.replace(decision, audit_id=receipt.id, result=decision.result.with_audit_id(receipt.id))
         out.append(decision.to_dict())
     return out
 
 
-def _stow_parts(config: ApiConfig, parts: list[Part], peer: Peer) -> tuple[int, dict[str, Any]]:
+def _stow_parts(config: ApiConfig, parts: list[Part], peer: Peer, tags: dict[str, str]) -> tuple[int, dict[str, Any]]:
     outcomes: list[StoreOutcome] = []
     for part in parts:
         decision = config.checker.check(part.data, peer, name=_label(peer, part))
-        outcomes.append(store_decision(config.checker, config.store, decision, forward=config.forward))
+        outcomes.append(store_decision(config.checker, config.store, decision, forward=config.forward, **tags))
+    if not any(o.stored for o in outcomes) and any(o.unrecorded for o in outcomes):
+        # Nothing kept and the audit log is what failed: the service is unavailable, not the instances refused.
+        raise HTTPException(503, detail="audit database unavailable: no instance was stored (retry later)")
     return stow_response(outcomes)
 
 
@@ -312,7 +324,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     async def verify(request: Request, token: VerifyToken) -> JSONResponse:
         """Check one DICOM file or several (multipart); one verdict and one audit record per file.
 
-        A file that cannot be read still gets a result (verdict UNREADABLE or MALFORMED) and a record.
+        A file that cannot be read still gets a result (verdict UNREADABLE or MALFORMED) and a record. An
+        ``X-Request-ID`` header (1-64 of ``A-Za-z0-9._:-``) is kept in each record, so a client that lost an
+        answer can tell whether its request was recorded before sending it again.
         """
         config = _config(request)
         media = _media(request)
@@ -325,7 +339,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             else:
                 parts = _split(body, media)
             del body
-            results = await run_in_threadpool(_verify_parts, config, parts, _peer(request, token))
+            results = await run_in_threadpool(_verify_parts, config, parts, _peer(request, token), _request_id(request))
         return JSONResponse({"results": results})
 
     @app.get(
@@ -352,6 +366,10 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             200: {**_STOW_RESPONSE_SCHEMA, "description": "Every instance was stored."},
             202: {**_STOW_RESPONSE_SCHEMA, "description": "Some instances were stored, some refused."},
             409: {**_STOW_RESPONSE_SCHEMA, "description": "No instance was stored (each refused; see FailureReason)."},
+            507: {
+                **_STOW_RESPONSE_SCHEMA,
+                "description": "No instance was stored and the store is out of space (FailureReason A700).",
+            },
             **_ERRORS,
             **_BODY_ERRORS,
         },
@@ -366,7 +384,8 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         SHA-256; quarantined ones are kept aside in the quarantine directory and refused to the sender;
         rejected and unreadable ones are refused. FailureReason: 0110 (processing failure: refused by the
         site policy), C000 (cannot understand: not readable DICOM), A700 (out of resources: could not store
-        or record).
+        or record). 503: the audit database is unavailable and nothing was stored. An ``X-Request-ID`` header
+        (1-64 of ``A-Za-z0-9._:-``) is kept in each record.
         """
         config = _config(request)
         media = _media(request)
@@ -377,7 +396,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             raise HTTPException(415, detail=f"only type=application/dicom parts are taken, not {kind[:60]!r}")
         async with _slots(request):
             parts = _split(await _read_body(request, config.max_body_bytes), media)
-            status, payload = await run_in_threadpool(_stow_parts, config, parts, _peer(request, token))
+            status, payload = await run_in_threadpool(
+                _stow_parts, config, parts, _peer(request, token), _request_id(request)
+            )
         return JSONResponse(payload, status_code=status, media_type=DICOM_JSON)
 
     return app

@@ -8,8 +8,12 @@ Each instance is checked like any upload, then (by the site policy's action):
 * reject       -> not stored; refused (0110, or C000 "cannot understand" when it is not readable DICOM).
 
 A store that fails (disk full) or an audit record that cannot be written refuses the instance with A700 (out of
-resources) and removes what was stored for it: nothing is kept that the audit log does not account for.
-The HTTP status follows PS3.18: 200 every instance stored, 202 some stored and some refused, 409 none stored.
+resources) and removes what was staged for it: nothing is kept that the audit log does not account for. The bytes
+are staged (written, fsynced) before the record and renamed into place after it (see ``storage``), so a killed
+server leaves no stored file without a record.
+The HTTP status follows PS3.18: 200 every instance stored, 202 some stored and some refused, 409 none stored;
+except 507 (Insufficient Storage) when none was stored and the store refused one (the disk is full), and 503
+(raised by the app) when none was stored because the audit record could not be written.
 """
 
 from __future__ import annotations
@@ -54,12 +58,19 @@ class StoreOutcome:
     stored: bool
     #: PS3.7 status for FailedSOPSequence; None when stored.
     failure_reason: int | None = None
+    #: The audit record could not be written (the database is unavailable): nothing was kept.
+    unrecorded: bool = False
 
 
 def store_decision(
-    checker: IntakeChecker, store: InstanceStore, decision: IntakeDecision, *, forward: Forwarder | None = None
+    checker: IntakeChecker,
+    store: InstanceStore,
+    decision: IntakeDecision,
+    *,
+    forward: Forwarder | None = None,
+    **tags: str,
 ) -> StoreOutcome:
-    """Store or refuse one checked instance and write its one audit record (``details.intake``).
+    """Store or refuse one checked instance and write its one audit record (``details.intake``, plus ``tags``).
 
     With ``forward``, a stored instance is also queued to the PACS (the gateway's durable spool and forwarder),
     after its record is written: a failed record never lets an instance through.
@@ -72,24 +83,33 @@ def store_decision(
     failure = None
     if action in (Action.QUARANTINE, Action.REJECT):
         failure = CANNOT_UNDERSTAND if decision.result.failed else PROCESSING_FAILURE
-    stored = None
-    details: dict[str, Any] = {"endpoint": "/dicomweb/studies"}
+    staged = None
+    details: dict[str, Any] = {"endpoint": "/dicomweb/studies", **tags}
     if area is not None:
         try:
-            stored = store.put(decision.data, decision.sha256, area)
-            details["stored_as"] = str(stored.path.relative_to(store.root))
+            staged = store.stage(decision.data, decision.sha256, area)
+            details["stored_as"] = str(staged.path.relative_to(store.root))
         except OSError as exc:
             outcome, failure, area = "store-failed", OUT_OF_RESOURCES, None
             details["store_error"] = exc.strerror or type(exc).__name__
     details["outcome"] = outcome
     if forward is not None and area is StoreArea.ACCEPTED:
         details["forward"] = str(forward.destination)
+    # Order: bytes staged and fsynced -> record committed -> file renamed into place -> answer. A crash before the
+    # record leaves only a temporary (removed at start-up); one after it, a record for an unanswered upload.
     try:
         decision = checker.record(decision, **details)
     except AuditError:
-        if stored is not None:
-            stored.undo()
-        return StoreOutcome(decision=decision, stored=False, failure_reason=OUT_OF_RESOURCES)
+        if staged is not None:
+            staged.discard()
+        return StoreOutcome(decision=decision, stored=False, failure_reason=OUT_OF_RESOURCES, unrecorded=True)
+    if staged is not None:
+        try:
+            staged.commit()
+        except OSError as exc:  # the record says stored_as; the sender is told it was not stored
+            staged.discard()
+            _log.error("recorded %s (audit id %s) but could not store it: %s", decision.sha256, decision.audit_id, exc)
+            return StoreOutcome(decision=decision, stored=False, failure_reason=OUT_OF_RESOURCES)
     if forward is not None and area is StoreArea.ACCEPTED:
         try:
             forward.spool.put(decision.data, sha256=decision.sha256)
@@ -124,4 +144,6 @@ def stow_response(outcomes: list[StoreOutcome]) -> tuple[int, dict[str, Any]]:
     if stored:
         response.ReferencedSOPSequence = Sequence([_reference(o) for o in stored])
     status = 200 if not failed else 202 if stored else 409
+    if status == 409 and any(o.failure_reason == OUT_OF_RESOURCES for o in failed):
+        status = 507  # Insufficient Storage: nothing stored, and the store (disk) is what refused
     return status, response.to_json_dict()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import ssl
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,7 +16,11 @@ from verifier.cli import _common, app
 from verifier.cli.signing import ChecksOption, DbOption, PolicyOption, TrustOption
 from verifier.errors import InputError
 
-__all__ = ["parse_listen"]
+__all__ = ["TLS_KEY_PASSPHRASE_ENV", "TLS_KEY_PASSPHRASE_FILE_ENV", "parse_listen", "tls_options"]
+
+#: Passphrase of an encrypted --tls-key: this variable, else the file named by the next one (never an argument).
+TLS_KEY_PASSPHRASE_ENV = "MEDVERIFY_TLS_KEY_PASSPHRASE"  # noqa: S105 - a variable's name, not a password
+TLS_KEY_PASSPHRASE_FILE_ENV = "MEDVERIFY_TLS_KEY_PASSPHRASE_FILE"  # noqa: S105
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -36,6 +42,59 @@ def parse_listen(value: str) -> tuple[str, int]:
         except ValueError:
             raise InputError(f"--listen: {host!r} is not an IP address (or localhost)") from None
     return host, port
+
+
+def _tls_key_passphrase() -> str | None:
+    value = os.environ.get(TLS_KEY_PASSPHRASE_ENV)
+    if value:
+        return value
+    file = os.environ.get(TLS_KEY_PASSPHRASE_FILE_ENV)
+    if not file:
+        return None
+    path = Path(file)
+    try:
+        if path.stat().st_mode & 0o077:
+            raise InputError(f"{TLS_KEY_PASSPHRASE_FILE_ENV}: {path} must not be readable by group or others")
+        text = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise InputError(f"{TLS_KEY_PASSPHRASE_FILE_ENV}: cannot read {path}: {exc.strerror}") from None
+    if not text:
+        raise InputError(f"{TLS_KEY_PASSPHRASE_FILE_ENV}: {path} is empty")
+    return text
+
+
+def tls_options(cert: Path | None, key: Path | None, client_ca: Path | None) -> dict[str, Any]:
+    """uvicorn's ssl_* arguments for the TLS options, checked now (a bad file or passphrase is a clear error).
+
+    The key's passphrase comes from ``MEDVERIFY_TLS_KEY_PASSPHRASE`` or the file named by
+    ``MEDVERIFY_TLS_KEY_PASSPHRASE_FILE``; it never appears in a message.
+    """
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise InputError("--tls-client-ca needs --tls-cert and --tls-key")
+        return {}
+    if cert is None or key is None:
+        raise InputError("TLS needs both --tls-cert and --tls-key")
+    password = _tls_key_passphrase()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key, password=password or "")
+    except FileNotFoundError as exc:
+        raise InputError(f"TLS: {exc.filename} does not exist") from None
+    except (ssl.SSLError, OSError, ValueError):
+        hint = "" if password else f" (an encrypted key needs {TLS_KEY_PASSPHRASE_ENV})"
+        raise InputError(
+            f"TLS: cannot load the certificate {cert} with the key {key}: not PEM, not a matching pair, "
+            f"or the wrong passphrase{hint}"
+        ) from None
+    options: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "ssl_keyfile_password": password}
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (ssl.SSLError, OSError):
+            raise InputError(f"--tls-client-ca: {client_ca} is not a readable PEM CA certificate file") from None
+        options |= {"ssl_ca_certs": str(client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
 
 
 def _missing_api(exc: ModuleNotFoundError) -> InputError:
@@ -73,13 +132,28 @@ def serve(
     max_concurrent: Annotated[
         int, typer.Option("--max-concurrent", min=1, help="Requests read and checked at once; more wait.")
     ] = 4,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this PEM certificate (chain).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key",
+            help=f"PEM private key of --tls-cert; if encrypted, its passphrase comes from {TLS_KEY_PASSPHRASE_ENV} "
+            f"or the file named by {TLS_KEY_PASSPHRASE_FILE_ENV}.",
+        ),
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-client-ca", help="Require client certificates issued by this CA (PEM): mutual TLS."),
+    ] = None,
     openapi: Annotated[
         bool, typer.Option("--openapi", help="Print the OpenAPI schema (JSON) and exit; starts nothing.")
     ] = False,
 ) -> int:
     """Run until interrupted. Every route but /v1/health and /openapi.json needs an API token (`tokens create`).
 
-    Serve plain HTTP on loopback, or behind a TLS-terminating reverse proxy: tokens are bearer secrets.
+    Serve HTTPS (--tls-cert/--tls-key), or plain HTTP on loopback only: tokens are bearer secrets.
     """
     try:
         from verifier.api import ApiConfig, create_app
@@ -89,6 +163,7 @@ def serve(
         sys.stdout.write(json.dumps(create_app().openapi(), indent=2) + "\n")
         return 0
     host, port = parse_listen(listen)
+    tls = tls_options(tls_cert, tls_key, tls_client_ca)
     try:
         import uvicorn
     except ModuleNotFoundError as exc:
@@ -113,6 +188,9 @@ def serve(
     if checker.audit_log is None:  # pragma: no cover - from_settings opens it unless audit=False
         raise InputError("the HTTP API needs the audit log")
     store = InstanceStore(store_dir or settings.home / "intake" / "stow")
+    stale = store.remove_stale()  # temporaries of uploads a killed server never recorded or never answered
+    if stale:
+        _common.err_console.print(f"removed {stale} unfinished upload(s) left by an earlier run", highlight=False)
     forwarder = None
     if destination is not None:
         from verifier.intake.queue import Forwarder, Spool
@@ -126,8 +204,11 @@ def serve(
         max_concurrent=max_concurrent,
         forward=forwarder,
     )
+    scheme = "https" if tls else "http"
+    tls_note = ("TLS, client certificates required; " if tls_client_ca is not None else "TLS; ") if tls else ""
+    check_names = ", ".join(sorted(c.value for c in checker.checks))
     _common.err_console.print(
-        f"medverify API on http://{listen} (checks: {', '.join(sorted(c.value for c in checker.checks))}; "
+        f"medverify API on {scheme}://{listen} ({tls_note}checks: {check_names}; "
         f"audit log {checker.audit_log.url}; STOW-RS store {config.store.root})",
         highlight=False,
     )
@@ -143,6 +224,7 @@ def serve(
             log_level="info",
             server_header=False,
             timeout_graceful_shutdown=10,
+            **tls,
         )
     finally:
         if forwarder is not None:

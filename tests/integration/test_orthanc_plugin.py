@@ -200,6 +200,9 @@ def test_orthanc_plugin_refuses_fakes_over_cstore_and_rest(
     # Named by content: the generated image over C-STORE (re-encoded by storescu, with Orthanc's file meta) and
     # over REST (the file as is) are two contents; plus the unsigned synthetic one.
     assert len(list((home / "quarantine").glob("*.dcm"))) == 3
+    for verdict_file in (home / "quarantine").glob("*.json"):
+        record = json.loads(verdict_file.read_text())
+        assert record["verdict"] == "DECLARED_SYNTHETIC" and isinstance(record["audit_id"], int)
     with AuditLog.open(f"sqlite:///{home / 'audit.db'}") as audit:
         records = [r.entry for r in audit.query(channel="intake")]
     assert len(records) == 8  # one per upload: 4 over C-STORE, 4 over REST

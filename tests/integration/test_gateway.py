@@ -114,13 +114,20 @@ def _response_status(output: str) -> str:
 
 
 def _wait_for_files(directory: Path, count: int, timeout: float = 30.0) -> list[Path]:
+    """The complete files in ``directory`` (not hidden temporary ones) once there are ``count`` of them."""
+
+    def complete() -> list[Path]:
+        if not directory.is_dir():
+            return []
+        return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        files = sorted(p for p in directory.iterdir() if p.is_file())
-        if len(files) >= count:
-            return files
+        if len(complete()) >= count:
+            time.sleep(0.2)  # let a writer finish the file it just renamed into place
+            return complete()
         time.sleep(0.1)
-    return sorted(p for p in directory.iterdir() if p.is_file())
+    return complete()
 
 
 def _send_cut_short(port: int, source: Path, keep: int, tmp_path: Path) -> tuple[int, str]:
@@ -236,3 +243,21 @@ def test_gateway_spools_through_a_pacs_outage_and_a_restart(
     assert len(forwarded) == 1, log.read_text()[-3000:]
     assert pydicom.dcmread(forwarded[0]).SOPInstanceUID == pydicom.dcmread(samples["real"]).SOPInstanceUID
     assert not list((home / "spool").glob("*.dcm"))
+
+
+def test_gateway_parks_what_the_pacs_cannot_accept(home: Path, samples: dict[str, Path], tmp_path: Path) -> None:
+    """A PACS that refuses the instance's transfer syntax (storescp +xi: implicit VR only): not retried forever,
+    but moved to spool/failed/ with the reason, for a person to look at."""
+    pacs_dir = tmp_path / "pacs"
+    pacs_dir.mkdir()
+    pacs_port, gw_port = free_port(), free_port()
+    log = tmp_path / "gateway.log"
+    pacs = [dcmtk_tool("storescp"), "-aet", "PACS", "+xi", "-od", str(pacs_dir), str(pacs_port)]
+    with _running(pacs, pacs_port), _gateway(home, gw_port, pacs_port, log):
+        _code, output = _store(gw_port, samples["real"])  # storescu sends explicit VR little endian first
+        assert _response_status(output) == "0x0000: Success", output[-1500:]
+        failed = _wait_for_files(home / "spool" / "failed", 2)
+    assert sorted(p.suffix for p in failed) == [".dcm", ".json"], log.read_text()[-3000:]
+    reason = json.loads(next(p for p in failed if p.suffix == ".json").read_text())["reason"]
+    assert "accepts no context" in reason and "1.2.840.10008.1.2.1" in reason
+    assert not list(pacs_dir.iterdir()) and not list((home / "spool").glob("*.dcm"))

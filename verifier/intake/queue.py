@@ -265,6 +265,15 @@ class Forwarder(threading.Thread):
             ae.add_requested_context(UID(sop_class), [UID(syntax)])
         assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title)
         if not assoc.is_established:
+            refused = {str(cx.abstract_syntax) for cx in assoc.rejected_contexts} if assoc.is_aborted else set()
+            if refused and not assoc.accepted_contexts:
+                # The PACS answered but accepts none of these SOP class / transfer syntax pairs: retrying cannot
+                # help (pynetdicom aborts an association without an accepted context).
+                for (sop_class, syntax), paths in contexts.items():
+                    if sop_class in refused:
+                        for path in paths:
+                            self._give_up(path, f"the PACS accepts no context for {sop_class} in {syntax}")
+                return True
             self.last_error = "association rejected or aborted" if assoc.is_rejected else "no connection"
             return settled
         set_no_delay(assoc)

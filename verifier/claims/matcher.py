@@ -21,8 +21,8 @@ __all__ = ["MAX_HAMMING", "MIN_CORRELATION", "BatchIndex", "Confirmation", "conf
 
 #: pHash distance (bits of 64) under which two images are candidates.
 MAX_HAMMING = 10
-#: Cross-correlation at or above which a candidate pair is reported as the same image.
-MIN_CORRELATION = 0.85
+#: Cross-correlation (of the high-passed regions) at or above which a candidate pair is the same image.
+MIN_CORRELATION = 0.65
 #: How many of a pair's closest scale combinations are tried by the finer check.
 _TRIES = 3
 

@@ -167,14 +167,19 @@ def install_plugin(
     updated instead, since Orthanc refuses a setting defined twice.
     """
     from verifier.intake.gateway import parse_allowed_callers
-    from verifier.pipeline import parse_checks
+    from verifier.pipeline import Check, parse_checks
 
     config = config.resolve()
     if not config.is_file():
         raise InputError(f"{config} is not a file (give Orthanc's main configuration file)")
-    parse_checks(checks)  # refuse a typo now rather than inside Orthanc
+    selected = parse_checks(checks)  # refuse a typo now rather than inside Orthanc
     allowed = parse_allowed_callers(allow or [])
     settings = _common.settings()
+    if Check.DETECTOR in selected and model is None and settings.detector_model is None:
+        import detectors
+
+        if not (Path(detectors.__file__).parent / "checkpoints" / "detector" / "config.json").is_file():
+            raise InputError("--checks detector: no detector model (the package ships none); pass --model BUNDLE")
     script_path = (script or config.parent / "medverify_plugin.py").resolve()
     data = _read_config(config)
 

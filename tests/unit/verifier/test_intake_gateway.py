@@ -113,3 +113,10 @@ def test_install_plugin_edits_the_file_that_holds_python_script(
 
     code, _out, err = run_cli(capsys, "orthanc", "install-plugin", "--config", etc / "orthanc.json", "--checks", "x")
     assert code == 2 and "unknown check" in err
+    import detectors
+
+    if not (Path(detectors.__file__).parent / "checkpoints" / "detector" / "config.json").is_file():
+        code, _out, err = run_cli(
+            capsys, "orthanc", "install-plugin", "--config", etc / "orthanc.json", "--checks", "signature,detector"
+        )
+        assert code == 2 and "no detector model" in err

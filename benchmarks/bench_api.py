@@ -15,6 +15,14 @@ The first ``--warmup`` requests of each kind are not counted. Each file checked 
 synchronous=NORMAL) before the answer. Figures are printed and saved as JSON (``benchmarks/results/bench_api.json``).
 
     nice -n 10 python benchmarks/bench_api.py --n 100
+
+``--load`` (issue #10) measures concurrent uploads instead: for each client count C (``--clients 8,32``), a fresh
+server gets ``--uploads`` STOW-RS uploads (one instance each, ``--side``-pixel signed CT, all distinct) from C
+threads, each with its own keep-alive connection and an ``X-Request-ID``. Figures: answers by status, uploads/s,
+p50/p99 latency; checks: every upload answered 200, exactly one audit record per request id, every instance in the
+store, ``medverify audit verify`` passes. Saved to ``benchmarks/results/bench_api_load.json``.
+
+    nice -n 10 python benchmarks/bench_api.py --load --uploads 1000 --clients 8,32
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +49,7 @@ PASSPHRASE = "bench-api-passphrase-0123456789"
 SIDE = 512
 
 
-def make_corpus(home: Path, n: int) -> list[bytes]:
+def make_corpus(home: Path, n: int, side: int = SIDE) -> list[bytes]:
     import numpy as np
     import pydicom
     from pydicom.data import get_testdata_file
@@ -51,15 +60,16 @@ def make_corpus(home: Path, n: int) -> list[bytes]:
 
     store = KeyStore(home / "keys", PASSPHRASE.encode)
     store.init()
-    store.create("scanner", KeyRole.ACQUISITION, KeyAlgorithm.RSA_2048)
+    if "scanner" not in {k.name for k in store.list()}:
+        store.create("scanner", KeyRole.ACQUISITION, KeyAlgorithm.RSA_2048)
     signer = store.load_signing_key("scanner")
     base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     tile = base.pixel_array
-    pixels = np.tile(tile, (SIDE // tile.shape[0] + 1, SIDE // tile.shape[1] + 1))[:SIDE, :SIDE]
+    pixels = np.tile(tile, (side // tile.shape[0] + 1, side // tile.shape[1] + 1))[:side, :side]
     out = []
     for i in range(n):
         ds = copy.deepcopy(base)
-        ds.Rows, ds.Columns = SIDE, SIDE
+        ds.Rows, ds.Columns = side, side
         ds.PixelData = np.ascontiguousarray(pixels).astype(tile.dtype).tobytes()
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -87,12 +97,154 @@ def related(parts: list[bytes], boundary: str = "bench-boundary-7f3a") -> tuple[
     return body, {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
 
 
+def start_server(cli: list[str], env: dict[str, str], *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [*cli, "serve", "--listen", f"127.0.0.1:{port}", *extra],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise SystemExit("the server did not start") from None
+            time.sleep(0.2)
+
+
+def percentile(sorted_ms: list[float], q: float) -> float:
+    return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
+
+
+def load_run(work: Path, env: dict[str, str], cli: list[str], corpus: list[bytes], clients: int) -> dict[str, Any]:
+    """``len(corpus)`` STOW-RS uploads from ``clients`` threads against a fresh server, audit log and store."""
+    import concurrent.futures
+    import hashlib
+
+    import httpx
+
+    from verifier.audit import AuditLog
+
+    db = work / f"audit-c{clients}.db"
+    store = work / f"stow-c{clients}"
+    run_env = {**env, "MEDVERIFY_DB_URL": f"sqlite:///{db}"}
+    token = subprocess.run(
+        [*cli, "tokens", "create", f"load-{clients}", "--scope", "verify"],
+        env=run_env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    proc, url = start_server(cli, run_env, "--store-dir", str(store))
+    local = threading.local()
+
+    def send(i: int) -> tuple[int | None, float]:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300)
+        body, headers = related([corpus[i]])
+        start = time.perf_counter()
+        try:
+            r = local.client.post("/dicomweb/studies", content=body, headers={**headers, "X-Request-ID": f"u{i}"})
+            status: int | None = r.status_code
+        except httpx.TransportError:
+            status = None
+        return status, (time.perf_counter() - start) * 1000
+
+    try:
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            answers = list(pool.map(send, range(len(corpus))))
+        seconds = time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    statuses: dict[str, int] = {}
+    for status, _ in answers:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    ms = sorted(t for _, t in answers)
+    with AuditLog.open(f"sqlite:///{db}", migrate=False) as log:
+        ids = [(log.get(i).entry.details.get("intake") or {}).get("request_id") for i in range(1, log.size() + 1)]
+    per_request = [x for x in ids if x is not None]
+    kept = {p.name for p in store.rglob("*.dcm")}
+    missing = sum(f"{hashlib.sha256(d).hexdigest()}.dcm" not in kept for d in corpus)
+    verified = subprocess.run([*cli, "audit", "verify"], env=run_env, capture_output=True, text=True)
+    return {
+        "clients": clients,
+        "uploads": len(corpus),
+        "answers": statuses,
+        "unanswered": statuses.get("None", 0),
+        "records": len(per_request),
+        "duplicate_records": len(per_request) - len(set(per_request)),
+        "missing_from_store": missing,
+        "audit_verify_exit": verified.returncode,
+        "seconds": round(seconds, 2),
+        "uploads_per_s": round(len(corpus) / seconds, 1),
+        "p50_ms": round(percentile(ms, 0.50), 1),
+        "p99_ms": round(percentile(ms, 0.99), 1),
+        "max_ms": round(ms[-1], 1),
+    }
+
+
+def load_main(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="bench-api-load-"))
+    home = work / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVERIFY_")}
+    env.update(MEDVERIFY_HOME=str(home), MEDVERIFY_KEY_PASSPHRASE=PASSPHRASE, OMP_NUM_THREADS="1")
+    cli = [sys.executable, "-c", "from verifier.cli import app_main; app_main()"]
+    try:
+        print(f"making {args.uploads} signed {args.side}x{args.side} CT files ...", flush=True)
+        corpus = make_corpus(home, args.uploads, side=args.side)
+        rows = []
+        for clients in args.clients:
+            print(f"{clients} clients ...", flush=True)
+            rows.append(load_run(work, env, cli, corpus, clients))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{'clients':>7} {'uploads':>7} {'200':>5} {'other':>5} {'records':>7} {'dup':>4} {'missing':>7} "
+          f"{'verify':>6} {'up/s':>6} {'p50 ms':>7} {'p99 ms':>7}")  # fmt: skip
+    ok = True
+    for r in rows:
+        other = r["uploads"] - r["answers"].get("200", 0)
+        print(f"{r['clients']:>7} {r['uploads']:>7} {r['answers'].get('200', 0):>5} {other:>5} {r['records']:>7} "
+              f"{r['duplicate_records']:>4} {r['missing_from_store']:>7} {r['audit_verify_exit']:>6} "
+              f"{r['uploads_per_s']:>6.1f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f}")  # fmt: skip
+        ok &= other == 0 and r["records"] == r["uploads"] and not r["duplicate_records"]
+        ok &= not r["missing_from_store"] and r["audit_verify_exit"] == 0
+    result = {
+        "benchmark": "bench_api --load",
+        "side": args.side,
+        "file_bytes": len(corpus[0]),
+        "rows": rows,
+        "all_answered_and_recorded": ok,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    output = args.output if args.output != DEFAULT_OUTPUT else DEFAULT_OUTPUT.with_name("bench_api_load.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'every upload answered 200 and recorded once' if ok else 'FAILED: see above'}; saved {output}")
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100, help="files in the corpus")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--load", action="store_true", help="concurrent STOW-RS uploads instead (issue #10)")
+    parser.add_argument("--uploads", type=int, default=1000, help="--load: uploads per client count")
+    parser.add_argument(
+        "--clients", type=lambda v: [int(x) for x in v.split(",")], default=[8, 32], help="--load: e.g. 8,32"
+    )
+    parser.add_argument("--side", type=int, default=128, help="--load: image side in pixels (128: ~40 KB files)")
     args = parser.parse_args(argv)
+    if args.load:
+        return load_main(args)
     import httpx
 
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))

@@ -137,3 +137,54 @@ def reused_copy(source: Path, target: Path, fields: HeaderFields, *, seed: int =
     target.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(target, enforce_file_format=True)
     return target
+
+
+#: The claims :func:`write_sample_claims` writes: (claim, file, source image, how, header fields, claimed fields).
+_SAMPLE_CLAIMS: tuple[tuple[str, str, str, str, HeaderFields, dict[str, str]], ...] = (
+    ("CLM-1001", "chest.dcm", "RG1_UNCR.dcm", "copy",
+     {"PatientID": "P-1001", "PatientName": "DOE^JANE", "PatientSex": "F", "PatientBirthDate": "19700101",
+      "StudyDate": "20240312", "BodyPartExamined": "CHEST"},
+     {"patient_id": "P-1001", "patient_sex": "F", "claim_date": "2024-03-15", "body_part": "chest"}),
+    ("CLM-1002", "knee.dcm", "MR2_UNCR.dcm", "copy",
+     {"PatientID": "P-2002", "PatientName": "ROE^RICHARD", "PatientSex": "M", "PatientBirthDate": "19650505",
+      "StudyDate": "20240301", "BodyPartExamined": "KNEE"},
+     {"patient_id": "P-2002", "patient_sex": "M", "claim_date": "2024-03-04", "body_part": "knee"}),
+    ("CLM-1003", "knee_mri.dcm", "MR2_UNCR.dcm", "reused",
+     {"PatientID": "P-3003", "PatientName": "POE^EDGAR", "PatientSex": "M", "PatientBirthDate": "19800808",
+      "StudyDate": "20240320", "BodyPartExamined": "KNEE"},
+     {"patient_id": "P-3003", "patient_sex": "M", "claim_date": "2024-03-22", "body_part": "knee"}),
+    ("CLM-1004", "ct.dcm", "CT_small.dcm", "copy",
+     {"PatientID": "P-9999", "PatientName": "SMITH^ANNA", "PatientSex": "F", "PatientBirthDate": "19900101",
+      "StudyDate": "20240402", "BodyPartExamined": "HEAD"},
+     {"patient_id": "P-4004", "patient_sex": "F", "claim_date": "2024-03-30", "body_part": "chest"}),
+)  # fmt: skip
+
+
+def write_sample_claims(root: Path) -> Path:
+    """Write a small claim set from the installed sample images and its ``claims.csv``; return the manifest.
+
+    CLM-1001 is clean; CLM-1003 reuses CLM-1002's knee MR for another patient (windowed differently, cropped,
+    resized, JPEG re-encoded); CLM-1004's header contradicts the claim (patient, date, body part).
+    """
+    import csv
+
+    from detectors.data.corpus import sample_dicom_files
+    from verifier.errors import InputError
+
+    found = {p.name: p for _pkg, p in sample_dicom_files()}
+    rows = []
+    for claim, name, source, how, fields, claimed in _SAMPLE_CLAIMS:
+        if source not in found:
+            raise InputError(f"the sample image {source} is not installed (pip install pydicom-data)")
+        target = root / claim / name
+        if how == "reused":
+            reused_copy(found[source], target, fields, seed=7, crop=(0.7, 0.7))
+        else:
+            relabelled_copy(found[source], target, fields)
+        rows.append({"claim_id": claim, "file": f"{claim}/{name}", **claimed})
+    manifest = root / "claims.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, ["claim_id", "file", "patient_id", "patient_sex", "claim_date", "body_part"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest

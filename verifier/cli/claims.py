@@ -150,6 +150,20 @@ def _print_text(result: ClaimAudit) -> None:
             out.print(f"  [{style}]{f.severity.value:<6}[/] {f.kind:<20} {escape(f.message)}", highlight=False)
 
 
+@claims_app.command("sample", help="Write a small claim set (and claims.csv) from the installed sample images.")
+def sample_command(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the claims into (created).")],
+) -> None:
+    import warnings
+
+    from verifier.claims.samples import write_sample_claims
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the sample files' old quirks
+        manifest = write_sample_claims(directory)
+    _common.console.print(f"wrote 4 claims under {escape(str(directory))} and {escape(str(manifest))}")
+
+
 @claims_app.command("verify-package", help="Check an evidence package: signature, trust and every SHA-256.")
 def verify_package_command(
     package: Annotated[Path, typer.Argument(help="The evidence package (ZIP) to check.")],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,7 @@ from verifier.cli import _common, app
 from verifier.cli.signing import ChecksOption, DbOption, PolicyOption, TrustOption
 from verifier.errors import ConfigError, InputError
 
-__all__ = ["gateway", "parse_listen"]
+__all__ = ["gateway", "gateway_ssl_context", "parse_listen"]
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -23,6 +24,40 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise InputError(f"--listen expects HOST:PORT, not {text!r}")
     return host.strip("[]"), int(port)
+
+
+def gateway_ssl_context(cert: Path | None, key: Path | None, client_ca: Path | None) -> ssl.SSLContext | None:
+    """The DICOM TLS server context of ``--tls-cert/--tls-key [--tls-ca]``, checked now (a bad file or passphrase is
+    a clear error). An encrypted key's passphrase comes from ``MEDVERIFY_TLS_KEY_PASSPHRASE`` or the file named by
+    ``MEDVERIFY_TLS_KEY_PASSPHRASE_FILE`` (as for ``medverify serve``), never from an argument or a prompt."""
+    from verifier.cli.serve import TLS_KEY_PASSPHRASE_ENV, _tls_key_passphrase
+
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise InputError("--tls-ca needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise InputError("DICOM TLS needs both --tls-cert and --tls-key")
+    password = _tls_key_passphrase()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key, password=password or "")
+    except FileNotFoundError as exc:
+        raise InputError(f"TLS: {exc.filename} does not exist") from None
+    except (ssl.SSLError, OSError, ValueError):
+        hint = "" if password else f" (an encrypted key needs {TLS_KEY_PASSPHRASE_ENV})"
+        raise InputError(
+            f"TLS: cannot load the certificate {cert} with the key {key}: not PEM, not a matching pair, "
+            f"or the wrong passphrase{hint}"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (ssl.SSLError, OSError):
+            raise InputError(f"--tls-ca: {client_ca} is not a readable PEM CA certificate file") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 @app.command(help="Run the DICOM gateway: check each C-STORE, forward accepted instances, quarantine or refuse.")
@@ -50,6 +85,21 @@ def gateway(
     retry_max: Annotated[
         float, typer.Option("--retry-max", min=0.1, help="Longest wait between forwarding retries, seconds.")
     ] = 60.0,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM certificate (chain): every association is DICOM TLS.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key",
+            help="PEM private key of --tls-cert; if encrypted, its passphrase comes from MEDVERIFY_TLS_KEY_PASSPHRASE "
+            "or the file named by MEDVERIFY_TLS_KEY_PASSPHRASE_FILE.",
+        ),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-ca", help="PEM CA certificate(s): senders must present a certificate it issued."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every instance (to stderr).")] = False,
 ) -> int:
     """Serve until interrupted (SIGINT or SIGTERM); spooled instances are forwarded after a restart."""
@@ -64,6 +114,7 @@ def gateway(
         raise InputError(f"--forward: {exc}") from None
     if not ae_title or len(ae_title) > 16:
         raise InputError("--ae-title must have 1 to 16 characters")
+    ssl_context = gateway_ssl_context(tls_cert, tls_key, tls_ca)
     settings = _common.settings()
     allowed = parse_allowed_callers([settings.gateway_allowed_callers, *(allow or [])])
     if not allowed:
@@ -85,6 +136,7 @@ def gateway(
         quarantine_dir=quarantine or settings.intake_quarantine_dir or settings.home / "quarantine",
         allowed=allowed,
         retry_max=retry_max,
+        ssl_context=ssl_context,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -95,8 +147,9 @@ def gateway(
         checker.close()
         raise InputError(f"cannot listen on {listen}: {exc.strerror}") from None
     names = ", ".join(sorted(c.value for c in checker.checks))
+    tls_note = " (DICOM TLS, client certificates required)" if tls_ca else " (DICOM TLS)" if ssl_context else ""
     _common.err_console.print(
-        f"medverify gateway {ae_title} listening on {host}:{server.port}; forwarding to {destination}; "
+        f"medverify gateway {ae_title} listening on {host}:{server.port}{tls_note}; forwarding to {destination}; "
         f"checks: {names}; {len(server.spool)} instance(s) in the spool",
         highlight=False,
     )

@@ -13,7 +13,12 @@ Every instance leaves exactly one audit record with the calling AE title and add
 quarantine or to write the audit record answers ``0xA700`` (out of resources: the sender may retry) and stores
 nothing, so that the gateway fails closed. Calling AE titles, optionally tied to addresses, are checked against the
 configuration: an unknown title is refused at association, a known title from another address per instance
-(``0x0124``, not authorised).
+(``0x0124``, not authorised). With an SSL context every association is DICOM TLS.
+
+Order of an accepted instance: the bytes are staged (fsynced temporary), the audit record is written, the file is
+renamed into the queue, then Success is answered. So the forwarder only sends recorded instances, an audit failure
+stores nothing, and a crash leaves at most a staged temporary (removed at start) or a queued file whose Success was
+never sent (the sender sends it again: then it has two records, and the PACS gets it twice, harmlessly).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import dataclasses
 import datetime as dt
 import ipaddress
 import logging
+import ssl
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -118,6 +124,7 @@ class Gateway:
         allowed: Sequence[AllowedCaller],
         retry_initial: float = 1.0,
         retry_max: float = 60.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not allowed:
             raise ConfigError(
@@ -128,6 +135,8 @@ class Gateway:
         self.host = host
         self.port = port
         self.allowed = tuple(allowed)
+        #: DICOM TLS (PS3.15 Annex B.1): every association is TLS; with a client CA loaded, clients need a certificate.
+        self.ssl_context = ssl_context
         self.spool = Spool(spool_dir)
         self.quarantine = QuarantineStore(quarantine_dir)
         self.forwarder = Forwarder(
@@ -158,7 +167,9 @@ class Gateway:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_CONN_OPEN, _no_delay),
         ]
-        server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        server = ae.start_server(
+            (self.host, self.port), block=False, ssl_context=self.ssl_context, evt_handlers=handlers
+        )
         if server is None:  # pragma: no cover - only with block=True
             raise RuntimeError("pynetdicom did not start a server")
         self._server = server
@@ -218,16 +229,27 @@ class Gateway:
             staging.add_done_callback(_discard_unclaimed)
 
     def _forward(self, decision: IntakeDecision, staging: Future[Path]) -> Dataset:
+        """Staged (fsynced) -> audit record -> rename into the queue -> Success, in this order: the forwarder never
+        sees an instance without a record, and a crash before the rename leaves only a staged temporary (removed at
+        the next start) for an instance that was not answered Success (the sender sends it again)."""
         try:
-            path = self.spool.commit(staging.result(), sha256=decision.sha256)
+            staged = staging.result()
         except OSError as exc:
             return self._refuse(decision, STATUS_INTERNAL, f"gateway spool unavailable ({exc.strerror})")
+        name = self.spool.name_for(decision.sha256)
         try:
-            self._record(decision, outcome="forward-queued", status=0, spool_file=path.name)
+            self._record(decision, outcome="forward-queued", status=0, spool_file=name)
         except Exception:  # noqa: BLE001 - no record, no storing: fail closed with a status the sender may retry
-            self.spool.done(path)  # nobody could account for it: do not forward it
             _log.exception("audit record failed; refused an instance from %s", decision.peer.describe())
-            return _status(STATUS_INTERNAL, "medverify audit log unavailable")
+            return _status(STATUS_INTERNAL, "medverify audit log unavailable")  # the staged copy is discarded
+        try:
+            self.spool.commit(staged, sha256=decision.sha256, name=name)
+        except OSError as exc:  # recorded as queued but not queued: a second record says so, the sender retries
+            why = f"gateway spool unavailable ({exc.strerror})"
+            with contextlib.suppress(Exception):
+                self._record(decision, outcome="spool-failed", status=STATUS_INTERNAL, error_comment=error_comment(why))
+            _log.error("could not queue %s: %s", name, why)
+            return _status(STATUS_INTERNAL, error_comment(why))
         self.forwarder.notify()
         return _status(0x0000)
 

@@ -118,11 +118,15 @@ class Spool:
             raise
         return Path(tmp)
 
-    def commit(self, staged: Path, *, sha256: str) -> Path:
-        """Queue a staged file: rename it into the spool and fsync the directory; return its spool file."""
+    def name_for(self, sha256: str) -> str:
+        """A new spool file name (oldest first when sorted); the gateway records it before it commits the file."""
         with self._lock:
-            name = f"{time.time_ns():020d}-{next(self._counter):06d}-{sha256[:32]}.dcm"
-        path = self.directory / name
+            return f"{time.time_ns():020d}-{next(self._counter):06d}-{sha256[:32]}.dcm"
+
+    def commit(self, staged: Path, *, sha256: str, name: str | None = None) -> Path:
+        """Queue a staged file: rename it into the spool (as ``name``, default a new one) and fsync the directory;
+        return its spool file. Only then does the forwarder see it."""
+        path = self.directory / (name or self.name_for(sha256))
         try:
             os.replace(staged, path)
         except BaseException:

@@ -268,3 +268,30 @@ def test_report_renders_in_headless_chromium(
     image = cv2.imread(str(shot), cv2.IMREAD_GRAYSCALE)
     assert image is not None and image.shape[1] == 1280
     assert float(image.std()) > 10  # rendered content, not a blank page
+
+
+def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`claims sample` writes a set whose findings are known; missing and junk files and an empty claim are
+    findings too, never a crash."""
+    root = tmp_path / "claims"
+    code, out, err = run_cli(capsys, "claims", "sample", root)
+    assert code == 0, err
+    manifest = root / "claims.csv"
+    (root / "CLM-1001" / "junk.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
+    with open(manifest, "a") as fh:
+        fh.write("CLM-1006,CLM-1006/missing.dcm,P-6006,F,2024-03-01,chest\n")
+        fh.write("CLM-1001,CLM-1001/junk.dcm,P-1001,F,2024-03-15,chest\n")
+    code, out, err = run_cli(capsys, "claims", "audit", root, "--manifest", manifest, "--format", "jsonl")
+    assert code == 1, err
+    claims = _by_claim(out)
+    assert [f["kind"] for f in claims["CLM-1001"]["findings"]] == ["unreadable"]  # type: ignore[index,union-attr]
+    assert [f["kind"] for f in claims["CLM-1006"]["findings"]] == ["unreadable"]  # type: ignore[index,union-attr]
+    assert _kinds(claims["CLM-1002"]) == _kinds(claims["CLM-1003"]) == {"reused_image"}
+    assert {"date_after_claim", "body_part_mismatch", "patient_mismatch"} == _kinds(claims["CLM-1004"])
+
+    (tmp_path / "folders" / "EMPTY").mkdir(parents=True)
+    code, out, err = run_cli(capsys, "claims", "audit", tmp_path / "folders", "--format", "jsonl")
+    assert code == 1, err
+    assert _kinds(_by_claim(out)["EMPTY"]) == {"no_images"}
+    code, _out, err = run_cli(capsys, "claims", "audit", tmp_path / "nowhere")
+    assert code == 2 and "is not a directory" in err

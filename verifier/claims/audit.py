@@ -519,6 +519,8 @@ class ClaimsAuditor:
     @staticmethod
     def _verdict_findings(report: ClaimReport) -> list[Finding]:
         out = []
+        if not report.files:
+            out.append(Finding(kind="no_images", severity=Severity.MEDIUM, message="the claim has no DICOM images"))
         for f in report.files:
             v = f.result.verdict
             reasons = list(f.result.reasons)

@@ -34,7 +34,7 @@ from verifier.claims.matcher import BatchIndex, Confirmation, confirm
 from verifier.claims.store import ImageStore, IndexedImage, NewImage
 from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError
-from verifier.pipeline import Check, FileResult, check_instance, check_path, iter_input_files
+from verifier.pipeline import Check, DetectorSetup, FileResult, check_instance, check_path, iter_input_files
 from verifier.policy import DEFAULT_POLICY, Action, Policy, VerdictStatus
 
 __all__ = [
@@ -376,6 +376,7 @@ class ClaimsAuditor:
         trust: TrustPolicy,
         site_policy: Policy = DEFAULT_POLICY,
         watermark_keys: Sequence[WatermarkKey] = (),
+        detector: DetectorSetup | None = None,
         log: Any = None,
         date_tolerance_days: int = DATE_TOLERANCE_DAYS,
         progress: Callable[[int], None] | None = None,
@@ -384,6 +385,7 @@ class ClaimsAuditor:
         self._trust = trust
         self._site_policy = site_policy
         self._keys = tuple(watermark_keys)
+        self._detector = detector
         self._log = log
         self._store = ImageStore(log) if log is not None else None
         self._tolerance = date_tolerance_days
@@ -398,18 +400,18 @@ class ClaimsAuditor:
             # check_path turns the error into the same UNREADABLE/MALFORMED result every channel gives.
             result = check_path(
                 path, checks=self._checks, policy=self._trust, site_policy=self._site_policy,
-                watermark_keys=self._keys,
+                watermark_keys=self._keys, detector=self._detector,
             )  # fmt: skip
             return AuditedFile(claim_id=claim_id, path=str(path), result=result)
         try:
             result = check_instance(
                 instance, checks=self._checks, policy=self._trust, site_policy=self._site_policy,
-                watermark_keys=self._keys,
+                watermark_keys=self._keys, detector=self._detector,
             )  # fmt: skip
         except Exception:  # noqa: BLE001 - the boundary: one result per input, even on a bug
             result = check_path(
                 path, checks=self._checks, policy=self._trust, site_policy=self._site_policy,
-                watermark_keys=self._keys,
+                watermark_keys=self._keys, detector=self._detector,
             )  # fmt: skip
         audited = AuditedFile(claim_id=claim_id, path=str(path), result=result)
         try:

@@ -6,8 +6,10 @@ audit; ``verify-package`` 0 the package is intact and signed by a trusted audit 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,7 +19,15 @@ from rich.table import Table
 
 from verifier.cli import _common, app
 from verifier.cli.audit import TrustCertOption, _load_signer, _trusted, open_audit_log
-from verifier.cli.signing import ChecksOption, DbOption, PolicyOption, TrustOption, prepare_checks
+from verifier.cli.signing import (
+    ChecksOption,
+    DbOption,
+    HeatmapsOption,
+    ModelOption,
+    PolicyOption,
+    TrustOption,
+    prepare_checks,
+)
 from verifier.errors import InputError
 
 if TYPE_CHECKING:
@@ -64,11 +74,36 @@ def audit_command(
         int, typer.Option("--date-tolerance", min=0, help="Days a study may predate the claimed date.")
     ] = 30,
     follow_symlinks: Annotated[bool, typer.Option(help="Follow symlinks inside claim folders.")] = False,
+    model: ModelOption = None,
+    heatmaps: HeatmapsOption = None,
 ) -> int:
     """Audit claims; every image leaves an audit record, every claim a summary record, every image an index row."""
+    with contextlib.ExitStack() as stack:
+        if heatmaps is None and (report is not None or package is not None) and "detector" in (checks or "").lower():
+            # The report embeds the detector's heatmaps: write them to a folder that goes away afterwards.
+            heatmaps = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medverify-heatmaps-")))
+        return _audit(directory, manifest, report, package, output_format, checks, trust, db, policy_file,
+                      date_tolerance, follow_symlinks, model, heatmaps)  # fmt: skip
+
+
+def _audit(
+    directory: Path,
+    manifest: Path | None,
+    report: Path | None,
+    package: Path | None,
+    output_format: str,
+    checks: str | None,
+    trust: list[Path] | None,
+    db: str | None,
+    policy_file: Path | None,
+    date_tolerance: int,
+    follow_symlinks: bool,
+    model: Path | None,
+    heatmaps: Path | None,
+) -> int:
     from verifier.claims import ClaimsAuditor, load_claims
 
-    setup = prepare_checks(output_format, checks, trust, policy_file)
+    setup = prepare_checks(output_format, checks, trust, policy_file, model=model, heatmaps=heatmaps)
     claims = load_claims(directory, manifest, follow_symlinks=follow_symlinks)
     n_files = sum(len(c.files) for c in claims)
     signer = None
@@ -84,6 +119,7 @@ def audit_command(
             trust=setup.trust,
             site_policy=setup.site_policy,
             watermark_keys=setup.watermark_keys,
+            detector=setup.detector,
             log=log,
             date_tolerance_days=date_tolerance,
         )

@@ -18,7 +18,6 @@ from typing import Any
 
 import cv2
 import jinja2
-import numpy as np
 import numpy.typing as npt
 
 from verifier.claims.audit import AuditedFile, ClaimAudit, ClaimReport, DuplicatePair, Severity
@@ -27,6 +26,8 @@ from verifier.claims.matcher import Confirmation
 from verifier.claims.store import IndexedImage
 
 __all__ = ["render_claims_report", "write_claims_report"]
+
+_THUMB_SIDE = 256
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("verifier.report", "templates"),
@@ -45,24 +46,19 @@ def _png(image: npt.NDArray[Any] | None) -> str | None:
 
 
 def _heatmap(f: AuditedFile) -> str | None:
-    """The detector heatmap over the thumbnail, when the detector check ran and produced one."""
-    detection = getattr(f.result, "detection", None)
-    heat = getattr(detection, "heatmap", None) if detection is not None else None
-    if heat is None or f.thumbnail is None:
+    """The detector's heatmap PNG (written when the detector check ran with a heatmap folder), embedded."""
+    detection = f.result.detection
+    where = detection.get("heatmap") if isinstance(detection, dict) else None
+    if not where:
         return None
-    try:
-        h = np.asarray(heat, dtype=np.float32)
-        if h.ndim != 2 or h.size == 0:
-            return None
-        size = (f.thumbnail.shape[1], f.thumbnail.shape[0])
-        h = np.asarray(cv2.resize(np.nan_to_num(h), size, interpolation=cv2.INTER_LINEAR), dtype=np.float32)
-        lo, hi = float(h.min()), float(h.max())
-        h8 = ((h - lo) / (hi - lo) * 255).astype(np.uint8) if hi > lo else np.zeros(h.shape, np.uint8)
-        colour = cv2.applyColorMap(h8, cv2.COLORMAP_JET)
-        base = cv2.cvtColor(f.thumbnail, cv2.COLOR_GRAY2BGR)
-        return _png(cv2.addWeighted(base, 0.6, colour, 0.4, 0))
-    except (ValueError, TypeError, cv2.error):
+    image = cv2.imread(str(where), cv2.IMREAD_COLOR)
+    if image is None:
         return None
+    h, w = image.shape[:2]
+    factor = _THUMB_SIDE / max(h, w)
+    if factor < 1:
+        image = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+    return _png(image)
 
 
 def _file_view(f: AuditedFile) -> dict[str, Any]:

@@ -295,3 +295,36 @@ def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: p
     assert _kinds(_by_claim(out)["EMPTY"]) == {"no_images"}
     code, _out, err = run_cli(capsys, "claims", "audit", tmp_path / "nowhere")
     assert code == 2 and "is not a directory" in err
+
+
+def test_detector_scores_and_heatmaps_reach_the_report(
+    keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --checks detector, each file carries the detector's scores and the report embeds its heatmap."""
+    import torch
+
+    from detectors.data import build_sample_corpus
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    corpus, bundle = tmp_path / "corpus", tmp_path / "bundle"
+    build_sample_corpus(corpus)
+    code, _out, err = run_cli(capsys, "train", "detector", "--corpus", corpus, "--generators", "vae,tamper",
+                              "--preset", "tiny", "--steps", "3", "--batch-size", "8", "--view-size", "48",
+                              "--threads", "1", "--out", bundle)  # fmt: skip
+    assert code == 0, err
+    root = tmp_path / "claims"
+    relabelled_copy(_sample("CT_small.dcm"), root / "D-1" / "ct.dcm", _patient("D1", "A^A", "F", "19600101", "HEAD"))
+    relabelled_copy(_sample("MR2_UNCR.dcm"), root / "D-2" / "mr.dcm", _patient("D2", "B^B", "M", "19610101", "KNEE"))
+    report = tmp_path / "report.html"
+    code, out, err = run_cli(capsys, "claims", "audit", root, "--checks", "signature,detector", "--model", bundle,
+                             "--report", report, "--format", "jsonl")  # fmt: skip
+    assert code in (0, 1), err
+    files = [f for claim in jsonl(out) for f in claim["files"]]
+    assert len(files) == 2
+    for f in files:
+        assert 0.0 <= f["synthetic_score"] <= 1.0 and f["detector"]["model_tag"].startswith("ensemble-")
+    html = report.read_text()
+    assert html.count('alt="heatmap of') == 2 and "synthetic score" in html
+    # The heatmaps went to a temporary folder, embedded in the report and removed afterwards.
+    assert all(f["detector"]["heatmap"] and not Path(f["detector"]["heatmap"]).exists() for f in files)

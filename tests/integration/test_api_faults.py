@@ -18,6 +18,7 @@ import io
 import json
 import os
 import pwd
+import re
 import socket
 import ssl
 import subprocess
@@ -362,7 +363,11 @@ def test_sigkill_during_concurrent_uploads_loses_and_duplicates_nothing(
     # An unanswered request may have been recorded (killed between record and answer), at most once.
     unanswered_recorded = [a for a in every if a.status is None and a.request_id in by_request]
     assert len(by_request) == len(answered_ok) + len(unanswered_recorded)
-    print(f"\n{n} uploads, {len(lost)} unanswered at the kill, {len(unanswered_recorded)} of them recorded")
+    removed = re.search(r"removed (\d+) unfinished", srv.log.read_text())
+    print(
+        f"\n{n} uploads, {len(lost)} unanswered at the kill, {len(unanswered_recorded)} of them recorded, "
+        f"{removed.group(1) if removed else 0} temporaries removed at restart"
+    )
 
     done = home.cli("audit", "verify")
     assert done.returncode == 0, done.stdout + done.stderr

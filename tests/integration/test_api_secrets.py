@@ -51,7 +51,7 @@ def _private_numbers(key: object) -> dict[str, int]:
 def secrets_of(home: Path, token: str) -> dict[str, bytes]:
     """Every secret of this home, in the forms it could leak in: name -> bytes to look for."""
     found: dict[str, bytes] = {"passphrase": PASSPHRASE.encode(), "token": token.encode()}
-    found["token secret part"] = token.rsplit("_", 1)[1].encode()
+    found["token secret part"] = token.split("_", 2)[2].encode()  # mv_<id>_<secret>; the secret may hold "_"
     for path in sorted((home / "keys").rglob("*.key.pem")):
         encrypted = path.read_bytes()
         key = serialization.load_pem_private_key(encrypted, PASSPHRASE.encode())

@@ -10,7 +10,10 @@ from testkit import TEST_KEY_PASSPHRASE
 
 from provenance.keys import KeyStore
 
-pytest_plugins = ["fixtures_postgres"]  # PostgreSQL server + audit_db_url (sqlite, postgresql)
+pytest_plugins = [
+    "fixtures_postgres",  # PostgreSQL server + audit_db_url (sqlite, postgresql)
+    "fixtures_faults",  # stoppable_postgres, small_disk (tmpfs), tls_pki (test CA for TLS)
+]
 
 
 @pytest.fixture(scope="session")

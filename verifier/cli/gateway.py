@@ -85,6 +85,10 @@ def gateway(
     retry_max: Annotated[
         float, typer.Option("--retry-max", min=0.1, help="Longest wait between forwarding retries, seconds.")
     ] = 60.0,
+    max_associations: Annotated[
+        int,
+        typer.Option("--max-associations", min=1, max=1000, help="Concurrent associations (more: rejected)."),
+    ] = 64,
     tls_cert: Annotated[
         Path | None, typer.Option("--tls-cert", help="PEM certificate (chain): every association is DICOM TLS.")
     ] = None,
@@ -137,6 +141,7 @@ def gateway(
         allowed=allowed,
         retry_max=retry_max,
         ssl_context=ssl_context,
+        max_associations=max_associations,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

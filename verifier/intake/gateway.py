@@ -125,6 +125,7 @@ class Gateway:
         retry_initial: float = 1.0,
         retry_max: float = 60.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_associations: int = 64,
     ) -> None:
         if not allowed:
             raise ConfigError(
@@ -137,6 +138,8 @@ class Gateway:
         self.allowed = tuple(allowed)
         #: DICOM TLS (PS3.15 Annex B.1): every association is TLS; with a client CA loaded, clients need a certificate.
         self.ssl_context = ssl_context
+        #: Concurrent associations accepted (pynetdicom's default is 10); more are rejected as transient.
+        self.max_associations = max_associations
         self.spool = Spool(spool_dir)
         self.quarantine = QuarantineStore(quarantine_dir)
         self.forwarder = Forwarder(
@@ -162,6 +165,7 @@ class Gateway:
         ae.add_supported_context(Verification)
         ae.require_calling_aet = sorted({c.ae_title for c in self.allowed})
         ae.maximum_pdu_size = 0  # no limit on what we accept: fewer, larger PDUs
+        ae.maximum_associations = self.max_associations
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),

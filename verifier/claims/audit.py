@@ -21,7 +21,7 @@ import enum
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,9 @@ from verifier.errors import InputError
 from verifier.instance import Instance, UnreadableInstanceError
 from verifier.pipeline import Check, DetectorSetup, FileResult, check_instance, check_path, iter_input_files
 from verifier.policy import DEFAULT_POLICY, Action, Policy, VerdictStatus
+
+if TYPE_CHECKING:  # SQLAlchemy is imported only when a database is used
+    from verifier.audit import AuditLog
 
 __all__ = [
     "AuditedFile",
@@ -377,7 +380,7 @@ class ClaimsAuditor:
         site_policy: Policy = DEFAULT_POLICY,
         watermark_keys: Sequence[WatermarkKey] = (),
         detector: DetectorSetup | None = None,
-        log: Any = None,
+        log: AuditLog | None = None,
         date_tolerance_days: int = DATE_TOLERANCE_DAYS,
         progress: Callable[[int], None] | None = None,
     ) -> None:

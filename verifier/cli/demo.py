@@ -223,4 +223,8 @@ def demo(
         "dcmsign answers OK for the file with an element added after signing; medverify names the element that no "
         "signature covers. Every check above is in the audit log: `medverify audit list`, `medverify audit verify`."
     )
+    _common.console.print(
+        "Claim audits (reused scans, header contradictions, synthetic images): `medverify claims sample claims`, then "
+        "`medverify claims audit claims --manifest claims/claims.csv --report report.html`."
+    )
     return 0 if all_expected else 1

@@ -68,7 +68,13 @@ class CNNDetector(Detector):
         "small": {
             "patch_size": 64,
             "max_patches": 32,
-            "arch_args": {"backbone": "mobilenetv3_small_050", "stem_stride": 1, "lr": 2e-3, "drop_rate": 0.1},
+            "arch_args": {
+                "backbone": "mobilenetv3_small_050",
+                "stem_stride": 1,
+                "lr": 2e-3,
+                "drop_rate": 0.1,
+                "tamper_pos_weight": 4.0,
+            },
         },
     }
 
@@ -98,6 +104,8 @@ class CNNDetector(Detector):
         progress: FitProgress | None = None,
     ) -> dict[str, float]:
         lr = float(self.config.arch_args.get("lr", 2e-3))
+        # Tampered patches are about a tenth of a batch: weigh them up so that the head does not settle on the prior.
+        tamper_weight = torch.tensor(float(self.config.arch_args.get("tamper_pos_weight", 1.0)))
         last: dict[str, float] = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -113,7 +121,7 @@ class CNNDetector(Detector):
                     y_tam = torch.from_numpy(batch.tamper)
                     logits = self.model(x)
                     loss_syn = F.binary_cross_entropy_with_logits(logits[:, 0], y_syn)
-                    loss_tam = F.binary_cross_entropy_with_logits(logits[:, 1], y_tam)
+                    loss_tam = F.binary_cross_entropy_with_logits(logits[:, 1], y_tam, pos_weight=tamper_weight)
                     loss = loss_syn + loss_tam
                     if not torch.isfinite(loss):
                         raise ModelError(f"training diverged at step {step}")

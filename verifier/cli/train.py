@@ -150,7 +150,7 @@ def train_detector_cmd(
     ] = "vae,gan,diffusion,tamper",
     arch: Annotated[str, typer.Option("--arch", help="Detector: ensemble, cnn or classical.")] = "ensemble",
     preset: Annotated[str, typer.Option("--preset", help="tiny (tests) or small (the shipped bundle).")] = "small",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="CNN training steps.")] = 1500,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="CNN training steps.")] = 1200,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Patches per step (half real).")] = 32,
     view_size: Annotated[int, typer.Option("--view-size", min=32, help="Side of the crops taken from frames.")] = 128,
     out: Annotated[Path, typer.Option("--out", help="Bundle directory.")] = Path("checkpoints/detector"),

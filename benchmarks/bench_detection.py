@@ -108,7 +108,7 @@ def _write_dicoms(directory: Path, n: int, side: int = 512) -> list[Path]:
     from pydicom.data import get_testdata_file
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    source = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
     base = source.pixel_array.astype(np.int32)
     reps = (side // base.shape[0] + 1, side // base.shape[1] + 1)
     tiled = np.tile(base, reps)[:side, :side]
@@ -264,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reuse", type=Path, default=None,
                         help="With --skip-logo: take the LOGO and unseen-modality figures from this earlier JSON.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--generator-checkpoints", type=Path, default=None,
+                        help="Folder of generator checkpoints <family>/ (default: the shipped ones).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--model-card", type=Path, default=None, help="Also write the figures as Markdown here.")
@@ -276,14 +278,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if corpus is None:
             corpus = Path(tmp) / "corpus"
             build_sample_corpus(corpus)
-        _log("building training views (train split)...")
-        train_views, _ = build_views(corpus, families=families, splits=("train",), view_size=args.view_size,
-                                     seed=args.seed)
+        train_views: list[View] = []
+        if not args.skip_logo:
+            _log("building training views (train split)...")
+            train_views, _ = build_views(corpus, families=families, splits=("train",), view_size=args.view_size,
+                                         seed=args.seed, checkpoints=args.generator_checkpoints)
         _log("building evaluation views (val and test splits)...")
         eval_views, eval_desc = build_views(corpus, families=families, splits=("val", "test"),
                                             view_size=args.view_size, seed=args.seed + 1,
-                                            max_per_frame=args.eval_per_frame)
-    fit, calib = split_calibration(train_views, seed=args.seed)
+                                            max_per_frame=args.eval_per_frame,
+                                            checkpoints=args.generator_checkpoints)
+    fit, calib = split_calibration(train_views, seed=args.seed) if train_views else ([], [])
     bundle = load_bundle(args.bundle)
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -149,7 +149,8 @@ def load_generators(
         directory = root / family
         if (directory / "checkpoint.json").is_file():
             gen = create_generator(family, checkpoint=directory)
-            used[family] = {"checkpoint": f"detectors/checkpoints/{family}", "digest": gen.digest,
+            shown = f"detectors/checkpoints/{family}" if checkpoints is None else str(directory)
+            used[family] = {"checkpoint": shown, "digest": gen.digest,
                             "steps": gen.training_record.get("steps")}
         else:
             gen = create_generator(family, config="small", seed=0)
@@ -212,13 +213,16 @@ def build_views(
     unpaired_fraction: float = 0.25,
     diffusion_steps: int = 10,
     progress: Callable[[int, int, str], None] | None = None,
+    checkpoints: str | os.PathLike[str] | None = None,
 ) -> tuple[list[View], dict[str, Any]]:
-    """Real views of ``splits`` and their fakes for ``families``, and a description for the training record."""
+    """Real views of ``splits`` and their fakes for ``families``, and a description for the training record.
+
+    ``checkpoints`` is a folder of generator checkpoints (``<family>/``); default the shipped ones."""
     corpus = Corpus.load(corpus_root)
     reals = real_views(corpus, splits, view_size=view_size, max_per_frame=max_per_frame, seed=seed)
     if not reals:
         raise ValueError(f"{corpus_root}: no usable frames in the selected splits")
-    generators, used = load_generators(families, diffusion_steps=diffusion_steps)
+    generators, used = load_generators(families, diffusion_steps=diffusion_steps, checkpoints=checkpoints)
     fakes = make_fakes(reals, generators, seed=seed, unpaired_fraction=unpaired_fraction, progress=progress)
     manifest = Path(corpus_root) / "manifest.json"
     description = {

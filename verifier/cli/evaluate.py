@@ -36,6 +36,10 @@ def evaluate(
         str | None, typer.Option("--generators", help="Families (default: those the bundle was trained on).")
     ] = None,
     view_size: Annotated[int, typer.Option("--view-size", min=32, help="Side of the crops taken from frames.")] = 128,
+    generator_checkpoints: Annotated[
+        Path | None,
+        typer.Option("--generator-checkpoints", help="Folder of generator checkpoints (default: the shipped ones)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of views and fakes.")] = 1,
     output_format: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
     threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = 1,
@@ -65,7 +69,7 @@ def evaluate(
         else:
             families = [f for f in FAMILIES if f in trained] or list(FAMILIES)
         views, description = build_views(corpus, families=families, splits=splits,  # type: ignore[arg-type]
-                                          view_size=view_size, seed=seed)
+                                          view_size=view_size, seed=seed, checkpoints=generator_checkpoints)
         result = evaluate_views(detector, views)
     except (DetectorsError, ValueError) as exc:
         message = exc.diagnostics() if isinstance(exc, DetectorsError) else str(exc)

@@ -235,6 +235,40 @@ def load_or_train(
                  "training": gen.training_record}
 
 
+# ---------------------------------------------------------------------------------------------------- speed
+
+
+def training_speed(frames: list[Array], *, threads: int, reps: int, seconds: float) -> dict[str, dict[str, float]]:
+    """Training steps/s of each ``small`` preset and of the issue's reference (a width-32 DCGAN at batch 32, 7
+    steps/s on a quiet 2-core machine), timed in turn ``reps`` times for about ``seconds`` each, so that a busy
+    machine slows all of them alike; the quiet estimate is 7 x the speed relative to the reference."""
+    from detectors.generators import GANConfig
+
+    torch.set_num_threads(threads)
+    sampler = PatchSampler(frames, PATCH)
+    gens: dict[str, Generator] = {"reference DCGAN": create_generator("gan", config=GANConfig())}
+    for name in ("vae", "gan", "diffusion"):
+        gens[name] = create_generator(name, config="small")
+    done = dict.fromkeys(gens, 0)
+    spent = dict.fromkeys(gens, 0.0)
+    for gen in gens.values():
+        gen.fit(sampler, steps=2, seed=0)  # warm-up
+    for rep in range(reps):
+        for name, gen in gens.items():
+            result = gen.fit(sampler, steps=10**6, seed=rep, time_limit_s=seconds)
+            done[name] += result.steps
+            spent[name] += result.elapsed_s
+    rates = {name: done[name] / spent[name] for name in gens}
+    ref = rates["reference DCGAN"]
+    out: dict[str, dict[str, float]] = {}
+    for name, gen in gens.items():
+        quiet = 7.0 * rates[name] / ref
+        out[name] = {"steps_per_s": round(rates[name], 3), "relative": round(rates[name] / ref, 3),
+                     "quiet_steps_per_s": round(quiet, 2), "preset_steps": gen.config.steps,
+                     "quiet_minutes": round(gen.config.steps / quiet / 60, 1)}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- images
 
 
@@ -243,7 +277,8 @@ def _to_u8(p: Array, window: tuple[float, float], zoom: int) -> npt.NDArray[np.u
     img = np.clip((p - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     img8 = np.round(img * 255).astype(np.uint8)
     img8 = cv2.resize(img8, (p.shape[1] * zoom, p.shape[0] * zoom), interpolation=cv2.INTER_NEAREST)
-    return cv2.cvtColor(img8, cv2.COLOR_GRAY2BGR)
+    out: npt.NDArray[np.uint8] = cv2.cvtColor(img8, cv2.COLOR_GRAY2BGR)
+    return out
 
 
 def _label(canvas: npt.NDArray[np.uint8], text: str, org: tuple[int, int], scale: float = 0.5,
@@ -307,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_generators.json")
     parser.add_argument("--images", type=Path, default=RESULTS / "generators", help="where the PNGs go")
+    parser.add_argument("--speed", action="store_true",
+                        help="only time the small presets' training against the reference DCGAN, then exit")
+    parser.add_argument("--speed-seconds", type=float, default=20.0, help="seconds per timed turn (20)")
     args = parser.parse_args(argv)
     if args.n_patches < 20:
         parser.error("--n-patches must be at least 20 (5-fold cross-validation)")
@@ -323,6 +361,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_sample_corpus(corpus)
     names = args.generators or list_generators()
     n, seed = args.n_patches, args.seed
+    if args.speed:
+        train, _ = corpus_frames(corpus)
+        speed = training_speed(train, threads=args.threads, reps=3, seconds=args.speed_seconds)
+        print(f"{'preset':<16} {'steps/s':>8} {'x ref':>6} {'quiet steps/s':>14} {'steps':>6} {'quiet min':>9}")
+        for name, row in speed.items():
+            print(f"{name:<16} {row['steps_per_s']:>8.3f} {row['relative']:>6.3f} {row['quiet_steps_per_s']:>14.2f} "
+                  f"{row['preset_steps']:>6} {row['quiet_minutes']:>9.1f}")
+        print("quiet estimate = 7 steps/s x speed relative to the reference DCGAN, timed in turn on this machine")
+        path = args.output.with_name("bench_generators_speed.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                                    "threads": args.threads, "load_average": os.getloadavg(), "speed": speed},
+                                   indent=1) + "\n", encoding="utf-8")
+        print(f"saved {path}")
+        return 0
 
     frames, real_split = real_frames(corpus, args.real_split)
     sampler = PatchSampler(frames, PATCH)

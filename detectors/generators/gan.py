@@ -2,11 +2,12 @@
 
 The generator starts from a ``z_channels`` x (S/16) x (S/16) noise map instead of a 1x1 vector, so it is fully
 convolutional (as in the spatial GAN of Jetchev et al., 2016): larger samples come from a larger noise map. The
-presets use nearest-neighbour resize + 3x3 convolutions to up-sample (the transposed 4x4 stride-2 convolutions of
-DCGAN leave a checkerboard), per-pixel noise inputs (StyleGAN) for noise and speckle, a spectrally normalised
-patch discriminator trained with the hinge loss on DiffAugment-ed inputs (translation + cutout; with a few dozen
-frames an unaugmented discriminator memorises them and wins), and an EMA of the generator weights for sampling.
-The dataclass defaults are the original DCGAN, so that checkpoints written before these options still load.
+presets use bilinear resize + 3x3 convolutions to up-sample (the transposed 4x4 stride-2 convolutions of DCGAN
+leave a checkerboard, nearest-neighbour resizing leaves blocks the size of a noise-map cell), per-pixel noise
+inputs (StyleGAN) for noise and speckle, a spectrally normalised patch discriminator trained with the hinge loss
+on DiffAugment-ed inputs (translation + cutout; with a few dozen frames an unaugmented discriminator memorises
+them and wins), and an EMA of the generator weights for sampling. The dataclass defaults are the original DCGAN,
+so that checkpoints written before these options still load.
 
 Paired fake (no GAN inversion): the real image's low frequencies (Gaussian blur, ``paired_sigma`` pixels) plus
 the high-frequency residual of a GAN sample of the same size, rescaled to the real image's high-frequency
@@ -37,8 +38,8 @@ class GANConfig(GeneratorConfig):
 
     The dataclass defaults are the original DCGAN (transposed convolutions, batch-norm discriminator,
     non-saturating loss, no EMA) so that checkpoints written before these fields existed still load; the
-    presets use the stabilised variant: nearest-neighbour resize + 3x3 convolution up-sampling (no
-    checkerboard), per-pixel noise inputs (for sensor-like noise and speckle), a spectrally normalised
+    presets use the stabilised variant: bilinear resize + 3x3 convolution up-sampling (no checkerboard, no
+    blocks), per-pixel noise inputs (for sensor-like noise and speckle), a spectrally normalised
     discriminator with the hinge loss, differentiable augmentation of both real and fake discriminator inputs
     (random translation and cutout; the discriminator otherwise memorises a small corpus) and an exponential
     moving average of the generator weights for sampling.
@@ -73,7 +74,7 @@ class GANConfig(GeneratorConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {**STABLE, "image_size": 32, "width": 8, "z_channels": 8, "steps": 8, "batch_size": 4}
         | {"ema_decay": 0.5},
-        "small": {**STABLE, "steps": 6000},
+        "small": {**STABLE, "steps": 5000},
         "large": {**STABLE, "width": 64, "z_channels": 128, "steps": 100000, "batch_size": 64, "ema_decay": 0.9999},
     }
 
@@ -110,7 +111,7 @@ class DCGANGenerator(nn.Module):
             layers += self._up(cin, cout)
         if self.resize:
             # The full-resolution layer is the costly one: noise then a single 3x3 convolution to the image.
-            layers += [nn.Upsample(scale_factor=2, mode="nearest")]
+            layers += [nn.Upsample(scale_factor=2, mode="bilinear")]
             layers += [_NoiseInput(w)] if self.noise else []
             layers += [nn.Conv2d(w, 1, 3, padding=1)]
         else:
@@ -120,7 +121,10 @@ class DCGANGenerator(nn.Module):
 
     def _up(self, cin: int, cout: int) -> list[nn.Module]:
         if self.resize:
-            up: list[nn.Module] = [nn.Upsample(scale_factor=2), nn.Conv2d(cin, cout, 3, 1, 1, bias=False)]
+            up: list[nn.Module] = [
+                nn.Upsample(scale_factor=2, mode="bilinear"),
+                nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+            ]
         else:
             up = [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)]
         noise: list[nn.Module] = [_NoiseInput(cout)] if self.noise else []

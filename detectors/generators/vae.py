@@ -46,8 +46,9 @@ class VAEConfig(GeneratorConfig):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"image_size": 32, "width": 8, "max_width": 16, "steps": 40, "batch_size": 4, "adv_weight": 0.01},
-        "small": {},
-        "large": {"width": 64, "max_width": 256, "blocks": 2, "steps": 60000, "batch_size": 64, "lr": 5e-4},
+        "small": {"adv_weight": 0.01},
+        "large": {"width": 64, "max_width": 256, "blocks": 2, "steps": 60000, "batch_size": 64, "lr": 5e-4}
+        | {"adv_weight": 0.01},
     }
 
     def validate(self) -> None:

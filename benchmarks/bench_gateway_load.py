@@ -13,7 +13,13 @@ Two runs with the same senders:
 
 Checked, not just timed: every C-STORE answered (Success), as many ``intake`` audit records as instances with the
 instances' UIDs, every instance delivered to the PACS, ``medverify audit verify`` passes. The added latency is the
-gateway's percentile minus the baseline's. Figures are printed and saved as JSON
+gateway's percentile minus the baseline's. A C-STORE without an answer within 30 s makes pynetdicom abort the
+association; its remaining instances count as unanswered (seen with storescp ``--fork`` under this load: a few of
+its children stop answering; the baseline's percentiles are then over the answered C-STOREs).
+
+With A associations each waiting for its answer before the next C-STORE, a round trip is about A / throughput once
+the gateway is saturated (Little's law): at 50 associations the percentiles measure queueing, and ``inst/s`` is the
+capacity. ``bench_intake.py`` gives the added latency of one association. Figures are printed and saved as JSON
 (``benchmarks/results/bench_gateway_load.json``).
 
     nice -n 10 python benchmarks/bench_gateway_load.py                       # 50 associations, 2,000 instances
@@ -91,15 +97,22 @@ def _association(port: int, called: str, share: list[str], start: float) -> list
 
     ae = AE(ae_title=CALLER)
     ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 300
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     time.sleep(max(0.0, start - time.time()))  # every association of every process opens at once
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
-    if not assoc.is_established:
+    for attempt in range(5):  # a refused or failed association is tried again, as a modality would
+        assoc = ae.associate("127.0.0.1", port, ae_title=called)
+        if assoc.is_established:
+            break
+        time.sleep(0.5 * (attempt + 1))
+    else:
         return [(path, None, 0.0) for path in share]
     set_no_delay(assoc)
     out: list[tuple[str, int | None, float]] = []
     try:
         for path in share:
+            if not assoc.is_established:  # aborted (by the peer, or a C-STORE got no answer in 30 s)
+                out.append((path, None, 0.0))
+                continue
             t0 = time.perf_counter()
             rsp = assoc.send_c_store(path)
             out.append((path, int(rsp.Status) if "Status" in rsp else None, (time.perf_counter() - t0) * 1000.0))

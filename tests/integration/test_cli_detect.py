@@ -89,6 +89,16 @@ def test_verify_with_detector(
     records = jsonl(out)
     assert records and all(r["model_tag"] == tag for r in records)
     assert all(r["detection_report"]["synthetic_score"] is not None for r in records)
+    # A DICOM object without pixels gets one result with the reason, no scores, no crash.
+    from pydicom.data import get_testdata_file
+
+    plan = str(get_testdata_file("rtplan.dcm"))
+    code, out, _err = run_cli(capsys, "verify", plan, "--checks", "signature,detector", "--model", bundle,
+                              "-f", "jsonl", "--no-audit")
+    (line,) = jsonl(out)
+    assert line["verdict"] == "NO_EVIDENCE" and line["synthetic_score"] is None
+    assert "no pixel data" in line["detector"]["error"]
+    assert any("could not be scored" in r for r in line["reasons"])
     # Signature-only output keeps the fields, empty.
     code, out, _err = run_cli(capsys, "verify", ct, "-f", "jsonl", "--no-audit")
     (line,) = jsonl(out)

@@ -214,6 +214,12 @@ def test_cli_train_generator(tmp_path: Path) -> None:
     assert gen.training_record["steps"] == 3 and gen.training_record["seed"] == 4
     assert gen.training_record["data"]["frames"] == 3
     assert torch.get_num_threads() == 1
+    sampling = tmp_path / "sampling"
+    extra = ["--steps", "2", "--out", str(sampling), "--threads", "1", "--device", "cpu", "--minutes", "5"]
+    assert main([*argv, "--split", "all", *extra, "--sampling-only"]) == 0
+    stored = {k.split(".", 1)[0] for k in read_checkpoint(sampling)[1]}
+    assert stored == {"g_ema"} and create_generator("gan", checkpoint=sampling).training_record["device"] == "cpu"
+    assert main([*argv, "--split", "all", "--device", "no-such-device"]) == 2
     assert main(["train", "generator", "nope", "--corpus", str(tmp_path / "corpus")]) == 2
     assert main(["train", "generator", "gan", "--corpus", str(tmp_path / "missing")]) == 2
     assert main([*argv, "--split", "everything"]) == 2

@@ -14,8 +14,9 @@ Two runs with the same senders:
 Checked, not just timed: every C-STORE answered (Success), as many ``intake`` audit records as instances with the
 instances' UIDs, every instance delivered to the PACS, ``medverify audit verify`` passes. The added latency is the
 gateway's percentile minus the baseline's. A C-STORE without an answer within 30 s makes pynetdicom abort the
-association; its remaining instances count as unanswered (seen with storescp ``--fork`` under this load: a few of
-its children stop answering; the baseline's percentiles are then over the answered C-STOREs).
+association; its remaining instances count as unanswered (seen in the storescp run under this load, most likely
+pynetdicom's reactor thread taking a response before ``send_c_store`` sees it, pynetdicom issue #435; the
+percentiles are then over the answered C-STOREs).
 
 With A associations each waiting for its answer before the next C-STORE, a round trip is about A / throughput once
 the gateway is saturated (Little's law): at 50 associations the percentiles measure queueing, and ``inst/s`` is the

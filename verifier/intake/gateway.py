@@ -258,23 +258,32 @@ class Gateway:
         return _status(0x0000)
 
     def _quarantine(self, decision: IntakeDecision) -> Dataset:
-        record = {
-            **decision.to_dict(),
-            "received": dt.datetime.now(dt.UTC).isoformat(),
-            "gateway": self.ae_title,
-        }
+        """As :meth:`_forward`: staged (fsynced) -> audit record -> rename into the quarantine -> Success, so that no
+        quarantined copy exists without its record; the verdict file names the record."""
         try:
-            path = self.quarantine.put(decision.data, sha256=decision.sha256, record=record)
+            staged = self.quarantine.stage(decision.data)
         except OSError as exc:
             return self._refuse(decision, STATUS_INTERNAL, f"quarantine store unavailable ({exc.strerror})")
         try:
-            recorded = self._record(decision, outcome="quarantined", status=0, quarantine_file=path.name)
-        except Exception:  # noqa: BLE001 - as in _forward; the quarantined copy stays for the operator
-            _log.exception("audit record failed; refused an instance from %s", decision.peer.describe())
-            return _status(STATUS_INTERNAL, "medverify audit log unavailable")
-        with contextlib.suppress(OSError):  # the verdict file names its audit record (the copy is already kept)
-            self.quarantine.put(decision.data, sha256=decision.sha256, record={**record, "audit_id": recorded.audit_id})
-        return _status(0x0000)
+            name = self.quarantine.path_for(decision.sha256).name
+            try:
+                recorded = self._record(decision, outcome="quarantined", status=0, quarantine_file=name)
+            except Exception:  # noqa: BLE001 - as in _forward: nothing kept, a status the sender may retry
+                _log.exception("audit record failed; refused an instance from %s", decision.peer.describe())
+                return _status(STATUS_INTERNAL, "medverify audit log unavailable")
+            record = {**recorded.to_dict(), "received": dt.datetime.now(dt.UTC).isoformat(), "gateway": self.ae_title}
+            try:
+                self.quarantine.commit(staged, sha256=decision.sha256, record=record)
+            except OSError as exc:  # recorded as quarantined but not kept: a second record says so
+                why = f"quarantine store unavailable ({exc.strerror})"
+                with contextlib.suppress(Exception):
+                    self._record(decision, outcome="quarantine-failed", status=STATUS_INTERNAL,
+                                 error_comment=error_comment(why))  # fmt: skip
+                _log.error("could not keep %s in the quarantine: %s", name, why)
+                return _status(STATUS_INTERNAL, error_comment(why))
+            return _status(0x0000)
+        finally:
+            QuarantineStore.discard(staged)  # a no-op once committed
 
     def _refuse(self, decision: IntakeDecision, code: int, why: str) -> Dataset:
         comment = error_comment(why)

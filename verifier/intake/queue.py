@@ -165,6 +165,40 @@ class QuarantineStore:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in self.directory.glob(".incoming-*.tmp"):  # a crash between write and rename
+            stale.unlink(missing_ok=True)
+
+    def path_for(self, sha256: str) -> Path:
+        return self.directory / f"{sha256}.dcm"
+
+    def stage(self, data: bytes) -> Path:
+        """Write ``data`` to a fsynced temporary file in the store (not yet kept); OSError if it cannot."""
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".incoming-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return Path(tmp)
+
+    def commit(self, staged: Path, *, sha256: str, record: dict[str, Any]) -> Path:
+        """Keep a staged copy as ``<sha256>.dcm`` (the same content kept before: the staged copy is dropped) and
+        write its verdict file; return the kept file."""
+        path = self.path_for(sha256)
+        try:
+            if path.exists():
+                staged.unlink(missing_ok=True)
+            else:
+                os.replace(staged, path)
+                _fsync_dir(self.directory)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        atomic_write(path.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True).encode())
+        return path
 
     def put(self, data: bytes, *, sha256: str, record: dict[str, Any]) -> Path:
         """Keep ``data`` and its verdict; the same content twice is kept once (its latest verdict)."""
@@ -173,6 +207,10 @@ class QuarantineStore:
             atomic_write(path, data)
         atomic_write(path.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True).encode())
         return path
+
+    @staticmethod
+    def discard(staged: Path) -> None:
+        staged.unlink(missing_ok=True)
 
     def __iter__(self) -> Iterator[Path]:
         return iter(sorted(self.directory.glob("*.dcm")))

@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import pwd
 import re
 import socket
 import ssl
@@ -34,14 +33,14 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from fixtures_faults import TLS_KEY_PASSPHRASE, Pg
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from testkit import TEST_KEY_PASSPHRASE, require_tool
+from testkit import TEST_KEY_PASSPHRASE
 
 from verifier.audit import AuditLog
 
 REPO = Path(__file__).resolve().parents[2]
-TLS_KEY_PASSPHRASE = "tls-key-passphrase-Wm3q8RvB"
 REFERENCED, FAILED, SOP_INSTANCE, FAILURE_REASON = "00081199", "00081198", "00081155", "00081197"
 
 
@@ -166,54 +165,6 @@ def leftovers(store: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------------------- TLS
-
-
-@pytest.fixture(scope="module")
-def tls_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A test CA (openssl CLI), a server certificate for 127.0.0.1 whose key is encrypted, a client certificate,
-    and a second CA with its own client certificate (which the server must refuse).
-
-    (The shared ``openssl_pki`` fixture makes DICOM signers: no subjectAltName and no serverAuth usage, which a
-    TLS client rightly refuses, so TLS gets its own.)
-    """
-    require_tool("openssl")
-    d = tmp_path_factory.mktemp("tls-pki")
-
-    def openssl(*args: str, **env: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, env={**os.environ, **env})
-
-    def ca(name: str) -> None:
-        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key")
-        openssl(
-            "req", "-x509", "-new", "-key", f"{name}.key", "-subj", f"/CN=medverify test {name}", "-days", "30",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-out", f"{name}.pem",
-        )  # fmt: skip
-
-    def leaf(name: str, issuer: str, ext: str, *, encrypt: bool = False) -> None:
-        key = ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key"]
-        if encrypt:
-            key += ["-aes-256-cbc", "-pass", "env:TLS_PASS"]
-        openssl(*key, TLS_PASS=TLS_KEY_PASSPHRASE)
-        passin = ["-passin", "env:TLS_PASS"] if encrypt else []
-        openssl("req", "-new", "-key", f"{name}.key", *passin, "-subj", f"/CN={name}", "-out", f"{name}.csr",
-                TLS_PASS=TLS_KEY_PASSPHRASE)  # fmt: skip
-        (d / f"{name}.ext").write_text(
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-            f"subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n{ext}\n"
-        )
-        openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", f"{issuer}.pem", "-CAkey", f"{issuer}.key",
-            "-CAcreateserial", "-days", "30", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
-        )  # fmt: skip
-
-    ca("ca")
-    ca("rogue-ca")
-    leaf("server", "ca", "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost", encrypt=True)
-    leaf("client", "ca", "extendedKeyUsage=clientAuth")
-    leaf("rogue-client", "rogue-ca", "extendedKeyUsage=clientAuth")
-    assert b"ENCRYPTED" in (d / "server.key").read_bytes()
-    return d
 
 
 def client_context(pki: Path, cert: str | None = None) -> ssl.SSLContext:
@@ -386,55 +337,6 @@ def test_sigkill_during_concurrent_uploads_loses_and_duplicates_nothing(
 # ------------------------------------------------------------------------------------ database unavailable
 
 
-@dataclass
-class Pg:
-    bin_dir: Path
-    data: Path
-    port: int
-    as_user: dict[str, Any]
-
-    def ctl(self, *args: str) -> None:
-        subprocess.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args],
-                       check=True, capture_output=True, cwd=self.data.parent, **self.as_user)  # fmt: skip
-
-    def stop(self) -> None:
-        self.ctl("-m", "fast", "stop")
-
-    def start(self) -> None:
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.data.parent} -c fsync=off"
-        self.ctl("-l", str(self.data.parent / "restart.log"), "-o", options, "start")
-
-
-@pytest.fixture
-def stoppable_postgres() -> Iterator[tuple[Pg, str]]:
-    """A PostgreSQL server of this test's own (it is stopped and started again), and an empty database URL."""
-    from fixtures_postgres import find_pg_bin, running_postgres
-
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries are required in CI")
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
-    import psycopg
-
-    with running_postgres() as server:
-        url = server.create_database()
-        with psycopg.connect(host=server.host, port=server.port, user=server.user, dbname="postgres") as c:
-            row = c.execute("SHOW data_directory").fetchone()
-        assert row is not None
-        data = Path(row[0])
-        owner = data.stat().st_uid
-        as_user: dict[str, Any] = {}
-        if os.geteuid() == 0 and owner != 0:
-            as_user = {"user": owner, "group": pwd.getpwuid(owner).pw_gid, "extra_groups": []}
-        pg = Pg(bin_dir=bin_dir, data=data, port=server.port, as_user=as_user)
-        try:
-            yield pg, url
-        finally:
-            with contextlib.suppress(subprocess.CalledProcessError):
-                pg.start()  # running_postgres stops it at the end
-
-
 def test_database_stopped_gives_503_and_recovers_when_it_is_back(
     tmp_path: Path, signing_keystore_template: Path, stoppable_postgres: tuple[Pg, str]
 ) -> None:
@@ -479,24 +381,6 @@ def test_database_stopped_gives_503_and_recovers_when_it_is_back(
 
 
 # ----------------------------------------------------------------------------------------------- disk full
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs (needs root; CI runs as root, so there its absence is a failure)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    if done.returncode != 0:
-        message = f"cannot mount a tmpfs ({done.stderr.strip() or 'not root'})"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI runs the tests as root")
-        pytest.skip(message)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
 
 
 @pytest.mark.parametrize("full", ["store", "store-and-database"])

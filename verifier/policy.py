@@ -261,12 +261,13 @@ def decide(
         return verdict(VerdictStatus.DECLARED_SYNTHETIC)
 
     if watermark is not None and watermark.get("present"):
+        pfa = watermark.get("false_alarm_probability")
         reasons.append(
             Reason(
                 "watermark",
                 "provenance recovered from watermark: the pixels carry medverify's generator mark "
                 f"(payload {watermark.get('payload')}, "
-                f"false-alarm probability {watermark.get('false_alarm_probability')})",
+                f"false-alarm probability {f'{pfa:.1e}' if isinstance(pfa, float) else pfa})",
             )
         )
         return verdict(VerdictStatus.DECLARED_SYNTHETIC)

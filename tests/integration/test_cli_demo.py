@@ -47,3 +47,10 @@ def test_demo_runs_unattended_on_a_fresh_home(
     ]
     assert all(line["audit_id"] is not None for line in lines)
     assert code == 1
+    # The laundered GAN sample: no signature, no declaration, only the watermark says what it is.
+    stripped = tmp_path / "demo" / "gan_sample_tags_stripped.dcm"
+    assert by_name[stripped.name]["verdict"] == "NO_EVIDENCE"  # without the watermark check nothing shows
+    assert main(["verify", "--format", "jsonl", "--checks", "signature,watermark", str(stripped)]) == 1
+    line = json.loads(capsys.readouterr().out)
+    assert line["verdict"] == "DECLARED_SYNTHETIC"
+    assert any("recovered from watermark" in reason for reason in line["reasons"])

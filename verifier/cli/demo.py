@@ -117,6 +117,54 @@ def _generate_tampered_copy(store: KeyStore, out: Path, settings: Settings) -> P
     return path
 
 
+def _generate_stripped_sample(store: KeyStore, out: Path, settings: Settings) -> Path | None:
+    """A GAN sample written as every generated image is (declared, watermarked, signed), then laundered the way a
+    forger would: signature and private declaration stripped. Its pixels still say where it came from."""
+    import datetime as dt
+
+    import numpy as np
+
+    from detectors.generators import create_generator
+    from provenance.declaration import SyntheticDeclaration
+    from provenance.signature import strip_signatures
+    from verifier.cli.audit import open_audit_log
+    from verifier.cli.generate import default_checkpoint
+    from verifier.synthetic import write_generated
+
+    checkpoint = default_checkpoint("gan")
+    if checkpoint is None:  # pragma: no cover - the package ships it
+        return None
+    model = create_generator("gan", checkpoint=checkpoint)
+    pixels = model.sample(1, seed=7, size=256)[0]
+    declaration = SyntheticDeclaration(
+        generator="gan",
+        generator_version="demo",
+        model_sha256=str(model.digest),
+        seed=7,
+        generated_at=dt.datetime.now(dt.UTC),
+        kind="sample",
+    )
+    generated = out / "gan_sample_as_generated.dcm"
+    write_generated(
+        np.asarray(pixels),
+        path=generated,
+        modality="MR",
+        declaration=declaration,
+        signer=store.load_signing_key("generator"),
+        log=open_audit_log(settings),
+        key_name="generator",
+        watermark_key=store.watermark_key(),
+    )
+    ds = pydicom.dcmread(generated)
+    strip_signatures(ds)
+    for tag in [t for t in ds.keys() if t.group % 2 == 1]:
+        del ds[tag]
+    stripped = out / "gan_sample_tags_stripped.dcm"
+    ds.save_as(stripped)
+    generated.unlink()
+    return stripped
+
+
 def _dcmsign_says(path: Path, ca_pem: Path) -> str:
     exe = shutil.which("dcmsign")
     if exe is None:
@@ -183,8 +231,14 @@ def demo(
     generated = _generate_tampered_copy(store, out, settings)
     if generated is not None:
         cases.append((generated, "lesion injected by the tamper generator, signed", "DECLARED_SYNTHETIC", "quarantine"))
+    stripped = _generate_stripped_sample(store, out, settings)
+    if stripped is not None:
+        cases.append(
+            (stripped, "GAN sample, signature and declaration stripped", "DECLARED_SYNTHETIC", "quarantine")
+        )
 
-    checks = parse_checks("signature")
+    checks = parse_checks("signature,watermark")
+    watermark_keys = store.watermark_keys()
     site_policy = load_policy(settings.policy_file)
     table = Table(title=f"medverify demo — files in {out}", show_lines=True)
     table.add_column("file / what was done", ratio=3)
@@ -198,7 +252,9 @@ def demo(
     from verifier.audit import Channel
 
     for path, what, expected, expected_action in cases:
-        result = check_path(path, checks=checks, policy=policy, site_policy=site_policy)
+        result = check_path(
+            path, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=watermark_keys
+        )
         result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
         sig = result.signature
         note = ""
@@ -206,6 +262,8 @@ def demo(
             note = result.reasons[0].split(": ", 2)[-1]
         elif sig is not None and sig.status.value not in ("VALID", "UNSIGNED"):
             note = next((r for s in sig.signatures for r in s.reasons), "")
+        elif result.verdict.status.value == "DECLARED_SYNTHETIC" and sig is not None and sig.status.value == "UNSIGNED":
+            note = next((r.message for r in result.verdict.reasons if "watermark" in str(r.message)), "")
         elif sig is not None and sig.uncovered:
             note = "not covered by the signature: " + ", ".join(f"{u.tag} {u.keyword}" for u in sig.uncovered[:3])
         elif result.verdict.reasons:
@@ -221,7 +279,9 @@ def demo(
     _common.console.print(table)
     _common.console.print(
         "dcmsign answers OK for the file with an element added after signing; medverify names the element that no "
-        "signature covers. Every check above is in the audit log: `medverify audit list`, `medverify audit verify`."
+        "signature covers. The stripped GAN sample carries no tag that says what it is; its pixel watermark leads "
+        "back to the audit record of its generation. Every check above is in the audit log: `medverify audit list`, "
+        "`medverify audit verify`."
     )
     _common.console.print(
         "Claim audits (reused scans, header contradictions, synthetic images): `medverify claims sample claims`, then "

@@ -12,52 +12,17 @@ from typing import Annotated
 import typer
 
 from verifier.cli import _common, app
+from verifier.cli._net import parse_listen, server_tls_context
 from verifier.cli.signing import ChecksOption, DbOption, PolicyOption, TrustOption
 from verifier.errors import ConfigError, InputError
 
-__all__ = ["gateway", "gateway_ssl_context", "parse_listen"]
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (IPv6 in brackets) as a (host, port) pair."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise InputError(f"--listen expects HOST:PORT, not {text!r}")
-    return host.strip("[]"), int(port)
+__all__ = ["gateway", "gateway_ssl_context"]
 
 
 def gateway_ssl_context(cert: Path | None, key: Path | None, client_ca: Path | None) -> ssl.SSLContext | None:
-    """The DICOM TLS server context of ``--tls-cert/--tls-key [--tls-ca]``, checked now (a bad file or passphrase is
-    a clear error). An encrypted key's passphrase comes from ``MEDVERIFY_TLS_KEY_PASSPHRASE`` or the file named by
-    ``MEDVERIFY_TLS_KEY_PASSPHRASE_FILE`` (as for ``medverify serve``), never from an argument or a prompt."""
-    from verifier.cli.serve import TLS_KEY_PASSPHRASE_ENV, _tls_key_passphrase
-
-    if cert is None and key is None:
-        if client_ca is not None:
-            raise InputError("--tls-ca needs --tls-cert and --tls-key")
-        return None
-    if cert is None or key is None:
-        raise InputError("DICOM TLS needs both --tls-cert and --tls-key")
-    password = _tls_key_passphrase()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key, password=password or "")
-    except FileNotFoundError as exc:
-        raise InputError(f"TLS: {exc.filename} does not exist") from None
-    except (ssl.SSLError, OSError, ValueError):
-        hint = "" if password else f" (an encrypted key needs {TLS_KEY_PASSPHRASE_ENV})"
-        raise InputError(
-            f"TLS: cannot load the certificate {cert} with the key {key}: not PEM, not a matching pair, "
-            f"or the wrong passphrase{hint}"
-        ) from None
-    if client_ca is not None:
-        try:
-            context.load_verify_locations(cafile=client_ca)
-        except (ssl.SSLError, OSError):
-            raise InputError(f"--tls-ca: {client_ca} is not a readable PEM CA certificate file") from None
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    """The DICOM TLS server context of ``--tls-cert/--tls-key [--tls-ca]`` (see :mod:`verifier.cli._net`)."""
+    checked = server_tls_context(cert, key, client_ca, client_ca_option="--tls-ca")
+    return None if checked is None else checked[0]
 
 
 @app.command(help="Run the DICOM gateway: check each C-STORE, forward accepted instances, quarantine or refuse.")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
 import ssl
 import sys
 from pathlib import Path
@@ -13,86 +11,20 @@ from typing import Annotated, Any
 import typer
 
 from verifier.cli import _common, app
+from verifier.cli._net import TLS_KEY_PASSPHRASE_ENV, TLS_KEY_PASSPHRASE_FILE_ENV, parse_listen, server_tls_context
 from verifier.cli.signing import ChecksOption, DbOption, PolicyOption, TrustOption
 from verifier.errors import InputError
 
-__all__ = ["TLS_KEY_PASSPHRASE_ENV", "TLS_KEY_PASSPHRASE_FILE_ENV", "parse_listen", "tls_options"]
-
-#: Passphrase of an encrypted --tls-key: this variable, else the file named by the next one (never an argument).
-TLS_KEY_PASSPHRASE_ENV = "MEDVERIFY_TLS_KEY_PASSPHRASE"  # noqa: S105 - a variable's name, not a password
-TLS_KEY_PASSPHRASE_FILE_ENV = "MEDVERIFY_TLS_KEY_PASSPHRASE_FILE"  # noqa: S105
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8080`` for IPv6) -> (host, port)."""
-    host, sep, port_text = value.strip().rpartition(":")
-    if not sep or not host:
-        raise InputError(f"--listen takes HOST:PORT (e.g. 127.0.0.1:8080), not {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise InputError(f"--listen: {port_text!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise InputError(f"--listen: port {port} is out of range")
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise InputError(f"--listen: {host!r} is not an IP address (or localhost)") from None
-    return host, port
-
-
-def _tls_key_passphrase() -> str | None:
-    value = os.environ.get(TLS_KEY_PASSPHRASE_ENV)
-    if value:
-        return value
-    file = os.environ.get(TLS_KEY_PASSPHRASE_FILE_ENV)
-    if not file:
-        return None
-    path = Path(file)
-    try:
-        if path.stat().st_mode & 0o077:
-            raise InputError(f"{TLS_KEY_PASSPHRASE_FILE_ENV}: {path} must not be readable by group or others")
-        text = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise InputError(f"{TLS_KEY_PASSPHRASE_FILE_ENV}: cannot read {path}: {exc.strerror}") from None
-    if not text:
-        raise InputError(f"{TLS_KEY_PASSPHRASE_FILE_ENV}: {path} is empty")
-    return text
-
+__all__ = ["tls_options"]
 
 def tls_options(cert: Path | None, key: Path | None, client_ca: Path | None) -> dict[str, Any]:
-    """uvicorn's ssl_* arguments for the TLS options, checked now (a bad file or passphrase is a clear error).
-
-    The key's passphrase comes from ``MEDVERIFY_TLS_KEY_PASSPHRASE`` or the file named by
-    ``MEDVERIFY_TLS_KEY_PASSPHRASE_FILE``; it never appears in a message.
-    """
-    if cert is None and key is None:
-        if client_ca is not None:
-            raise InputError("--tls-client-ca needs --tls-cert and --tls-key")
+    """uvicorn's ssl_* arguments for the TLS options, checked now (a bad file or passphrase is a clear error)."""
+    checked = server_tls_context(cert, key, client_ca, client_ca_option="--tls-client-ca")
+    if checked is None:
         return {}
-    if cert is None or key is None:
-        raise InputError("TLS needs both --tls-cert and --tls-key")
-    password = _tls_key_passphrase()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert, key, password=password or "")
-    except FileNotFoundError as exc:
-        raise InputError(f"TLS: {exc.filename} does not exist") from None
-    except (ssl.SSLError, OSError, ValueError):
-        hint = "" if password else f" (an encrypted key needs {TLS_KEY_PASSPHRASE_ENV})"
-        raise InputError(
-            f"TLS: cannot load the certificate {cert} with the key {key}: not PEM, not a matching pair, "
-            f"or the wrong passphrase{hint}"
-        ) from None
+    _, password = checked
     options: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "ssl_keyfile_password": password}
     if client_ca is not None:
-        try:
-            context.load_verify_locations(cafile=client_ca)
-        except (ssl.SSLError, OSError):
-            raise InputError(f"--tls-client-ca: {client_ca} is not a readable PEM CA certificate file") from None
         options |= {"ssl_ca_certs": str(client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     return options
 

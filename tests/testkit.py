@@ -39,3 +39,12 @@ def jsonl(out: str) -> list[dict[str, Any]]:
     import json
 
     return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (servers in tests listen on loopback only)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from testkit import TEST_KEY_PASSPHRASE, require_tool
+from testkit import TEST_KEY_PASSPHRASE, free_port, require_tool
 
 __all__ = ["dataset_bytes", "dcmtk_tool", "free_port", "make_samples", "sender_env", "wait_port"]
 
@@ -36,12 +36,6 @@ def dcmtk_tool(name: str) -> str:
 def sender_env() -> dict[str, str]:
     """Environment for DCMTK senders: Debian's DCMTK leaves Nagle on unless TCP_NODELAY is set."""
     return {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from testkit import TEST_KEY_PASSPHRASE
+from testkit import TEST_KEY_PASSPHRASE, free_port
 
 from provenance.declaration import SyntheticDeclaration
 from provenance.keys import KeyStore
@@ -36,12 +35,6 @@ from verifier.synthetic import build_synthetic_dataset, write_synthetic
 
 MAX_BODY_MB = 1.0
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

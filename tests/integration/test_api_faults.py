@@ -18,7 +18,6 @@ import io
 import json
 import os
 import re
-import socket
 import ssl
 import subprocess
 import sys
@@ -36,18 +35,12 @@ import pytest
 from fixtures_faults import TLS_KEY_PASSPHRASE, Pg
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from testkit import TEST_KEY_PASSPHRASE
+from testkit import TEST_KEY_PASSPHRASE, free_port
 
 from verifier.audit import AuditLog
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCED, FAILED, SOP_INSTANCE, FAILURE_REASON = "00081199", "00081198", "00081155", "00081197"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

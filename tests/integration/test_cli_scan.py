@@ -207,3 +207,26 @@ def test_scan_runs_the_watermark_check_in_its_workers(
     assert lines["plain"]["watermark"]["present"] is False
     assert lines["plain"]["verdict"] == "NO_EVIDENCE"
     assert all(isinstance(line["audit_id"], int) for line in lines.values())
+    # The audit records keep the watermark report (the payload leads back to the generation record).
+    from verifier.audit import AuditLog
+
+    with AuditLog.open(f"sqlite:///{home / 'audit.db'}", migrate=False) as log:
+        record = log.get(lines["marked"]["audit_id"]).entry
+    assert record.watermark_report is not None and record.watermark_report["payload"] == 77
+
+
+def test_scan_with_the_detector_records_scores_and_model(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "det-archive"
+    copies(root, 2)
+    code, out, err = run(capsys, "scan", root, "--checks", "signature,detector", "--format", "jsonl")
+    assert code in (0, 1), err
+    from verifier.audit import AuditLog
+
+    with AuditLog.open(f"sqlite:///{home / 'audit.db'}", migrate=False) as log:
+        for line in jsonl(out):
+            assert isinstance(line["synthetic_score"], float)
+            record = log.get(line["audit_id"]).entry
+            assert record.detection_report is not None
+            assert record.model_tag == line["detector"]["model_tag"]

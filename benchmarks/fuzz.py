@@ -343,9 +343,17 @@ def _worker(conn: Connection, workdir: str, checks: str, memory_limit: int, entr
     policy: TrustPolicy = _trust(workdir)
     log = AuditLog.open(f"sqlite:///{workdir}/audit.db")
     selected = parse_checks(checks)
-    intake = IntakeChecker(checks=selected, trust=policy, audit_log=log)
+    keys = []
+    if "watermark" in checks:
+        from provenance.keys import KeyStore
+
+        keys = [KeyStore(Path(workdir) / "keys", lambda: PASSPHRASE).watermark_key()]
+    intake = IntakeChecker(checks=selected, trust=policy, audit_log=log, watermark_keys=keys)
     peer = Peer(channel=Channel.INTAKE, ae_title="FUZZER", address="127.0.0.1:104")
     case_file = Path(workdir) / f"case-{os.getpid()}.dcm"
+    # Warm up (imports, the detector model) before the first timed case: a start-up is not a hang.
+    check_path(Path(str(get_testdata_file("CT_small.dcm"))), checks=selected, policy=policy, watermark_keys=keys)
+    conn.send("ready")
     while True:
         try:
             message = conn.recv()
@@ -358,7 +366,7 @@ def _worker(conn: Connection, workdir: str, checks: str, memory_limit: int, entr
         try:
             if entry == "scan" or (entry == "both" and index % 2 == 0):
                 case_file.write_bytes(data)
-                result = check_path(case_file, checks=selected, policy=policy)
+                result = check_path(case_file, checks=selected, policy=policy, watermark_keys=keys)
                 audit_id = log.append(result.audit_entry(channel=Channel.SCAN, event="fuzz")).id
             else:
                 decision = intake.record(intake.check(data, peer), outcome="fuzz")
@@ -396,6 +404,8 @@ class Runner:
         self.proc.start()
         child.close()
         self.conn = parent
+        if not parent.poll(300) or parent.recv() != "ready":
+            raise RuntimeError("the fuzz worker did not start")
 
     def run(self, index: int, data: bytes) -> dict[str, Any]:
         if self.proc is None or not self.proc.is_alive():

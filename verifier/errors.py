@@ -6,7 +6,14 @@ them to exit code 2 with the diagnostics on stderr.
 
 from __future__ import annotations
 
-__all__ = ["AuditError", "ConfigError", "DatabaseUnavailableError", "InputError", "MedverifyError"]
+__all__ = [
+    "AuditError",
+    "ConfigError",
+    "DatabaseUnavailableError",
+    "InputError",
+    "MedverifyError",
+    "is_contained_failure",
+]
 
 
 class MedverifyError(Exception):
@@ -31,3 +38,11 @@ class AuditError(MedverifyError):
 
 class DatabaseUnavailableError(AuditError):
     """The audit database cannot be reached; nothing was recorded."""
+
+
+def is_contained_failure(exc: BaseException) -> bool:
+    """Whether a check boundary turns ``exc`` into a MALFORMED result: every ``Exception``, and the panics of
+    decoder plugins written in Rust (pyo3's ``PanicException`` derives from ``BaseException``, so that a panic
+    is not caught by ``except Exception``; the fuzzer found RLE data that makes pylibjpeg-rle panic). Keyboard
+    interrupts and exits still propagate."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"

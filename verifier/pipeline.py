@@ -20,7 +20,7 @@ from provenance.signature import verify_dataset
 from provenance.trust import TrustPolicy
 from provenance.watermark import WatermarkError, WatermarkKey
 from provenance.watermark import detect as watermark_detect
-from verifier.errors import InputError
+from verifier.errors import InputError, is_contained_failure
 from verifier.instance import Instance, UnreadableInstanceError, is_dicom_file
 from verifier.policy import DEFAULT_POLICY, Action, Policy, Verdict, decide
 
@@ -275,7 +275,9 @@ def _watermark_report(instance: Instance, keys: Sequence[WatermarkKey]) -> dict[
 
     try:
         pixels = np.asarray(instance.dataset.pixel_array)
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types; the report says why
+    except BaseException as exc:  # decoders raise many types (and Rust ones panic); the report says why
+        if not is_contained_failure(exc):
+            raise
         return {"present": False, "status": "UNDECODABLE", "error": f"{type(exc).__name__}: {str(exc)[:120]}"}
     if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
         pixels = pixels[0]
@@ -371,7 +373,9 @@ def _check_loaded(
             watermark_keys=watermark_keys,
             detector=detector,
         )
-    except Exception as exc:  # noqa: BLE001 - the boundary: one result per input, even on a bug
+    except BaseException as exc:  # the boundary: one result per input, even on a bug (or a decoder's panic)
+        if not is_contained_failure(exc):
+            raise
         message = f"{path}: the check failed ({type(exc).__name__}: {str(exc)[:200]})"
         return FileResult(
             path=str(path),

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from provenance.trust import TrustPolicy
 from provenance.watermark import WatermarkKey
+from verifier.errors import is_contained_failure
 from verifier.instance import MAX_FILE_BYTES, Instance, UnreadableInstanceError
 from verifier.pipeline import Check, DetectorSetup, FileResult, check_instance, parse_checks
 from verifier.policy import DEFAULT_POLICY, Action, Policy, decide
@@ -262,7 +263,9 @@ class IntakeChecker:
             )
         except UnreadableInstanceError as exc:
             result = self._failed(label, exc.kind, str(exc), exc.sha256 or hashlib.sha256(data).hexdigest(), None)
-        except Exception as exc:  # noqa: BLE001 - the boundary: one decision per upload, even on a bug
+        except BaseException as exc:  # the boundary: one decision per upload, even on a bug (or a decoder's panic)
+            if not is_contained_failure(exc):
+                raise
             message = f"{label}: the check failed ({type(exc).__name__}: {str(exc)[:200]})"
             uid = instance.sop_instance_uid if instance is not None else None
             digest = instance.sha256 if instance is not None else hashlib.sha256(data).hexdigest()

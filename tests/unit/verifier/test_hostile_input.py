@@ -135,6 +135,29 @@ def test_a_nul_inside_a_uid_is_escaped_and_recorded(
     assert code == 0
 
 
+def test_a_decoder_panic_is_one_malformed_result(keystore_dir: Path) -> None:
+    """Found by the fuzz harness: RLE data that makes the Rust decoder panic (pyo3's PanicException is a
+    BaseException); scan and intake boundaries must both turn it into a result."""
+    pytest.importorskip("rle", reason="pylibjpeg-rle (the data extra) decodes RLE")
+    from provenance.keys import KeyStore
+    from tests.testkit import TEST_KEY_PASSPHRASE
+    from verifier.intake.decide import IntakeChecker, Peer
+    from verifier.pipeline import check_path, parse_checks
+
+    path = Path(__file__).resolve().parents[2] / "data" / "fuzz" / "rle_decoder_panic.dcm"
+    store = KeyStore(keystore_dir, lambda: TEST_KEY_PASSPHRASE.encode())
+    checks = parse_checks("signature,watermark")
+    keys = [store.watermark_key()]
+    result = check_path(path, checks=checks, policy=store.trust_policy(), watermark_keys=keys)
+    assert result.watermark is not None and result.watermark["status"] == "UNDECODABLE"
+    assert "PanicException" in result.watermark["error"]
+    from verifier.audit import Channel
+
+    checker = IntakeChecker(checks=checks, trust=store.trust_policy(), watermark_keys=keys)
+    decision = checker.check(path.read_bytes(), Peer(channel=Channel.INTAKE))
+    assert decision.result.watermark is not None and decision.result.watermark["status"] == "UNDECODABLE"
+
+
 def test_verify_gives_a_bomb_a_malformed_verdict_and_an_audit_record(
     keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

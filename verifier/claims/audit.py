@@ -600,12 +600,13 @@ class ClaimsAuditor:
                 matched[exact_file[sha]] = ("identical file", None)
             if fp is not None and fp.pixel_sha256 in exact_pixels:
                 matched.setdefault(exact_pixels[fp.pixel_sha256], ("identical pixels", None))
-            if fp is not None and fp.phashes:
-                for j, hashes in index.near(fp.phashes).items():
+            slots = fp.slots() if fp is not None else {}
+            if fp is not None and slots:
+                for j, hashes in index.near(slots).items():
                     if j in matched:
                         continue
                     other = files[j].fingerprint
-                    c = confirm(fp.phashes, fp.match_view, hashes, other.match_view if other else None)
+                    c = confirm(slots, fp.match_view, hashes, other.match_view if other else None)
                     if c.confirmed:
                         matched[j] = ("near-duplicate", c)
             for j, (how, conf) in sorted(matched.items()):
@@ -614,15 +615,16 @@ class ClaimsAuditor:
                 exact_file.setdefault(sha, i)
             if fp is not None:
                 exact_pixels.setdefault(fp.pixel_sha256, i)
-                if fp.phashes:
-                    index.add(i, fp.phashes)
+                if slots:
+                    index.add(i, slots)
         return pairs
 
     @staticmethod
     def _evidence(how: str, c: Confirmation | None) -> dict[str, Any]:
         ev: dict[str, Any] = {"match": how}
         if c is not None:
-            ev.update(hamming=c.hamming, correlation=c.correlation, scale=c.scale, other_scale=c.other_scale)
+            ev.update(hamming=c.hamming, hash=c.hash_kind, correlation=c.correlation, scale=c.scale,
+                      other_scale=c.other_scale)  # fmt: skip
         return ev
 
     def _reuse_pair(
@@ -681,13 +683,12 @@ class ClaimsAuditor:
                 for row in exact:
                     how = "identical file" if row.file_sha256 == f.result.sha256 else "identical pixels"
                     candidates[row.id] = (row, how, None)
-                if fp is not None and fp.phashes:
-                    from verifier.claims.matcher import MAX_HAMMING
-
-                    for row in store.near(fp.phashes, max_distance=MAX_HAMMING):
+                slots = fp.slots() if fp is not None else {}
+                if fp is not None and slots:
+                    for row in store.near(slots):
                         if row.id in candidates:
                             continue
-                        c = confirm(fp.phashes, fp.match_view, row.phashes, row.match_view)
+                        c = confirm(slots, fp.match_view, row.slots, row.match_view)
                         if c.confirmed:
                             candidates[row.id] = (row, "near-duplicate", c)
                 # One finding per earlier claim (the image may have been indexed several times there).
@@ -921,7 +922,7 @@ class ClaimsAuditor:
                         sop_instance_uid=facts.sop_instance_uid if facts else None,
                         file_sha256=f.result.sha256,
                         pixel_sha256=fp.pixel_sha256 if fp else None,
-                        phashes=fp.phashes if fp else (),
+                        slots=fp.slots() if fp else {},
                         dhash=fp.dhash if fp else None,
                         patient_key=facts.patient_key if facts else None,
                         study_instance_uid=facts.study_instance_uid if facts else None,

@@ -2,15 +2,16 @@
 
 Bookkeeping next to the Merkle log (like the scan state): each row names the audit record it came from
 (``record_id``) and can be rebuilt from the files. Lookups go through indexes only: exact digests and UIDs by
-equality, near-duplicates by multi-index hashing on the four 16-bit bands of each pHash (probing every value
-within one bit of each band), so a lookup costs the same with a thousand images indexed or ten million.
+equality, near-duplicates by multi-index hashing on the four 16-bit bands of each perceptual hash (pHash and SimHash
+slots, see :mod:`verifier.claims.fingerprint`; probing every value within one bit of each band), so a lookup
+costs the same with a thousand images indexed or ten million.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +21,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from verifier.audit import AuditLog, _db
 from verifier.audit._schema import Base, UTCDateTime
 from verifier.audit.entry import utc_now
-from verifier.claims.fingerprint import BAND_BITS, MATCH_SIDE, SCALES, band_values
+from verifier.claims.fingerprint import MATCH_SIDE, band_probes, band_values
+from verifier.claims.matcher import within_radius
 
 __all__ = ["ImageHashRow", "ImageIndexRow", "ImageStore", "IndexedImage"]
 
@@ -48,7 +50,10 @@ class ImageIndexRow(Base):
 
 
 class ImageHashRow(Base):
-    """One pHash of one central-crop scale of an indexed image, split into bands for multi-index lookups."""
+    """One perceptual hash of one central-crop scale of an indexed image, split into bands for multi-index lookups.
+
+    ``scale`` is the hash's slot: the scale index for a pHash, ``SIMHASH_OFFSET`` + the scale index for a SimHash
+    (images indexed before SimHashes existed have pHash rows only, and are still found by them)."""
 
     __tablename__ = "image_hashes"
 
@@ -70,11 +75,6 @@ def _hex(value: int | None) -> str | None:
     return None if value is None else f"{value:016x}"
 
 
-def _probes(value: int) -> list[int]:
-    """``value`` and every value one bit away from it (radius-1 probing of one band)."""
-    return [value] + [value ^ (1 << i) for i in range(BAND_BITS)]
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class IndexedImage:
     """An image from an earlier audit, as the index holds it."""
@@ -92,8 +92,8 @@ class IndexedImage:
     body_part: str | None
     match_view: npt.NDArray[np.uint8] | None
     created_at: dt.datetime
-    #: pHashes by scale index (only those a near-duplicate lookup returned; empty for exact lookups).
-    phashes: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: Perceptual hashes by slot (only those a near-duplicate lookup returned; empty for exact lookups).
+    slots: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,7 +106,8 @@ class NewImage:
     sop_instance_uid: str | None
     file_sha256: str | None
     pixel_sha256: str | None
-    phashes: Sequence[int]
+    #: Perceptual hashes by slot (:meth:`verifier.claims.fingerprint.Fingerprint.slots`).
+    slots: Mapping[int, int]
     dhash: int | None
     patient_key: str | None
     study_instance_uid: str | None
@@ -138,7 +139,7 @@ def _view(raw: bytes | None) -> npt.NDArray[np.uint8] | None:
     return np.frombuffer(raw, dtype=np.uint8).reshape(MATCH_SIDE, MATCH_SIDE)
 
 
-def _indexed(row: sa.Row[tuple[object, ...]], phashes: dict[int, int] | None = None) -> IndexedImage:
+def _indexed(row: sa.Row[tuple[object, ...]], slots: dict[int, int] | None = None) -> IndexedImage:
     m = row._mapping
     return IndexedImage(
         id=int(m["id"]),
@@ -154,7 +155,7 @@ def _indexed(row: sa.Row[tuple[object, ...]], phashes: dict[int, int] | None = N
         body_part=m["body_part"],
         match_view=_view(m["match_view"]),
         created_at=m["created_at"],
-        phashes=phashes or {},
+        slots=slots or {},
     )
 
 
@@ -187,28 +188,30 @@ class ImageStore:
         with _db.db_errors(self._url), _db.read_transaction(self._engine) as conn:
             return [_indexed(r) for r in conn.execute(sa.select(*_COLUMNS).where(sa.or_(*clauses)))]
 
-    def near(self, phashes: Sequence[int], *, max_distance: int) -> list[IndexedImage]:
-        """Indexed images with a pHash (any scale) within ``max_distance`` bits of one of ``phashes``.
+    def near(self, slots: Mapping[int, int]) -> list[IndexedImage]:
+        """Indexed images with a hash within its family's radius of a same-family hash of ``slots``
+        (:func:`verifier.claims.matcher.within_radius`).
 
         Every hash within 7 bits is found (four bands, radius-1 probes); farther ones only when a band happens
-        to agree. Each result carries the pHashes that matched, by scale index.
+        to agree. Each result carries the hashes that matched, by slot.
         """
-        if not phashes:
+        if not slots:
             return []
         per_band: list[set[int]] = [set(), set(), set(), set()]
-        for h in phashes:
+        for h in slots.values():
             for band, value in enumerate(band_values(h)):
-                per_band[band].update(_probes(value))
+                per_band[band].update(band_probes(value))
         bands = (image_hashes.c.b0, image_hashes.c.b1, image_hashes.c.b2, image_hashes.c.b3)
         stmt = sa.select(image_hashes.c.image_id, image_hashes.c.scale, image_hashes.c.phash).where(
             sa.or_(*(col.in_(sorted(values)) for col, values in zip(bands, per_band, strict=True)))
         )
         found: dict[int, dict[int, int]] = {}
         with _db.db_errors(self._url), _db.read_transaction(self._engine) as conn:
-            for image_id, scale, hex_hash in conn.execute(stmt):
-                value = int(str(hex_hash), 16)
-                if min((value ^ h).bit_count() for h in phashes) <= max_distance:
-                    found.setdefault(int(str(image_id)), {})[int(str(scale))] = value
+            hits = [(int(str(i)), int(str(slot)), int(str(h), 16)) for i, slot, h in conn.execute(stmt)]
+            kept = within_radius(slots, [slot for _i, slot, _h in hits], [h for _i, _s, h in hits])
+            for (image_id, slot, _h), match in zip(hits, kept, strict=True):
+                if match is not None:
+                    found.setdefault(image_id, {})[slot] = match
             if not found:
                 return []
             rows = conn.execute(sa.select(*_COLUMNS).where(image_index.c.id.in_(sorted(found))))
@@ -239,7 +242,7 @@ class ImageStore:
                         sop_instance_uid=img.sop_instance_uid,
                         file_sha256=img.file_sha256,
                         pixel_sha256=img.pixel_sha256,
-                        phash=_hex(img.phashes[0] if img.phashes else None),
+                        phash=_hex(img.slots.get(0)),
                         dhash=_hex(img.dhash),
                         patient_key=img.patient_key,
                         study_instance_uid=img.study_instance_uid,
@@ -254,12 +257,12 @@ class ImageStore:
                     continue
                 image_id = int(key[0])
                 hash_rows = []
-                for scale_index, h in enumerate(img.phashes[: len(SCALES)]):
+                for slot, h in sorted(img.slots.items()):
                     b = band_values(h)
                     hash_rows.append(
                         {
                             "image_id": image_id,
-                            "scale": scale_index,
+                            "scale": slot,
                             "phash": f"{h:016x}",
                             "b0": b[0],
                             "b1": b[1],

@@ -8,6 +8,7 @@ in an evidence package covers everything it shows.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import os
 import tempfile
@@ -22,7 +23,6 @@ import numpy.typing as npt
 
 from verifier.claims.audit import AuditedFile, ClaimAudit, ClaimReport, DuplicatePair, Severity
 from verifier.claims.fingerprint import MATCH_SIDE
-from verifier.claims.matcher import Confirmation
 from verifier.claims.store import IndexedImage
 
 __all__ = ["render_claims_report", "write_claims_report"]
@@ -117,8 +117,7 @@ def _other_view(b: AuditedFile | IndexedImage) -> dict[str, Any]:
 def _pair_view(p: DuplicatePair, claim_id: str) -> dict[str, Any]:
     c = p.confirmation
     if isinstance(p.b, AuditedFile) and p.a.claim_id != claim_id:  # this claim's image on the left
-        swapped = Confirmation(hamming=c.hamming, correlation=c.correlation, scale=c.other_scale,
-                               other_scale=c.scale, confirmed=c.confirmed) if c else None  # fmt: skip
+        swapped = dataclasses.replace(c, scale=c.other_scale, other_scale=c.scale) if c else None
         p = DuplicatePair(a=p.b, b=p.a, how=p.how, confirmation=swapped)
         c = swapped
     return {
@@ -127,6 +126,7 @@ def _pair_view(p: DuplicatePair, claim_id: str) -> dict[str, Any]:
               "when": "this audit"},
         "b": _other_view(p.b),
         "hamming": c.hamming if c else None,
+        "hash_kind": {"phash": "pHash", "simhash": "SimHash"}.get(c.hash_kind, c.hash_kind) if c else None,
         "correlation": c.correlation if c else None,
         "scales": f"{c.scale:.2f} / {c.other_scale:.2f}" if c else None,
     }  # fmt: skip

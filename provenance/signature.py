@@ -15,6 +15,7 @@ answers "valid" after an unsigned element is added; medverify says which.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import struct
@@ -113,10 +114,12 @@ class _Malformed(Exception):
     """A signature's structure cannot be interpreted."""
 
 
+@functools.lru_cache(maxsize=8192)
 def _tag_str(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+@functools.lru_cache(maxsize=8192)
 def _keyword(tag: int) -> str:
     return keyword_for_tag(tag) or ("Private" if (tag >> 16) % 2 else "")
 
@@ -158,20 +161,32 @@ def _mac_digest(ds: Dataset, tags: Iterable[int], item: Dataset, algorithm: MacA
     return h.digest()
 
 
-def _default_tags(ds: Dataset) -> list[int]:
-    """Every present element that may be signed (the rule of dcmsign's ``createAttributeList``)."""
+def _default_tags(ds: Dataset, *, only: set[int] | None = None) -> list[int]:
+    """Every present element that may be signed (the rule of dcmsign's ``createAttributeList``); of ``only``
+    when given."""
     out = []
     for tag, elem in list(ds.items()):  # raw items: no value conversion
         t = int(tag)
-        if not is_signable_tag(t):
+        if (only is not None and t not in only) or not is_signable_tag(t):
             continue
         # An element read raw from an Implicit VR file has VR None until converted; a private element of an
         # unknown creator then becomes UN, which cannot be signed (the stream would refuse it later).
-        vr = elem.VR if elem is not None and elem.VR is not None else ds[tag].VR
+        vr = elem.VR if elem is not None else None
+        if vr is None and not (t >> 16) % 2:  # standard tag read from an Implicit VR file: the dictionary says
+            vr = _standard_vr(t)
+        if vr is None:
+            vr = ds[tag].VR
         if vr == "UN":
             continue
         out.append(t)
     return sorted(out)
+
+
+def _standard_vr(tag: int) -> str | None:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
 
 
 def _sequence(ds: Dataset, tag: int) -> DicomSequence:
@@ -336,15 +351,30 @@ def _check_signature(cert: x509.Certificate, signature: bytes, digest: bytes, al
     raise _Malformed(f"unsupported signer key type {type(public).__name__}")
 
 
-def _profiles(key_type: str | None, covered: set[int], ds: Dataset) -> tuple[str, ...]:
+@functools.lru_cache(maxsize=256)
+def _certificate(der: bytes) -> tuple[x509.Certificate, str, str, str]:
+    """The signer certificate of a signature item, with its subject, issuer and fingerprint. Parsed once per
+    distinct certificate: an archive holds thousands of files signed by the same few keys."""
+    try:
+        # OB values are padded to an even length; DER certificates of odd length carry one pad byte.
+        cert = x509.load_der_x509_certificate(der[: _der_sequence_length(der)])
+    except (ValueError, _Malformed) as exc:
+        raise _Malformed("the Certificate of Signer is not a valid X.509 certificate") from exc
+    return cert, cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), fingerprint_sha256(cert)
+
+
+def _profiles(key_type: str | None, covered: set[int], ds: Dataset, present: set[int]) -> tuple[str, ...]:
     """The PS3.15 profiles this signature satisfies (none is recorded in the file; they are inferred)."""
     if key_type != "rsa":
         return ()
     out = [SignatureProfile.BASE.value]
-    needed = [t for t in (*_CREATOR_REQUIRED, PIXEL_DATA) if t in ds]
+    needed = [t for t in (*_CREATOR_REQUIRED, PIXEL_DATA) if t in present]
     if all(t in covered for t in needed):
         out.append(SignatureProfile.CREATOR.value)
-        if all(t in covered for t in _default_tags(ds)):
+        # Authorization: every element dcmsign would sign by default is covered. Only the present signable
+        # elements that this signature leaves out need a closer look (those of VR UN are not signed by default).
+        left_out = {t for t in present if t not in covered and is_signable_tag(t)}
+        if not left_out or not left_out.intersection(_default_tags(ds, only=left_out)):
             out.append(SignatureProfile.AUTHORIZATION.value)
     return tuple(out)
 
@@ -370,6 +400,9 @@ def _verify_item(
     try:
         if not isinstance(item, Dataset):
             raise _Malformed("the Digital Signatures Sequence item is not a dataset")
+        # The item's elements as read, before the checks below convert them: its part of the MAC is then hashed
+        # from the bytes of the file (the fast path), not re-encoded from converted values.
+        raw_item = Dataset({t: item.get_item(t) for t in item.keys()})
         uid = item.get(_SIG_UID)
         info["uid"] = str(uid.value) if uid is not None and uid.value else None
         when = item.get(_SIG_DATETIME)
@@ -386,15 +419,7 @@ def _verify_item(
         cert_type = str(item.get(_CERT_TYPE).value if _CERT_TYPE in item else "")
         if cert_type != _CERT_TYPE_X509:
             raise _Malformed(f"unsupported Certificate Type {cert_type!r}")
-        try:
-            der = bytes(item[_CERT].value)
-            # OB values are padded to an even length; DER certificates of odd length carry one pad byte.
-            cert = x509.load_der_x509_certificate(der[: _der_sequence_length(der)])
-        except (ValueError, _Malformed) as exc:
-            raise _Malformed("the Certificate of Signer is not a valid X.509 certificate") from exc
-        info["signer"] = cert.subject.rfc4514_string()
-        info["issuer"] = cert.issuer.rfc4514_string()
-        info["signer_fingerprint"] = fingerprint_sha256(cert)
+        cert, info["signer"], info["issuer"], info["signer_fingerprint"] = _certificate(bytes(item[_CERT].value))
         params = mac_items.get(mac_id)
         if params is None:
             raise _Malformed(f"no MAC Parameters item has MAC ID Number {mac_id}")
@@ -418,7 +443,7 @@ def _verify_item(
         return SignatureInfo(status=SignatureStatus.MALFORMED, reasons=(str(exc),), **info), set()  # type: ignore[arg-type]
 
     reasons: list[str] = []
-    present = ds.keys()
+    present = {int(t) for t in ds.keys()}  # ints: a BaseTag key compares with an int through Python-level __eq__
     missing = [t for t in signed if t not in present]
     if missing:
         reasons.append(
@@ -426,7 +451,7 @@ def _verify_item(
             + ", ".join(f"{_tag_str(t)} {_keyword(t)}".strip() for t in missing)
         )
     try:
-        digest = _mac_digest(ds, signed, item, algorithm)
+        digest = _mac_digest(ds, signed, raw_item, algorithm)
         info["key_type"] = _check_signature(cert, signature, digest, algorithm)
     except UnsignableElementError as exc:
         reasons.append(f"a signed element cannot be encoded: {exc}")
@@ -443,7 +468,7 @@ def _verify_item(
     info["role"] = decision.role.value if decision.role is not None else None
     status = _TRUST_TO_STATUS[decision.status]
     covered = set(signed)
-    info["profiles"] = _profiles(str(info["key_type"]), covered, ds)
+    info["profiles"] = _profiles(str(info["key_type"]), covered, ds, present)
     if status is not SignatureStatus.VALID:
         reasons.append(decision.reason)
     # The MAC matched: whatever the signer's trust, these elements are intact since signing.
@@ -463,6 +488,20 @@ def _is_sequence(elem: DataElement | RawDataElement, tag: int) -> bool:
         return elem.length == 0xFFFFFFFF
 
 
+# The tags of the two signature sequences as they appear in the bytes of either byte order.
+_SIGNATURE_TAG_BYTES = (b"\xfa\xff\xfa\xff", b"\xfe\x4f\x01\x00", b"\xff\xfa\xff\xfa", b"\x4f\xfe\x00\x01")
+
+
+def _may_hold_signature(elem: DataElement | RawDataElement) -> bool:
+    """False only for a sequence still raw whose bytes contain neither signature sequence tag: nothing nested in
+    it can be a signature site, and it need not be parsed (most files are unsigned; parsing every sequence to
+    find out was most of the cost of checking one)."""
+    value = elem.value if isinstance(elem, RawDataElement) else None
+    if not isinstance(value, bytes):
+        return True
+    return any(pattern in value for pattern in _SIGNATURE_TAG_BYTES)
+
+
 def _signature_sites(ds: Dataset, path: str = "") -> Iterator[tuple[Dataset, str]]:
     """The top level and every sequence item that carries a Digital Signatures Sequence."""
     if DIGITAL_SIGNATURES_SEQUENCE in ds or MAC_PARAMETERS_SEQUENCE in ds:
@@ -471,6 +510,8 @@ def _signature_sites(ds: Dataset, path: str = "") -> Iterator[tuple[Dataset, str
         if elem is None or int(tag) in (DIGITAL_SIGNATURES_SEQUENCE, MAC_PARAMETERS_SEQUENCE):
             continue
         if not _is_sequence(elem, int(tag)):
+            continue
+        if not _may_hold_signature(elem):
             continue
         try:
             items = ds[tag].value

@@ -146,6 +146,22 @@ class TrustPolicy:
         #: signature, else why not. Archives hold thousands of files signed by one key: the public-key check is
         #: done once per certificate, the time-dependent checks every time.
         self._issued_by: dict[tuple[str, str], str | None] = {}
+        #: certificate fingerprint -> (subject, issuer as RFC 4514 strings, role, anchors named as its issuer):
+        #: what a decision says of a certificate, which does not depend on the time of the check.
+        self._described: dict[str, tuple[str, str, KeyRole | None, tuple[x509.Certificate, ...]]] = {}
+
+    def _describe(
+        self, certificate: x509.Certificate, fingerprint: str
+    ) -> tuple[str, str, KeyRole | None, tuple[x509.Certificate, ...]]:
+        found = self._described.get(fingerprint)
+        if found is None:
+            issuers = tuple(a for a in self._anchors.values() if a.subject == certificate.issuer)
+            found = (certificate.subject.rfc4514_string(), certificate.issuer.rfc4514_string(),
+                     role_of_certificate(certificate), issuers)  # fmt: skip
+            if len(self._described) >= 4096:
+                self._described.clear()
+            self._described[fingerprint] = found
+        return found
 
     @classmethod
     def unsafe_trust_everything(cls) -> TrustPolicy:
@@ -190,10 +206,11 @@ class TrustPolicy:
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
         """Whether ``cert`` is on this policy's revocation lists (by issuer and serial, or by fingerprint)."""
-        return (
-            fingerprint_sha256(cert) in self._revoked_fingerprints
-            or (cert.issuer.rfc4514_string(), cert.serial_number) in self._revoked_serials
-        )
+        fingerprint = fingerprint_sha256(cert)
+        return self._is_revoked(cert, fingerprint, self._describe(cert, fingerprint)[1])
+
+    def _is_revoked(self, cert: x509.Certificate, fingerprint: str, issuer: str) -> bool:
+        return fingerprint in self._revoked_fingerprints or (issuer, cert.serial_number) in self._revoked_serials
 
     def evaluate(self, certificate: x509.Certificate, *, at: datetime | None = None) -> TrustDecision:
         """Decide whether ``certificate`` is a trusted signer at time ``at`` (default now; naive means UTC).
@@ -207,13 +224,14 @@ class TrustPolicy:
         elif at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
         fingerprint = fingerprint_sha256(certificate)
+        subject, issuer_name, role, issuers = self._describe(certificate, fingerprint)
 
         def decide(status: TrustStatus, reason: str) -> TrustDecision:
             return TrustDecision(
                 status=status,
-                subject=certificate.subject.rfc4514_string(),
-                issuer=certificate.issuer.rfc4514_string(),
-                role=role_of_certificate(certificate),
+                subject=subject,
+                issuer=issuer_name,
+                role=role,
                 serial=certificate.serial_number,
                 fingerprint_sha256=fingerprint,
                 reason=reason,
@@ -221,7 +239,7 @@ class TrustPolicy:
 
         if self._trust_everything:
             return decide(TrustStatus.TRUSTED, "UNSAFE policy: every certificate is trusted")
-        if self.is_revoked(certificate):
+        if self._is_revoked(certificate, fingerprint, issuer_name):
             return decide(TrustStatus.REVOKED, "the certificate has been revoked")
 
         if fingerprint in self._anchors:
@@ -230,7 +248,6 @@ class TrustPolicy:
                 return decide(*problem)
             return decide(TrustStatus.TRUSTED, "the certificate is itself a trust anchor")
 
-        issuers = [a for a in self._anchors.values() if a.subject == certificate.issuer]
         if not issuers:
             return decide(TrustStatus.UNTRUSTED, "the certificate is not issued by any trust anchor")
         failures: list[str] = []

@@ -17,10 +17,11 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
 __all__ = [
@@ -93,7 +94,43 @@ def _header(tag: int, vr: str, length: int | None) -> bytes:
     return head + struct.pack("<H", length)
 
 
+def _peek_int(ds: Dataset, tag: int) -> int | None:
+    """An integer attribute of ``ds`` read from a copy, so that the data set keeps its raw element."""
+    elem = ds.get_item(BaseTag(tag))
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement):
+        elem = convert_raw_data_element(elem, ds=ds)
+    value = elem.value
+    return value if isinstance(value, int) else None
+
+
+def _raw_vr(elem: RawDataElement, ds: Dataset) -> str | None:
+    """The VR of a raw element without converting it (or anything else in ``ds``): as read from an explicit VR
+    file, else from the data dictionary, with the ambiguous VRs of the image pixel module resolved the way
+    pydicom's writer resolves them. None when it takes pydicom's full resolution (private tags, the rest)."""
+    vr = elem.VR
+    if vr is None:
+        try:
+            vr = str(dictionary_VR(elem.tag))
+        except KeyError:
+            return None
+    if " or " not in vr:
+        return str(vr)
+    tag = int(elem.tag)
+    if tag == PIXEL_DATA and elem.VR is None and elem.length != 0xFFFFFFFF:
+        return "OW"  # native Pixel Data read as Implicit VR is always OW (PS3.5 A.1), as pydicom decides
+    if vr == "US or SS" and elem.length <= 0xFFFF:
+        representation = _peek_int(ds, 0x00280103)  # as pydicom: US when PixelRepresentation is 0, else SS
+        return None if representation is None else ("SS" if representation else "US")
+    return None
+
+
 def _resolve_vr(elem: DataElement | RawDataElement, ds: Dataset) -> str:
+    if isinstance(elem, RawDataElement):
+        quick = _raw_vr(elem, ds)
+        if quick is not None:
+            return quick
     vr = elem.VR
     if vr is None or " or " in vr:
         vr = correct_ambiguous_vr_element(ds[elem.tag], ds, True).VR
@@ -145,7 +182,30 @@ def iter_element_stream(ds: Dataset, tag: int) -> Iterator[bytes | memoryview]:
     if tag == PIXEL_DATA and converted.is_undefined_length:
         yield from _encapsulated_stream(tag, vr, bytes(converted.value))
         return
-    yield _encoded_by_pydicom(converted, ds)
+    quick = _encoded_simply(tag, vr, converted.value)
+    yield quick if quick is not None else _encoded_by_pydicom(converted, ds)
+
+
+#: struct codes of the binary numeric VRs, whose converted values pack back to exactly the bytes they came from.
+_NUMERIC_CODES = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+
+
+def _encoded_simply(tag: int, vr: str, value: object) -> bytes | None:
+    """The encoding of a converted element that needs no writer: an empty value (only its header), or numbers of
+    a binary numeric VR. None for everything else (pydicom's writer encodes it)."""
+    if value is None or value == "" or value == b"" or (isinstance(value, list | tuple | MultiValue) and not value):
+        return _header(tag, vr, 0)
+    code = _NUMERIC_CODES.get(vr)
+    if code is None:
+        return None
+    numbers = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+    if not all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers):
+        return None
+    try:
+        data = struct.pack(f"<{len(numbers)}{code}", *numbers)
+    except struct.error:
+        return None
+    return _header(tag, vr, len(data)) + data
 
 
 def _encapsulated_stream(tag: int, vr: str, value: bytes) -> Iterator[bytes | memoryview]:
@@ -182,10 +242,10 @@ def iter_signature_stream(ds: Dataset, tags: Iterable[int]) -> Iterator[bytes | 
             continue
         value = elem.value
         vr = elem.VR
-        if vr is None and isinstance(elem, RawDataElement) and elem.is_implicit_VR and elem.is_little_endian:
+        if isinstance(elem, RawDataElement) and elem.is_little_endian and (vr is None or " or " in vr):
             # Implicit VR little endian: the value bytes are already in the MAC's encoding; only the VR comes
             # from the data dictionary (private and unknown tags keep the slow path, which names the problem).
-            vr = _dictionary_vr(tag)
+            vr = _raw_vr(elem, ds)
         if (
             isinstance(elem, RawDataElement)
             and elem.is_little_endian
@@ -214,15 +274,6 @@ def iter_signature_stream(ds: Dataset, tags: Iterable[int]) -> Iterator[bytes | 
         yield from iter_element_stream(ds, tag)
     if buf:
         yield bytes(buf)
-
-
-def _dictionary_vr(tag: int) -> str | None:
-    """The VR of a standard, unambiguous tag from the data dictionary, else None."""
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return None
-    return vr if " or " not in vr else None
 
 
 def signature_item_stream(item: Dataset) -> Iterator[bytes | memoryview]:

@@ -85,17 +85,32 @@ def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned
             refuse(f"{size - end} byte(s) after the last complete element {last.tag}")
     if 0x00080018 not in ds:
         refuse("no SOP Instance UID in the data set", "not a composite DICOM instance, or cut short")
-    for keyword in ("SOPInstanceUID", "SOPClassUID", "Modality", "PatientID"):
+    for keyword, vr in _IDENTIFIERS:
+        elem = ds.get_item(tag_for_keyword(keyword))  # type: ignore[arg-type]  # a keyword of the dictionary
+        if _plain_text(elem, vr):
+            continue  # the decoding cannot fail: the dictionary's VR (or implicit) and ASCII bytes
         try:  # the identifiers every report and audit record reads: decode them now, at the boundary
             _peek(ds, keyword)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged value
             refuse(f"{keyword} cannot be decoded ({type(exc).__name__}: {str(exc)[:80]})")
-    sop_class = UID(str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or ""))
-    is_image = "Rows" in ds or "Image Storage" in sop_class.name
+    media_class = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or "")
+    is_image = "Rows" in ds or "Image Storage" in UID(media_class).name  # the name lookup only without Rows
     if is_image and not any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
         refuse("an image without Pixel Data")
     if 0x7FE00010 in ds:
         _check_pixel_budget(ds, refuse)
+
+
+_IDENTIFIERS = (("SOPInstanceUID", "UI"), ("SOPClassUID", "UI"), ("Modality", "CS"), ("PatientID", "LO"))
+
+
+def _plain_text(elem: object, vr: str) -> bool:
+    """A raw text element whose conversion cannot fail: its VR is the dictionary's (or implicit) and its bytes
+    are printable ASCII without a NUL or backslash inside (a NUL at the end is UI padding)."""
+    if not isinstance(elem, RawDataElement) or elem.VR not in (None, vr) or not isinstance(elem.value, bytes):
+        return False
+    text = elem.value.rstrip(b"\x00 ")
+    return text.isascii() and b"\x00" not in text and b"\\" not in text and (not text or text.decode().isprintable())
 
 
 def _peek(ds: FileDataset, keyword: str) -> Any:
@@ -109,9 +124,22 @@ def _peek(ds: FileDataset, keyword: str) -> Any:
     return elem.value
 
 
+def _peek_us(ds: FileDataset, keyword: str) -> Any:
+    """:func:`_peek` of a US attribute, read straight from its two raw bytes when it has them (the common case:
+    conversion costs more than the rest of the header checks together)."""
+    elem = ds.get_item(tag_for_keyword(keyword))  # type: ignore[arg-type]  # a keyword of the dictionary
+    if isinstance(elem, RawDataElement) and elem.VR in (None, "US") and isinstance(elem.value, bytes):
+        if len(elem.value) == 2:
+            return int.from_bytes(elem.value, "little" if elem.is_little_endian else "big")
+    return _peek(ds, keyword)
+
+
+_US_ATTRIBUTES = frozenset({"Rows", "Columns", "SamplesPerPixel", "BitsAllocated"})
+
+
 def _int_attr(ds: FileDataset, keyword: str, default: int | None, refuse: Callable[[str, str], NoReturn]) -> int:
     """An integer attribute of the image pixel module, refusing absent (without default), odd or negative values."""
-    value = _peek(ds, keyword)
+    value = _peek_us(ds, keyword) if keyword in _US_ATTRIBUTES else _peek(ds, keyword)
     if value is None or value == "" or (isinstance(value, list | tuple) and not value):
         if default is None:
             refuse(f"an image without {keyword}", "the pixel data cannot be interpreted")

@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -392,6 +393,15 @@ _WORKER_STATE: (
 ) = None
 
 
+def _worker_init() -> None:
+    """In a forked worker: one torch thread. When this process had already run torch (a detector check done in
+    process before the fork), the child inherits the parent's loaded model but not its OpenMP worker threads, and
+    its first parallel region waits for them forever; with one thread torch never enters that pool."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 def _check_in_worker(path: Path) -> FileResult:
     if _WORKER_STATE is None:  # pragma: no cover - set before the pool forks
         raise RuntimeError("worker state missing")
@@ -438,7 +448,7 @@ def check_paths(
         return
     _WORKER_STATE = (checks, policy, site_policy, tuple(watermark_keys), detector)
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
             yield from pool.imap(_check_in_worker, paths, chunksize=8)
     finally:
         _WORKER_STATE = None

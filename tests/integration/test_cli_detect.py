@@ -120,3 +120,34 @@ def test_signature_only_verify_never_imports_torch(keyed_home: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ}, check=False)
     assert done.stdout.strip().splitlines()[-1] in ("NO-TORCH 0", "NO-TORCH 1"), done.stderr[-2000:]
+
+
+def test_workers_forked_after_an_in_process_detector_check_do_not_hang(bundle: Path) -> None:
+    """A process that ran the detector itself (a one-worker scan, with torch's default threads) and then forks
+    workers: they inherit the loaded model but not torch's OpenMP threads, and hung in their first convolution
+    until workers got one thread each (found by bench_scan, which scans with 1 then 2 workers in one process)."""
+    from detectors.data.corpus import sample_dicom_files
+
+    found = {p.name: p for _pkg, p in sample_dicom_files()}
+    files = [found[n] for n in ("CT_small.dcm", "MR_small.dcm") if n in found] * 4
+    script = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from provenance.trust import TrustPolicy\n"
+        "from verifier.pipeline import DetectorSetup, check_paths, parse_checks\n"
+        "torch.set_num_threads(2)\n"
+        f"files = [Path(p) for p in {[str(p) for p in files]!r}]\n"
+        f"setup = DetectorSetup(model=Path({str(bundle)!r}))\n"
+        "checks, trust = parse_checks('detector'), TrustPolicy.unsafe_trust_everything()\n"
+        "first = list(check_paths(files[:1], checks=checks, policy=trust, detector=setup))\n"
+        "rest = list(check_paths(files, checks=checks, policy=trust, detector=setup, workers=2))\n"
+        "print('scored', sum(r.detection is not None and r.detection.get('synthetic_score') is not None"
+        " for r in first + rest))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env,
+                              check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("check_paths with 2 workers hung after the detector ran in the parent process")
+    assert done.stdout.strip().splitlines()[-1] == f"scored {len(files) + 1}", done.stderr[-2000:]

@@ -43,6 +43,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One torch thread per process, also here: the one-worker scan checks in this process, and the scaling figure
+# compares one process on one core with two.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pydicom
 from pydicom.data import get_testdata_file

@@ -248,7 +248,12 @@ class Generator(abc.ABC):
                     module.eval()
                     module.to("cpu")
         elapsed = time.perf_counter() - start
+        after = self._after_fit(sampler, rng)
         previous = int(self.training_record.get("steps", 0))
+        if done == 0 and previous:  # nothing optimised (steps=0 on a loaded checkpoint): only the post-fit part
+            self.training_record = {**self.training_record, **after}
+            self.checkpoint_info = None
+            return TrainingResult(0, seed, elapsed, {}, len(sampler))
         earlier = list(self.training_record.get("earlier_runs", []))
         if previous:  # a continued run: keep what the earlier runs were
             keys = ("steps", "seed", "elapsed_s", "device", "threads", "torch", "metrics")
@@ -268,6 +273,7 @@ class Generator(abc.ABC):
             "threads": torch.get_num_threads(),
             "device": _device_name(target),
             **({"earlier_runs": earlier} if earlier else {}),
+            **after,
         }
         self.checkpoint_info = None  # the weights changed
         return TrainingResult(done, seed, elapsed, last, len(sampler))
@@ -316,7 +322,7 @@ class Generator(abc.ABC):
         discriminator): half the size, enough to sample and make paired fakes; loading fills the other modules
         from them (see :meth:`_complete`), so further training starts from the sampling weights.
         """
-        keep = set(self.sampling_modules()) if sampling_only else set(self.modules)
+        keep = set(self.sampling_modules()) | set(self.optional_modules()) if sampling_only else set(self.modules)
         training = dict(self.training_record)
         training["parameters"] = self.parameter_count
         training["paired_method"] = self.paired_method
@@ -333,6 +339,15 @@ class Generator(abc.ABC):
         """The modules that sampling and paired fakes use (all of them unless a subclass says otherwise)."""
         return tuple(self.modules)
 
+    def optional_modules(self) -> tuple[str, ...]:
+        """Modules saved with every checkpoint (also sampling-only) that older checkpoints may lack; a load
+        without them keeps their initial state (e.g. the VAE's latent prior, fitted after training)."""
+        return ()
+
+    def _after_fit(self, sampler: PatchSampler, rng: np.random.Generator) -> dict[str, Any]:
+        """Fitting that follows the optimisation (e.g. a latent prior); returns what goes into the record."""
+        return {}
+
     def _complete(self, missing: list[str]) -> None:
         """Fill ``missing`` modules of a sampling-only checkpoint from the loaded ones; the default refuses."""
         raise CheckpointError(f"checkpoint lacks the {', '.join(missing)} weights")
@@ -348,12 +363,13 @@ class Generator(abc.ABC):
         init_seed = info.training.get("init_seed", 0)
         self = cls(config, seed=init_seed if isinstance(init_seed, int) else 0)
         present = {k.split(".", 1)[0] for k in tensors}
-        missing = [key for key in self.modules if key not in present]
+        optional = set(self.optional_modules())
+        missing = [key for key in self.modules if key not in present and key not in optional]
         sampling = set(self.sampling_modules())
         if missing and not (sampling <= present and all(key not in sampling for key in missing)):
             raise CheckpointError(f"checkpoint lacks the {', '.join(missing)} weights")
         for key, module in self.modules.items():
-            if key in missing:
+            if key in missing or key not in present:
                 continue
             prefix = f"{key}."
             part = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -2,7 +2,9 @@
 
 The latent is a ``latent_channels`` x (S/8) x (S/8) map, so both the encoder and decoder are fully
 convolutional: a paired fake is the reconstruction of a real image at its native size (decoder of the posterior
-mean), and :meth:`sample` at a larger size decodes a larger standard-normal latent map.
+mean). Unpaired samples decode a latent map drawn from a prior fitted to the encoded training crops after training
+(:mod:`detectors.generators.latent_prior`: a mixture of stationary Gaussian fields, drawn at any size); a checkpoint
+without one (trained before it existed) decodes standard-normal noise, which gives mottled blobs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from detectors.generators.base import Generator, pad_to_multiple, register_gener
 from detectors.generators.config import GeneratorConfig
 from detectors.generators.errors import GeneratorConfigError
 from detectors.generators.gan import DCGANDiscriminator, GANConfig, diff_augment
+from detectors.generators.latent_prior import LatentPrior, fit_field_mixture
+from detectors.generators.training import PatchSampler
 
 __all__ = ["VAE", "VAEConfig", "VAEGenerator"]
 
@@ -40,12 +44,19 @@ class VAEConfig(GeneratorConfig):
     beta: float = 0.5
     adv_weight: float = 0.0
     adv_start: float = 0.2
+    #: The latent prior fitted after training: mixture components, covariance radius (latent pixels), and the
+    #: training crops (of ``prior_crop`` pixels) it is fitted on. 0 components: no prior (standard normal).
+    prior_components: int = 6
+    prior_radius: int = 4
+    prior_crops: int = 1024
+    prior_crop: int = 128
     steps: int = 3000
     batch_size: int = 32
     lr: float = 1e-3
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"image_size": 32, "width": 8, "max_width": 16, "steps": 40, "batch_size": 4, "adv_weight": 0.01},
+        "tiny": {"image_size": 32, "width": 8, "max_width": 16, "steps": 40, "batch_size": 4, "adv_weight": 0.01}
+        | {"prior_components": 2, "prior_radius": 2, "prior_crops": 16, "prior_crop": 32},
         "small": {"adv_weight": 0.01},
         "large": {"width": 64, "max_width": 256, "blocks": 2, "steps": 60000, "batch_size": 64, "lr": 5e-4}
         | {"adv_weight": 0.01},
@@ -56,6 +67,11 @@ class VAEConfig(GeneratorConfig):
             raise GeneratorConfigError("width, max_width, latent_channels, blocks must be >= 1 and beta >= 0")
         if self.adv_weight < 0 or not 0 <= self.adv_start <= 1:
             raise GeneratorConfigError("adv_weight must be >= 0 and adv_start in [0, 1]")
+        if self.prior_components < 0 or self.prior_radius < 1 or self.prior_crop < 16 or self.prior_crop % 8:
+            raise GeneratorConfigError("prior_components >= 0, prior_radius >= 1, prior_crop a multiple of 8, >= 16")
+        small = self.prior_crops < self.prior_components or self.prior_crop // 8 <= self.prior_radius
+        if self.prior_components and small:
+            raise GeneratorConfigError("the prior needs more crops than components and crops wider than its radius")
 
 
 class _Res(nn.Module):
@@ -105,6 +121,9 @@ class VAEGenerator(Generator):
 
     def _build(self) -> dict[str, nn.Module]:
         modules: dict[str, nn.Module] = {"vae": VAE(self.config)}
+        if self.config.prior_components:
+            modules["prior"] = LatentPrior(self.config.latent_channels, self.config.prior_components,
+                                           self.config.prior_radius)  # fmt: skip
         if self.config.adv_weight > 0:
             modules["d"] = DCGANDiscriminator(
                 GANConfig(width=self.config.width, image_size=self.config.image_size, discriminator_norm="spectral")
@@ -113,6 +132,36 @@ class VAEGenerator(Generator):
 
     def sampling_modules(self) -> tuple[str, ...]:
         return ("vae",)
+
+    def optional_modules(self) -> tuple[str, ...]:
+        return ("prior",) if "prior" in self.modules else ()
+
+    @property
+    def prior(self) -> LatentPrior | None:
+        module = self.modules.get("prior")
+        return module if isinstance(module, LatentPrior) and module.is_fitted else None
+
+    def _after_fit(self, sampler: PatchSampler, rng: np.random.Generator) -> dict[str, Any]:
+        """Fit the latent prior to the posterior means of ``prior_crops`` training crops of ``prior_crop`` px."""
+        module = self.modules.get("prior")
+        cfg = self.config
+        if not isinstance(module, LatentPrior):
+            return {}
+        crops = PatchSampler(sampler.frames, cfg.prior_crop, min_std=sampler.min_std, min_content=sampler.min_content,
+                             background_margin=sampler.background_margin)  # fmt: skip
+        latents = []
+        with torch.no_grad():
+            for start in range(0, cfg.prior_crops, 64):
+                batch = crops.batch(min(64, cfg.prior_crops - start), rng)
+                latents.append(self.vae.encode(batch)[0].numpy())
+        weights, means, covariance = fit_field_mixture(
+            np.concatenate(latents), components=cfg.prior_components, radius=cfg.prior_radius,
+            seed=int(rng.integers(2**31)),
+        )  # fmt: skip
+        module.set(weights, means, covariance)
+        return {"prior": {"kind": "mixture of stationary Gaussian fields", "components": cfg.prior_components,
+                          "radius": cfg.prior_radius, "crops": cfg.prior_crops, "crop": cfg.prior_crop,
+                          "weights": [round(float(w), 4) for w in weights]}}  # fmt: skip
 
     def _complete(self, missing: list[str]) -> None:
         """The discriminator of a sampling-only checkpoint restarts from its initialisation (init_seed)."""
@@ -167,7 +216,11 @@ class VAEGenerator(Generator):
 
     def _sample(self, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
         side = -(-size // 8)
-        z = torch.randn((n, self.config.latent_channels, side, side), generator=gen)
+        prior = self.prior
+        if prior is not None:
+            z = prior.sample(n, side, side, gen)
+        else:
+            z = torch.randn((n, self.config.latent_channels, side, side), generator=gen)
         return self.vae.decode(z)[..., :size, :size]
 
     def _paired(self, real: torch.Tensor, gen: torch.Generator, rng: np.random.Generator) -> torch.Tensor:

@@ -306,7 +306,7 @@ def test_sampling_only_checkpoint(trained: Generator, tmp_path: Path) -> None:
     sizes = [(tmp_path / d / WEIGHTS_FILE).stat().st_size for d in ("full", "sampling")]
     assert sizes[1] <= sizes[0]
     stored = {k.split(".", 1)[0] for k in read_checkpoint(tmp_path / "sampling")[1]}
-    assert stored == set(trained.sampling_modules())
+    assert stored == set(trained.sampling_modules()) | set(trained.optional_modules())
     loaded = create_generator(trained.name, checkpoint=tmp_path / "sampling")
     np.testing.assert_array_equal(loaded.sample(2, seed=4), trained.sample(2, seed=4))
     real = phantom(5)
@@ -366,3 +366,57 @@ def test_train_from_exported_frames(tmp_path: Path) -> None:
     assert gen.config.batch_size == 2 and gen.training_record["steps"] == 2
     assert gen.training_record["data"]["manifest_sha256"] == description["manifest_sha256"]
     assert gen.training_record["device"] == "cpu"
+
+
+def test_vae_latent_prior_is_fitted_saved_and_optional(tmp_path: Path) -> None:
+    """After training, the VAE's unpaired samples come from a prior fitted to its encoded training crops; the
+    prior is saved (also sampling-only) and a checkpoint from before it still loads, sampling standard-normal
+    latents."""
+    gen = create_generator("vae", config="tiny", seed=0)
+    assert gen.prior is None  # type: ignore[attr-defined]
+    gen.fit(FRAMES, seed=1)
+    prior = gen.prior  # type: ignore[attr-defined]
+    assert prior is not None and gen.training_record["prior"]["components"] == gen.config.prior_components  # type: ignore[attr-defined]
+    gen.save(tmp_path / "with", sampling_only=True)
+    loaded = create_generator("vae", checkpoint=tmp_path / "with")
+    assert loaded.prior is not None  # type: ignore[attr-defined]
+    assert np.array_equal(loaded.sample(2, seed=4, size=40), gen.sample(2, seed=4, size=40))
+    # A checkpoint written before the prior existed: no prior tensors, and a config without its fields.
+    info, tensors = read_checkpoint(tmp_path / "with")
+    from detectors.generators.checkpoint import write_checkpoint
+
+    old_config = {k: v for k, v in info.config.items() if not k.startswith("prior_")}
+    old_tensors = {k: v for k, v in tensors.items() if not k.startswith("prior.")}
+    write_checkpoint(tmp_path / "old", name="vae", tensors=old_tensors, config=old_config,
+                     training={k: v for k, v in info.training.items() if k != "prior"})  # fmt: skip
+    old = create_generator("vae", checkpoint=tmp_path / "old")
+    assert old.prior is None  # type: ignore[attr-defined]
+    assert old.sample(1, seed=0, size=32).shape == (1, 32, 32)
+    # Fitting the prior alone (0 steps on the loaded checkpoint) keeps the weights and the step count.
+    steps = old.training_record["steps"]
+    before = old.sample(1, seed=0, size=32)
+    old.fit(FRAMES, steps=0, seed=2)
+    assert old.prior is not None and old.training_record["steps"] == steps  # type: ignore[attr-defined]
+    assert not np.array_equal(before, old.sample(1, seed=0, size=32))
+
+
+def test_latent_field_prior_reproduces_cross_covariance() -> None:
+    """Sampled fields keep the direction of the fitted cross-covariance (a channel that is another one shifted
+    sideways stays shifted that way, not mirrored) and the lag-0 variance. (Longer lags come out weaker: the
+    covariance is tapered so that it stays positive definite.)"""
+    from scipy.ndimage import gaussian_filter
+
+    from detectors.generators.latent_prior import LatentPrior, fit_field_mixture
+
+    rng = np.random.default_rng(0)
+    base = gaussian_filter(rng.standard_normal((300, 32, 32)), (0, 1.0, 1.0))
+    fields = np.stack([base[:, 4:28, 4:28], base[:, 4:28, 2:26]], axis=1).astype(np.float32)  # channel 1 = 0 shifted
+    weights, means, cov = fit_field_mixture(fields, components=1, radius=3)
+    prior = LatentPrior(2, 1, 3)
+    prior.set(weights, means, cov)
+    drawn = prior.sample(300, 24, 24, torch.Generator().manual_seed(1)).numpy()
+    _w, _m, cov2 = fit_field_mixture(drawn, components=1, radius=3)
+    row, row2 = cov[0, 0, 1, 3], cov2[0, 0, 1, 3]  # cross-covariance along x at dy = 0
+    assert int(np.argmax(row)) == 5  # the fitted peak at dx = +2
+    assert int(np.argmax(row2)) > 3 and row2[4:].sum() > 4 * row2[:3].sum()  # drawn: on the same side
+    assert abs(cov2[0, 0, 0, 3, 3] - cov[0, 0, 0, 3, 3]) < 0.15 * cov[0, 0, 0, 3, 3]

@@ -49,7 +49,8 @@ def patch_features(patches: npt.NDArray[np.float32], bins: int = 12) -> npt.NDAr
         flat = r.reshape(n, -1)
         s = flat.std(axis=1)
         centred = flat - flat.mean(axis=1, keepdims=True)
-        kurt = (centred**4).mean(axis=1) / (s**4 + _EPS)
+        squared = centred * centred  # not centred**4: numpy's float power was three quarters of the features' time
+        kurt = (squared * squared).mean(axis=1) / (s**4 + _EPS)
         feats += [
             np.log(s + _EPS),
             np.log(np.abs(flat).mean(axis=1) + _EPS),

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -41,6 +41,7 @@ from provenance._internal.macstream import (
     MAC_PARAMETERS_SEQUENCE,
     PIXEL_DATA,
     UnsignableElementError,
+    dictionary_vr,
     is_signable_tag,
     iter_signature_stream,
     signature_item_stream,
@@ -173,20 +174,13 @@ def _default_tags(ds: Dataset, *, only: set[int] | None = None) -> list[int]:
         # unknown creator then becomes UN, which cannot be signed (the stream would refuse it later).
         vr = elem.VR if elem is not None else None
         if vr is None and not (t >> 16) % 2:  # standard tag read from an Implicit VR file: the dictionary says
-            vr = _standard_vr(t)
+            vr = dictionary_vr(t)
         if vr is None:
             vr = ds[tag].VR
         if vr == "UN":
             continue
         out.append(t)
     return sorted(out)
-
-
-def _standard_vr(tag: int) -> str | None:
-    try:
-        return str(dictionary_VR(tag))
-    except KeyError:
-        return None
 
 
 def _sequence(ds: Dataset, tag: int) -> DicomSequence:
@@ -482,10 +476,10 @@ def _is_sequence(elem: DataElement | RawDataElement, tag: int) -> bool:
     """
     if elem.VR is not None:
         return bool(elem.VR == "SQ")
-    try:
-        return bool(dictionary_VR(tag) == "SQ")
-    except KeyError:  # unknown (e.g. private) tag: an undefined length is the sign of a sequence
+    vr = dictionary_vr(tag)
+    if vr is None:  # unknown (e.g. private) tag: an undefined length is the sign of a sequence
         return elem.length == 0xFFFFFFFF
+    return vr == "SQ"
 
 
 # The tags of the two signature sequences as they appear in the bytes of either byte order.

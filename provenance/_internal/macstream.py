@@ -28,6 +28,7 @@ __all__ = [
     "DIGITAL_SIGNATURES_SEQUENCE",
     "MAC_PARAMETERS_SEQUENCE",
     "UnsignableElementError",
+    "dictionary_vr",
     "is_signable_tag",
     "iter_signature_stream",
     "signature_item_stream",
@@ -105,16 +106,21 @@ def _peek_int(ds: Dataset, tag: int) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def dictionary_vr(tag: int) -> str | None:
+    """The data dictionary's VR of ``tag`` (possibly ambiguous, e.g. "US or SS"), or None for an unknown tag."""
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
 def _raw_vr(elem: RawDataElement, ds: Dataset) -> str | None:
     """The VR of a raw element without converting it (or anything else in ``ds``): as read from an explicit VR
     file, else from the data dictionary, with the ambiguous VRs of the image pixel module resolved the way
     pydicom's writer resolves them. None when it takes pydicom's full resolution (private tags, the rest)."""
-    vr = elem.VR
+    vr = elem.VR if elem.VR is not None else dictionary_vr(elem.tag)
     if vr is None:
-        try:
-            vr = str(dictionary_VR(elem.tag))
-        except KeyError:
-            return None
+        return None
     if " or " not in vr:
         return str(vr)
     tag = int(elem.tag)

@@ -52,9 +52,7 @@ class TrustDecision:
     reason: str
 
     def __bool__(self) -> bool:
-        raise TypeError(
-            "a TrustDecision has no truth value; compare .status with TrustStatus.TRUSTED instead"
-        )
+        raise TypeError("a TrustDecision has no truth value; compare .status with TrustStatus.TRUSTED instead")
 
 
 def fingerprint_sha256(cert: x509.Certificate) -> str:
@@ -88,17 +86,6 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return usage.key_cert_sign
 
 
-def _validity_problem(cert: x509.Certificate, at: datetime, what: str) -> tuple[TrustStatus, str] | None:
-    if at < cert.not_valid_before_utc:
-        return (
-            TrustStatus.NOT_YET_VALID,
-            f"{what} is not valid before {cert.not_valid_before_utc.isoformat()}",
-        )
-    if at > cert.not_valid_after_utc:
-        return TrustStatus.EXPIRED, f"{what} expired at {cert.not_valid_after_utc.isoformat()}"
-    return None
-
-
 class TrustPolicy:
     """Which certificates medverify trusts as signers.
 
@@ -123,9 +110,7 @@ class TrustPolicy:
             )
         for anchor in anchors:
             if not isinstance(anchor, x509.Certificate):
-                raise TrustPolicyError(
-                    f"trust anchors must be x509.Certificate objects, not {type(anchor).__name__}"
-                )
+                raise TrustPolicyError(f"trust anchors must be x509.Certificate objects, not {type(anchor).__name__}")
         self._init(anchors, revoked_serials, revoked_fingerprints, trust_everything=False)
 
     def _init(
@@ -138,9 +123,7 @@ class TrustPolicy:
     ) -> None:
         self._anchors = {fingerprint_sha256(a): a for a in anchors}
         self._revoked_serials = frozenset((str(issuer), int(serial)) for issuer, serial in revoked_serials)
-        self._revoked_fingerprints = frozenset(
-            fp.strip().lower().replace(":", "") for fp in revoked_fingerprints
-        )
+        self._revoked_fingerprints = frozenset(fp.strip().lower().replace(":", "") for fp in revoked_fingerprints)
         self._trust_everything = trust_everything
         #: (certificate fingerprint, issuer fingerprint) -> None if the issuer's key verifies the certificate's
         #: signature, else why not. Archives hold thousands of files signed by one key: the public-key check is
@@ -149,6 +132,7 @@ class TrustPolicy:
         #: certificate fingerprint -> (subject, issuer as RFC 4514 strings, role, anchors named as its issuer):
         #: what a decision says of a certificate, which does not depend on the time of the check.
         self._described: dict[str, tuple[str, str, KeyRole | None, tuple[x509.Certificate, ...]]] = {}
+        self._plans: dict[str, tuple[TrustStatus, str, tuple[tuple[datetime, datetime, str], ...]]] = {}
 
     def _describe(
         self, certificate: x509.Certificate, fingerprint: str
@@ -190,9 +174,7 @@ class TrustPolicy:
                 anchors.extend(load_certificates(data))
             except TrustPolicyError as exc:
                 raise TrustPolicyError(f"{path}: {exc}") from exc
-        return cls(
-            anchors=anchors, revoked_serials=revoked_serials, revoked_fingerprints=revoked_fingerprints
-        )
+        return cls(anchors=anchors, revoked_serials=revoked_serials, revoked_fingerprints=revoked_fingerprints)
 
     @property
     def anchors(self) -> tuple[x509.Certificate, ...]:
@@ -212,44 +194,66 @@ class TrustPolicy:
     def _is_revoked(self, cert: x509.Certificate, fingerprint: str, issuer: str) -> bool:
         return fingerprint in self._revoked_fingerprints or (issuer, cert.serial_number) in self._revoked_serials
 
-    def evaluate(self, certificate: x509.Certificate, *, at: datetime | None = None) -> TrustDecision:
+    def evaluate(
+        self, certificate: x509.Certificate, *, at: datetime | None = None, fingerprint: str | None = None
+    ) -> TrustDecision:
         """Decide whether ``certificate`` is a trusted signer at time ``at`` (default now; naive means UTC).
 
         REVOKED beats everything; a certificate that does not chain to an anchor is UNTRUSTED; a chained one
         outside its validity period (or issued by an anchor outside its own) is EXPIRED or NOT_YET_VALID;
-        otherwise it is TRUSTED.
+        otherwise it is TRUSTED. ``fingerprint`` is the certificate's SHA-256 fingerprint when the caller has it.
         """
         if at is None:
             at = datetime.now(UTC)
         elif at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
-        fingerprint = fingerprint_sha256(certificate)
+        if fingerprint is None:
+            fingerprint = fingerprint_sha256(certificate)
         subject, issuer_name, role, issuers = self._describe(certificate, fingerprint)
+        # Everything but the validity periods depends on the certificate alone: decided once per certificate (an
+        # archive holds thousands of files signed by the same few keys), the periods compared at every call.
+        plan = self._plans.get(fingerprint)
+        if plan is None:
+            plan = self._plan(certificate, fingerprint, issuer_name, issuers)
+            if len(self._plans) >= 4096:
+                self._plans.clear()
+            self._plans[fingerprint] = plan
+        status, reason, periods = plan
+        for not_before, not_after, what in periods:
+            if at < not_before:
+                status, reason = TrustStatus.NOT_YET_VALID, f"{what} is not valid before {not_before.isoformat()}"
+                break
+            if at > not_after:
+                status, reason = TrustStatus.EXPIRED, f"{what} expired at {not_after.isoformat()}"
+                break
+        return TrustDecision(
+            status=status,
+            subject=subject,
+            issuer=issuer_name,
+            role=role,
+            serial=certificate.serial_number,
+            fingerprint_sha256=fingerprint,
+            reason=reason,
+        )
 
-        def decide(status: TrustStatus, reason: str) -> TrustDecision:
-            return TrustDecision(
-                status=status,
-                subject=subject,
-                issuer=issuer_name,
-                role=role,
-                serial=certificate.serial_number,
-                fingerprint_sha256=fingerprint,
-                reason=reason,
-            )
+    def _plan(
+        self, certificate: x509.Certificate, fingerprint: str, issuer_name: str, issuers: tuple[x509.Certificate, ...]
+    ) -> tuple[TrustStatus, str, tuple[tuple[datetime, datetime, str], ...]]:
+        """The decision for ``certificate`` apart from time: a status and reason, and the validity periods (with
+        what they belong to) that turn TRUSTED into NOT_YET_VALID or EXPIRED, checked in order."""
+
+        def period(cert: x509.Certificate, what: str) -> tuple[datetime, datetime, str]:
+            return cert.not_valid_before_utc, cert.not_valid_after_utc, what
 
         if self._trust_everything:
-            return decide(TrustStatus.TRUSTED, "UNSAFE policy: every certificate is trusted")
+            return TrustStatus.TRUSTED, "UNSAFE policy: every certificate is trusted", ()
         if self._is_revoked(certificate, fingerprint, issuer_name):
-            return decide(TrustStatus.REVOKED, "the certificate has been revoked")
-
+            return TrustStatus.REVOKED, "the certificate has been revoked", ()
         if fingerprint in self._anchors:
-            problem = _validity_problem(certificate, at, "the trusted certificate")
-            if problem is not None:
-                return decide(*problem)
-            return decide(TrustStatus.TRUSTED, "the certificate is itself a trust anchor")
-
+            return (TrustStatus.TRUSTED, "the certificate is itself a trust anchor",
+                    (period(certificate, "the trusted certificate"),))  # fmt: skip
         if not issuers:
-            return decide(TrustStatus.UNTRUSTED, "the certificate is not issued by any trust anchor")
+            return TrustStatus.UNTRUSTED, "the certificate is not issued by any trust anchor", ()
         failures: list[str] = []
         for issuer in issuers:
             if not _is_ca(issuer):
@@ -260,16 +264,10 @@ class TrustPolicy:
                 failures.append(failure)
                 continue
             if self.is_revoked(issuer):
-                return decide(TrustStatus.REVOKED, "the issuing CA has been revoked")
-            problem = _validity_problem(certificate, at, "the certificate") or _validity_problem(
-                issuer, at, "the issuing CA certificate"
-            )
-            if problem is not None:
-                return decide(*problem)
-            return decide(TrustStatus.TRUSTED, f"issued by trust anchor {issuer.subject.rfc4514_string()}")
-        return decide(
-            TrustStatus.UNTRUSTED, "an anchor has the issuer's name but " + "; ".join(sorted(set(failures)))
-        )
+                return TrustStatus.REVOKED, "the issuing CA has been revoked", ()
+            return (TrustStatus.TRUSTED, f"issued by trust anchor {issuer.subject.rfc4514_string()}",
+                    (period(certificate, "the certificate"), period(issuer, "the issuing CA certificate")))  # fmt: skip
+        return TrustStatus.UNTRUSTED, "an anchor has the issuer's name but " + "; ".join(sorted(set(failures))), ()
 
     def _check_issued_by(self, certificate: x509.Certificate, fingerprint: str, issuer: x509.Certificate) -> str | None:
         key = (fingerprint, fingerprint_sha256(issuer))

@@ -71,14 +71,14 @@ def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned
     for message in warned:
         if any(word in message.lower() for word in _TRUNCATION_WARNINGS):
             refuse(f"the parser reported '{message[:120]}'")
-    last = None
-    for tag, elem in ds.items():  # raw items: no value conversion
-        length = getattr(elem, "length", None)
-        value = getattr(elem, "value", None)
-        if isinstance(value, bytes) and isinstance(length, int) and length != 0xFFFFFFFF and len(value) < length:
-            refuse(f"element {tag} is truncated ({len(value)} of {length} bytes)")
-        last = elem
-    deflated = str(getattr(ds.file_meta, "TransferSyntaxUID", "")) == _DEFLATED
+    # pydicom reads the top level in order and stops at the end of the data, so only the last element read can
+    # hold fewer bytes than its length field promises (a cut inside a nested sequence gives a warning above).
+    last = next(reversed(ds.values()), None)  # type: ignore[call-overload]  # raw items: no value conversion
+    length = getattr(last, "length", None)
+    value = getattr(last, "value", None)
+    if isinstance(value, bytes) and isinstance(length, int) and length != 0xFFFFFFFF and len(value) < length:
+        refuse(f"element {last.tag} is truncated ({len(value)} of {length} bytes)")  # type: ignore[union-attr]
+    deflated = _meta_text(ds, 0x00020010) == _DEFLATED
     if not deflated and isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF and last.value_tell is not None:
         end = last.value_tell + last.length
         if end != size:
@@ -86,15 +86,15 @@ def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned
     if 0x00080018 not in ds:
         refuse("no SOP Instance UID in the data set", "not a composite DICOM instance, or cut short")
     for keyword, vr in _IDENTIFIERS:
-        elem = ds.get_item(tag_for_keyword(keyword))  # type: ignore[arg-type]  # a keyword of the dictionary
+        elem = ds.get_item(_TAGS[keyword])
         if _plain_text(elem, vr):
             continue  # the decoding cannot fail: the dictionary's VR (or implicit) and ASCII bytes
         try:  # the identifiers every report and audit record reads: decode them now, at the boundary
             _peek(ds, keyword)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged value
             refuse(f"{keyword} cannot be decoded ({type(exc).__name__}: {str(exc)[:80]})")
-    media_class = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or "")
-    is_image = "Rows" in ds or "Image Storage" in UID(media_class).name  # the name lookup only without Rows
+    # The SOP Class name is looked up only without Rows (a UID's conversion costs as much as the rest here).
+    is_image = 0x00280010 in ds or "Image Storage" in UID(_meta_text(ds, 0x00020002)).name
     if is_image and not any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
         refuse("an image without Pixel Data")
     if 0x7FE00010 in ds:
@@ -102,6 +102,25 @@ def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned
 
 
 _IDENTIFIERS = (("SOPInstanceUID", "UI"), ("SOPClassUID", "UI"), ("Modality", "CS"), ("PatientID", "LO"))
+_IDENTIFIER_VRS = dict(_IDENTIFIERS)
+_TAGS: dict[str, int] = {
+    keyword: tag
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "Modality", "PatientID", "Rows", "Columns", "NumberOfFrames",
+                    "SamplesPerPixel", "BitsAllocated")
+    if (tag := tag_for_keyword(keyword)) is not None
+}  # fmt: skip
+
+
+def _meta_text(ds: FileDataset, tag: int) -> str:
+    """A text element of the file meta group ("" when absent), read without converting the element."""
+    meta = getattr(ds, "file_meta", None)
+    elem = meta.get_item(tag) if meta is not None else None
+    if elem is None:
+        return ""
+    value = elem.value
+    if isinstance(value, bytes):
+        return value.decode("latin-1").rstrip("\x00 ")
+    return str(value or "")
 
 
 def _plain_text(elem: object, vr: str) -> bool:
@@ -116,7 +135,7 @@ def _plain_text(elem: object, vr: str) -> bool:
 def _peek(ds: FileDataset, keyword: str) -> Any:
     """The value of ``keyword`` decoded from a copy: the data set keeps its raw element, so that the signature
     check still hashes the bytes as read (and takes its fast path)."""
-    elem = ds.get_item(tag_for_keyword(keyword))  # type: ignore[arg-type]  # a keyword of the dictionary
+    elem = ds.get_item(_TAGS.get(keyword) or tag_for_keyword(keyword))  # type: ignore[arg-type]  # a known keyword
     if elem is None:
         return None
     if isinstance(elem, RawDataElement):
@@ -127,7 +146,7 @@ def _peek(ds: FileDataset, keyword: str) -> Any:
 def _peek_us(ds: FileDataset, keyword: str) -> Any:
     """:func:`_peek` of a US attribute, read straight from its two raw bytes when it has them (the common case:
     conversion costs more than the rest of the header checks together)."""
-    elem = ds.get_item(tag_for_keyword(keyword))  # type: ignore[arg-type]  # a keyword of the dictionary
+    elem = ds.get_item(_TAGS[keyword])
     if isinstance(elem, RawDataElement) and elem.VR in (None, "US") and isinstance(elem.value, bytes):
         if len(elem.value) == 2:
             return int.from_bytes(elem.value, "little" if elem.is_little_endian else "big")
@@ -224,6 +243,9 @@ class Instance:
     def _text(self, keyword: str) -> str | None:
         """An identifier as text for reports and records: padding removed, control characters escaped (a hostile
         file can put NULs inside a UID; the audit database refuses them)."""
+        elem = self.dataset.get_item(_TAGS[keyword])
+        if _plain_text(elem, _IDENTIFIER_VRS[keyword]):  # the common case, without converting the element
+            return elem.value.rstrip(b"\x00 ").decode("ascii") or None
         value = self.dataset.get(keyword)
         if not value:
             return None

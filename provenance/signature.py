@@ -19,8 +19,8 @@ import functools
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -44,6 +44,7 @@ from provenance._internal.macstream import (
     dictionary_vr,
     is_signable_tag,
     iter_signature_stream,
+    raw_sequence_items,
     signature_item_stream,
 )
 from provenance.errors import SigningError
@@ -125,6 +126,12 @@ def _keyword(tag: int) -> str:
     return keyword_for_tag(tag) or ("Private" if (tag >> 16) % 2 else "")
 
 
+@functools.lru_cache(maxsize=8192)
+def _uncovered(tag: int) -> UncoveredElement:
+    """One (immutable) report entry per tag: an invalid signature leaves every element of a file uncovered."""
+    return UncoveredElement(tag=_tag_str(tag), keyword=_keyword(tag))
+
+
 def _signed_tags(params: Dataset) -> list[int]:
     """Data Elements Signed; read straight from the raw little-endian bytes when possible (hundreds of tags)."""
     raw = params.get_item(_DATA_ELEMENTS_SIGNED)
@@ -135,6 +142,26 @@ def _signed_tags(params: Dataset) -> list[int]:
         words = struct.unpack(f"<{len(value) // 2}H", value)
         return [(words[i] << 16) | words[i + 1] for i in range(0, len(words), 2)]
     return _tags_of(params[_DATA_ELEMENTS_SIGNED].value)
+
+
+def _item_value(item: Dataset, elements: dict[int, Any], tag: int) -> Any:
+    """The value of ``tag`` in a signature or MAC Parameters item (None when absent). A raw little-endian element
+    of a VR these items use (US, OB and plain ASCII UI, CS or DT) is decoded here as pydicom would decode it,
+    without converting the item's element; other elements are converted by pydicom."""
+    elem = elements.get(tag)
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement) and elem.is_little_endian:
+        data = b"" if elem.value is None and not elem.length else elem.value
+        vr = elem.VR or dictionary_vr(tag)
+        if isinstance(data, bytes):
+            if vr == "US" and len(data) == 2:
+                return int.from_bytes(data, "little")
+            if vr == "OB":
+                return data
+            if vr in ("UI", "CS", "DT") and data.isascii() and b"\\" not in data:
+                return data.decode("ascii").rstrip(" \x00")
+    return item[tag].value
 
 
 def _tags_of(value: object) -> list[int]:
@@ -153,9 +180,11 @@ def _signature_time(now: dt.datetime | None) -> str:
     return t.strftime("%Y%m%d%H%M%S.%f") + "+0000"
 
 
-def _mac_digest(ds: Dataset, tags: Iterable[int], item: Dataset, algorithm: MacAlgorithm) -> bytes:
+def _mac_digest(
+    ds: Dataset, tags: Iterable[int], item: Dataset, algorithm: MacAlgorithm, elements: dict[int, Any] | None = None
+) -> bytes:
     h = hashlib.new(_HASHLIB_NAME[algorithm])
-    for chunk in iter_signature_stream(ds, tags):
+    for chunk in iter_signature_stream(ds, tags, elements=elements):
         h.update(chunk)
     for chunk in signature_item_stream(item):
         h.update(chunk)
@@ -285,6 +314,7 @@ def strip_signatures(ds: Dataset) -> None:
             del ds[tag]
 
 
+@functools.lru_cache(maxsize=64)
 def _explicit_little(xfer: str) -> bool:
     """Whether a MAC Calculation Transfer Syntax encodes elements as Explicit VR Little Endian.
 
@@ -357,7 +387,7 @@ def _certificate(der: bytes) -> tuple[x509.Certificate, str, str, str]:
     return cert, cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), fingerprint_sha256(cert)
 
 
-def _profiles(key_type: str | None, covered: set[int], ds: Dataset, present: set[int]) -> tuple[str, ...]:
+def _profiles(key_type: str | None, covered: set[int], ds: Dataset, present: Collection[int]) -> tuple[str, ...]:
     """The PS3.15 profiles this signature satisfies (none is recorded in the file; they are inferred)."""
     if key_type != "rsa":
         return ()
@@ -385,11 +415,13 @@ _TRUST_TO_STATUS = {
 def _verify_item(
     ds: Dataset,
     item: object,
-    mac_items: dict[int, Dataset],
+    mac_items: dict[int, tuple[Dataset, dict[int, Any]]],
     policy: TrustPolicy,
     location: str,
     at: dt.datetime,
+    present: dict[int, Any],
 ) -> tuple[SignatureInfo, set[int]]:
+    """Check one signature item of the site ``ds``, whose elements by int tag are ``present``."""
     info: dict[str, object] = {"location": location}
     try:
         if not isinstance(item, Dataset):
@@ -397,47 +429,52 @@ def _verify_item(
         # The item's elements as read, before the checks below convert them: its part of the MAC is then hashed
         # from the bytes of the file (the fast path), not re-encoded from converted values.
         raw_item = Dataset({t: item.get_item(t) for t in item.keys()})
-        uid = item.get(_SIG_UID)
-        info["uid"] = str(uid.value) if uid is not None and uid.value else None
-        when = item.get(_SIG_DATETIME)
-        info["datetime"] = str(when.value) if when is not None and when.value else None
+        elements = {int(t): e for t, e in raw_item.items()}
+        uid = _item_value(item, elements, _SIG_UID)
+        info["uid"] = str(uid) if uid else None
+        when = _item_value(item, elements, _SIG_DATETIME)
+        info["datetime"] = str(when) if when else None
         for tag, name in (
             (_MAC_ID, "MAC ID Number"),
             (_CERT, "Certificate of Signer"),
             (_SIGNATURE, "Signature"),
         ):
-            if tag not in item or item[tag].value in (None, b"", ""):
+            if _item_value(item, elements, tag) in (None, b"", ""):
                 raise _Malformed(f"the signature item has no {name}")
-        mac_id = int(item[_MAC_ID].value)
+        mac_id = int(_item_value(item, elements, _MAC_ID))
         info["mac_id"] = mac_id
-        cert_type = str(item.get(_CERT_TYPE).value if _CERT_TYPE in item else "")
+        cert_type = _item_value(item, elements, _CERT_TYPE)
+        cert_type = str(cert_type) if cert_type is not None else ""
         if cert_type != _CERT_TYPE_X509:
             raise _Malformed(f"unsupported Certificate Type {cert_type!r}")
-        cert, info["signer"], info["issuer"], info["signer_fingerprint"] = _certificate(bytes(item[_CERT].value))
-        params = mac_items.get(mac_id)
-        if params is None:
+        der = bytes(_item_value(item, elements, _CERT))
+        cert, info["signer"], info["issuer"], info["signer_fingerprint"] = _certificate(der)
+        found = mac_items.get(mac_id)
+        if found is None:
             raise _Malformed(f"no MAC Parameters item has MAC ID Number {mac_id}")
+        params, param_elements = found
+        algorithm_name = _item_value(params, param_elements, _MAC_ALGORITHM)
         try:
-            algorithm = MacAlgorithm(str(params.get(_MAC_ALGORITHM).value).strip())
-        except (AttributeError, ValueError) as exc:
+            algorithm = MacAlgorithm(str(algorithm_name).strip())
+        except ValueError as exc:
             raise _Malformed("unknown or missing MAC Algorithm") from exc
         info["mac_algorithm"] = algorithm.value
-        xfer = str(params[_MAC_XFER].value) if _MAC_XFER in params else ""
+        xfer_value = _item_value(params, param_elements, _MAC_XFER)
+        xfer = str(xfer_value) if xfer_value is not None else ""
         if not _explicit_little(xfer):
             raise _Malformed(f"unsupported MAC Calculation Transfer Syntax {xfer!r}")
-        if _DATA_ELEMENTS_SIGNED not in params:
+        if _DATA_ELEMENTS_SIGNED not in param_elements:
             raise _Malformed("the MAC Parameters item has no Data Elements Signed")
         try:
             signed = _signed_tags(params)
         except (TypeError, ValueError) as exc:
             raise _Malformed("Data Elements Signed cannot be read") from exc
-        info["covered"] = tuple(_tag_str(t) for t in signed)
-        signature = bytes(item[_SIGNATURE].value)
+        info["covered"] = tuple(map(_tag_str, signed))
+        signature = bytes(_item_value(item, elements, _SIGNATURE))
     except _Malformed as exc:
         return SignatureInfo(status=SignatureStatus.MALFORMED, reasons=(str(exc),), **info), set()  # type: ignore[arg-type]
 
     reasons: list[str] = []
-    present = {int(t) for t in ds.keys()}  # ints: a BaseTag key compares with an int through Python-level __eq__
     missing = [t for t in signed if t not in present]
     if missing:
         reasons.append(
@@ -445,7 +482,7 @@ def _verify_item(
             + ", ".join(f"{_tag_str(t)} {_keyword(t)}".strip() for t in missing)
         )
     try:
-        digest = _mac_digest(ds, signed, raw_item, algorithm)
+        digest = _mac_digest(ds, signed, raw_item, algorithm, present)
         info["key_type"] = _check_signature(cert, signature, digest, algorithm)
     except UnsignableElementError as exc:
         reasons.append(f"a signed element cannot be encoded: {exc}")
@@ -458,7 +495,7 @@ def _verify_item(
     if missing:  # pragma: no cover - a missing element always changes the MAC
         return SignatureInfo(status=SignatureStatus.INVALID, reasons=tuple(reasons), **info), set()  # type: ignore[arg-type]
 
-    decision = policy.evaluate(cert, at=at)
+    decision = policy.evaluate(cert, at=at, fingerprint=str(info["signer_fingerprint"]))
     info["role"] = decision.role.value if decision.role is not None else None
     status = _TRUST_TO_STATUS[decision.status]
     covered = set(signed)
@@ -476,6 +513,9 @@ def _is_sequence(elem: DataElement | RawDataElement, tag: int) -> bool:
     """
     if elem.VR is not None:
         return bool(elem.VR == "SQ")
+    value = elem.value if isinstance(elem, RawDataElement) else None
+    if isinstance(value, bytes) and not value.startswith(b"\xfe\xff\x00\xe0"):
+        return False  # a sequence of defined length starts with an item (little endian; big endian is explicit)
     vr = dictionary_vr(tag)
     if vr is None:  # unknown (e.g. private) tag: an undefined length is the sign of a sequence
         return elem.length == 0xFFFFFFFF
@@ -501,7 +541,11 @@ def _signature_sites(ds: Dataset, path: str = "") -> Iterator[tuple[Dataset, str
     if DIGITAL_SIGNATURES_SEQUENCE in ds or MAC_PARAMETERS_SEQUENCE in ds:
         yield ds, path
     for tag, elem in list(ds.items()):  # raw items: only sequences are converted below
-        if elem is None or int(tag) in (DIGITAL_SIGNATURES_SEQUENCE, MAC_PARAMETERS_SEQUENCE):
+        if (
+            elem is None
+            or elem.VR not in (None, "SQ")
+            or int(tag) in (DIGITAL_SIGNATURES_SEQUENCE, MAC_PARAMETERS_SEQUENCE)
+        ):
             continue
         if not _is_sequence(elem, int(tag)):
             continue
@@ -516,14 +560,30 @@ def _signature_sites(ds: Dataset, path: str = "") -> Iterator[tuple[Dataset, str
                 yield from _signature_sites(sub, f"{path}{_tag_str(int(tag))}[{i}]")
 
 
+def _sequence_items(ds: Dataset, tag: int) -> list[Any]:
+    """The items of sequence ``tag`` of ``ds`` (none when absent); read from the raw bytes when possible, which
+    leaves the element in ``ds`` as read."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return []
+    items = raw_sequence_items(elem)
+    return items if items is not None else list(ds[tag].value or ())
+
+
+def _index(ds: Dataset) -> dict[int, Any]:
+    """The elements of ``ds`` as read (none converted) by int tag: looking a tag up as an int among BaseTag keys
+    goes through BaseTag's Python-level ``__eq__``."""
+    return {int(t): e for t, e in ds.items()}
+
+
 def _verify_site(
-    ds: Dataset, location: str, policy: TrustPolicy, at: dt.datetime
+    ds: Dataset, location: str, policy: TrustPolicy, at: dt.datetime, present: dict[int, Any]
 ) -> tuple[list[SignatureInfo], set[int]]:
     results: list[SignatureInfo] = []
     covered: set[int] = set()
     try:
-        sig_items = list(ds[DIGITAL_SIGNATURES_SEQUENCE].value or ()) if DIGITAL_SIGNATURES_SEQUENCE in ds else []
-        mac_list = list(ds[MAC_PARAMETERS_SEQUENCE].value or ()) if MAC_PARAMETERS_SEQUENCE in ds else []
+        sig_items = _sequence_items(ds, DIGITAL_SIGNATURES_SEQUENCE)
+        mac_list = _sequence_items(ds, MAC_PARAMETERS_SEQUENCE)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken sequences
         return [
             SignatureInfo(
@@ -532,13 +592,15 @@ def _verify_site(
                 reasons=(f"the signature sequences cannot be parsed: {type(exc).__name__}",),
             )
         ], covered
-    mac_items: dict[int, Dataset] = {}
+    mac_items: dict[int, tuple[Dataset, dict[int, Any]]] = {}
     for params in mac_list:
-        if isinstance(params, Dataset) and _MAC_ID in params:
-            try:
-                mac_items.setdefault(int(params[_MAC_ID].value), params)
-            except (TypeError, ValueError):
-                continue
+        if not isinstance(params, Dataset):
+            continue
+        param_elements = {int(t): e for t, e in params.items()}
+        try:
+            mac_items.setdefault(int(_item_value(params, param_elements, _MAC_ID)), (params, param_elements))
+        except (TypeError, ValueError):
+            continue
     if not sig_items:
         results.append(
             SignatureInfo(
@@ -549,7 +611,7 @@ def _verify_site(
         )
     for item in sig_items:
         try:
-            info, item_covered = _verify_item(ds, item, mac_items, policy, location, at)
+            info, item_covered = _verify_item(ds, item, mac_items, policy, location, at, present)
         except Exception as exc:  # noqa: BLE001 - hostile input must give MALFORMED, never a traceback
             info = SignatureInfo(
                 status=SignatureStatus.MALFORMED,
@@ -571,19 +633,17 @@ def verify_dataset(ds: Dataset, policy: TrustPolicy, *, at: dt.datetime | None =
     when = at or dt.datetime.now(dt.UTC)
     signatures: list[SignatureInfo] = []
     top_covered: set[int] = set()
+    index = _index(ds)
     for site, location in _signature_sites(ds):
-        results, covered = _verify_site(site, location, policy, when)
+        results, covered = _verify_site(site, location, policy, when, index if site is ds else _index(site))
         signatures.extend(results)
         if site is ds:
             top_covered = covered
     uncovered: tuple[UncoveredElement, ...] = ()
     pixel_covered: bool | None = None
     if signatures:
-        uncovered = tuple(
-            UncoveredElement(tag=_tag_str(int(t)), keyword=_keyword(int(t)))
-            for t in sorted(int(t) for t in ds.keys())
-            if is_signable_tag(t) and t not in top_covered
-        )
+        left_out = index.keys() - top_covered
+        uncovered = tuple(_uncovered(t) for t in sorted(left_out) if is_signable_tag(t))
     if PIXEL_DATA in ds:
         pixel_covered = PIXEL_DATA in top_covered
     return SignatureReport.combine(tuple(signatures), uncovered, pixel_covered)

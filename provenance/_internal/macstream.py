@@ -13,8 +13,11 @@ holds; values of a big-endian source are byte-swapped to little endian by VR.
 
 from __future__ import annotations
 
+import functools
+import io
 import struct
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
@@ -23,6 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
 
 __all__ = [
     "DIGITAL_SIGNATURES_SEQUENCE",
@@ -31,6 +35,7 @@ __all__ = [
     "dictionary_vr",
     "is_signable_tag",
     "iter_signature_stream",
+    "raw_sequence_items",
     "signature_item_stream",
 ]
 
@@ -55,6 +60,11 @@ _FAST_VRS = frozenset(
     {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN",
      "SH", "SL", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UR", "US", "UT", "UV"}
 )  # fmt: skip
+_VR_BYTES = {vr: vr.encode("ascii") for vr in _FAST_VRS}
+_FAST_VR_BYTES = frozenset(_VR_BYTES.values())
+_LONG_VR_BYTES = frozenset(vr.encode("ascii") for vr in _LONG_VRS if vr != "UN")
+_IMPLICIT_VR_BYTES = {**_VR_BYTES, "SQ": b"SQ"}
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 # Signature item attributes that are not part of the MAC (PS3.15 C.1, DCMTK encodeDigitalSignatureItem).
 _ITEM_EXCLUDED = frozenset({0x04000115, 0x04000120, 0x04000305, 0x04000310})
 
@@ -106,6 +116,7 @@ def _peek_int(ds: Dataset, tag: int) -> int | None:
     return value if isinstance(value, int) else None
 
 
+@functools.lru_cache(maxsize=4096)
 def dictionary_vr(tag: int) -> str | None:
     """The data dictionary's VR of ``tag`` (possibly ambiguous, e.g. "US or SS"), or None for an unknown tag."""
     try:
@@ -163,6 +174,10 @@ def iter_element_stream(ds: Dataset, tag: int) -> Iterator[bytes | memoryview]:
     if vr == "UN":
         raise UnsignableElementError(f"{Tag(tag)} has VR UN and cannot be signed")
     if vr == "SQ":
+        raw_chunks = _raw_sequence_stream(tag, elem) if isinstance(elem, RawDataElement) else None
+        if raw_chunks is not None:
+            yield from raw_chunks
+            return
         seq = ds[tag].value
         yield _header(tag, "SQ", None)
         for item in seq:
@@ -192,6 +207,10 @@ def iter_element_stream(ds: Dataset, tag: int) -> Iterator[bytes | memoryview]:
     yield quick if quick is not None else _encoded_by_pydicom(converted, ds)
 
 
+#: VRs whose converted value is plain ASCII text, written as pydicom's writer writes it (values joined by
+#: backslashes, padded to even length with a space, or a NUL for UI). Not IS/DS (numbers keep their original
+#: string in pydicom's types) nor the VRs that follow the Specific Character Set.
+_ASCII_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
 #: struct codes of the binary numeric VRs, whose converted values pack back to exactly the bytes they came from.
 _NUMERIC_CODES = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 
@@ -201,6 +220,17 @@ def _encoded_simply(tag: int, vr: str, value: object) -> bytes | None:
     a binary numeric VR. None for everything else (pydicom's writer encodes it)."""
     if value is None or value == "" or value == b"" or (isinstance(value, list | tuple | MultiValue) and not value):
         return _header(tag, vr, 0)
+    if vr in _ASCII_TEXT_VRS:
+        texts = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+        if not all(type(t) is str or isinstance(t, UID) for t in texts):
+            return None
+        joined = "\\".join(str(t) for t in texts)
+        if not joined.isascii():
+            return None
+        data = joined.encode("ascii")
+        if len(data) % 2:
+            data += b"\x00" if vr == "UI" else b" "
+        return _header(tag, vr, len(data)) + data
     code = _NUMERIC_CODES.get(vr)
     if code is None:
         return None
@@ -232,22 +262,79 @@ def _encapsulated_stream(tag: int, vr: str, value: bytes) -> Iterator[bytes | me
     yield _SEQ_DELIM_TAG
 
 
-def iter_signature_stream(ds: Dataset, tags: Iterable[int]) -> Iterator[bytes | memoryview]:
+def _file_bytes(ds: Dataset) -> bytes | None:
+    """The bytes ``ds`` was parsed from, when its top-level raw elements can be hashed straight from them: a data
+    set read by pydicom from an in-memory file (``FileDataset.buffer``) in a transfer syntax that is not deflated
+    (whose element offsets refer to the inflated stream, not to the buffer). None otherwise."""
+    buffer = getattr(ds, "buffer", None)
+    if not isinstance(buffer, io.BytesIO):
+        return None
+    meta = getattr(ds, "file_meta", None)
+    xfer = meta.get_item(0x00020010) if meta is not None else None
+    if xfer is None or xfer.value in (_DEFLATED, _DEFLATED.encode()):
+        return None
+    return buffer.getvalue()  # the bytes the file was read from, not a copy
+
+
+def iter_signature_stream(
+    ds: Dataset, tags: Iterable[int], *, elements: dict[int, Any] | None = None
+) -> Iterator[bytes | memoryview]:
     """The MAC byte stream of the data elements ``tags`` of ``ds``, in ascending tag order.
 
     Tags not present in ``ds`` are skipped: a deleted element changes the stream and so breaks the MAC.
+    ``elements`` is ``ds``'s elements as read by int tag, when the caller has them.
     """
-    # Fast path: an element read raw from an explicit VR little endian file is hashed as its header (packed in
-    # one call) and its bytes as read; small ones are batched into one buffer. Everything else (sequences,
+    # Fastest path: an element still raw from an explicit VR little endian file, of a VR whose bytes are their
+    # signature-format value, with an even defined length, is hashed as the very bytes of the file that pydicom
+    # read it from (its header there is the MAC's header); adjacent ones form one slice of the file.
+    # Fast path: the same elements of a data set without its file (a sequence item) are hashed as a header packed
+    # in one call and the value as read; small ones are batched into one buffer. Everything else (sequences,
     # implicit or big-endian sources, ambiguous VRs, values built in memory) goes through iter_element_stream.
+    data = _file_bytes(ds)
+    view = memoryview(data if data is not None else b"")
     buf = bytearray()
-    elements = dict(ds.items())  # raw items, looked up by int tag: no conversion, no Tag() per lookup
+    run_start = run_end = -1  # the slice of ``view`` not yet yielded
+    if elements is None:  # raw items by int tag: no conversion, no BaseTag.__eq__ per lookup
+        elements = {int(t): e for t, e in ds.items()}
+    get = elements.get
     for tag in sorted(set(tags)):
-        elem = elements.get(BaseTag(tag))
+        elem = get(tag)
         if elem is None:
             continue
-        value = elem.value
-        vr = elem.VR
+        if type(elem) is RawDataElement:
+            _tag, vr, length, value, tell, implicit, little, _raw, _buffered = elem
+            if value is None and not length:
+                value = b""  # pydicom reads an empty value of an Implicit VR file as None
+            # pydicom keeps an explicit VR as read only when it is a known VR (else it is None or unknown), and
+            # reads a 12-byte header for exactly the long VRs; their reserved bytes it skips, and the MAC zeroes.
+            if (
+                data is not None
+                and not implicit
+                and little
+                and vr in _FAST_VRS
+                and not length & 1
+                and isinstance(value, bytes)
+                and len(value) == length
+            ):
+                if vr in _LONG_VRS:
+                    start = tell - 12
+                    long_ok = data.startswith(b"\x00\x00", start + 6)
+                else:
+                    start = tell - 8
+                    long_ok = True
+                if long_ok:
+                    if start != run_end:
+                        if run_end >= 0:
+                            yield view[run_start:run_end]
+                        run_start = start
+                    run_end = tell + length
+                    continue
+        else:
+            value = elem.value
+            vr = elem.VR
+        if run_end >= 0:
+            yield view[run_start:run_end]
+            run_start = run_end = -1
         if isinstance(elem, RawDataElement) and elem.is_little_endian and (vr is None or " or " in vr):
             # Implicit VR little endian: the value bytes are already in the MAC's encoding; only the VR comes
             # from the data dictionary (private and unknown tags keep the slow path, which names the problem).
@@ -278,16 +365,213 @@ def iter_signature_stream(ds: Dataset, tags: Iterable[int]) -> Iterator[bytes | 
             yield bytes(buf)
             buf.clear()
         yield from iter_element_stream(ds, tag)
+    if run_end >= 0:
+        yield view[run_start:run_end]
     if buf:
         yield bytes(buf)
 
 
+def _raw_sequence_stream(tag: int, elem: RawDataElement) -> list[bytes | memoryview] | None:
+    """The signature format of a sequence still raw from a little endian file, made from its bytes without
+    parsing them into data sets: headers of sequences and items are rewritten without lengths, the runs of other
+    elements are kept as they are (explicit VR) or given explicit headers (implicit VR, the VR from the data
+    dictionary). None when the bytes hold anything the walk does not handle exactly as
+    the parsed path would (an element of VR UN or of undefined length, an odd length, elements out of tag order,
+    reserved bytes that are not zero, lengths that overrun): the caller then parses the sequence."""
+    value = elem.value
+    # (pydicom parses a sequence of undefined length as it reads it: only defined lengths stay raw.)
+    if not elem.is_little_endian or not isinstance(value, bytes) or len(value) != elem.length:
+        return None
+    out: list[bytes | memoryview] = [_header(tag, "SQ", None)]
+    view = memoryview(value)
+    if _walk_items(view, 0, len(view), False, bool(elem.is_implicit_VR), out, 0) != len(view):
+        return None
+    out.append(_SEQ_DELIM_TAG)
+    return out
+
+
+def raw_sequence_items(elem: object) -> list[Dataset] | None:
+    """The items of a sequence still raw from a little endian file, each a :class:`Dataset` of
+    :class:`RawDataElement` (values as read, nothing converted), read without pydicom's sequence parser, which
+    costs more than the rest of a signature check. For the small signature sequences. None when the bytes hold
+    anything this reader does not handle exactly as pydicom would (a nested sequence, an element of VR UN, of an
+    unknown or ambiguous VR in implicit VR, or of undefined length, elements out of tag order, lengths that
+    overrun): the caller then lets pydicom parse the sequence."""
+    if not isinstance(elem, RawDataElement) or not elem.is_little_endian:
+        return None
+    implicit = bool(elem.is_implicit_VR)
+    value = elem.value
+    if elem.VR != ("SQ" if not implicit else None) or not isinstance(value, bytes) or len(value) != elem.length:
+        return None
+    view = memoryview(value)
+    size = len(view)
+    items: list[Dataset] = []
+    pos = 0
+    while pos < size:
+        if pos + 8 > size:
+            return None
+        code, item_length = _TAG_LENGTH.unpack_from(view, pos)
+        pos += 8
+        undefined = item_length == 0xFFFFFFFF
+        if code != _ITEM or (not undefined and pos + item_length > size):
+            return None
+        item_end = size if undefined else pos + item_length
+        elements: dict[BaseTag, DataElement | RawDataElement] = {}
+        previous = -1
+        while True:
+            if pos == item_end and not undefined:
+                break
+            if pos + 8 > item_end:
+                return None
+            group, element = struct.unpack_from("<HH", view, pos)
+            tag = group << 16 | element
+            if tag == 0xFFFEE00D and undefined:  # Item Delimitation
+                pos += 8
+                break
+            if tag <= previous or group == 0xFFFE:
+                return None
+            previous = tag
+            name: str | None
+            if implicit:  # as pydicom reads Implicit VR: no VR until converted (known, plain VRs only here)
+                (length,) = struct.unpack_from("<I", view, pos + 4)
+                header = 8
+                if dictionary_vr(tag) not in _FAST_VRS:
+                    return None
+                name = None
+            elif (vr := bytes(view[pos + 4 : pos + 6])) in _LONG_VR_BYTES:
+                if pos + 12 > item_end:
+                    return None
+                (length,) = struct.unpack_from("<I", view, pos + 8)
+                header = 12
+                name = vr.decode("ascii")
+            elif vr in _FAST_VR_BYTES:
+                (length,) = struct.unpack_from("<H", view, pos + 6)
+                header = 8
+                name = vr.decode("ascii")
+            else:
+                return None
+            start = pos + header
+            if length == 0xFFFFFFFF or start + length > item_end or name == "SQ":
+                return None
+            key = BaseTag(tag)
+            elements[key] = RawDataElement(
+                key, name, length, bytes(view[start : start + length]), start, implicit, True, True, False
+            )
+            pos = start + length
+        items.append(Dataset(elements))
+    return items
+
+
+_MAX_RAW_DEPTH = 16
+_ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian 32-bit number: element << 16 | group
+_ITEM_DELIM = 0xE00DFFFE
+_SEQ_DELIM = 0xE0DDFFFE
+_TAG_LENGTH = struct.Struct("<II")
+_LENGTH = struct.Struct("<I")
+_RESERVED = struct.Struct("<H")
+
+
+def _walk_items(
+    view: memoryview, pos: int, end: int, undefined: bool, implicit: bool, out: list[bytes | memoryview], depth: int
+) -> int | None:
+    """Append the items of a sequence value in ``view[pos:end]`` to ``out``; return where the value ends (after its
+    delimiter when of undefined length), or None when the walk cannot stand in for parsing."""
+    if depth > _MAX_RAW_DEPTH:
+        return None
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        code, length = _TAG_LENGTH.unpack_from(view, pos)
+        pos += 8
+        if code == _SEQ_DELIM:
+            return pos if undefined and length == 0 else None
+        if code != _ITEM:
+            return None
+        out.append(_ITEM_TAG)
+        if length == 0xFFFFFFFF:
+            item_end = _walk_elements(view, pos, end, True, implicit, out, depth)
+        else:
+            if pos + length > end:
+                return None
+            item_end = _walk_elements(view, pos, pos + length, False, implicit, out, depth)
+            if item_end != pos + length:
+                return None
+        if item_end is None:
+            return None
+        pos = item_end
+    return None if undefined else pos
+
+
+def _walk_elements(
+    view: memoryview, pos: int, end: int, undefined: bool, implicit: bool, out: list[bytes | memoryview], depth: int
+) -> int | None:
+    """Append the elements of one item in ``view[pos:end]``; return where the item ends, or None (see above)."""
+    run_start = pos
+    previous = -1
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, element = struct.unpack_from("<HH", view, pos)
+        tag = group << 16 | element
+        if tag == 0xFFFEE00D:  # Item Delimitation: not part of the MAC
+            if not undefined or _LENGTH.unpack_from(view, pos + 4)[0]:
+                return None
+            if pos > run_start:
+                out.append(view[run_start:pos])
+            return pos + 8
+        if tag <= previous or group == 0xFFFE:
+            return None
+        previous = tag
+        if implicit:  # the VR from the data dictionary; private, unknown and ambiguous ones are left to pydicom
+            (length,) = struct.unpack_from("<I", view, pos + 4)
+            header = 8
+            vr = _IMPLICIT_VR_BYTES.get(dictionary_vr(tag) or "", b"")
+            if not vr:
+                return None
+        elif (vr := bytes(view[pos + 4 : pos + 6])) in _LONG_VR_BYTES:
+            if pos + 12 > end or _RESERVED.unpack_from(view, pos + 6)[0]:
+                return None
+            (length,) = struct.unpack_from("<I", view, pos + 8)
+            header = 12
+        elif vr in _FAST_VR_BYTES:
+            (length,) = struct.unpack_from("<H", view, pos + 6)
+            header = 8
+        else:
+            return None
+        if vr == b"SQ":
+            if pos > run_start:
+                out.append(view[run_start:pos])
+            out.append(_header(tag, "SQ", None))
+            seq_undefined = length == 0xFFFFFFFF
+            seq_end = end if seq_undefined else pos + header + length
+            if seq_end > end:
+                return None
+            after = _walk_items(view, pos + header, seq_end, seq_undefined, implicit, out, depth + 1)
+            if after is None or (not seq_undefined and after != seq_end):
+                return None
+            out.append(_SEQ_DELIM_TAG)
+            pos = run_start = after
+            continue
+        if vr not in _FAST_VR_BYTES or length == 0xFFFFFFFF or length & 1 or pos + header + length > end:
+            return None
+        if implicit:  # an explicit header for the value as read
+            name = vr.decode("ascii")
+            if name not in _LONG_VRS and length > 0xFFFF:
+                return None  # too long for its VR: pydicom's path names the problem
+            out.append(_header(tag, name, length))
+            out.append(view[pos + header : pos + header + length])
+            run_start = pos + header + length
+        pos += header + length
+    if undefined:
+        return None
+    if pos > run_start:
+        out.append(view[run_start:pos])
+    return pos
+
+
 def signature_item_stream(item: Dataset) -> Iterator[bytes | memoryview]:
     """The part of a Digital Signatures Sequence item that is included in the MAC."""
-    for tag in sorted(int(t) for t in item.keys()):
-        if tag in _ITEM_EXCLUDED:
-            continue
-        yield from iter_element_stream(item, tag)
+    yield from iter_signature_stream(item, [int(t) for t in item.keys() if int(t) not in _ITEM_EXCLUDED])
 
 
 def feed(update: Callable[[bytes | memoryview], object], chunks: Iterable[bytes | memoryview]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,14 +10,18 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
+from provenance._internal import macstream
 from provenance._internal.macstream import (
     UnsignableElementError,
+    dictionary_vr,
     is_signable_tag,
     iter_element_stream,
     iter_signature_stream,
+    raw_sequence_items,
     signature_item_stream,
 )
 
@@ -62,7 +67,11 @@ def first_difference(a: bytes, b: bytes) -> str:
 @pytest.mark.dcmtk
 @pytest.mark.parametrize("name", SAMPLES)
 @pytest.mark.parametrize("tags", ["all", "some"])
-def test_stream_matches_dcmsign_dump(tmp_path: Path, openssl_pki: Path, dcmtk: None, name: str, tags: str) -> None:
+@pytest.mark.parametrize("read", ["path", "memory"])
+def test_stream_matches_dcmsign_dump(
+    tmp_path: Path, openssl_pki: Path, dcmtk: None, name: str, tags: str, read: str
+) -> None:
+    """``memory``: read from bytes as the verifier reads, so that raw elements are hashed from the file's bytes."""
     src, out, dump = tmp_path / name, tmp_path / "signed.dcm", tmp_path / "stream.bin"
     shutil.copy(get_testdata_file(name), src)
     extra: list[str] = ["+m2"]
@@ -71,7 +80,8 @@ def test_stream_matches_dcmsign_dump(tmp_path: Path, openssl_pki: Path, dcmtk: N
             extra += ["-t", keyword]
     dcmsign_with_dump(openssl_pki, src, out, dump, *extra)
 
-    ds = pydicom.dcmread(out)  # re-read from disk, in the file's own transfer syntax
+    # re-read in the file's own transfer syntax
+    ds = pydicom.dcmread(out) if read == "path" else pydicom.dcmread(io.BytesIO(out.read_bytes()))
     expected = dump.read_bytes()
     ours = our_stream(ds)
     assert ours == expected, first_difference(ours, expected)
@@ -171,3 +181,94 @@ def test_un_elements_cannot_be_signed() -> None:
 )
 def test_signable_tags(tag: int, signable: bool) -> None:
     assert is_signable_tag(tag) is signable
+
+
+# ------------------------------------------------------------- raw shortcuts against pydicom's parsed path
+
+
+#: pydicom samples with sequences: explicit and implicit VR, nested, empty items, private and odd elements, one cut
+#: short (whose truncated sequence is left to pydicom). (get_testdata_files would try to download the rest.)
+SEQUENCE_SAMPLES = [
+    "rtplan.dcm", "rtplan_truncated.dcm", "rtdose.dcm", "rtdose_1frame.dcm", "test-SR.dcm", "CT_small.dcm",
+    "examples_overlay.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "reportsi_with_empty_number_tags.dcm",
+    "JPGLosslessP14SV1_1s_1f_8b.dcm", "SC_rgb_dcmtk_+eb+cy+n1.dcm", "gdcm-US-ALOKA-16.dcm", "badVR.dcm",
+    "mlut_18.dcm", "vlut_04.dcm", "color3d_jpeg_baseline.dcm", "examples_ybr_color.dcm",
+]  # fmt: skip
+
+
+def _readable_test_files() -> list[str]:
+    return [get_testdata_file(name) for name in SEQUENCE_SAMPLES]  # type: ignore[misc]
+
+
+def _raw_sequences(ds: Dataset) -> list[tuple[int, RawDataElement]]:
+    """The top-level sequences of ``ds`` still raw, little endian."""
+    return [
+        (int(tag), elem)
+        for tag, elem in ds.items()
+        if isinstance(elem, RawDataElement)
+        and elem.is_little_endian
+        and isinstance(elem.value, bytes)
+        and (elem.VR == "SQ" or (elem.VR is None and dictionary_vr(int(tag)) == "SQ"))
+    ]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_raw_sequence_walk_gives_the_parsed_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every raw sequence of pydicom's samples (explicit and implicit VR, nested, empty items) streams from its bytes
+    exactly as pydicom's parsed items are streamed; and most of them do take the walk."""
+    walked = 0
+    for name in _readable_test_files():
+        for tag, elem in _raw_sequences(pydicom.dcmread(name)):
+            fast = macstream._raw_sequence_stream(tag, elem)
+            if fast is None:
+                continue
+            walked += 1
+            with monkeypatch.context() as m:
+                m.setattr(macstream, "_raw_sequence_stream", lambda *_: None)  # pydicom parses every sequence
+                parsed = b"".join(bytes(c) for c in iter_element_stream(pydicom.dcmread(name), tag))
+            assert b"".join(bytes(c) for c in fast) == parsed, f"{name} {Tag(tag)}"
+    assert walked >= 30
+
+
+def test_raw_sequence_walk_leaves_what_it_cannot_do_to_pydicom() -> None:
+    item = bytes.fromhex("0900 1010") + b"UN\x00\x00" + (2).to_bytes(4, "little") + b"ab"  # a private UN element
+    value = bytes.fromhex("feff 00e0") + len(item).to_bytes(4, "little") + item
+    elem = RawDataElement(BaseTag(0x00081032), "SQ", len(value), value, 0, False, True)
+    assert macstream._raw_sequence_stream(0x00081032, elem) is None
+    assert macstream.raw_sequence_items(elem) is None
+    cut = RawDataElement(BaseTag(0x00081032), "SQ", len(value) - 1, value[:-1], 0, False, True)
+    assert macstream._raw_sequence_stream(0x00081032, cut) is None
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_raw_sequence_items_are_the_items_pydicom_reads() -> None:
+    read = 0
+    for name in _readable_test_files():
+        ds = pydicom.dcmread(name)
+        for tag, elem in _raw_sequences(ds):
+            items = raw_sequence_items(elem)
+            if items is None:
+                continue
+            read += 1
+            parsed = list(ds[tag].value)
+            assert len(items) == len(parsed), f"{name} {Tag(tag)}"
+            for ours, theirs in zip(items, parsed, strict=True):
+                assert list(ours.keys()) == list(theirs.keys())
+                for key in ours.keys():
+                    a, b = ours.get_item(key), theirs.get_item(key)
+                    if isinstance(b, RawDataElement):
+                        assert (a.VR, a.length, a.value or b"") == (b.VR, b.length, b.value or b""), f"{name} {key}"
+                    else:  # pydicom converted it while reading
+                        assert ours[key].value == theirs[key].value, f"{name} {key}"
+    assert read >= 15
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "examples_overlay.dcm"])
+def test_file_bytes_path_gives_the_packed_stream(name: str) -> None:
+    """The same data set read from a path (values packed one by one) and from memory (runs of the file's bytes)."""
+    path = get_testdata_file(name)
+    from_path, from_memory = pydicom.dcmread(path), pydicom.dcmread(io.BytesIO(Path(path).read_bytes()))
+    assert macstream._file_bytes(from_path) is None
+    assert macstream._file_bytes(from_memory) is not None
+    tags = sorted(int(t) for t in from_path.keys() if is_signable_tag(int(t)))
+    assert stream_of(from_memory, tags) == stream_of(from_path, tags)

@@ -42,6 +42,7 @@ from provenance._internal.macstream import (
     PIXEL_DATA,
     UnsignableElementError,
     dictionary_vr,
+    file_bytes,
     is_signable_tag,
     iter_signature_stream,
     raw_sequence_items,
@@ -536,11 +537,28 @@ def _may_hold_signature(elem: DataElement | RawDataElement) -> bool:
     return any(pattern in value for pattern in _SIGNATURE_TAG_BYTES)
 
 
+def _header_holds_signature_tags(ds: Dataset) -> bool:
+    """False when ``ds`` was read from in-memory bytes (not deflated) in which neither signature sequence tag
+    occurs outside the native Pixel Data: then no element still raw can hold a signature site. Searching the
+    bytes is cheaper than looking at every element of an unsigned file."""
+    data = file_bytes(ds)
+    if data is None:
+        return True
+    start = stop = len(data)
+    pixels = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if isinstance(pixels, RawDataElement) and pixels.value_tell is not None and pixels.length != 0xFFFFFFFF:
+        start, stop = pixels.value_tell, pixels.value_tell + pixels.length
+    return any(data.find(p, 0, start) >= 0 or data.find(p, stop) >= 0 for p in _SIGNATURE_TAG_BYTES)
+
+
 def _signature_sites(ds: Dataset, path: str = "") -> Iterator[tuple[Dataset, str]]:
     """The top level and every sequence item that carries a Digital Signatures Sequence."""
     if DIGITAL_SIGNATURES_SEQUENCE in ds or MAC_PARAMETERS_SEQUENCE in ds:
         yield ds, path
-    for tag, elem in list(ds.items()):  # raw items: only sequences are converted below
+    elements = list(ds.items())
+    if not path and not _header_holds_signature_tags(ds):  # only sequences built or parsed in memory remain
+        elements = [(t, e) for t, e in elements if type(e) is not RawDataElement and e.VR == "SQ"]
+    for tag, elem in elements:  # raw items: only sequences are converted below
         if (
             elem is None
             or elem.VR not in (None, "SQ")
@@ -633,16 +651,17 @@ def verify_dataset(ds: Dataset, policy: TrustPolicy, *, at: dt.datetime | None =
     when = at or dt.datetime.now(dt.UTC)
     signatures: list[SignatureInfo] = []
     top_covered: set[int] = set()
-    index = _index(ds)
+    index: dict[int, Any] | None = None
     for site, location in _signature_sites(ds):
-        results, covered = _verify_site(site, location, policy, when, index if site is ds else _index(site))
+        site_index = _index(site)
+        results, covered = _verify_site(site, location, policy, when, site_index)
         signatures.extend(results)
         if site is ds:
-            top_covered = covered
+            top_covered, index = covered, site_index
     uncovered: tuple[UncoveredElement, ...] = ()
     pixel_covered: bool | None = None
     if signatures:
-        left_out = index.keys() - top_covered
+        left_out = (index if index is not None else _index(ds)).keys() - top_covered
         uncovered = tuple(_uncovered(t) for t in sorted(left_out) if is_signable_tag(t))
     if PIXEL_DATA in ds:
         pixel_covered = PIXEL_DATA in top_covered

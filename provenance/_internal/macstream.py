@@ -33,6 +33,7 @@ __all__ = [
     "MAC_PARAMETERS_SEQUENCE",
     "UnsignableElementError",
     "dictionary_vr",
+    "file_bytes",
     "is_signable_tag",
     "iter_signature_stream",
     "raw_sequence_items",
@@ -262,7 +263,7 @@ def _encapsulated_stream(tag: int, vr: str, value: bytes) -> Iterator[bytes | me
     yield _SEQ_DELIM_TAG
 
 
-def _file_bytes(ds: Dataset) -> bytes | None:
+def file_bytes(ds: Dataset) -> bytes | None:
     """The bytes ``ds`` was parsed from, when its top-level raw elements can be hashed straight from them: a data
     set read by pydicom from an in-memory file (``FileDataset.buffer``) in a transfer syntax that is not deflated
     (whose element offsets refer to the inflated stream, not to the buffer). None otherwise."""
@@ -290,7 +291,7 @@ def iter_signature_stream(
     # Fast path: the same elements of a data set without its file (a sequence item) are hashed as a header packed
     # in one call and the value as read; small ones are batched into one buffer. Everything else (sequences,
     # implicit or big-endian sources, ambiguous VRs, values built in memory) goes through iter_element_stream.
-    data = _file_bytes(ds)
+    data = file_bytes(ds)
     view = memoryview(data if data is not None else b"")
     buf = bytearray()
     run_start = run_end = -1  # the slice of ``view`` not yet yielded

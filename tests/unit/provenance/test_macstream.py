@@ -268,7 +268,7 @@ def test_file_bytes_path_gives_the_packed_stream(name: str) -> None:
     """The same data set read from a path (values packed one by one) and from memory (runs of the file's bytes)."""
     path = get_testdata_file(name)
     from_path, from_memory = pydicom.dcmread(path), pydicom.dcmread(io.BytesIO(Path(path).read_bytes()))
-    assert macstream._file_bytes(from_path) is None
-    assert macstream._file_bytes(from_memory) is not None
+    assert macstream.file_bytes(from_path) is None
+    assert macstream.file_bytes(from_memory) is not None
     tags = sorted(int(t) for t in from_path.keys() if is_signable_tag(int(t)))
     assert stream_of(from_memory, tags) == stream_of(from_path, tags)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +87,20 @@ def ct_path(tmp_path: Path) -> Path:
     return target
 
 
+_READ = {"mode": "path"}
+
+
+@pytest.fixture(autouse=True, params=["path", "memory"])
+def read_mode(request: pytest.FixtureRequest) -> str:
+    """Every test twice: files read from their path, and from bytes in memory as the verifier reads them (then raw
+    elements are hashed straight from the file's bytes and raw sequences are walked, not parsed)."""
+    _READ["mode"] = request.param
+    return str(request.param)
+
+
 def reread(path: Path) -> FileDataset:
+    if _READ["mode"] == "memory":
+        return pydicom.dcmread(io.BytesIO(Path(path).read_bytes()))
     return pydicom.dcmread(path)
 
 
@@ -507,6 +521,20 @@ def test_signature_in_a_sequence_item_is_found(tmp_path: Path, openssl_pki: Path
     report = check(edit_file(out, tamper), anchors)
     assert report.signatures[0].status is SignatureStatus.INVALID
     assert "(300A,00B0)[0]" in " ".join(report.reasons)
+
+
+def test_signature_added_in_memory_to_an_item_of_a_file_is_found(
+    tmp_path: Path, rsa_key: SigningKey, policy: TrustPolicy
+) -> None:
+    """The file's bytes hold no signature tag, but a sequence converted and signed in memory does."""
+    src = tmp_path / "rtplan.dcm"
+    shutil.copy(get_testdata_file("rtplan.dcm"), src)
+    ds = reread(src)
+    assert check(ds, policy).signatures == ()
+    sign_dataset(ds.BeamSequence[0], rsa_key)
+    (sig,) = check(ds, policy).signatures
+    assert sig.location == "(300A,00B0)[0]"
+    assert sig.status is SignatureStatus.VALID, sig.reasons
 
 
 # ------------------------------------------------------------------------------------------------ private elements

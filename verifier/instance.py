@@ -93,8 +93,8 @@ def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned
             _peek(ds, keyword)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged value
             refuse(f"{keyword} cannot be decoded ({type(exc).__name__}: {str(exc)[:80]})")
-    # The SOP Class name is looked up only without Rows (a UID's conversion costs as much as the rest here).
-    is_image = 0x00280010 in ds or "Image Storage" in UID(_meta_text(ds, 0x00020002)).name
+    media_class = _meta_text(ds, 0x00020002)  # a damaged one raises here: MALFORMED
+    is_image = 0x00280010 in ds or "Image Storage" in UID(media_class).name  # the name lookup only without Rows
     if is_image and not any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
         refuse("an image without Pixel Data")
     if 0x7FE00010 in ds:
@@ -112,15 +112,15 @@ _TAGS: dict[str, int] = {
 
 
 def _meta_text(ds: FileDataset, tag: int) -> str:
-    """A text element of the file meta group ("" when absent), read without converting the element."""
+    """A UID of the file meta group ("" when absent): a raw UI value is decoded here (a UID's conversion costs as
+    much as the rest of these checks), anything else is converted by pydicom, which raises for a damaged one."""
     meta = getattr(ds, "file_meta", None)
     elem = meta.get_item(tag) if meta is not None else None
     if elem is None:
         return ""
-    value = elem.value
-    if isinstance(value, bytes):
-        return value.decode("latin-1").rstrip("\x00 ")
-    return str(value or "")
+    if isinstance(elem, RawDataElement) and elem.VR == "UI" and isinstance(elem.value, bytes):
+        return elem.value.decode("latin-1").rstrip("\x00 ")
+    return str(meta[tag].value or "")  # type: ignore[index]
 
 
 def _plain_text(elem: object, vr: str) -> bool:

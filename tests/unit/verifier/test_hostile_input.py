@@ -103,7 +103,7 @@ def test_an_undecodable_identifier_is_malformed_not_a_crash() -> None:
         Instance.from_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("tag", [b"\x02\x00\x10\x00UI", b"\x08\x00\x18\x00UI"])
+@pytest.mark.parametrize("tag", [b"\x02\x00\x02\x00UI", b"\x02\x00\x10\x00UI", b"\x08\x00\x18\x00UI"])
 def test_an_unknown_vr_in_meta_or_identifiers_is_one_malformed_result(tag: bytes, keystore_dir: Path) -> None:
     """Found by the fuzz harness: an unknown VR raised past the boundary (transfer syntax, SOP Instance UID)."""
     from provenance.keys import KeyStore

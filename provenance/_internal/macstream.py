@@ -64,7 +64,6 @@ _FAST_VRS = frozenset(
 _VR_BYTES = {vr: vr.encode("ascii") for vr in _FAST_VRS}
 _FAST_VR_BYTES = frozenset(_VR_BYTES.values())
 _LONG_VR_BYTES = frozenset(vr.encode("ascii") for vr in _LONG_VRS if vr != "UN")
-_IMPLICIT_VR_BYTES = {**_VR_BYTES, "SQ": b"SQ"}
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 # Signature item attributes that are not part of the MAC (PS3.15 C.1, DCMTK encodeDigitalSignatureItem).
 _ITEM_EXCLUDED = frozenset({0x04000115, 0x04000120, 0x04000305, 0x04000310})
@@ -424,7 +423,7 @@ def raw_sequence_items(elem: object) -> list[Dataset] | None:
                 break
             if pos + 8 > item_end:
                 return None
-            group, element = struct.unpack_from("<HH", view, pos)
+            group, element = _UINT16_PAIR.unpack_from(view, pos)
             tag = group << 16 | element
             if tag == 0xFFFEE00D and undefined:  # Item Delimitation
                 pos += 8
@@ -432,32 +431,18 @@ def raw_sequence_items(elem: object) -> list[Dataset] | None:
             if tag <= previous or group == 0xFFFE:
                 return None
             previous = tag
-            name: str | None
-            if implicit:  # as pydicom reads Implicit VR: no VR until converted (known, plain VRs only here)
-                (length,) = struct.unpack_from("<I", view, pos + 4)
-                header = 8
-                if dictionary_vr(tag) not in _FAST_VRS:
-                    return None
-                name = None
-            elif (vr := bytes(view[pos + 4 : pos + 6])) in _LONG_VR_BYTES:
-                if pos + 12 > item_end:
-                    return None
-                (length,) = struct.unpack_from("<I", view, pos + 8)
-                header = 12
-                name = vr.decode("ascii")
-            elif vr in _FAST_VR_BYTES:
-                (length,) = struct.unpack_from("<H", view, pos + 6)
-                header = 8
-                name = vr.decode("ascii")
-            else:
+            found = _element_header(view, pos, item_end, implicit)
+            if found is None:
                 return None
+            vr, length, header = found
             start = pos + header
-            if length == 0xFFFFFFFF or start + length > item_end or name == "SQ":
+            if vr == "SQ" or length == 0xFFFFFFFF or start + length > item_end:
                 return None
             key = BaseTag(tag)
-            elements[key] = RawDataElement(
-                key, name, length, bytes(view[start : start + length]), start, implicit, True, True, False
-            )
+            elements[key] = RawDataElement(  # as pydicom reads Implicit VR: no VR until converted
+                key, None if implicit else vr, length, bytes(view[start : start + length]), start, implicit, True,
+                True, False,
+            )  # fmt: skip
             pos = start + length
         items.append(Dataset(elements))
     return items
@@ -469,7 +454,30 @@ _ITEM_DELIM = 0xE00DFFFE
 _SEQ_DELIM = 0xE0DDFFFE
 _TAG_LENGTH = struct.Struct("<II")
 _LENGTH = struct.Struct("<I")
-_RESERVED = struct.Struct("<H")
+_UINT16 = struct.Struct("<H")
+_UINT16_PAIR = struct.Struct("<HH")
+
+
+def _element_header(view: memoryview, pos: int, end: int, implicit: bool) -> tuple[str, int, int] | None:
+    """VR, value length and header size of the element at ``pos`` (little endian; in Implicit VR the VR comes from
+    the data dictionary). None for what the byte walks leave to pydicom: a VR other than SQ and the plain ones
+    (UN; private, unknown or ambiguous in Implicit VR), reserved bytes that are not zero, a header past ``end``."""
+    if pos + 8 > end:
+        return None
+    if implicit:
+        group, element = _UINT16_PAIR.unpack_from(view, pos)
+        vr = dictionary_vr(group << 16 | element)
+        if vr != "SQ" and vr not in _FAST_VRS:
+            return None
+        return str(vr), _LENGTH.unpack_from(view, pos + 4)[0], 8
+    code = bytes(view[pos + 4 : pos + 6])
+    if code in _LONG_VR_BYTES:
+        if pos + 12 > end or _UINT16.unpack_from(view, pos + 6)[0]:
+            return None
+        return code.decode("ascii"), _LENGTH.unpack_from(view, pos + 8)[0], 12
+    if code in _FAST_VR_BYTES:
+        return code.decode("ascii"), _UINT16.unpack_from(view, pos + 6)[0], 8
+    return None
 
 
 def _walk_items(
@@ -512,7 +520,7 @@ def _walk_elements(
     while pos < end:
         if pos + 8 > end:
             return None
-        group, element = struct.unpack_from("<HH", view, pos)
+        group, element = _UINT16_PAIR.unpack_from(view, pos)
         tag = group << 16 | element
         if tag == 0xFFFEE00D:  # Item Delimitation: not part of the MAC
             if not undefined or _LENGTH.unpack_from(view, pos + 4)[0]:
@@ -523,23 +531,11 @@ def _walk_elements(
         if tag <= previous or group == 0xFFFE:
             return None
         previous = tag
-        if implicit:  # the VR from the data dictionary; private, unknown and ambiguous ones are left to pydicom
-            (length,) = struct.unpack_from("<I", view, pos + 4)
-            header = 8
-            vr = _IMPLICIT_VR_BYTES.get(dictionary_vr(tag) or "", b"")
-            if not vr:
-                return None
-        elif (vr := bytes(view[pos + 4 : pos + 6])) in _LONG_VR_BYTES:
-            if pos + 12 > end or _RESERVED.unpack_from(view, pos + 6)[0]:
-                return None
-            (length,) = struct.unpack_from("<I", view, pos + 8)
-            header = 12
-        elif vr in _FAST_VR_BYTES:
-            (length,) = struct.unpack_from("<H", view, pos + 6)
-            header = 8
-        else:
+        found = _element_header(view, pos, end, implicit)
+        if found is None:
             return None
-        if vr == b"SQ":
+        vr, length, header = found
+        if vr == "SQ":
             if pos > run_start:
                 out.append(view[run_start:pos])
             out.append(_header(tag, "SQ", None))
@@ -553,13 +549,12 @@ def _walk_elements(
             out.append(_SEQ_DELIM_TAG)
             pos = run_start = after
             continue
-        if vr not in _FAST_VR_BYTES or length == 0xFFFFFFFF or length & 1 or pos + header + length > end:
+        if length == 0xFFFFFFFF or length & 1 or pos + header + length > end:
             return None
         if implicit:  # an explicit header for the value as read
-            name = vr.decode("ascii")
-            if name not in _LONG_VRS and length > 0xFFFF:
+            if vr not in _LONG_VRS and length > 0xFFFF:
                 return None  # too long for its VR: pydicom's path names the problem
-            out.append(_header(tag, name, length))
+            out.append(_header(tag, vr, length))
             out.append(view[pos + header : pos + header + length])
             run_start = pos + header + length
         pos += header + length

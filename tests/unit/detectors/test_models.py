@@ -218,3 +218,24 @@ def test_report_is_frozen() -> None:
                              patch_positions=((0, 0),), frame_shape=(32, 32))
     with pytest.raises(AttributeError):
         report.synthetic_score = 1.0  # type: ignore[misc]
+
+
+def test_fakes_are_stored_on_the_grid_of_the_real_view() -> None:
+    """Generators output floats; an archive stores integers of the real image's scale. A fake stored like its real
+    view takes only values of that view's grid (here: 12-bit CT values through a window, clipped at both ends)."""
+    from detectors.models.views import store_like, value_grid
+
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1100, 1200, (64, 64))
+    real = np.clip((hu + 160) / 400.0, 0.0, 1.0).astype(np.float32)  # a W400 window: steps of 1/400
+    step, anchor = value_grid(real)  # type: ignore[misc]
+    assert step == pytest.approx(1 / 400) and 0 < anchor < 1
+    fake = np.clip(real + rng.normal(0, 0.01, real.shape), 0, 1).astype(np.float32)
+    stored = store_like(fake, real)
+    assert stored.dtype == np.float32 and stored.shape == fake.shape
+    inside = stored[(stored > 0) & (stored < 1)].astype(np.float64)
+    assert np.allclose(np.round((inside - anchor) * 400) / 400 + anchor, inside, atol=1e-5)
+    assert np.abs(stored - fake).max() <= 0.5 / 400 + 1e-6  # rounded, not moved further
+    assert len(np.unique(fake)) > 4 * len(np.unique(stored))  # the float fake held values no stored image has
+    flat = np.full((8, 8), 0.5, np.float32)  # no grid to read: left as it is
+    assert value_grid(flat) is None and np.array_equal(store_like(fake[:8, :8], flat), fake[:8, :8])

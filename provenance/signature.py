@@ -42,6 +42,7 @@ from provenance._internal.macstream import (
     PIXEL_DATA,
     UnsignableElementError,
     dictionary_vr,
+    element_index,
     file_bytes,
     is_signable_tag,
     iter_signature_stream,
@@ -430,7 +431,7 @@ def _verify_item(
         # The item's elements as read, before the checks below convert them: its part of the MAC is then hashed
         # from the bytes of the file (the fast path), not re-encoded from converted values.
         raw_item = Dataset({t: item.get_item(t) for t in item.keys()})
-        elements = {int(t): e for t, e in raw_item.items()}
+        elements = element_index(raw_item)
         uid = _item_value(item, elements, _SIG_UID)
         info["uid"] = str(uid) if uid else None
         when = _item_value(item, elements, _SIG_DATETIME)
@@ -588,12 +589,6 @@ def _sequence_items(ds: Dataset, tag: int) -> list[Any]:
     return items if items is not None else list(ds[tag].value or ())
 
 
-def _index(ds: Dataset) -> dict[int, Any]:
-    """The elements of ``ds`` as read (none converted) by int tag: looking a tag up as an int among BaseTag keys
-    goes through BaseTag's Python-level ``__eq__``."""
-    return {int(t): e for t, e in ds.items()}
-
-
 def _verify_site(
     ds: Dataset, location: str, policy: TrustPolicy, at: dt.datetime, present: dict[int, Any]
 ) -> tuple[list[SignatureInfo], set[int]]:
@@ -614,7 +609,7 @@ def _verify_site(
     for params in mac_list:
         if not isinstance(params, Dataset):
             continue
-        param_elements = {int(t): e for t, e in params.items()}
+        param_elements = element_index(params)
         try:
             mac_items.setdefault(int(_item_value(params, param_elements, _MAC_ID)), (params, param_elements))
         except (TypeError, ValueError):
@@ -653,7 +648,7 @@ def verify_dataset(ds: Dataset, policy: TrustPolicy, *, at: dt.datetime | None =
     top_covered: set[int] = set()
     index: dict[int, Any] | None = None
     for site, location in _signature_sites(ds):
-        site_index = _index(site)
+        site_index = element_index(site)
         results, covered = _verify_site(site, location, policy, when, site_index)
         signatures.extend(results)
         if site is ds:
@@ -661,7 +656,7 @@ def verify_dataset(ds: Dataset, policy: TrustPolicy, *, at: dt.datetime | None =
     uncovered: tuple[UncoveredElement, ...] = ()
     pixel_covered: bool | None = None
     if signatures:
-        left_out = (index if index is not None else _index(ds)).keys() - top_covered
+        left_out = (index if index is not None else element_index(ds)).keys() - top_covered
         uncovered = tuple(_uncovered(t) for t in sorted(left_out) if is_signable_tag(t))
     if PIXEL_DATA in ds:
         pixel_covered = PIXEL_DATA in top_covered

@@ -33,6 +33,7 @@ __all__ = [
     "MAC_PARAMETERS_SEQUENCE",
     "UnsignableElementError",
     "dictionary_vr",
+    "element_index",
     "file_bytes",
     "is_signable_tag",
     "iter_signature_stream",
@@ -262,6 +263,12 @@ def _encapsulated_stream(tag: int, vr: str, value: bytes) -> Iterator[bytes | me
     yield _SEQ_DELIM_TAG
 
 
+def element_index(ds: Dataset) -> dict[int, Any]:
+    """The elements of ``ds`` as they are (raw ones not converted) by int tag: looking an int up among pydicom's
+    BaseTag keys goes through BaseTag's Python-level ``__eq__``, hundreds of times a file."""
+    return {int(t): e for t, e in ds.items()}
+
+
 def file_bytes(ds: Dataset) -> bytes | None:
     """The bytes ``ds`` was parsed from, when its top-level raw elements can be hashed straight from them: a data
     set read by pydicom from an in-memory file (``FileDataset.buffer``) in a transfer syntax that is not deflated
@@ -294,8 +301,8 @@ def iter_signature_stream(
     view = memoryview(data if data is not None else b"")
     buf = bytearray()
     run_start = run_end = -1  # the slice of ``view`` not yet yielded
-    if elements is None:  # raw items by int tag: no conversion, no BaseTag.__eq__ per lookup
-        elements = {int(t): e for t, e in ds.items()}
+    if elements is None:
+        elements = element_index(ds)
     get = elements.get
     for tag in sorted(set(tags)):
         elem = get(tag)
@@ -375,9 +382,9 @@ def _raw_sequence_stream(tag: int, elem: RawDataElement) -> list[bytes | memoryv
     """The signature format of a sequence still raw from a little endian file, made from its bytes without
     parsing them into data sets: headers of sequences and items are rewritten without lengths, the runs of other
     elements are kept as they are (explicit VR) or given explicit headers (implicit VR, the VR from the data
-    dictionary). None when the bytes hold anything the walk does not handle exactly as
-    the parsed path would (an element of VR UN or of undefined length, an odd length, elements out of tag order,
-    reserved bytes that are not zero, lengths that overrun): the caller then parses the sequence."""
+    dictionary). None when the bytes hold anything the walk does not handle exactly as the parsed path would (an
+    element of VR UN or of undefined length, an odd length, elements out of tag order, reserved bytes that are not
+    zero, lengths that overrun): the caller then parses the sequence."""
     value = elem.value
     # (pydicom parses a sequence of undefined length as it reads it: only defined lengths stay raw.)
     if not elem.is_little_endian or not isinstance(value, bytes) or len(value) != elem.length:
@@ -425,7 +432,7 @@ def raw_sequence_items(elem: object) -> list[Dataset] | None:
                 return None
             group, element = _UINT16_PAIR.unpack_from(view, pos)
             tag = group << 16 | element
-            if tag == 0xFFFEE00D and undefined:  # Item Delimitation
+            if tag == _ITEM_DELIMITATION and undefined:
                 pos += 8
                 break
             if tag <= previous or group == 0xFFFE:
@@ -450,7 +457,7 @@ def raw_sequence_items(elem: object) -> list[Dataset] | None:
 
 _MAX_RAW_DEPTH = 16
 _ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian 32-bit number: element << 16 | group
-_ITEM_DELIM = 0xE00DFFFE
+_ITEM_DELIMITATION = 0xFFFEE00D  # (FFFE,E00D) as group << 16 | element
 _SEQ_DELIM = 0xE0DDFFFE
 _TAG_LENGTH = struct.Struct("<II")
 _LENGTH = struct.Struct("<I")
@@ -522,7 +529,7 @@ def _walk_elements(
             return None
         group, element = _UINT16_PAIR.unpack_from(view, pos)
         tag = group << 16 | element
-        if tag == 0xFFFEE00D:  # Item Delimitation: not part of the MAC
+        if tag == _ITEM_DELIMITATION:  # not part of the MAC
             if not undefined or _LENGTH.unpack_from(view, pos + 4)[0]:
                 return None
             if pos > run_start:

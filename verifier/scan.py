@@ -273,8 +273,11 @@ class DaskExecutor:
         self._cluster: Any = None
         try:
             if address == "local":
+                # No dashboard; the scheduler's HTTP server (health, metrics) would still take port 8787 and warn
+                # when anything else holds it: an ephemeral loopback port instead.
                 self._cluster = distributed.LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1",
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 )
                 self._client: Any = distributed.Client(self._cluster)
             else:

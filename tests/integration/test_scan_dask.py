@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,7 +134,15 @@ def test_dask_local_cluster(home: Path, tmp_path: Path, capsys: pytest.CaptureFi
     for extra in files[8:]:
         extra.unlink()
     files = files[:8]
-    code, out, err = run(capsys, "scan", root, "--dask", "local", "--format", "jsonl", "--no-audit")
+    with socket.socket() as taken, warnings.catch_warnings(record=True) as caught:
+        try:  # Dask's default HTTP port, held by something else: no clash, no warning
+            taken.bind(("127.0.0.1", 8787))
+            taken.listen()
+        except OSError:
+            pass  # already held (e.g. by the scheduler of the tests above), as wanted
+        warnings.simplefilter("always")
+        code, out, err = run(capsys, "scan", root, "--dask", "local", "--format", "jsonl", "--no-audit")
+    assert not [w for w in caught if "8787" in str(w.message)]
     assert code == 0, err
     found = verdicts(out)
     assert {str(f) for f in files} == set(found)

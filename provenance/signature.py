@@ -183,12 +183,19 @@ def _signature_time(now: dt.datetime | None) -> str:
 
 
 def _mac_digest(
-    ds: Dataset, tags: Iterable[int], item: Dataset, algorithm: MacAlgorithm, elements: dict[int, Any] | None = None
+    ds: Dataset,
+    tags: Iterable[int],
+    item: Dataset,
+    algorithm: MacAlgorithm,
+    elements: dict[int, Any] | None = None,
+    item_elements: dict[int, Any] | None = None,
 ) -> bytes:
+    """The MAC of ``tags`` of ``ds`` and the signature ``item``; ``elements`` / ``item_elements`` are their
+    elements by int tag (:func:`element_index`) when the caller has them."""
     h = hashlib.new(_HASHLIB_NAME[algorithm])
     for chunk in iter_signature_stream(ds, tags, elements=elements):
         h.update(chunk)
-    for chunk in signature_item_stream(item):
+    for chunk in signature_item_stream(item, elements=item_elements):
         h.update(chunk)
     return h.digest()
 
@@ -430,8 +437,7 @@ def _verify_item(
             raise _Malformed("the Digital Signatures Sequence item is not a dataset")
         # The item's elements as read, before the checks below convert them: its part of the MAC is then hashed
         # from the bytes of the file (the fast path), not re-encoded from converted values.
-        raw_item = Dataset({t: item.get_item(t) for t in item.keys()})
-        elements = element_index(raw_item)
+        elements = {int(t): item.get_item(t) for t in item.keys()}
         uid = _item_value(item, elements, _SIG_UID)
         info["uid"] = str(uid) if uid else None
         when = _item_value(item, elements, _SIG_DATETIME)
@@ -484,7 +490,7 @@ def _verify_item(
             + ", ".join(f"{_tag_str(t)} {_keyword(t)}".strip() for t in missing)
         )
     try:
-        digest = _mac_digest(ds, signed, raw_item, algorithm, present)
+        digest = _mac_digest(ds, signed, item, algorithm, present, elements)
         info["key_type"] = _check_signature(cert, signature, digest, algorithm)
     except UnsignableElementError as exc:
         reasons.append(f"a signed element cannot be encoded: {exc}")

@@ -428,20 +428,16 @@ def raw_sequence_items(elem: object) -> list[Dataset] | None:
         while True:
             if pos == item_end and not undefined:
                 break
-            if pos + 8 > item_end:
-                return None
-            group, element = _UINT16_PAIR.unpack_from(view, pos)
-            tag = group << 16 | element
-            if tag == _ITEM_DELIMITATION and undefined:
-                pos += 8
-                break
-            if tag <= previous or group == 0xFFFE:
-                return None
-            previous = tag
-            found = _element_header(view, pos, item_end, implicit)
+            found = _next_element(view, pos, item_end, implicit, previous)
             if found is None:
                 return None
-            vr, length, header = found
+            tag, vr, length, header = found
+            if tag == _ITEM_DELIMITATION:
+                if not undefined:
+                    return None
+                pos += 8
+                break
+            previous = tag
             start = pos + header
             if vr == "SQ" or length == 0xFFFFFFFF or start + length > item_end:
                 return None
@@ -465,25 +461,34 @@ _UINT16 = struct.Struct("<H")
 _UINT16_PAIR = struct.Struct("<HH")
 
 
-def _element_header(view: memoryview, pos: int, end: int, implicit: bool) -> tuple[str, int, int] | None:
-    """VR, value length and header size of the element at ``pos`` (little endian; in Implicit VR the VR comes from
-    the data dictionary). None for what the byte walks leave to pydicom: a VR other than SQ and the plain ones
-    (UN; private, unknown or ambiguous in Implicit VR), reserved bytes that are not zero, a header past ``end``."""
+def _next_element(
+    view: memoryview, pos: int, end: int, implicit: bool, previous: int
+) -> tuple[int, str, int, int] | None:
+    """Tag, VR, value length and header size of the element at ``pos`` of an item (little endian; in Implicit VR the
+    VR comes from the data dictionary); an Item Delimitation comes back with VR "" and its length field. None for
+    what the byte walks leave to pydicom: a tag not above ``previous`` (the tag before it in the item) or of group
+    FFFE, a VR other than SQ and the plain ones (UN; private, unknown or ambiguous in Implicit VR), reserved bytes
+    that are not zero, a header past ``end``."""
     if pos + 8 > end:
         return None
+    group, element = _UINT16_PAIR.unpack_from(view, pos)
+    tag = group << 16 | element
+    if tag == _ITEM_DELIMITATION:
+        return tag, "", _LENGTH.unpack_from(view, pos + 4)[0], 8
+    if tag <= previous or group == 0xFFFE:
+        return None
     if implicit:
-        group, element = _UINT16_PAIR.unpack_from(view, pos)
-        vr = dictionary_vr(group << 16 | element)
+        vr = dictionary_vr(tag)
         if vr != "SQ" and vr not in _FAST_VRS:
             return None
-        return str(vr), _LENGTH.unpack_from(view, pos + 4)[0], 8
+        return tag, str(vr), _LENGTH.unpack_from(view, pos + 4)[0], 8
     code = bytes(view[pos + 4 : pos + 6])
     if code in _LONG_VR_BYTES:
         if pos + 12 > end or _UINT16.unpack_from(view, pos + 6)[0]:
             return None
-        return code.decode("ascii"), _LENGTH.unpack_from(view, pos + 8)[0], 12
+        return tag, code.decode("ascii"), _LENGTH.unpack_from(view, pos + 8)[0], 12
     if code in _FAST_VR_BYTES:
-        return code.decode("ascii"), _UINT16.unpack_from(view, pos + 6)[0], 8
+        return tag, code.decode("ascii"), _UINT16.unpack_from(view, pos + 6)[0], 8
     return None
 
 
@@ -525,23 +530,17 @@ def _walk_elements(
     run_start = pos
     previous = -1
     while pos < end:
-        if pos + 8 > end:
+        found = _next_element(view, pos, end, implicit, previous)
+        if found is None:
             return None
-        group, element = _UINT16_PAIR.unpack_from(view, pos)
-        tag = group << 16 | element
+        tag, vr, length, header = found
         if tag == _ITEM_DELIMITATION:  # not part of the MAC
-            if not undefined or _LENGTH.unpack_from(view, pos + 4)[0]:
+            if not undefined or length:
                 return None
             if pos > run_start:
                 out.append(view[run_start:pos])
             return pos + 8
-        if tag <= previous or group == 0xFFFE:
-            return None
         previous = tag
-        found = _element_header(view, pos, end, implicit)
-        if found is None:
-            return None
-        vr, length, header = found
         if vr == "SQ":
             if pos > run_start:
                 out.append(view[run_start:pos])
@@ -572,9 +571,13 @@ def _walk_elements(
     return pos
 
 
-def signature_item_stream(item: Dataset) -> Iterator[bytes | memoryview]:
-    """The part of a Digital Signatures Sequence item that is included in the MAC."""
-    yield from iter_signature_stream(item, [int(t) for t in item.keys() if int(t) not in _ITEM_EXCLUDED])
+def signature_item_stream(item: Dataset, *, elements: dict[int, Any] | None = None) -> Iterator[bytes | memoryview]:
+    """The part of a Digital Signatures Sequence item that is included in the MAC; ``elements`` as for
+    :func:`iter_signature_stream`."""
+    if elements is None:
+        elements = element_index(item)
+    tags = [t for t in elements if t not in _ITEM_EXCLUDED]
+    yield from iter_signature_stream(item, tags, elements=elements)
 
 
 def feed(update: Callable[[bytes | memoryview], object], chunks: Iterable[bytes | memoryview]) -> None:

@@ -182,7 +182,8 @@ def store_like(fake: npt.NDArray[np.floating[Any]], real: npt.NDArray[np.floatin
     A forger writes a fake into a DICOM file as integers of the scale of the image it replaces (CT-GAN writes
     Hounsfield units; ``medverify generate`` writes CT in Hounsfield units too), so its normalised values lie on
     the same grid as the real image's. Generators output floats: without this, detectors learn to tell fakes by
-    values that no stored image holds (a leave-one-generator-out model did, by about 0.05 to 0.15 AUC)."""
+    values that no stored image holds (leave-one-generator-out models lost 0.05 to 0.19 AUC on stored fakes:
+    ``benchmarks/bench_detection_storage.py``)."""
     grid = value_grid(real)
     out = np.asarray(fake, np.float64)
     if grid is not None:
@@ -198,10 +199,16 @@ def make_fakes(
     seed: int = 0,
     unpaired_fraction: float = 0.25,
     progress: Callable[[int, int, str], None] | None = None,
+    store_fakes: bool = True,
 ) -> list[View]:
     """Per family: the paired fake of every real view, plus unpaired samples (``unpaired_fraction`` of the
     real views, at their sizes, in their splits) for the families that sample images (not ``tamper``). Every
-    fake is stored like the real view it replaces or is sized after (:func:`store_like`)."""
+    fake is stored like the real view it replaces or is sized after (:func:`store_like`); with ``store_fakes``
+    False it keeps the generator's floats (only to measure what storing changes)."""
+
+    def stored(fake: npt.NDArray[np.floating[Any]], real: View) -> npt.NDArray[np.float32]:
+        return store_like(fake, real.pixels) if store_fakes else np.asarray(fake, np.float32)
+
     fakes: list[View] = []
     total = len(reals) * len(generators)
     done = 0
@@ -212,7 +219,7 @@ def make_fakes(
                 fake, mask = gen.paired_fake_with_mask(real.pixels, seed=s % 2**31)
             else:
                 fake, mask = gen.paired_fake(real.pixels, seed=s % 2**31), None
-            fakes.append(View(pixels=store_like(fake, real.pixels), family=family, source_id=real.source_id,
+            fakes.append(View(pixels=stored(fake, real), family=family, source_id=real.source_id,
                               modality=real.modality, split=real.split, mask=mask, partner=real))
             done += 1
             if progress is not None and (done % 10 == 0 or done == total):
@@ -226,7 +233,7 @@ def make_fakes(
             real = reals[int(i)]
             size = max(16, min(real.pixels.shape))
             sample = gen.sample(1, seed=_seed(seed, family, "sample", k) % 2**31, size=size)[0]
-            fakes.append(View(pixels=store_like(sample, real.pixels), family=family,
+            fakes.append(View(pixels=stored(sample, real), family=family,
                               source_id=f"unpaired:{family}:{k}", modality=real.modality, split=real.split))
     return fakes
 
@@ -243,6 +250,7 @@ def build_views(
     diffusion_steps: int = 10,
     progress: Callable[[int, int, str], None] | None = None,
     checkpoints: str | os.PathLike[str] | None = None,
+    store_fakes: bool = True,
 ) -> tuple[list[View], dict[str, Any]]:
     """Real views of ``splits`` and their fakes for ``families``, and a description for the training record.
 
@@ -252,7 +260,8 @@ def build_views(
     if not reals:
         raise ValueError(f"{corpus_root}: no usable frames in the selected splits")
     generators, used = load_generators(families, diffusion_steps=diffusion_steps, checkpoints=checkpoints)
-    fakes = make_fakes(reals, generators, seed=seed, unpaired_fraction=unpaired_fraction, progress=progress)
+    fakes = make_fakes(reals, generators, seed=seed, unpaired_fraction=unpaired_fraction, progress=progress,
+                       store_fakes=store_fakes)
     manifest = Path(corpus_root) / "manifest.json"
     description = {
         "corpus": Path(corpus_root).resolve().name,
@@ -264,6 +273,7 @@ def build_views(
         "modalities": sorted({v.modality for v in reals}),
         "generators": used,
         "seed": seed,
+        "fakes_stored": store_fakes,
     }
     return reals + fakes, description
 

@@ -239,3 +239,26 @@ def test_fakes_are_stored_on_the_grid_of_the_real_view() -> None:
     assert len(np.unique(fake)) > 4 * len(np.unique(stored))  # the float fake held values no stored image has
     flat = np.full((8, 8), 0.5, np.float32)  # no grid to read: left as it is
     assert value_grid(flat) is None and np.array_equal(store_like(fake[:8, :8], flat), fake[:8, :8])
+
+
+def test_make_fakes_stores_fakes_unless_asked_for_the_floats() -> None:
+    """``store_fakes=False`` (only for bench_detection_storage.py) keeps the generator's floats."""
+    from detectors.models.views import make_fakes, value_grid
+
+    class Noisy:  # a generator's paired_fake/sample interface: the real view plus float noise
+        def paired_fake(self, real: np.ndarray, seed: int = 0) -> np.ndarray:
+            return np.clip(real + np.random.default_rng(seed).normal(0, 0.01, real.shape), 0, 1)
+
+        def sample(self, n: int, seed: int = 0, size: int = 32) -> np.ndarray:
+            return np.random.default_rng(seed).random((n, size, size))
+
+    rng = np.random.default_rng(1)
+    real = View(pixels=(rng.integers(1, 255, (32, 32)) / 256.0).astype(np.float32), family="real", source_id="s",
+                modality="MR", split="train")
+    step, anchor = value_grid(real.pixels)  # type: ignore[misc]
+    for store in (True, False):
+        fakes = make_fakes([real], {"gan": Noisy()}, unpaired_fraction=1.0, store_fakes=store)
+        assert len(fakes) == 2
+        for fake in fakes:
+            on_grid = np.allclose(np.round((fake.pixels - anchor) / step) * step + anchor, fake.pixels, atol=1e-5)
+            assert on_grid is store

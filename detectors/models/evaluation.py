@@ -3,6 +3,12 @@ the false-positive rate on real views, and tamper localisation (pixel AUC of the
 
 For the synthetic families the image score is ``synthetic_score``; for ``tamper`` it is ``tamper_score``
 (a local edit leaves the rest of the image real). Every figure is computed against the same held-out real views.
+
+Beside the pooled AUC, two figures tell whether a detector ranks a fake above the real images *of its own source*
+(same patient, scanner and processing): ``within_source_auc``, the mean over sources of the AUC of a source's real
+views against the paired fakes made from them, and ``paired_win_rate``, how often a paired fake scores above the
+very real view it was made from (ties count half). A pooled AUC far below them means that the scores of real
+images shift from source to source more than a fake shifts them.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from detectors.models.augment import jpeg, resize
 from detectors.models.base import DetectionReport, Detector
 from detectors.models.views import View
 
-__all__ = ["LAUNDERING", "auc", "evaluate_views", "pixel_auc", "score_views"]
+__all__ = ["LAUNDERING", "auc", "evaluate_views", "pixel_auc", "score_views", "within_source"]
 
 Transform = Callable[[npt.NDArray[np.float32], npt.NDArray[np.bool_] | None],
                      tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_] | None]]
@@ -56,6 +62,26 @@ def pixel_auc(reports: Sequence[DetectionReport], masks: Sequence[npt.NDArray[np
         return None
     s, y = np.concatenate(scores), np.concatenate(labels)
     return auc(s[~y], s[y])
+
+
+def within_source(
+    views: Sequence[View], scores: Sequence[float], family: str
+) -> tuple[float | None, int, float | None]:
+    """``(within_source_auc, sources, paired_win_rate)`` of ``family``'s paired fakes among ``views`` scored
+    ``scores`` (see the module docstring); None where no source has both real views and paired fakes."""
+    position = {id(v): i for i, v in enumerate(views)}
+    per_source: list[float] = []
+    for source in sorted({v.source_id for v in views if v.is_real}):
+        reals = [scores[i] for i, v in enumerate(views) if v.is_real and v.source_id == source]
+        fakes = [scores[i] for i, v in enumerate(views)
+                 if v.family == family and v.partner is not None and v.source_id == source]
+        value = auc(reals, fakes)
+        if value is not None:
+            per_source.append(value)
+    wins = [float(np.sign(scores[i] - scores[position[id(v.partner)]]) + 1) / 2
+            for i, v in enumerate(views) if v.family == family and v.partner is not None and id(v.partner) in position]
+    return (float(np.mean(per_source)) if per_source else None, len(per_source),
+            float(np.mean(wins)) if wins else None)
 
 
 def score_views(
@@ -115,6 +141,9 @@ def evaluate_views(
                 "tpr_at_threshold": float((pos >= thr).mean()) if pos.size else None,
                 "auc_by_synthetic_score": auc(real_syn, [reports[i].synthetic_score for i in idx]),
             }
+            column = [r.tamper_score if family == "tamper" else r.synthetic_score for r in reports]
+            entry["within_source_auc"], entry["within_sources"], entry["paired_win_rate"] = within_source(
+                selected, column, family)
             if family == "tamper":
                 with_mask = [(reports[i], m) for i in idx if (m := masks[i]) is not None and m.any()]
                 entry["pixel_auc"] = pixel_auc([r for r, _ in with_mask], [m for _, m in with_mask])

@@ -63,6 +63,9 @@ def test_evaluate_reports_per_family(bundle: Path, corpus: Path, capsys: pytest.
     assert set(clean["families"]) == {"vae", "tamper"}
     assert 0.0 <= clean["families"]["vae"]["auc"] <= 1.0 and clean["fpr_synthetic"] is not None
     assert "pixel_auc" in clean["families"]["tamper"]
+    vae = clean["families"]["vae"]  # each held-out source's reals against the fakes made from them
+    assert vae["within_sources"] >= 1 and 0.0 <= vae["within_source_auc"] <= 1.0
+    assert 0.0 <= vae["paired_win_rate"] <= 1.0
     assert result["data"]["splits"] == ["test", "val"]
 
 

@@ -29,7 +29,7 @@ from detectors.models import (
     save_bundle,
 )
 from detectors.models.augment import export_8bit, jpeg, launder, resize
-from detectors.models.evaluation import auc, evaluate_views
+from detectors.models.evaluation import auc, evaluate_views, within_source
 from detectors.models.training import PatchStream, threshold_at_fpr, train_detector
 from detectors.models.views import View
 
@@ -204,6 +204,28 @@ def test_classical_separates_blur_after_training() -> None:
     result = evaluate_views(detector, test, conditions={"clean": lambda image, mask: (image, mask)})
     assert result["conditions"]["clean"]["families"]["vae"]["auc"] > 0.9
     assert auc([0.1, 0.2], [0.3, 0.4]) == 1.0 and auc([0.5], [0.5]) == 0.5 and auc([], [1]) is None
+
+
+def test_within_source_figures_compare_fakes_with_the_reals_of_their_own_source() -> None:
+    """Two sources whose real images score far apart: every fake beats the reals of its own source (within-source
+    AUC 1), yet the pooled AUC is low because source B's reals outscore source A's fakes."""
+    pixels = np.zeros((8, 8), np.float32)
+
+    def view(family: str, source: str, partner: View | None = None) -> View:
+        return View(pixels=pixels, family=family, source_id=source, modality="CT", split="test", partner=partner)
+
+    a1, a2, b1, b2 = view("real", "A"), view("real", "A"), view("real", "B"), view("real", "B")
+    views = [a1, a2, b1, b2, view("vae", "A", a1), view("vae", "A", a2), view("vae", "B", b1),
+             view("vae", "unpaired:vae:0"), view("gan", "A", a1)]
+    scores = [0.1, 0.2, 0.8, 0.9, 0.3, 0.15, 0.95, 0.0, 0.05]
+    pooled = auc(scores[:4], scores[4:7])
+    assert pooled is not None and pooled < 0.75
+    value, sources, wins = within_source(views, scores, "vae")
+    # Source A: reals 0.1, 0.2 vs fakes 0.3, 0.15 -> 3 of 4 pairs; source B: 1.0. Unpaired samples are left out.
+    assert sources == 2 and value == pytest.approx((0.75 + 1.0) / 2)
+    assert wins == pytest.approx(2 / 3)  # 0.3 > 0.1 and 0.95 > 0.8, but 0.15 < 0.2
+    assert within_source(views, scores, "gan") == (0.0, 1, 0.0)
+    assert within_source(views, scores, "diffusion") == (None, 0, None)
 
 
 def test_training_refuses_a_source_in_both_sets() -> None:

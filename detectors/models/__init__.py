@@ -1,4 +1,5 @@
-"""Detector models: a patch CNN (timm), a classical spectrum/residual model, and their calibrated ensemble.
+"""Detector models: a patch CNN (timm), a classical spectrum/residual model, a tamper segmentation network, and
+their calibrated ensemble.
 
 One registry and one factory::
 
@@ -9,7 +10,7 @@ One registry and one factory::
     report.synthetic_score, report.threshold, report.tamper_score, report.heatmap
 
 Training: :func:`detectors.models.training.train_detector` on views from :mod:`detectors.models.views`;
-evaluation: :mod:`detectors.models.evaluation`. ``torch`` is imported by the CNN member only.
+evaluation: :mod:`detectors.models.evaluation`. ``torch`` is imported by the CNN and segmentation members only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from detectors.models import classical as _classical
 from detectors.models import cnn as _cnn
 from detectors.models import ensemble as _ensemble
+from detectors.models import segment as _segment
 from detectors.models.base import (
     DetectionReport,
     Detector,
@@ -36,7 +38,7 @@ from detectors.models.base import (
 from detectors.models.bundle import DEFAULT_BUNDLE, load_bundle, read_bundle_config, save_bundle
 from detectors.models.heatmap import render_heatmap
 
-del _classical, _cnn, _ensemble
+del _classical, _cnn, _ensemble, _segment
 
 __all__ = [
     "DEFAULT_BUNDLE",

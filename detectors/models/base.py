@@ -204,11 +204,13 @@ class DetectionReport:
 
 @dataclasses.dataclass(frozen=True)
 class PatchBatch:
-    """A training batch: patches (B, P, P) in [0, 1] and their synthetic / tamper labels (B,) in {0, 1}."""
+    """A training batch: patches (B, P, P) in [0, 1] and their synthetic / tamper labels (B,) in {0, 1}; ``masks``
+    (B, P, P) in {0, 1} marks the edited pixels (zero for real and synthetic patches), where the source has them."""
 
     patches: npt.NDArray[np.float32]
     synthetic: npt.NDArray[np.float32]
     tamper: npt.NDArray[np.float32]
+    masks: npt.NDArray[np.float32] | None = None
 
 
 #: Called as ``progress(step, total, metrics)`` during training.
@@ -360,6 +362,8 @@ class Detector(abc.ABC):
     """A patch-level real/synthetic/tampered model with image-level calibrated scores."""
 
     name: ClassVar[str] = ""
+    #: The heads this model has an opinion on; an ensemble gives a member no weight on the others.
+    HEADS: ClassVar[tuple[str, ...]] = ("synthetic", "tamper")
     #: Config values per preset name (``arch`` is added by the factory).
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {}, "small": {}}
 

@@ -1,7 +1,11 @@
-"""``ensemble``: the CNN and the classical model together; their patch logits are averaged with weights.
+"""``ensemble``: the CNN, the classical model and the tamper segmentation together; patch logits averaged with
+weights.
 
-The members share the ensemble's patch size and preprocessing. The image-level calibration and thresholds of
-the ensemble (in its config) are fitted on held-out data after both members are trained.
+``weights`` is one list (the same for both heads) or one list per head (``{"synthetic": [...], "tamper":
+[...]}``); a member only counts on the heads it has an opinion on (its ``HEADS``: the segmentation member has
+none on the synthetic head). Each head's weights are normalised to sum 1. The members share the ensemble's patch
+size and preprocessing. The image-level calibration and thresholds of the ensemble (in its config) are fitted on
+held-out data after all members are trained.
 """
 
 from __future__ import annotations
@@ -39,7 +43,11 @@ class EnsembleDetector(Detector):
         "small": {
             "patch_size": 64,
             "max_patches": 32,
-            "arch_args": {"members": ["cnn", "classical"], "preset": "small", "weights": [0.6, 0.4]},
+            "arch_args": {
+                "members": ["cnn", "classical", "segment"],
+                "preset": "small",
+                "weights": {"synthetic": [0.6, 0.4, 0.0], "tamper": [0.0, 0.0, 1.0]},
+            },
         },
     }
 
@@ -50,10 +58,6 @@ class EnsembleDetector(Detector):
         if not names or "ensemble" in names:
             raise ModelError("an ensemble needs members other than itself")
         preset = str(args.get("preset", "small"))
-        weights = [float(w) for w in args.get("weights", [1.0 / len(names)] * len(names))]
-        if len(weights) != len(names) or min(weights) < 0 or sum(weights) <= 0:
-            raise ModelError("ensemble weights must be one non-negative number per member")
-        self.weights = np.asarray(weights, dtype=np.float32) / np.float32(sum(weights))
         self.members: dict[str, Detector] = {}
         for i, name in enumerate(names):
             member_args = dict(args.get(name, _member_args(preset, name)))
@@ -61,6 +65,20 @@ class EnsembleDetector(Detector):
                 config, arch=name, arch_args=member_args, calibration={}, training={}, tag=""
             )
             self.members[name] = detector_class(name)(member_config, seed=seed + i)
+        given = args.get("weights", [1.0] * len(names))
+        per_head = given if isinstance(given, Mapping) else {"synthetic": given, "tamper": given}
+        #: (2, members): the weight of each member on the synthetic (row 0) and tamper (row 1) logit.
+        self.weights = np.zeros((2, len(names)), dtype=np.float32)
+        for row, head in enumerate(("synthetic", "tamper")):
+            weights = [float(w) for w in per_head.get(head, ())]
+            if len(weights) != len(names) or min(weights) < 0:
+                raise ModelError(f"ensemble weights ({head}) must be one non-negative number per member")
+            for col, member in enumerate(self.members.values()):
+                if head in member.HEADS:
+                    self.weights[row, col] = weights[col]
+            if self.weights[row].sum() <= 0:
+                raise ModelError(f"no member of the ensemble has weight on the {head} head")
+            self.weights[row] /= self.weights[row].sum()
 
     def with_config(self, **changes: Any) -> None:
         super().with_config(**changes)
@@ -72,8 +90,9 @@ class EnsembleDetector(Detector):
 
     def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         out = np.zeros((len(patches), 2), dtype=np.float32)
-        for weight, member in zip(self.weights, self.members.values(), strict=True):
-            out += weight * member.patch_logits(patches)
+        for col, member in enumerate(self.members.values()):
+            if self.weights[:, col].any():
+                out += self.weights[:, col] * member.patch_logits(patches)
         return out
 
     def fit(

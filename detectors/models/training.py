@@ -82,8 +82,10 @@ class PatchStream:
             return y, x
         return int(rng.integers(0, max(1, h - self.p + 1))), int(rng.integers(0, max(1, w - self.p + 1)))
 
-    def _finish(self, image: npt.NDArray[np.float32], flip: int) -> npt.NDArray[np.float32]:
-        patch = np.asarray(np.round(np.clip(image, 0.0, 1.0) * self.levels) / self.levels, dtype=np.float32)
+    def _finish(self, image: npt.NDArray[np.float32], flip: int, *, quantize: bool = True) -> npt.NDArray[np.float32]:
+        patch = np.asarray(image, dtype=np.float32)
+        if quantize:
+            patch = np.asarray(np.round(np.clip(patch, 0.0, 1.0) * self.levels) / self.levels, dtype=np.float32)
         if flip & 1:
             patch = patch[:, ::-1]
         if flip & 2:
@@ -94,7 +96,8 @@ class PatchStream:
 
     def __next__(self) -> PatchBatch:
         rng = self.rng
-        patches, syn, tam = [], [], []
+        patches, syn, tam, masks = [], [], [], []
+        empty = np.zeros((self.p, self.p), np.float32)
         for _ in range(self.batch_size // 2):
             family = self.names[int(rng.integers(len(self.names)))]
             fake = self.families[family][int(rng.integers(len(self.families[family])))]
@@ -122,7 +125,12 @@ class PatchStream:
             patches += [self._finish(fp, flip), self._finish(rp, flip)]
             syn += [1.0 if fake.is_synthetic else 0.0, 0.0]
             tam += [tampered, 0.0]
-        return PatchBatch(np.stack(patches), np.asarray(syn, np.float32), np.asarray(tam, np.float32))
+            edited = empty
+            if fake.family == "tamper" and mask_p is not None:
+                edited = self._finish(mask_p[y : y + self.p, x : x + self.p].astype(np.float32), flip, quantize=False)
+            masks += [edited, empty]
+        return PatchBatch(np.stack(patches), np.asarray(syn, np.float32), np.asarray(tam, np.float32),
+                          np.stack(masks))
 
 
 def threshold_at_fpr(real_scores: npt.ArrayLike, target_fpr: float) -> float:

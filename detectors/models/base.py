@@ -141,7 +141,9 @@ class DetectionReport:
     ``tamper_threshold`` are the model's decision thresholds for them (chosen at ``target_fpr`` on held-out real
     images). ``heatmap`` holds per-patch calibrated tamper probabilities of the frame with the most suspicious
     patch, on the grid of patch positions (NaN where no patch was scored); ``heatmap_frame`` is that frame's
-    position among the scored frames. A report has no truth value: compare the scores with the thresholds.
+    position among the scored frames. ``pixel_map``, from models that score pixels (the segmentation member),
+    holds the calibrated tamper probability of each pixel of that frame (NaN where no patch was scored). A report
+    has no truth value: compare the scores with the thresholds.
     """
 
     synthetic_score: float
@@ -156,6 +158,7 @@ class DetectionReport:
     heatmap_frame: int = 0
     frames_scored: int = 1
     patches_scored: int = 0
+    pixel_map: npt.NDArray[np.float32] | None = None
 
     def __bool__(self) -> bool:
         raise TypeError("a DetectionReport has no truth value; compare synthetic_score with threshold")
@@ -169,8 +172,10 @@ class DetectionReport:
         return self.tamper_score >= self.tamper_threshold
 
     def pixel_heatmap(self) -> npt.NDArray[np.float32]:
-        """The heatmap at the frame's pixel size: each pixel gets the mean score of the scored patches covering it
-        (NaN where none is)."""
+        """The heatmap at the frame's pixel size: the ``pixel_map`` where the model scores pixels, else each pixel
+        gets the mean score of the scored patches covering it (NaN where none is)."""
+        if self.pixel_map is not None:
+            return self.pixel_map
         h, w = self.frame_shape
         total = np.zeros((h, w), dtype=np.float64)
         count = np.zeros((h, w), dtype=np.float64)
@@ -379,6 +384,13 @@ class Detector(abc.ABC):
     def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Raw logits (N, 2) — synthetic, tamper — of patches (N, P, P) in [0, 1]."""
 
+    def patch_outputs(
+        self, patches: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        """:meth:`patch_logits`, and the tamper logit of each pixel (N, P, P) where the model scores pixels
+        (None here: override both in one pass where it does)."""
+        return self.patch_logits(patches), None
+
     @abc.abstractmethod
     def fit(
         self,
@@ -413,20 +425,21 @@ class Detector(abc.ABC):
         frames = prepare_frames(image, self.config)
         syn: list[npt.NDArray[np.float32]] = []
         best = (-math.inf, 0)
-        per_frame: list[
-            tuple[npt.NDArray[np.float32], list[tuple[int, int]], tuple[list[int], list[int]], tuple[int, int]]
-        ] = []
+        per_frame: list[tuple[npt.NDArray[np.float32], list[tuple[int, int]], tuple[list[int], list[int]],
+                              tuple[int, int], npt.NDArray[np.float32] | None]] = []
         for index, frame in enumerate(frames):
             patches, positions, grid = frame_patches(frame, self.config.patch_size, self.config.max_patches)
-            logits = self.patch_logits(patches)
+            logits, pixels = self.patch_outputs(patches)
             if logits.shape != (len(patches), 2) or not np.isfinite(logits).all():
                 raise ModelError(f"{self.name} returned bad logits of shape {logits.shape}")
+            if pixels is not None and (pixels.shape != patches.shape or not np.isfinite(pixels).all()):
+                raise ModelError(f"{self.name} returned bad pixel logits of shape {pixels.shape}")
             syn.append(logits[:, 0])
             top = float(logits[:, 1].max())
             if top > best[0]:
                 best = (top, index)
             per_frame.append((logits[:, 1], positions, grid, (max(frame.shape[0], self.config.patch_size),
-                                                              max(frame.shape[1], self.config.patch_size))))
+                                                              max(frame.shape[1], self.config.patch_size)), pixels))
         syn_all = np.concatenate(syn)
         return float(syn_all.mean()), best[0], {"frames": per_frame, "best": best[1], "patches": int(syn_all.size)}
 
@@ -434,11 +447,21 @@ class Detector(abc.ABC):
         """Score one image (an :class:`ImageData` in physical units, or normalised frames in [0, 1])."""
         syn_raw, tamper_raw, info = self.raw_scores(image)
         cal = self.config.calibration
-        tamper_logits, positions, (all_ys, all_xs), shape = info["frames"][info["best"]]
+        tamper_logits, positions, (all_ys, all_xs), shape, pixels = info["frames"][info["best"]]
         heat = np.full((len(all_ys), len(all_xs)), np.nan, dtype=np.float32)
         probs = platt(cal.get("tamper"), tamper_logits)
         for (y, x), value in zip(positions, probs, strict=True):
             heat[all_ys.index(y), all_xs.index(x)] = value
+        pixel_map = None
+        if pixels is not None:  # each pixel: the mean calibrated probability of the patches covering it
+            total = np.zeros(shape, dtype=np.float64)
+            count = np.zeros(shape, dtype=np.float64)
+            p = self.config.patch_size
+            for (y, x), values in zip(positions, platt(cal.get("tamper"), pixels), strict=True):
+                total[y : y + p, x : x + p] += values
+                count[y : y + p, x : x + p] += 1
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pixel_map = np.where(count > 0, total / count, np.nan).astype(np.float32)
         grid_positions = tuple((y, x) for y in all_ys for x in all_xs)
         return DetectionReport(
             synthetic_score=float(platt(cal.get("synthetic"), syn_raw)),
@@ -453,4 +476,5 @@ class Detector(abc.ABC):
             heatmap_frame=int(info["best"]),
             frames_scored=len(info["frames"]),
             patches_scored=int(info["patches"]),
+            pixel_map=pixel_map,
         )

@@ -89,11 +89,28 @@ class EnsembleDetector(Detector):
         self.config = dataclasses.replace(self.config, arch_args=args)
 
     def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self.patch_outputs(patches)[0]
+
+    def patch_outputs(
+        self, patches: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        """Weighted logits, and weighted tamper pixel logits when a member with tamper weight scores pixels (the
+        others count with their patch's tamper logit on every pixel of it)."""
         out = np.zeros((len(patches), 2), dtype=np.float32)
+        parts: list[tuple[float, npt.NDArray[np.float32], npt.NDArray[np.float32] | None]] = []
         for col, member in enumerate(self.members.values()):
-            if self.weights[:, col].any():
-                out += self.weights[:, col] * member.patch_logits(patches)
-        return out
+            if not self.weights[:, col].any():
+                continue
+            logits, pixels = member.patch_outputs(patches)
+            out += self.weights[:, col] * logits
+            if self.weights[1, col] > 0:
+                parts.append((float(self.weights[1, col]), logits[:, 1], pixels))
+        if all(pixels is None for _, _, pixels in parts):
+            return out, None
+        dense = np.zeros(np.shape(patches), dtype=np.float32)
+        for weight, tamper, pixels in parts:
+            dense += weight * (pixels if pixels is not None else tamper[:, None, None])
+        return out, dense
 
     def fit(
         self,

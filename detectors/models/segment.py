@@ -8,7 +8,8 @@ that fills a region, like inpainting, takes its noise away). It has an opinion o
 logit is 0, and an ensemble gives it weight on the tamper head alone (see :mod:`detectors.models.ensemble`).
 
 A patch's tamper logit is the largest pixel logit after a ``pool`` x ``pool`` mean (a lone pixel is not an
-edit), so the ensemble's heatmap shows where it is.
+edit); the pooled pixel logits themselves become the report's ``pixel_map``, so the heatmap shows the edit at
+pixel resolution rather than patch by patch.
 """
 
 from __future__ import annotations
@@ -94,14 +95,14 @@ class SegmentDetector(Detector):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"patch_size": 32, "max_patches": 8, "arch_args": {"width": 8, "lr": 2e-3, "pool": 5,
                                                                    "pos_weight": 5.0}},
-        "small": {"patch_size": 64, "max_patches": 32, "arch_args": {"width": 16, "lr": 2e-3, "pool": 9,
+        "small": {"patch_size": 64, "max_patches": 32, "arch_args": {"width": 8, "lr": 2e-3, "pool": 9,
                                                                      "pos_weight": 5.0}},
     }
 
     def __init__(self, config: DetectorConfig, *, seed: int = 0) -> None:
         super().__init__(config, seed=seed)
         args = dict(config.arch_args)
-        self.width = int(args.get("width", 16))
+        self.width = int(args.get("width", 8))
         self.pool = int(args.get("pool", 9))
         if self.width < 1 or self.pool < 1:
             raise ModelError("segment: width and pool must be positive")
@@ -110,25 +111,24 @@ class SegmentDetector(Detector):
             self.model = SegmentNet(self.width)
         self.model.eval()
 
-    def pixel_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """(N, P, P) patches -> (N, P, P) pixel logits of "edited"."""
+    def patch_outputs(
+        self, patches: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Logits (N, 2) — synthetic 0, tamper the largest pooled pixel logit — and the pooled pixel logits."""
         x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32))[:, None]
-        outs = []
-        with torch.inference_mode():
-            for start in range(0, x.shape[0], _BATCH):
-                outs.append(self.model(x[start : start + _BATCH]))
-        return torch.cat(outs).numpy().astype(np.float32)
-
-    def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32))[:, None]
-        out = np.zeros((len(patches), 2), dtype=np.float32)
+        maps = []
         with torch.inference_mode():
             for start in range(0, x.shape[0], _BATCH):
                 logits = self.model(x[start : start + _BATCH])[:, None]
-                k = min(self.pool, logits.shape[-1], logits.shape[-2])
-                pooled = F.avg_pool2d(logits, k, stride=1)
-                out[start : start + len(logits), 1] = pooled.amax(dim=(1, 2, 3)).numpy()
-        return out
+                k = min(self.pool, logits.shape[-1], logits.shape[-2]) // 2 * 2 + 1  # odd: the map keeps its size
+                maps.append(F.avg_pool2d(logits, k, stride=1, padding=k // 2, count_include_pad=False)[:, 0])
+        pixels = torch.cat(maps).numpy().astype(np.float32)
+        out = np.zeros((len(patches), 2), dtype=np.float32)
+        out[:, 1] = pixels.reshape(len(patches), -1).max(axis=1)
+        return out, pixels
+
+    def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self.patch_outputs(patches)[0]
 
     def fit(
         self,

@@ -148,9 +148,10 @@ def train_detector_cmd(
     generators: Annotated[
         str, typer.Option("--generators", help="Generator families that make the fakes (comma-separated).")
     ] = "vae,gan,diffusion,tamper",
-    arch: Annotated[str, typer.Option("--arch", help="Detector: ensemble, cnn or classical.")] = "ensemble",
+    arch: Annotated[str, typer.Option("--arch", help="Detector: ensemble, cnn, classical or segment.")] = "ensemble",
     preset: Annotated[str, typer.Option("--preset", help="tiny (tests) or small (the shipped bundle).")] = "small",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="CNN training steps.")] = 1200,
+    steps: Annotated[int, typer.Option("--steps", min=1,
+                                       help="Training steps of the CNN and segmentation members.")] = 1200,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Patches per step (half real).")] = 32,
     view_size: Annotated[int, typer.Option("--view-size", min=32, help="Side of the crops taken from frames.")] = 128,
     out: Annotated[Path, typer.Option("--out", help="Bundle directory.")] = Path("checkpoints/detector"),

@@ -203,17 +203,24 @@ def train_detector_cmd(
         with _bar() as progress:
             task = progress.add_task("fit", total=steps, stats="")
             next_line = [0]
-            fit_start = time.perf_counter()
+            fit_start = [time.perf_counter()]
+            member = [""]
 
             def report(step: int, total: int, metrics: Mapping[str, float]) -> None:
                 stats = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
                 progress.update(task, completed=step, total=total, stats=stats)
-                if not _common.console.is_terminal and (step >= next_line[0] or step == total):
+                # An ensemble trains its members one after the other: rate and eta start again with each.
+                name = next(iter(metrics), "").partition(".")[0]
+                if name != member[0]:  # timed from this member's first step on
+                    member[0], next_line[0], fit_start[0] = name, step + max(1, total // 10), time.perf_counter()
+                    if not _common.console.is_terminal:
+                        progress.console.print(f"step {step}/{total} {stats}", highlight=False)
+                elif not _common.console.is_terminal and (step >= next_line[0] or step == total):
                     next_line[0] = step + max(1, total // 10)
-                    elapsed = time.perf_counter() - fit_start
-                    eta = elapsed / step * (total - step)
-                    progress.console.print(f"step {step}/{total} {stats} {step / elapsed:.2f} steps/s eta {eta:.0f}s",
-                                           highlight=False)
+                    elapsed, done = time.perf_counter() - fit_start[0], step - 1
+                    eta = elapsed / max(done, 1) * (total - step)
+                    progress.console.print(f"step {step}/{total} {stats} {done / max(elapsed, 1e-9):.2f} steps/s "
+                                           f"eta {eta:.0f}s", highlight=False)
 
             record = train_detector(
                 detector, fit, calib, steps=steps, batch_size=batch_size, seed=seed, progress=report, data=description

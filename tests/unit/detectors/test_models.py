@@ -287,6 +287,26 @@ def test_ensemble_weighs_each_member_on_its_own_heads() -> None:
                                                                "weights": {"synthetic": [1.0], "tamper": [1.0]}})
 
 
+def test_classical_self_reference_features_measure_what_the_finest_scale_holds() -> None:
+    """The self-reference half is the change of each feature when the patch loses its finest scale: large for a
+    patch with acquisition noise, small for a smooth (generated-looking) one. Bundles made before it load without."""
+    from detectors.models.classical import down_up, model_features, patch_features
+
+    noisy = np.stack([phantom(i) for i in range(4)]).astype(np.float32)
+    smooth = np.stack([cv2.GaussianBlur(x, (0, 0), 1.2) for x in noisy])
+    plain = patch_features(noisy, 12)
+    both = model_features(noisy, 12, True)
+    assert both.shape == (4, 2 * plain.shape[1]) and np.allclose(both[:, : plain.shape[1]], plain)
+    assert np.allclose(both[:, plain.shape[1] :], plain - patch_features(down_up(noisy), 12))
+    lap_log_std = 2  # mean, log std, then the Laplacian's log std
+    drop_noisy = both[:, plain.shape[1] + lap_log_std]
+    drop_smooth = model_features(smooth, 12, True)[:, plain.shape[1] + lap_log_std]
+    assert (drop_noisy > drop_smooth + 0.5).all()
+    assert create_detector("classical", preset="small").mean.shape == (2 * plain.shape[1],)
+    old = create_detector("classical", preset="small", arch_args={"self_reference": False})
+    assert old.mean.shape == (plain.shape[1],)
+
+
 def test_training_refuses_a_source_in_both_sets() -> None:
     views = tiny_views(2)
     with pytest.raises(ModelError, match="both"):

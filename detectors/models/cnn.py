@@ -24,6 +24,7 @@ from detectors.models.base import (
     PatchBatch,
     register_detector,
 )
+from detectors.models.torchfit import load_module_arrays, module_arrays, train_module
 
 __all__ = ["CNNDetector", "PatchCNN"]
 
@@ -106,46 +107,22 @@ class CNNDetector(Detector):
         lr = float(self.config.arch_args.get("lr", 2e-3))
         # Tampered patches are about a tenth of a batch: weigh them up so that the head does not settle on the prior.
         tamper_weight = torch.tensor(float(self.config.arch_args.get("tamper_pos_weight", 1.0)))
-        last: dict[str, float] = {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=1e-4)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.15)
-            self.model.train()
-            run: dict[str, float] = {}
-            try:
-                for step in range(1, steps + 1):
-                    batch = next(batches)
-                    x = torch.from_numpy(batch.patches)[:, None]
-                    y_syn = torch.from_numpy(batch.synthetic)
-                    y_tam = torch.from_numpy(batch.tamper)
-                    logits = self.model(x)
-                    loss_syn = F.binary_cross_entropy_with_logits(logits[:, 0], y_syn)
-                    loss_tam = F.binary_cross_entropy_with_logits(logits[:, 1], y_tam, pos_weight=tamper_weight)
-                    loss = loss_syn + loss_tam
-                    if not torch.isfinite(loss):
-                        raise ModelError(f"training diverged at step {step}")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()  # type: ignore[no-untyped-call]
-                    opt.step()
-                    sched.step()
-                    acc = ((logits[:, 0] > 0).float() == y_syn).float().mean().item()
-                    for key, value in (("loss", loss.item()), ("syn_acc", acc), ("tamper_loss", loss_tam.item())):
-                        run[key] = value if key not in run else 0.95 * run[key] + 0.05 * value
-                    if progress is not None:
-                        progress(step, steps, run)
-                last = dict(run)
-            finally:
-                self.model.eval()
-        return last
+
+        def step_loss(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+            batch = next(batches)
+            y_syn = torch.from_numpy(batch.synthetic)
+            logits = self.model(torch.from_numpy(batch.patches)[:, None])
+            loss_syn = F.binary_cross_entropy_with_logits(logits[:, 0], y_syn)
+            loss_tam = F.binary_cross_entropy_with_logits(logits[:, 1], torch.from_numpy(batch.tamper),
+                                                          pos_weight=tamper_weight)
+            loss = loss_syn + loss_tam
+            acc = ((logits[:, 0] > 0).float() == y_syn).float().mean().item()
+            return loss, {"loss": loss.item(), "syn_acc": acc, "tamper_loss": loss_tam.item()}
+
+        return train_module(self.model, step_loss, lr=lr, steps=steps, seed=seed, progress=progress)
 
     def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
-        return {f"cnn.{k}": v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+        return module_arrays("cnn", self.model)
 
     def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
-        state = {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("cnn.")}
-        try:
-            self.model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelError(f"weights do not fit the {self.backbone} config: {str(exc)[:300]}") from exc
-        self.model.eval()
+        load_module_arrays("cnn", self.model, arrays, f"weights do not fit the {self.backbone} config")

@@ -31,6 +31,7 @@ from detectors.models.base import (
     PatchBatch,
     register_detector,
 )
+from detectors.models.torchfit import load_module_arrays, module_arrays, train_module
 
 __all__ = ["SegmentDetector", "SegmentNet"]
 
@@ -142,43 +143,18 @@ class SegmentDetector(Detector):
         drawn so that about half the pairs hold an edit (:func:`_edit_rich`)."""
         lr = float(self.config.arch_args.get("lr", 2e-3))
         pos_weight = torch.tensor(float(self.config.arch_args.get("pos_weight", 5.0)))
-        last: dict[str, float] = {}
         rng = np.random.default_rng(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=1e-4)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.15)
-            self.model.train()
-            run: dict[str, float] = {}
-            try:
-                for step in range(1, steps + 1):
-                    patches, masks = _edit_rich(batches, rng)
-                    x = torch.from_numpy(patches)[:, None]
-                    target = torch.from_numpy(masks)
-                    logits = self.model(x)
-                    loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
-                    if not torch.isfinite(loss):
-                        raise ModelError(f"training diverged at step {step}")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()  # type: ignore[no-untyped-call]
-                    opt.step()
-                    sched.step()
-                    value = loss.item()
-                    run["seg_loss"] = value if "seg_loss" not in run else 0.95 * run["seg_loss"] + 0.05 * value
-                    if progress is not None:
-                        progress(step, steps, run)
-                last = dict(run)
-            finally:
-                self.model.eval()
-        return last
+
+        def step_loss(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+            patches, masks = _edit_rich(batches, rng)
+            logits = self.model(torch.from_numpy(patches)[:, None])
+            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(masks), pos_weight=pos_weight)
+            return loss, {"seg_loss": loss.item()}
+
+        return train_module(self.model, step_loss, lr=lr, steps=steps, seed=seed, progress=progress)
 
     def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
-        return {f"segment.{k}": v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+        return module_arrays("segment", self.model)
 
     def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
-        state = {k[8:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("segment.")}
-        try:
-            self.model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelError(f"segment weights do not fit the config (width {self.width}): {str(exc)[:300]}") from exc
-        self.model.eval()
+        load_module_arrays("segment", self.model, arrays, f"segment weights do not fit the config (width {self.width})")

@@ -264,6 +264,12 @@ def test_segment_member_localises_edits_on_held_out_sources() -> None:
     assert np.nanmax(report.pixel_map) <= report.tamper_score + 1e-6
     assert detector.detect(test[0].pixels).pixel_map is not None
     assert create_detector("classical", preset="tiny").detect(test[1].pixels).pixel_map is None
+    # Inference runs a copy with the batch norms folded into the convolutions: the same function as the trained net.
+    x = torch.from_numpy(np.stack([v.pixels for v in test[:4]]))[:, None]
+    with torch.inference_mode():
+        expected, fast = detector.model(x), detector.model.for_inference()(x)
+    assert fast.shape == expected.shape and torch.allclose(fast, expected, atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.model.for_inference().modules())
 
 
 def test_ensemble_weighs_each_member_on_its_own_heads() -> None:

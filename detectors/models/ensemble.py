@@ -39,7 +39,15 @@ class EnsembleDetector(Detector):
     """Weighted mean of member logits (``weights`` per member; default equal)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"patch_size": 32, "max_patches": 8, "arch_args": {"members": ["cnn", "classical"], "preset": "tiny"}},
+        "tiny": {
+            "patch_size": 32,
+            "max_patches": 8,
+            "arch_args": {
+                "members": ["cnn", "classical", "segment"],
+                "preset": "tiny",
+                "weights": {"synthetic": [0.5, 0.5, 0.0], "tamper": [0.0, 0.0, 1.0]},
+            },
+        },
         "small": {
             "patch_size": 64,
             "max_patches": 32,

@@ -87,6 +87,13 @@ def test_verify_with_detector(
         assert line["detector"]["model_tag"] == tag and 0.0 <= line["detector"]["threshold"] <= 1.0
         assert Path(line["detector"]["heatmap"]).is_file()
         assert any(r.startswith("detector:") for r in line["reasons"])
+    # The tiny preset has the segmentation member; each heatmap PNG covers its image (128 and 64 px here).
+    import cv2
+
+    members = json.loads((bundle / "config.json").read_text())["config"]["arch_args"]["members"]
+    assert "segment" in members
+    sides = sorted(cv2.imread(line["detector"]["heatmap"]).shape[:2] for line in lines)
+    assert sides == [(64, 64), (128, 128)]
     # The audit record keeps the detection report and the model tag.
     code, out, _err = run_cli(capsys, "audit", "list", "--format", "jsonl")
     records = jsonl(out)

@@ -285,9 +285,10 @@ def test_ensemble_weighs_each_member_on_its_own_heads() -> None:
     assert np.allclose(out[:, 1], segment.patch_logits(patches)[:, 1], atol=1e-6)
     _, dense = ensemble.patch_outputs(patches)  # the tamper map per pixel comes from the member that has one
     assert dense is not None and np.allclose(dense, segment.patch_outputs(patches)[1], atol=1e-6)
-    assert create_detector("ensemble", preset="tiny").patch_outputs(patches)[1] is None
+    plain = create_detector("ensemble", preset="tiny", arch_args={"members": ["cnn", "classical"], "weights": [1, 1]})
+    assert plain.patch_outputs(patches)[1] is None
     with pytest.raises(ModelError, match="synthetic head"):
-        create_detector("ensemble", preset="tiny", arch_args={"members": ["segment"], "preset": "tiny"})
+        create_detector("ensemble", preset="tiny", arch_args={"members": ["segment"], "weights": [1.0]})
     with pytest.raises(ModelError, match="one non-negative number per member"):
         create_detector("ensemble", preset="tiny", arch_args={"members": ["classical", "segment"],
                                                                "weights": {"synthetic": [1.0], "tamper": [1.0]}})

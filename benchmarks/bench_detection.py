@@ -47,8 +47,8 @@ import torch
 
 from detectors.data import build_sample_corpus
 from detectors.models import DEFAULT_BUNDLE, create_detector, load_bundle
-from detectors.models.evaluation import auc, evaluate_views
-from detectors.models.training import MIN_CALIBRATION_AUC, raw_view_scores, train_detector
+from detectors.models.evaluation import evaluate_views
+from detectors.models.training import MIN_CALIBRATION_AUC, head_separation, raw_view_scores, train_detector
 from detectors.models.views import FAMILIES, View, build_views, select, split_calibration
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -99,15 +99,12 @@ def unseen_modality(preset: str, fit: list[View], calib: list[View], evaluation:
 def calibration_check(model: Any, calib: Sequence[View]) -> dict[str, Any]:
     """How well ``model``'s raw scores separate the calibration views as they are built now (the held-out quarter
     of the train split's sources, fakes stored like their real views): the figure calibration gates a head on."""
-    raw = raw_view_scores(model, calib)
-    real = np.array([v.is_real for v in calib])
-    synthetic = np.array([v.is_synthetic for v in calib])
-    tampered = np.array([v.family == "tamper" for v in calib])
+    separation = head_separation(raw_view_scores(model, calib), calib)
     return {
-        "real_views": int(real.sum()),
+        "real_views": sum(v.is_real for v in calib),
         "sources": len({v.source_id for v in calib if v.is_real}),
-        "synthetic_auc": auc(raw[real, 0], raw[synthetic, 0]),
-        "tamper_auc": auc(raw[real, 1], raw[tampered, 1]),
+        "synthetic_auc": separation["synthetic"],
+        "tamper_auc": separation["tamper"],
         "min_auc": MIN_CALIBRATION_AUC,
     }
 

@@ -23,7 +23,7 @@ from detectors.models.augment import launder
 from detectors.models.base import Detector, ModelError, PatchBatch, platt
 from detectors.models.views import View
 
-__all__ = ["PatchStream", "calibrate", "threshold_at_fpr", "train_detector"]
+__all__ = ["PatchStream", "calibrate", "head_separation", "threshold_at_fpr", "train_detector"]
 
 #: A patch of a tampered view counts as tampered when it holds at least this share of the edit (or 24 pixels).
 TAMPER_SHARE = 0.3
@@ -161,6 +161,18 @@ def raw_view_scores(detector: Detector, views: Sequence[View]) -> npt.NDArray[np
     return out
 
 
+def head_separation(raw: npt.NDArray[np.float64], views: Sequence[View]) -> dict[str, float | None]:
+    """ROC AUC of each head's raw view scores (:func:`raw_view_scores`): real views against synthetic ones for
+    ``synthetic``, against tampered ones for ``tamper`` (None where a class is empty). :func:`calibrate` gives a
+    head below :data:`MIN_CALIBRATION_AUC` threshold 1.0."""
+    from detectors.models.evaluation import auc
+
+    real = np.array([v.is_real for v in views], dtype=bool)
+    synthetic = np.array([v.is_synthetic for v in views], dtype=bool)
+    tampered = np.array([v.family == "tamper" for v in views], dtype=bool)
+    return {"synthetic": auc(raw[real, 0], raw[synthetic, 0]), "tamper": auc(raw[real, 1], raw[tampered, 1])}
+
+
 def calibrate(detector: Detector, views: Sequence[View], *, target_fpr: float | None = None) -> dict[str, Any]:
     """Fit Platt scaling and thresholds on held-out ``views``; updates the detector's config and reports."""
     fpr = detector.config.target_fpr if target_fpr is None else target_fpr
@@ -177,13 +189,11 @@ def calibrate(detector: Detector, views: Sequence[View], *, target_fpr: float | 
             calibration[name] = _platt_fit(raw[sel, column], positive[sel].astype(np.float64))
         else:
             calibration[name] = (1.0, 0.0)
-    from detectors.models.evaluation import auc
-
     thresholds: dict[str, float] = {}
-    separation: dict[str, float | None] = {}
+    separation = head_separation(raw, views)
     disabled: list[str] = []
-    for name, column, positive in (("synthetic", 0, synthetic), ("tamper", 1, tampered)):
-        separation[name] = value = auc(raw[real, column], raw[positive, column])
+    for name, column in (("synthetic", 0), ("tamper", 1)):
+        value = separation[name]
         thresholds[name] = threshold_at_fpr(platt(calibration[name], raw[real, column]), fpr)
         if value is None or value < MIN_CALIBRATION_AUC:
             thresholds[name] = 1.0

@@ -7,6 +7,7 @@ every pixel. Weights start from scratch (nothing is downloaded). Two logits per 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -87,13 +88,16 @@ class CNNDetector(Detector):
             torch.manual_seed(seed)
             self.model = PatchCNN(self.backbone, int(args.get("stem_stride", 1)), float(args.get("drop_rate", 0.0)))
         self.model.eval()
+        self._fast: nn.Module | None = None  # the channels-last copy for inference, made when first needed
 
     def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32))[:, None]
+        if self._fast is None:  # channels-last runs these depthwise convolutions about 1.5x faster on a CPU
+            self._fast = copy.deepcopy(self.model).eval().to(memory_format=torch.channels_last)
         outs = []
         with torch.inference_mode():
             for start in range(0, x.shape[0], _BATCH):
-                outs.append(self.model(x[start : start + _BATCH]))
+                outs.append(self._fast(x[start : start + _BATCH].contiguous(memory_format=torch.channels_last)))
         return torch.cat(outs).numpy().astype(np.float32)
 
     def fit(
@@ -119,6 +123,7 @@ class CNNDetector(Detector):
             acc = ((logits[:, 0] > 0).float() == y_syn).float().mean().item()
             return loss, {"loss": loss.item(), "syn_acc": acc, "tamper_loss": loss_tam.item()}
 
+        self._fast = None
         return train_module(self.model, step_loss, lr=lr, steps=steps, seed=seed, progress=progress)
 
     def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
@@ -126,3 +131,4 @@ class CNNDetector(Detector):
 
     def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         load_module_arrays("cnn", self.model, arrays, f"weights do not fit the {self.backbone} config")
+        self._fast = None

@@ -137,6 +137,21 @@ def test_bundle_round_trip_and_digest(name: str, trained: dict[str, tuple[Detect
         load_bundle(tmp_path / "missing")
 
 
+def test_cnn_inference_copy_is_the_trained_net_and_follows_new_weights(
+        trained: dict[str, tuple[Detector, Path]]) -> None:
+    detector = load_bundle(trained["cnn"][1])
+    patches = np.stack([phantom(s, 32, 32) for s in range(6)]).astype(np.float32)
+    x = torch.from_numpy(patches)[:, None]
+    with torch.inference_mode():
+        expected = detector.model.eval()(x).numpy()
+    assert np.allclose(detector.patch_logits(patches), expected, atol=1e-4)  # the channels-last copy, now made
+    # New weights replace the copy too: a stale one would still answer with the old net.
+    other = create_detector("cnn", preset="tiny", seed=1)
+    detector.load_state_arrays(other.state_arrays())
+    with torch.inference_mode():
+        expected = other.model.eval()(x).numpy()
+    assert np.allclose(detector.patch_logits(patches), expected, atol=1e-4)
+
 def test_dicom_input_uses_config_normalisation(dicom_sample: dict[str, Path],
                                                trained: dict[str, tuple[Detector, Path]]) -> None:
     detector, _ = trained["classical"]

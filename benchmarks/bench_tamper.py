@@ -51,8 +51,8 @@ def _figures(model: Any, views: Sequence[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"model_tag": result["model_tag"], "tamper_threshold": result["tamper_threshold"]}
     for condition, values in result["conditions"].items():
         e = values["families"]["tamper"]
-        out[condition] = {k: e[k] for k in ("n", "auc", "within_source_auc", "paired_win_rate", "pixel_auc",
-                                             "tpr_at_threshold")}
+        out[condition] = {k: e[k] for k in ("n", "auc", "auc_ci95", "within_source_auc", "paired_win_rate",
+                                             "pixel_auc", "tpr_at_threshold")}
         out[condition]["fpr_real"] = values["fpr_tamper"]
     return out
 
@@ -100,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1) + "\n")
     print(f"{eval_desc['real_views']} real views of {eval_desc['sources']} held-out sources, and their edits")
-    print("| model | condition | AUC | AUC in source | paired wins | pixel AUC | can flag |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | condition | AUC | 95 % CI (sources) | AUC in source | paired wins | pixel AUC | can flag |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in ("segment", "bundle"):
         r = results[name]
         label = f"segment ({args.steps} steps)" if name == "segment" else f"bundle {r['model_tag']}"
@@ -109,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             e = r[condition]
             cells = [e["auc"], e["within_source_auc"], e["paired_win_rate"], e["pixel_auc"]]
             shown = " | ".join("-" if v is None else f"{v:.3f}" for v in cells)
+            ci = "-" if e["auc_ci95"] is None else f"{e['auc_ci95'][0]:.2f}-{e['auc_ci95'][1]:.2f}"
+            shown = shown.replace(" | ", f" | {ci} | ", 1)
             print(f"| {label} | {condition} | {shown} | {'yes' if r['tamper_threshold'] < 1.0 else 'no'} |")
     _log(f"saved {args.output} ({results['seconds']:.0f}s)")
     return 0

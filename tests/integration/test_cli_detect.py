@@ -53,7 +53,8 @@ def test_train_writes_a_bundle_with_its_record(bundle: Path) -> None:
     assert set(config["calibration"]) == {"synthetic", "tamper"} and 0 <= config["threshold"] <= 1
 
 
-def test_evaluate_reports_per_family(bundle: Path, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_reports_per_family(bundle: Path, corpus: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, _err = run_cli(capsys, "evaluate", "--corpus", corpus, "--model", bundle, "--view-size", "48",
                               "--format", "json")
     assert code == 0
@@ -66,7 +67,14 @@ def test_evaluate_reports_per_family(bundle: Path, corpus: Path, capsys: pytest.
     vae = clean["families"]["vae"]  # each held-out source's reals against the fakes made from them
     assert vae["within_sources"] >= 1 and 0.0 <= vae["within_source_auc"] <= 1.0
     assert 0.0 <= vae["paired_win_rate"] <= 1.0
+    low, high = vae["auc_ci95"]  # a bootstrap over the held-out sources
+    assert 0.0 <= low <= high <= 1.0
     assert result["data"]["splits"] == ["test", "val"]
+    from verifier.cli import _common
+
+    monkeypatch.setattr(_common.console, "width", 160)  # a wide terminal: no cell is wrapped
+    code, out, _err = run_cli(capsys, "evaluate", "--corpus", corpus, "--model", bundle, "--view-size", "48")
+    assert code == 0 and "95% CI (sources)" in out and f"{low:.2f}-{high:.2f}" in out
 
 
 def test_verify_with_detector(

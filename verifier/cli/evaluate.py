@@ -84,12 +84,15 @@ def evaluate(
         f"source(s) in split {escape(split)}",
         highlight=False,
     )
-    table = Table("condition", "family", "n", "AUC", "AUC in source", "TPR@thr", "FPR real", "pixel AUC")
+    table = Table("condition", "family", "n", "AUC", "95% CI (sources)", "AUC in source", "TPR@thr", "FPR real",
+                  "pixel AUC")
     for condition, values in result["conditions"].items():
         for family, entry in values["families"].items():
             fpr = values["fpr_tamper"] if family == "tamper" else values["fpr_synthetic"]
+            ci = entry.get("auc_ci95")
             table.add_row(condition, family, str(entry["n"]), _fmt(entry["auc"]),
-                          _fmt(entry.get("within_source_auc")), _fmt(entry["tpr_at_threshold"]), _fmt(fpr),
+                          "-" if ci is None else f"{ci[0]:.2f}-{ci[1]:.2f}", _fmt(entry.get("within_source_auc")),
+                          _fmt(entry["tpr_at_threshold"]), _fmt(fpr),
                           _fmt(entry.get("pixel_auc")))
     _common.console.print(table)
     return 0

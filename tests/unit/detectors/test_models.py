@@ -29,7 +29,7 @@ from detectors.models import (
     save_bundle,
 )
 from detectors.models.augment import export_8bit, jpeg, launder, resize
-from detectors.models.evaluation import auc, evaluate_views, within_source
+from detectors.models.evaluation import auc, evaluate_views, source_bootstrap_auc, within_source
 from detectors.models.training import PatchStream, threshold_at_fpr, train_detector
 from detectors.models.views import View
 
@@ -135,6 +135,7 @@ def test_bundle_round_trip_and_digest(name: str, trained: dict[str, tuple[Detect
         load_bundle(bad)
     with pytest.raises(ModelError, match="not a detector bundle"):
         load_bundle(tmp_path / "missing")
+
 
 
 def test_cnn_inference_copy_is_the_trained_net_and_follows_new_weights(
@@ -243,6 +244,18 @@ def test_within_source_figures_compare_fakes_with_the_reals_of_their_own_source(
     assert within_source(views, scores, "diffusion") == (None, 0, None)
 
 
+
+def test_auc_interval_resamples_whole_sources() -> None:
+    separated = source_bootstrap_auc([("A", 0.1), ("A", 0.2), ("B", 0.3)], [("A", 0.8), ("B", 0.9)])
+    assert separated == (1.0, 1.0)
+    # Source B's fakes score below its reals: its draws pull the AUC to 0, source A's to 1. Many views per source
+    # do not narrow the interval, since they are not independent.
+    reals = [("A", 0.1)] * 20 + [("B", 0.9)] * 20
+    fakes = [("A", 0.5)] * 20 + [("B", 0.4)] * 20
+    low, high = source_bootstrap_auc(reals, fakes, rounds=400) or (None, None)
+    assert low == 0.0 and high == 1.0
+    assert source_bootstrap_auc([("A", 0.1)], [("A", 0.5)]) is None
+
 def test_stream_masks_mark_the_edited_pixels_of_tamper_patches_only() -> None:
     stream = PatchStream(tiny_views(4), patch_size=32, batch_size=32, seed=1, augment=0.0)
     seen = 0
@@ -271,6 +284,7 @@ def test_segment_member_localises_edits_on_held_out_sources() -> None:
     result = evaluate_views(detector, test, conditions={"clean": lambda image, mask: (image, mask)})
     tamper = result["conditions"]["clean"]["families"]["tamper"]
     assert tamper["pixel_auc"] > 0.9 and tamper["paired_win_rate"] > 0.7  # untrained: 0.5 and 0.5
+    assert tamper["auc_ci95"] is not None and 0.0 <= tamper["auc_ci95"][0] <= tamper["auc_ci95"][1] <= 1.0
     assert detector.detect(test[0].pixels).synthetic_score == detector.detect(test[2].pixels).synthetic_score
     # The heatmap is per pixel: the calibrated map of the scored frame, never above the image's tamper score.
     report = detector.detect(test[1].pixels)

@@ -62,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, help="Corpus directory (default: the sample corpus, built in /tmp).")
     parser.add_argument("--bundle", type=Path, default=None, help="Bundle to compare with (default: the shipped).")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--arch-args", type=json.loads, default={},
+                        help='JSON merged into the segment preset\'s arch_args, e.g. \'{"mil_weight": 3.0}\'.')
     parser.add_argument("--view-size", type=int, default=128)
     parser.add_argument("--eval-per-frame", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -82,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             view_size=args.view_size, seed=args.seed + 1,
                                             max_per_frame=args.eval_per_frame)
     fit, calib = split_calibration(train_views, seed=args.seed)
-    segment = create_detector("segment", preset="small", seed=args.seed)
+    segment = create_detector("segment", preset="small", seed=args.seed, arch_args=args.arch_args)
     start = time.perf_counter()
     record = train_detector(segment, fit, calib, steps=args.steps, seed=args.seed)
     train_s = time.perf_counter() - start
@@ -92,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s)",
         "evaluation_data": eval_desc,
-        "segment": {"steps": args.steps, "train_seconds": round(train_s, 1),
+        "segment": {"steps": args.steps, "arch_args": dict(segment.config.arch_args),
+                    "train_seconds": round(train_s, 1),
                     "calibration": record["calibration"], **_figures(segment, eval_views)},
         "bundle": _figures(bundle, eval_views),
     }
@@ -104,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name in ("segment", "bundle"):
         r = results[name]
-        label = f"segment ({args.steps} steps)" if name == "segment" else f"bundle {r['model_tag']}"
+        extra = "".join(f", {k} {v}" for k, v in args.arch_args.items())
+        label = f"segment ({args.steps} steps{extra})" if name == "segment" else f"bundle {r['model_tag']}"
         for condition in ("clean", "jpeg75", "resize0.5"):
             e = r[condition]
             cells = [e["auc"], e["within_source_auc"], e["paired_win_rate"], e["pixel_auc"]]

@@ -382,7 +382,8 @@ class Detector(abc.ABC):
 
     @abc.abstractmethod
     def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Raw logits (N, 2) — synthetic, tamper — of patches (N, P, P) in [0, 1]."""
+        """Raw logits (N, 2) — synthetic, tamper — of patches (N, P, P) in [0, 1]. When scoring, ``patches`` are
+        those of one frame (:meth:`raw_scores`), so a model may measure a patch against the rest of its frame."""
 
     def patch_outputs(
         self, patches: npt.NDArray[np.float32]

@@ -256,6 +256,7 @@ def test_auc_interval_resamples_whole_sources() -> None:
     assert low == 0.0 and high == 1.0
     assert source_bootstrap_auc([("A", 0.1)], [("A", 0.5)]) is None
 
+
 def test_stream_masks_mark_the_edited_pixels_of_tamper_patches_only() -> None:
     stream = PatchStream(tiny_views(4), patch_size=32, batch_size=32, seed=1, augment=0.0)
     seen = 0
@@ -300,6 +301,36 @@ def test_segment_member_localises_edits_on_held_out_sources() -> None:
     assert fast.shape == expected.shape and torch.allclose(fast, expected, atol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.model.for_inference().modules())
 
+
+
+def test_segment_scores_a_frame_against_its_own_typical_response() -> None:
+    absolute = create_detector("segment", preset="tiny", seed=3, arch_args={"relative_quantile": None})
+    relative = create_detector("segment", preset="tiny", seed=3, arch_args={"relative_quantile": 0.9})
+    patches = np.stack([phantom(s, 32, 32) for s in range(5)]).astype(np.float32)
+    logits, pixels = absolute.patch_outputs(patches)
+    rel_logits, rel_pixels = relative.patch_outputs(patches)
+    assert pixels is not None and rel_pixels is not None
+    offset = np.quantile(pixels, 0.9)
+    assert np.allclose(rel_pixels, pixels - offset, atol=1e-5)  # the frame's 90th percentile is its zero
+    assert np.allclose(rel_logits[:, 1], logits[:, 1] - offset, atol=1e-5)
+    assert np.allclose(rel_logits[:, 0], 0.0)
+    # The same patches in a frame with other content: the zero moves with the frame, so their scores do too.
+    louder, _ = relative.patch_outputs(np.concatenate([patches, np.clip(patches * 3.0, 0, 1)]))
+    assert not np.allclose(louder[: len(patches), 1], rel_logits[:, 1])
+    with pytest.raises(ModelError, match="relative_quantile"):
+        create_detector("segment", preset="tiny", arch_args={"relative_quantile": 1.5})
+
+
+def test_segment_patch_loss_is_optional_and_trains_the_patch_maximum() -> None:
+    stream = PatchStream([v for v in tiny_views(6) if v.family != "vae"], patch_size=32, batch_size=16, seed=2,
+                         augment=0.0)
+    plain = create_detector("segment", preset="tiny", seed=0)
+    assert "patch_loss" not in plain.fit(stream, steps=2)
+    weighted = create_detector("segment", preset="tiny", seed=0, arch_args={"mil_weight": 3.0})
+    probe = next(stream).patches
+    before = weighted.patch_outputs(probe)[0]
+    metrics = weighted.fit(stream, steps=2)
+    assert metrics["patch_loss"] > 0 and not np.allclose(weighted.patch_outputs(probe)[0], before)
 
 def test_ensemble_weighs_each_member_on_its_own_heads() -> None:
     ensemble = create_detector("ensemble", preset="tiny", seed=0, arch_args={

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -141,9 +142,11 @@ class DetectionReport:
     ``tamper_threshold`` are the model's decision thresholds for them (chosen at ``target_fpr`` on held-out real
     images). ``heatmap`` holds per-patch calibrated tamper probabilities of the frame with the most suspicious
     patch, on the grid of patch positions (NaN where no patch was scored); ``heatmap_frame`` is that frame's
-    position among the scored frames. ``pixel_map``, from models that score pixels (the segmentation member),
-    holds the calibrated tamper probability of each pixel of that frame (NaN where no patch was scored). A report
-    has no truth value: compare the scores with the thresholds.
+    position among the scored frames. Models that score pixels (the segmentation member) also give
+    ``pixel_patches``, the calibrated tamper probability of each pixel of that frame's scored patches (N, P, P), at
+    ``pixel_origins``; ``pixel_map`` lays them out over the frame (NaN where no patch was scored) when it is first
+    asked for, so that a report of a 4k radiograph does not build a 4k map nobody looks at. A report has no truth
+    value: compare the scores with the thresholds.
     """
 
     synthetic_score: float
@@ -158,7 +161,8 @@ class DetectionReport:
     heatmap_frame: int = 0
     frames_scored: int = 1
     patches_scored: int = 0
-    pixel_map: npt.NDArray[np.float32] | None = None
+    pixel_patches: npt.NDArray[np.float32] | None = None
+    pixel_origins: tuple[tuple[int, int], ...] = ()
 
     def __bool__(self) -> bool:
         raise TypeError("a DetectionReport has no truth value; compare synthetic_score with threshold")
@@ -170,6 +174,20 @@ class DetectionReport:
     @property
     def suspected_tampered(self) -> bool:
         return self.tamper_score >= self.tamper_threshold
+
+    @functools.cached_property
+    def pixel_map(self) -> npt.NDArray[np.float32] | None:
+        """Each pixel of the heatmap frame: the mean of ``pixel_patches`` covering it; None without them."""
+        if self.pixel_patches is None:
+            return None
+        total = np.zeros(self.frame_shape, dtype=np.float64)
+        count = np.zeros(self.frame_shape, dtype=np.float64)
+        p = self.patch_size
+        for (y, x), values in zip(self.pixel_origins, self.pixel_patches, strict=True):
+            total[y : y + p, x : x + p] += values
+            count[y : y + p, x : x + p] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, total / count, np.nan).astype(np.float32)
 
     def pixel_heatmap(self) -> npt.NDArray[np.float32]:
         """The heatmap at the frame's pixel size: the ``pixel_map`` where the model scores pixels, else each pixel
@@ -453,16 +471,7 @@ class Detector(abc.ABC):
         probs = platt(cal.get("tamper"), tamper_logits)
         for (y, x), value in zip(positions, probs, strict=True):
             heat[all_ys.index(y), all_xs.index(x)] = value
-        pixel_map = None
-        if pixels is not None:  # each pixel: the mean calibrated probability of the patches covering it
-            total = np.zeros(shape, dtype=np.float64)
-            count = np.zeros(shape, dtype=np.float64)
-            p = self.config.patch_size
-            for (y, x), values in zip(positions, platt(cal.get("tamper"), pixels), strict=True):
-                total[y : y + p, x : x + p] += values
-                count[y : y + p, x : x + p] += 1
-            with np.errstate(invalid="ignore", divide="ignore"):
-                pixel_map = np.where(count > 0, total / count, np.nan).astype(np.float32)
+        pixel_patches = None if pixels is None else platt(cal.get("tamper"), pixels).astype(np.float32)
         grid_positions = tuple((y, x) for y in all_ys for x in all_xs)
         return DetectionReport(
             synthetic_score=float(platt(cal.get("synthetic"), syn_raw)),
@@ -477,5 +486,6 @@ class Detector(abc.ABC):
             heatmap_frame=int(info["best"]),
             frames_scored=len(info["frames"]),
             patches_scored=int(info["patches"]),
-            pixel_map=pixel_map,
+            pixel_patches=pixel_patches,
+            pixel_origins=tuple(positions) if pixels is not None else (),
         )

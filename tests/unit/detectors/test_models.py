@@ -289,6 +289,8 @@ def test_segment_member_localises_edits_on_held_out_sources() -> None:
     assert detector.detect(test[0].pixels).synthetic_score == detector.detect(test[2].pixels).synthetic_score
     # The heatmap is per pixel: the calibrated map of the scored frame, never above the image's tamper score.
     report = detector.detect(test[1].pixels)
+    assert "pixel_map" not in vars(report)  # laid out over the frame only when asked for
+    assert report.pixel_patches is not None and len(report.pixel_patches) == len(report.pixel_origins)
     assert report.pixel_map is not None and report.pixel_map.shape == report.frame_shape
     assert report.pixel_heatmap() is report.pixel_map
     assert np.nanmax(report.pixel_map) <= report.tamper_score + 1e-6

@@ -28,6 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from detectors.generators.errors import CheckpointError
+from detectors.weights import canonical
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -93,10 +94,10 @@ def write_checkpoint(
     """Write ``model.safetensors`` and ``checkpoint.json`` into ``directory`` (created) and return the info."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    blob = st_save(
+    blob = canonical(st_save(
         {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
         metadata={"format": CHECKPOINT_FORMAT, "generator": name},
-    )
+    ))
     info = CheckpointInfo(
         name=name, digest=hashlib.sha256(blob).hexdigest(), config=dict(config), training=dict(training)
     )

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from detectors.models.base import Detector, DetectorConfig, ModelError, detector_class
+from detectors.weights import canonical
 
 __all__ = ["BUNDLE_FORMAT", "CONFIG_FILE", "DEFAULT_BUNDLE", "WEIGHTS_FILE", "load_bundle", "save_bundle"]
 
@@ -47,7 +48,7 @@ def save_bundle(detector: Detector, directory: str | os.PathLike[str]) -> dict[s
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(v) for k, v in detector.state_arrays().items()}
-    weights = save(arrays, metadata={"format": BUNDLE_FORMAT, "arch": detector.name})
+    weights = canonical(save(arrays, metadata={"format": BUNDLE_FORMAT, "arch": detector.name}))
     digest = hashlib.sha256(weights).hexdigest()
     detector.with_config(tag=f"{detector.name}-{digest[:12]}")
     record = {

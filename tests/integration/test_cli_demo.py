@@ -28,6 +28,9 @@ def test_demo_runs_unattended_on_a_fresh_home(
     for verdict in ("NO_EVIDENCE", "AUTHENTIC", "TAMPERED", "MALFORMED", "DECLARED_SYNTHETIC"):
         assert verdict in out
     assert "(0010,4000)" in out
+    # The shipped detector's opinion of three files, each with a heatmap, as an informational table.
+    assert "the detector's opinion" in out and "ensemble-" in out
+    assert len(list((tmp_path / "demo" / "heatmaps").glob("*.png"))) == 3
     if shutil.which("dcmsign"):
         assert "FAILED" in out and "OK" in out
 

@@ -14,7 +14,7 @@ import abc
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -180,35 +180,19 @@ class DetectionReport:
         """Each pixel of the heatmap frame: the mean of ``pixel_patches`` covering it; None without them."""
         if self.pixel_patches is None:
             return None
-        total = np.zeros(self.frame_shape, dtype=np.float64)
-        count = np.zeros(self.frame_shape, dtype=np.float64)
-        p = self.patch_size
-        for (y, x), values in zip(self.pixel_origins, self.pixel_patches, strict=True):
-            total[y : y + p, x : x + p] += values
-            count[y : y + p, x : x + p] += 1
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(count > 0, total / count, np.nan).astype(np.float32)
+        return _lay_out(self.frame_shape, self.patch_size, zip(self.pixel_origins, self.pixel_patches, strict=True))
 
     def pixel_heatmap(self) -> npt.NDArray[np.float32]:
         """The heatmap at the frame's pixel size: the ``pixel_map`` where the model scores pixels, else each pixel
         gets the mean score of the scored patches covering it (NaN where none is)."""
         if self.pixel_map is not None:
             return self.pixel_map
-        h, w = self.frame_shape
-        total = np.zeros((h, w), dtype=np.float64)
-        count = np.zeros((h, w), dtype=np.float64)
-        p = self.patch_size
         rows, cols = self.heatmap.shape
-        ys = sorted({y for y, _ in self.patch_positions})
-        xs = sorted({x for _, x in self.patch_positions})
-        for i, y in enumerate(ys[:rows]):
-            for j, x in enumerate(xs[:cols]):
-                value = self.heatmap[i, j]
-                if not np.isnan(value):
-                    total[y : y + p, x : x + p] += value
-                    count[y : y + p, x : x + p] += 1
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(count > 0, total / count, np.nan).astype(np.float32)
+        ys = sorted({y for y, _ in self.patch_positions})[:rows]
+        xs = sorted({x for _, x in self.patch_positions})[:cols]
+        scored = (((y, x), self.heatmap[i, j]) for i, y in enumerate(ys) for j, x in enumerate(xs)
+                  if not np.isnan(self.heatmap[i, j]))
+        return _lay_out(self.frame_shape, self.patch_size, scored)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (the heatmap as its grid size only; write it with :func:`render_heatmap`)."""
@@ -223,6 +207,20 @@ class DetectionReport:
             "frames_scored": self.frames_scored,
             "patches_scored": self.patches_scored,
         }
+
+
+def _lay_out(
+    shape: tuple[int, int], patch: int, scored: Iterable[tuple[tuple[int, int], Any]]
+) -> npt.NDArray[np.float32]:
+    """A (H, W) map: each pixel the mean of the values (a scalar or a patch of values) of the scored patches at
+    ``(y, x)`` that cover it; NaN where none does."""
+    total = np.zeros(shape, dtype=np.float64)
+    count = np.zeros(shape, dtype=np.float64)
+    for (y, x), values in scored:
+        total[y : y + patch, x : x + patch] += values
+        count[y : y + patch, x : x + patch] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

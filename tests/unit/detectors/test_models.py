@@ -29,6 +29,7 @@ from detectors.models import (
     save_bundle,
 )
 from detectors.models.augment import export_8bit, jpeg, launder, resize
+from detectors.models.cnn import inference_copy
 from detectors.models.evaluation import auc, evaluate_views, source_bootstrap_auc, within_source
 from detectors.models.training import PatchStream, threshold_at_fpr, train_detector
 from detectors.models.views import View
@@ -145,7 +146,10 @@ def test_cnn_inference_copy_is_the_trained_net_and_follows_new_weights(
     x = torch.from_numpy(patches)[:, None]
     with torch.inference_mode():
         expected = detector.model.eval()(x).numpy()
-    assert np.allclose(detector.patch_logits(patches), expected, atol=1e-4)  # the channels-last copy, now made
+    assert np.allclose(detector.patch_logits(patches), expected, atol=1e-4)  # the inference copy, now made
+    # Its batch norms are folded into the convolutions (the activations stay), and the net itself is untouched.
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in inference_copy(detector.model).modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.model.modules())
     # New weights replace the copy too: a stale one would still answer with the old net.
     other = create_detector("cnn", preset="tiny", seed=1)
     detector.load_state_arrays(other.state_arrays())

@@ -44,8 +44,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
+from _shared import corpus_or_sample
 
-from detectors.data import build_sample_corpus
 from detectors.models import DEFAULT_BUNDLE, create_detector, load_bundle
 from detectors.models.evaluation import evaluate_views
 from detectors.models.training import MIN_CALIBRATION_AUC, head_separation, raw_view_scores, train_detector
@@ -320,11 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     families = [f for f in args.families.split(",") if f]
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = args.corpus
-        if corpus is None:
-            corpus = Path(tmp) / "corpus"
-            build_sample_corpus(corpus)
+    with corpus_or_sample(args.corpus) as corpus:
         # Always built: the LOGO models train on them, and the bundle is checked on their calibration quarter.
         _log("building training views (train split)...")
         train_views, _ = build_views(corpus, families=families, splits=("train",), view_size=args.view_size,

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +27,8 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
+from _shared import corpus_or_sample
 
-from detectors.data import build_sample_corpus
 from detectors.models import create_detector
 from detectors.models.evaluation import evaluate_views
 from detectors.models.training import train_detector
@@ -52,11 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     held_out = [f for f in args.held_out.split(",") if f]
     results: dict[str, Any] = {"steps": args.steps, "seed": args.seed, "when": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                              time.gmtime())}
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = args.corpus
-        if corpus is None:
-            corpus = Path(tmp) / "corpus"
-            build_sample_corpus(corpus)
+    with corpus_or_sample(args.corpus) as corpus:
         for stored in (False, True):
             mode = "stored" if stored else "float"
             train, _ = build_views(corpus, families=FAMILIES, splits=("train",), seed=args.seed, store_fakes=stored)

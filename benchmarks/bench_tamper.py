@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +30,8 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
+from _shared import corpus_or_sample
 
-from detectors.data import build_sample_corpus
 from detectors.models import create_detector, load_bundle
 from detectors.models.evaluation import evaluate_views
 from detectors.models.training import train_detector
@@ -72,11 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = args.corpus
-        if corpus is None:
-            corpus = Path(tmp) / "corpus"
-            build_sample_corpus(corpus)
+    with corpus_or_sample(args.corpus) as corpus:
         _log("building tamper views...")
         train_views, _ = build_views(corpus, families=["tamper"], splits=("train",), view_size=args.view_size,
                                      seed=args.seed)
@@ -111,11 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         label = f"segment ({args.steps} steps{extra})" if name == "segment" else f"bundle {r['model_tag']}"
         for condition in ("clean", "jpeg75", "resize0.5"):
             e = r[condition]
-            cells = [e["auc"], e["within_source_auc"], e["paired_win_rate"], e["pixel_auc"]]
-            shown = " | ".join("-" if v is None else f"{v:.3f}" for v in cells)
             ci = "-" if e["auc_ci95"] is None else f"{e['auc_ci95'][0]:.2f}-{e['auc_ci95'][1]:.2f}"
-            shown = shown.replace(" | ", f" | {ci} | ", 1)
-            print(f"| {label} | {condition} | {shown} | {'yes' if r['tamper_threshold'] < 1.0 else 'no'} |")
+            cells = ["-" if v is None else f"{v:.3f}"
+                     for v in (e["auc"], e["within_source_auc"], e["paired_win_rate"], e["pixel_auc"])]
+            cells.insert(1, ci)
+            flag = "yes" if r["tamper_threshold"] < 1.0 else "no"
+            print(f"| {label} | {condition} | {' | '.join(cells)} | {flag} |")
     _log(f"saved {args.output} ({results['seconds']:.0f}s)")
     return 0
 

@@ -48,7 +48,13 @@ from _shared import corpus_or_sample
 
 from detectors.models import DEFAULT_BUNDLE, create_detector, load_bundle
 from detectors.models.evaluation import evaluate_views
-from detectors.models.training import MIN_CALIBRATION_AUC, head_separation, raw_view_scores, train_detector
+from detectors.models.training import (
+    MIN_CALIBRATION_AUC,
+    cross_fit_detector,
+    head_separation,
+    raw_view_scores,
+    train_detector,
+)
 from detectors.models.views import FAMILIES, View, build_views, select, split_calibration
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,19 +66,28 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _train(preset: str, fit: Sequence[View], calib: Sequence[View], steps: int, seed: int) -> Any:
-    detector = create_detector("ensemble", preset=preset, seed=seed)
+def _train(preset: str, fit: Sequence[View], calib: Sequence[View], steps: int, seed: int, cross_fit: int) -> Any:
+    """An ensemble trained like the bundle: on ``fit`` and calibrated on ``calib``, or with ``cross_fit`` folds
+    trained on both and calibrated on out-of-fold scores."""
+    def make() -> Any:
+        return create_detector("ensemble", preset=preset, seed=seed)
+
+    if cross_fit:
+        detector, _ = cross_fit_detector(make, [*fit, *calib], folds=cross_fit, steps=steps, seed=seed)
+        return detector
+    detector = make()
     train_detector(detector, fit, calib, steps=steps, seed=seed)
     return detector
 
 
 def logo(preset: str, fit: list[View], calib: list[View], evaluation: list[View], steps: int, seed: int,
-         families: Sequence[str]) -> dict[str, Any]:
+         families: Sequence[str], cross_fit: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for family in families:
         others = [f for f in families if f != family]
         start = time.perf_counter()
-        detector = _train(preset, select(fit, families=others), select(calib, families=others), steps, seed)
+        detector = _train(preset, select(fit, families=others), select(calib, families=others), steps, seed,
+                          cross_fit)
         out[family] = evaluate_views(detector, select(evaluation, families=[family]))
         out[family]["train_seconds"] = round(time.perf_counter() - start, 1)
         clean = out[family]["conditions"]["clean"]["families"][family]
@@ -82,9 +97,9 @@ def logo(preset: str, fit: list[View], calib: list[View], evaluation: list[View]
 
 
 def unseen_modality(preset: str, fit: list[View], calib: list[View], evaluation: list[View], steps: int,
-                    seed: int, modality: str, bundle: Any) -> dict[str, Any]:
+                    seed: int, modality: str, bundle: Any, cross_fit: int = 0) -> dict[str, Any]:
     detector = _train(preset, select(fit, exclude_modalities=[modality]), select(calib, exclude_modalities=[modality]),
-                      steps, seed)
+                      steps, seed, cross_fit)
     reals = [v for v in evaluation if v.is_real and v.modality == modality]
     if not reals:
         return {"modality": modality, "error": "no real evaluation views of this modality"}
@@ -197,6 +212,13 @@ def markdown(results: dict[str, Any]) -> str:
     bundle = results["bundle"]
     cfg = results["bundle_config"]
     training = cfg["training"]
+    folds = training["calibration"].get("cross_fit", {}).get("folds")
+    calibrated_on = (
+        f"calibrated on out-of-fold scores of the same {training['calibration']['sources']} sources ({folds} folds "
+        f"of whole sources, each scored by a model trained on the other folds; "
+        f"{training['calibration']['real']} real views)" if folds else
+        f"calibrated on {training['calibration']['sources']} other sources ({training['calibration']['real']} real "
+        "views)")
     lines = [
         "# Detector model card (`detectors/checkpoints/detector/`)",
         "",
@@ -213,12 +235,17 @@ def markdown(results: dict[str, Any]) -> str:
         + f"; weights {cfg['arch_args'].get('weights')}); patch "
         f"{cfg['patch_size']} px at native resolution, at most {cfg['max_patches']} patches and {cfg['max_frames']} "
         f"frames per image, input quantised to {cfg['quantize_bits']} bits after the modality-aware normalisation.",
-        f"- Thresholds (calibrated probabilities, Platt on held-out sources, at {cfg['target_fpr']:.0%} FPR on their "
-        f"real views): synthetic {cfg['threshold']:.4f}, tamper {cfg['tamper_threshold']:.4f}.",
+        "- Thresholds (calibrated probabilities, Platt on "
+        + ("out-of-fold scores" if folds else "held-out sources")
+        + f", at {cfg['target_fpr']:.0%} FPR on their real views): synthetic {cfg['threshold']:.4f}, tamper "
+        f"{cfg['tamper_threshold']:.4f}"
+        + (f" (1.0: the head separated real from fake at AUC below {training['calibration']['min_auc']} there, "
+           f"so it never flags: {', '.join(training['calibration']['disabled'])})"
+           if training["calibration"].get("disabled") else "")
+        + ".",
         f"- Training: {training['steps']} steps, batch {training['batch_size']}, seed {training['seed']}, laundering "
         f"augmentation probability {training['augment']}; fitted on {training['fit_sources']} sources "
-        f"({training['fit_views']}), calibrated on {training['calibration']['sources']} other sources "
-        f"({training['calibration']['real']} real views). Generators: "
+        f"({training['fit_views']}), {calibrated_on}. Generators: "
         + "; ".join(f"{k}: {v.get('digest', '')[:12] or v.get('note')}"
                     + (f" ({v.get('steps')} steps)" if v.get("steps") else "")
                     for k, v in training["data"]["generators"].items())
@@ -252,8 +279,17 @@ def markdown(results: dict[str, Any]) -> str:
                   f"train sources, fakes stored like their real views) the bundle's raw scores separate at AUC "
                   f"{_fmt(c['synthetic_auc'])} (synthetic) and {_fmt(c['tamper_auc'])} (tamper); calibration gives "
                   f"a head below {c['min_auc']} threshold 1.0."]
+    if folds:
+        per_fold = training["calibration"]["cross_fit"]["per_fold"]
+        auc_of = training["calibration"]["auc"]
+        lines += ["", f"Out-of-fold calibration scores (from the bundle's training record) separate at AUC "
+                  f"{_fmt(auc_of['synthetic'])} (synthetic) and {_fmt(auc_of['tamper'])} (tamper); per fold: "
+                  + ", ".join(f"{_fmt(f['auc']['synthetic'])} / {_fmt(f['auc']['tamper'])} ({f['sources']} sources)"
+                              for f in per_fold)
+                  + f". Calibration gives a head below {training['calibration']['min_auc']} threshold 1.0."]
     if "logo" in results:
-        lines += ["", f"## Leave one generator out ({results['logo_steps']} steps per model; targets: AUC ≥ 0.97, "
+        how = f", {results['logo_cross_fit']}-fold cross-fitted" if results.get("logo_cross_fit") else ""
+        lines += ["", f"## Leave one generator out ({results['logo_steps']} steps per model{how}; targets: AUC ≥ 0.97, "
                   "TPR ≥ 0.85; laundered AUC ≥ 0.93; in brackets the clean AUC's 95 % interval over source images)", "",
                   "| held-out family | AUC clean | AUC in source (clean) | TPR clean | AUC JPEG 75 | TPR JPEG 75 | "
                   "AUC 0.5x | TPR 0.5x | FPR real (clean) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -310,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--reuse", type=Path, default=None,
                         help="With --skip-logo: take the LOGO and unseen-modality figures from this earlier JSON.")
+    parser.add_argument("--cross-fit", type=int, default=0,
+                        help="Train the LOGO / unseen-modality models with K-fold out-of-fold calibration, as "
+                        "`medverify train detector --cross-fit K` does (0: a held-out quarter of the sources).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--generator-checkpoints", type=Path, default=None,
                         help="Folder of generator checkpoints <family>/ (default: the shipped ones).")
@@ -343,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["bundle"] = evaluate_views(bundle, eval_views)
     if args.skip_logo and args.reuse is not None:
         earlier = json.loads(args.reuse.read_text())
-        for key in ("logo_steps", "logo", "unseen_modality"):
+        for key in ("logo_steps", "logo_cross_fit", "logo", "unseen_modality"):
             if key in earlier:
                 results[key] = earlier[key]
         results["reused_from"] = {"file": args.reuse.name, "when": earlier.get("when")}
@@ -351,13 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "bundle" in unseen:  # the earlier run measured another bundle: measure this one on the same modality
             reals = [v for v in eval_views if v.is_real and v.modality == unseen["modality"]]
             unseen["bundle"] = _fpr(bundle, reals)
-    if calib:
+    if calib and not bundle.config.training.get("calibration", {}).get("cross_fit"):
+        # (A cross-fitted bundle was trained on these views too: its record holds the out-of-fold figure.)
         results["bundle_on_calibration_views"] = calibration_check(bundle, calib)
     if not args.skip_logo:
         results["logo_steps"] = args.steps
-        results["logo"] = logo(args.preset, fit, calib, eval_views, args.steps, args.seed, families)
+        results["logo_cross_fit"] = args.cross_fit
+        results["logo"] = logo(args.preset, fit, calib, eval_views, args.steps, args.seed, families, args.cross_fit)
         results["unseen_modality"] = unseen_modality(args.preset, fit, calib, eval_views, args.steps, args.seed,
-                                                     args.unseen_modality.upper(), bundle)
+                                                     args.unseen_modality.upper(), bundle, args.cross_fit)
     if not args.skip_speed:
         results["speed"] = speed(args.speed_files, args.bundle or DEFAULT_BUNDLE)
     results["seconds"] = round(time.perf_counter() - started, 1)

@@ -6,7 +6,8 @@
   (resize, blur, noise, 8-bit windowed export, JPEG) is applied with probability ``augment`` per pair.
 - :func:`calibrate` fits Platt scaling of the image-level raw scores on held-out views and picks the thresholds:
   the lowest calibrated probability that at most ``target_fpr`` of the held-out real views reach.
-- :func:`train_detector` does both and records what it trained on.
+- :func:`train_detector` does both and records what it trained on; :func:`cross_fit_detector` instead trains on
+  every source and calibrates on out-of-fold scores (each view scored by a model that did not see its source).
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from detectors.models.augment import launder
 from detectors.models.base import Detector, ModelError, PatchBatch, platt
 from detectors.models.views import View
 
-__all__ = ["PatchStream", "calibrate", "head_separation", "threshold_at_fpr", "train_detector"]
+__all__ = [
+    "PatchStream",
+    "calibrate",
+    "calibrate_scores",
+    "cross_fit_detector",
+    "head_separation",
+    "threshold_at_fpr",
+    "train_detector",
+]
 
 #: A patch of a tampered view counts as tampered when it holds at least this share of the edit (or 24 pixels).
 TAMPER_SHARE = 0.3
@@ -175,11 +184,20 @@ def head_separation(raw: npt.NDArray[np.float64], views: Sequence[View]) -> dict
 
 def calibrate(detector: Detector, views: Sequence[View], *, target_fpr: float | None = None) -> dict[str, Any]:
     """Fit Platt scaling and thresholds on held-out ``views``; updates the detector's config and reports."""
+    return calibrate_scores(detector, raw_view_scores(detector, views), views, target_fpr=target_fpr)
+
+
+def calibrate_scores(
+    detector: Detector, raw: npt.NDArray[np.float64], views: Sequence[View], *, target_fpr: float | None = None
+) -> dict[str, Any]:
+    """:func:`calibrate` from raw scores already computed (:func:`raw_view_scores`, one row per view of
+    ``views``): those of the detector itself on held-out views, or out-of-fold ones (:func:`cross_fit_detector`)."""
     fpr = detector.config.target_fpr if target_fpr is None else target_fpr
-    raw = raw_view_scores(detector, views)
-    real = np.array([v.is_real for v in views])
-    synthetic = np.array([v.is_synthetic for v in views])
-    tampered = np.array([v.family == "tamper" for v in views])
+    if raw.shape != (len(views), 2):
+        raise ModelError(f"calibration needs one pair of raw scores per view, got {raw.shape} for {len(views)}")
+    real = np.array([v.is_real for v in views], dtype=bool)
+    synthetic = np.array([v.is_synthetic for v in views], dtype=bool)
+    tampered = np.array([v.family == "tamper" for v in views], dtype=bool)
     if not real.any():
         raise ModelError("calibration needs held-out real views")
     calibration: dict[str, tuple[float, float]] = {}
@@ -214,6 +232,44 @@ def calibrate(detector: Detector, views: Sequence[View], *, target_fpr: float | 
     }
 
 
+def _fit(
+    detector: Detector,
+    views: Sequence[View],
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    augment: float,
+    progress: Callable[[int, int, Mapping[str, float]], None] | None,
+) -> tuple[dict[str, float], float]:
+    stream = PatchStream(views, patch_size=detector.config.patch_size, batch_size=batch_size, seed=seed,
+                         quantize_bits=detector.config.quantize_bits, augment=augment)
+    start = time.perf_counter()
+    metrics = detector.fit(stream, steps=steps, seed=seed, progress=progress)
+    return metrics, time.perf_counter() - start
+
+
+def _record(
+    fit_views: Sequence[View], *, seed: int, steps: int, batch_size: int, augment: float, fit_s: float,
+    metrics: Mapping[str, float], calibration: dict[str, Any], data: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    families: dict[str, int] = {}
+    for view in fit_views:
+        families[view.family] = families.get(view.family, 0) + 1
+    return {
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "augment": augment,
+        "fit_seconds": round(fit_s, 1),
+        "metrics": {k: round(float(v), 5) for k, v in metrics.items()},
+        "fit_views": families,
+        "fit_sources": len({v.source_id for v in fit_views if v.is_real}),
+        "calibration": calibration,
+        "data": dict(data or {}),
+    }
+
+
 def train_detector(
     detector: Detector,
     fit_views: Sequence[View],
@@ -231,26 +287,72 @@ def train_detector(
     calib_sources = {v.source_id for v in calib_views if v.is_real}
     if fit_sources & calib_sources:
         raise ModelError("a source is in both the training and the calibration views")
-    stream = PatchStream(fit_views, patch_size=detector.config.patch_size, batch_size=batch_size, seed=seed,
-                         quantize_bits=detector.config.quantize_bits, augment=augment)
-    start = time.perf_counter()
-    metrics = detector.fit(stream, steps=steps, seed=seed, progress=progress)
-    fit_s = time.perf_counter() - start
+    metrics, fit_s = _fit(detector, fit_views, steps=steps, batch_size=batch_size, seed=seed, augment=augment,
+                          progress=progress)
     calibration = calibrate(detector, calib_views)
-    families: dict[str, int] = {}
-    for view in fit_views:
-        families[view.family] = families.get(view.family, 0) + 1
-    record = {
-        "seed": seed,
-        "steps": steps,
-        "batch_size": batch_size,
-        "augment": augment,
-        "fit_seconds": round(fit_s, 1),
-        "metrics": {k: round(float(v), 5) for k, v in metrics.items()},
-        "fit_views": families,
-        "fit_sources": len(fit_sources),
-        "calibration": calibration,
-        "data": dict(data or {}),
-    }
+    record = _record(fit_views, seed=seed, steps=steps, batch_size=batch_size, augment=augment, fit_s=fit_s,
+                     metrics=metrics, calibration=calibration, data=data)
     detector.with_config(training=record)
     return record
+
+
+def cross_fit_detector(
+    make: Callable[[], Detector],
+    views: Sequence[View],
+    *,
+    folds: int,
+    steps: int,
+    batch_size: int = 32,
+    seed: int = 0,
+    augment: float = 0.5,
+    progress: Callable[[int, int, Mapping[str, float]], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> tuple[Detector, dict[str, Any]]:
+    """Train a detector on *all* ``views`` and calibrate it on out-of-fold scores, as scikit-learn's
+    ``CalibratedClassifierCV(ensemble=False)`` does: the sources are split into ``folds``
+    (:func:`~detectors.models.views.source_folds`); for each fold a fresh detector from ``make`` is trained on the
+    other folds and scores the fold's views, so that every view gets a raw score from a model that never saw its
+    source. Platt scaling, thresholds and the :data:`MIN_CALIBRATION_AUC` gate are then fitted on all those scores
+    (every source instead of a held-out quarter), and the final detector is trained on every source.
+
+    Costs ``folds + 1`` trainings. The out-of-fold models saw ``(folds - 1) / folds`` of the sources, the final
+    one all of them: its scores on new images may be a little more confident than the ones it was calibrated on.
+    """
+    from detectors.models.views import source_folds
+
+    parts = source_folds(views, folds, seed=seed)
+    position = {id(v): i for i, v in enumerate(views)}
+    raw = np.full((len(views), 2), np.nan)
+    per_fold: list[dict[str, Any]] = []
+    for k, held in enumerate(parts):
+        if on_stage is not None:
+            on_stage(f"fold {k + 1}/{folds}")
+        held_ids = {id(v) for v in held}
+        train = [v for v in views if id(v) not in held_ids]
+        model = make()
+        _, fold_s = _fit(model, train, steps=steps, batch_size=batch_size, seed=seed, augment=augment,
+                         progress=progress)
+        scores = raw_view_scores(model, held)
+        for view, row in zip(held, scores, strict=True):
+            raw[position[id(view)]] = row
+        separation = head_separation(scores, held)
+        per_fold.append({
+            "sources": len({v.source_id for v in held if v.is_real}),
+            "views": len(held),
+            "fit_seconds": round(fold_s, 1),
+            "auc": {head: None if value is None else round(value, 4) for head, value in separation.items()},
+        })
+    if on_stage is not None:
+        on_stage("final")
+    detector = make()
+    metrics, fit_s = _fit(detector, views, steps=steps, batch_size=batch_size, seed=seed, augment=augment,
+                          progress=progress)
+    calibration = calibrate_scores(detector, raw, views)
+    calibration["cross_fit"] = {"folds": folds, "per_fold": per_fold}
+    calibration["threshold_rule"] = calibration["threshold_rule"].replace(
+        "held-out real views", "real views, each scored by a model that did not see its source")
+    record = _record(views, seed=seed, steps=steps, batch_size=batch_size, augment=augment, fit_s=fit_s,
+                     metrics=metrics, calibration=calibration, data=data)
+    detector.with_config(training=record)
+    return detector, record

@@ -31,6 +31,7 @@ __all__ = [
     "make_fakes",
     "real_views",
     "select",
+    "source_folds",
     "split_calibration",
     "store_like",
     "value_grid",
@@ -315,6 +316,25 @@ def split_calibration(
     fit = [v for v in views if v.source_id not in held and not _unpaired_in(v, held, seed)]
     calib = [v for v in views if v.source_id in held or _unpaired_in(v, held, seed)]
     return fit, calib
+
+
+def source_folds(views: Sequence[View], folds: int, *, seed: int = 0) -> list[list[View]]:
+    """``views`` split into ``folds`` parts by whole source for cross-fitting: the sources of the real views are
+    ranked by a seeded hash and dealt out in turn (so the folds differ in size by at most one source); a fake
+    goes with its source, an unpaired sample (no source) to a fold chosen by its hash."""
+    if folds < 2:
+        raise ValueError("cross-fitting needs at least two folds")
+    sources = sorted({v.source_id for v in views if v.is_real}, key=lambda s: _seed("folds", seed, s))
+    if len(sources) < folds:
+        raise ValueError(f"{folds} folds need at least {folds} real sources; the views have {len(sources)}")
+    fold_of = {source: i % folds for i, source in enumerate(sources)}
+    out: list[list[View]] = [[] for _ in range(folds)]
+    for view in views:
+        if view.source_id in fold_of:
+            out[fold_of[view.source_id]].append(view)
+        else:
+            out[_seed("folds-unpaired", seed, view.source_id) % folds].append(view)
+    return out
 
 
 def _unpaired_in(view: View, held: set[str], seed: int) -> bool:

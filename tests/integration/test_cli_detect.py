@@ -53,6 +53,26 @@ def test_train_writes_a_bundle_with_its_record(bundle: Path) -> None:
     assert set(config["calibration"]) == {"synthetic", "tamper"} and 0 <= config["threshold"] <= 1
 
 
+def test_train_cross_fit_calibrates_on_every_source(corpus: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--cross-fit K: the final model is fitted on every source of the train split and calibrated on out-of-fold
+    scores of all of them; K=1 is refused before any work."""
+    out = tmp_path / "bundle"
+    code, stdout, _err = run_cli(capsys, "train", "detector", "--corpus", corpus, "--generators", "vae",
+                                 "--preset", "tiny", "--arch", "classical", "--steps", "1", "--view-size", "48",
+                                 "--threads", "1", "--cross-fit", "2", "--out", out)
+    assert code == 0, _err
+    training = json.loads((out / "config.json").read_text())["config"]["training"]
+    calibration = training["calibration"]
+    assert calibration["cross_fit"]["folds"] == 2 and len(calibration["cross_fit"]["per_fold"]) == 2
+    assert calibration["sources"] == training["fit_sources"] == sum(
+        f["sources"] for f in calibration["cross_fit"]["per_fold"])
+    assert "out-of-fold scores (2 folds)" in " ".join(stdout.split())
+    code, _out, err = run_cli(capsys, "train", "detector", "--corpus", corpus, "--cross-fit", "1",
+                              "--out", tmp_path / "never")
+    assert code == 2 and "at least 2 folds" in err and not (tmp_path / "never").exists()
+
+
 def test_evaluate_reports_per_family(bundle: Path, corpus: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, _err = run_cli(capsys, "evaluate", "--corpus", corpus, "--model", bundle, "--view-size", "48",

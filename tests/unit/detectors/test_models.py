@@ -31,8 +31,15 @@ from detectors.models import (
 from detectors.models.augment import export_8bit, jpeg, launder, resize
 from detectors.models.cnn import inference_copy
 from detectors.models.evaluation import auc, evaluate_views, source_bootstrap_auc, within_source
-from detectors.models.training import PatchStream, threshold_at_fpr, train_detector
-from detectors.models.views import View
+from detectors.models.training import (
+    PatchStream,
+    calibrate_scores,
+    cross_fit_detector,
+    raw_view_scores,
+    threshold_at_fpr,
+    train_detector,
+)
+from detectors.models.views import View, source_folds
 
 torch.set_num_threads(1)
 
@@ -378,6 +385,57 @@ def test_classical_self_reference_features_measure_what_the_finest_scale_holds()
     assert create_detector("classical", preset="small").mean.shape == (2 * plain.shape[1],)
     old = create_detector("classical", preset="small", arch_args={"self_reference": False})
     assert old.mean.shape == (plain.shape[1],)
+
+
+def test_source_folds_keep_sources_whole_and_balanced() -> None:
+    views = tiny_views(7) + [View(pixels=phantom(90 + i).astype(np.float32), family="vae",
+                                  source_id=f"unpaired:{i}", modality="MR", split="train") for i in range(6)]
+    parts = source_folds(views, 3, seed=4)
+    assert sorted(id(v) for part in parts for v in part) == sorted(id(v) for v in views)  # a partition
+    owners: dict[str, int] = {}
+    for k, part in enumerate(parts):
+        for view in part:
+            assert owners.setdefault(view.source_id, k) == k  # a source (and its fakes) in one fold only
+    real_sources = [len({v.source_id for v in part if v.is_real}) for part in parts]
+    assert sorted(real_sources) == [2, 2, 3]
+    assert [[id(v) for v in part] for part in source_folds(views, 3, seed=4)] == [[id(v) for v in p] for p in parts]
+    assert [[id(v) for v in part] for part in source_folds(views, 3, seed=5)] != [[id(v) for v in p] for p in parts]
+    with pytest.raises(ValueError, match="at least 8 real sources"):
+        source_folds(views, 8)
+    with pytest.raises(ValueError, match="two folds"):
+        source_folds(views, 1)
+
+
+def test_cross_fit_calibrates_on_out_of_fold_scores_and_trains_on_everything() -> None:
+    """Each view's calibration score comes from a model trained without its source; the final model is trained on
+    every source. Rebuilding the out-of-fold scores by hand gives the same calibration."""
+    views = [v for v in tiny_views(9) if v.family != "tamper"]
+
+    def make() -> Detector:
+        return create_detector("classical", preset="tiny", seed=0)
+
+    stages: list[str] = []
+    detector, record = cross_fit_detector(make, views, folds=3, steps=1, batch_size=32, seed=0,
+                                          on_stage=stages.append)
+    assert stages == ["fold 1/3", "fold 2/3", "fold 3/3", "final"]
+    assert record["fit_sources"] == 9 and record["calibration"]["sources"] == 9
+    assert record["calibration"]["real"] == 9 and record["calibration"]["synthetic"] == 9
+    assert [f["sources"] for f in record["calibration"]["cross_fit"]["per_fold"]] == [3, 3, 3]
+    assert detector.config.training == record and detector.config.tamper_threshold == 1.0
+
+    raw = np.full((len(views), 2), np.nan)
+    for held in source_folds(views, 3, seed=0):
+        model = make()
+        train_detector(model, [v for v in views if v not in held], held, steps=1, batch_size=32, seed=0)
+        for view, row in zip(held, raw_view_scores(model, held), strict=True):
+            raw[next(i for i, v in enumerate(views) if v is view)] = row
+    expected = make()
+    calibrate_scores(expected, raw, views)
+    assert detector.config.calibration == pytest.approx(expected.config.calibration)
+    # The final model differs from every fold model: its own in-sample scores are not the ones calibrated on.
+    assert not np.allclose(raw_view_scores(detector, views), raw)
+    with pytest.raises(ModelError, match="one pair of raw scores per view"):
+        calibrate_scores(make(), raw[:-1], views)
 
 
 def test_training_refuses_a_source_in_both_sets() -> None:

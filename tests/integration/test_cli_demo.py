@@ -57,3 +57,24 @@ def test_demo_runs_unattended_on_a_fresh_home(
     line = json.loads(capsys.readouterr().out)
     assert line["verdict"] == "DECLARED_SYNTHETIC"
     assert any("recovered from watermark" in reason for reason in line["reasons"])
+
+
+def test_demo_caption_says_which_heads_can_flag() -> None:
+    """The caption under the detector table follows the bundle: a head with threshold 1.0 never flags, and says
+    where its calibration failed (held-out sources, or out-of-fold scores of a cross-fitted bundle)."""
+    import dataclasses
+
+    from detectors.models import create_detector
+    from verifier.cli.demo import _detector_caption
+
+    config = create_detector("classical", preset="tiny").config
+    held_out = {"calibration": {"min_auc": 0.8}}
+    both = dataclasses.replace(config, threshold=1.0, tamper_threshold=1.0, training=held_out)
+    assert "flags nothing" in _detector_caption(both) and "held out for its calibration" in _detector_caption(both)
+    cross_fitted = {"calibration": {"min_auc": 0.8, "cross_fit": {"folds": 4}}}
+    one = dataclasses.replace(config, threshold=0.93, tamper_threshold=1.0, training=cross_fitted)
+    caption = _detector_caption(one)
+    assert "Its tamper threshold is 1.0" in caption and "out-of-fold" in caption and "flags nothing" not in caption
+    assert "at most 1% of the real calibration images" in caption
+    none = dataclasses.replace(config, threshold=0.9, tamper_threshold=0.95, training=cross_fitted)
+    assert "1.0" not in _detector_caption(none) and "Each is set" in _detector_caption(none)

@@ -12,7 +12,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pydicom
 import typer
@@ -27,6 +27,9 @@ from verifier.cli.keys import passphrase_file_path
 from verifier.pipeline import FileResult, check_path, parse_checks
 from verifier.policy import load_policy
 from verifier.settings import Settings
+
+if TYPE_CHECKING:
+    from detectors.models import DetectorConfig
 
 __all__: list[str] = []
 
@@ -203,6 +206,28 @@ def _detector_table(files: list[tuple[Path, str]], out: Path, check: Callable[[P
 
 
 @app.command(help="Show medverify at work on real sample images, using the embedded defaults.")
+def _detector_caption(model: DetectorConfig) -> str:
+    """What the detector table means for this bundle: which heads can flag a file, and why the others cannot."""
+    calibrated = model.training.get("calibration", {})
+    disabled = [head for head, threshold in (("synthetic", model.threshold), ("tamper", model.tamper_threshold))
+                if threshold >= 1.0]
+    where = ("the out-of-fold scores it was calibrated on" if calibrated.get("cross_fit")
+             else "the sources held out for its calibration")
+    gate = calibrated.get("min_auc", 0.8)
+    text = f"Scores are calibrated probabilities / the bundle's thresholds (model {model.tag}). "
+    if len(disabled) == 2:
+        text += (f"Its thresholds are 1.0: on {where} neither head separated real from fake at AUC {gate}, so it flags "
+                 "nothing and the verdicts above rest on provenance. ")
+    elif disabled:
+        text += (f"Its {disabled[0]} threshold is 1.0: on {where} that head did not separate real from fake at AUC "
+                 f"{gate}, so it never flags; the other is set so that at most {model.target_fpr:.0%} of the real "
+                 "calibration images reach it. ")
+    else:
+        text += f"Each is set so that at most {model.target_fpr:.0%} of the real calibration images reach it. "
+    return text + ("Compare the heatmap of the injected lesion with the file. "
+                   "Figures: detectors/checkpoints/detector/MODEL_CARD.md.")
+
+
 def demo(
     workdir: Annotated[
         Path | None, typer.Option("--workdir", help="Where to write the demo files (default: a temporary folder).")
@@ -318,15 +343,7 @@ def demo(
         shown = [(path, what) for path, what, _verdict, _action in cases if path.name in wanted]
         model = setup.load().config
         _common.console.print(_detector_table(shown, out, check_pixels))
-        _common.console.print(
-            f"Scores are calibrated probabilities / the bundle's thresholds (model {model.tag}). Its thresholds are "
-            "1.0: on the sources held out for its calibration neither head separated real from fake at AUC 0.8, so "
-            "it flags nothing and the verdicts above rest on provenance. Compare the heatmap of the injected lesion "
-            "with the file. Figures: detectors/checkpoints/detector/MODEL_CARD.md."
-            if model.threshold >= 1.0 and model.tamper_threshold >= 1.0 else
-            f"Scores are calibrated probabilities / the bundle's thresholds (model {model.tag}). "
-            "Figures: detectors/checkpoints/detector/MODEL_CARD.md."
-        )
+        _common.console.print(_detector_caption(model))
     _common.console.print(
         "dcmsign answers OK for the file with an element added after signing; medverify names the element that no "
         "signature covers. The stripped GAN sample carries no tag that says what it is; its pixel watermark leads "

@@ -11,7 +11,7 @@ held-out data after all members are trained.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -87,6 +87,39 @@ class EnsembleDetector(Detector):
             if self.weights[row].sum() <= 0:
                 raise ModelError(f"no member of the ensemble has weight on the {head} head")
             self.weights[row] /= self.weights[row].sum()
+
+    def synthetic_members(self) -> list[str]:
+        """The members with an opinion on the synthetic head (those :meth:`set_synthetic_weights` weighs)."""
+        return [name for name, member in self.members.items() if "synthetic" in member.HEADS]
+
+    def member_synthetic_scores(self, images: Sequence[Any]) -> npt.NDArray[np.float64]:
+        """(N, len(:meth:`synthetic_members`)): each such member's image-level raw synthetic score. The ensemble's
+        own raw synthetic score is their weighted sum (a mean of weighted patch logits), so weights fitted on
+        these columns act on the ensemble exactly."""
+        names = self.synthetic_members()
+        out = np.zeros((len(images), len(names)))
+        for i, image in enumerate(images):
+            for j, name in enumerate(names):
+                out[i, j] = self.members[name].raw_scores(image)[0]
+        return out
+
+    def set_synthetic_weights(self, weights: Sequence[float]) -> None:
+        """New synthetic-head weights, one per :meth:`synthetic_members` (normalised to sum 1); recorded in the
+        config's ``arch_args`` so that a bundle keeps them."""
+        names = self.synthetic_members()
+        values = [float(w) for w in weights]
+        if len(values) != len(names) or min(values) < 0 or sum(values) <= 0:
+            raise ModelError("synthetic weights must be one non-negative number per member, not all zero")
+        row = np.zeros(len(self.members), dtype=np.float32)
+        for name, value in zip(names, values, strict=True):
+            row[list(self.members).index(name)] = value
+        self.weights[0] = row / row.sum()
+        args = dict(self.config.arch_args)
+        given = args.get("weights", [1.0] * len(self.members))
+        per_head = dict(given) if isinstance(given, Mapping) else {"synthetic": list(given), "tamper": list(given)}
+        per_head["synthetic"] = [float(w) for w in self.weights[0]]
+        args["weights"] = per_head
+        self.with_config(arch_args=args)
 
     def with_config(self, **changes: Any) -> None:
         super().with_config(**changes)

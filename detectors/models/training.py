@@ -30,6 +30,7 @@ __all__ = [
     "calibrate_scores",
     "cross_fit_detector",
     "head_separation",
+    "stack_weights",
     "threshold_at_fpr",
     "train_detector",
 ]
@@ -296,6 +297,42 @@ def train_detector(
     return record
 
 
+def stack_weights(
+    members: npt.NDArray[np.float64], views: Sequence[View], names: Sequence[str]
+) -> tuple[list[float] | None, dict[str, Any]]:
+    """Non-negative synthetic-head weights of ensemble members from their out-of-fold raw scores ``members``
+    (N, M): a logistic regression of synthetic against real views on the M columns; a member whose coefficient
+    is not positive (it lowers the separation once the others are known) is dropped and the rest refitted. Returns
+    the weights (normalised to sum 1; None when no member keeps a positive weight) and a record with each
+    member's own out-of-fold AUC."""
+    from sklearn.linear_model import LogisticRegression
+
+    from detectors.models.evaluation import auc
+
+    real = np.array([v.is_real for v in views], dtype=bool)
+    synthetic = np.array([v.is_synthetic for v in views], dtype=bool)
+    record: dict[str, Any] = {
+        "method": "logistic regression on out-of-fold member scores, non-negative",
+        "member_auc": {name: None if (a := auc(members[real, j], members[synthetic, j])) is None else round(a, 4)
+                       for j, name in enumerate(names)},
+    }
+    keep = list(range(len(names)))
+    sel = real | synthetic
+    while keep and real.any() and synthetic.any():
+        model = LogisticRegression(C=100.0, class_weight="balanced", max_iter=1000)
+        model.fit(members[sel][:, keep], synthetic[sel].astype(np.float64))
+        coef = model.coef_[0]
+        if (coef > 0).all():
+            weights = [0.0] * len(names)
+            for j, value in zip(keep, coef / coef.sum(), strict=True):
+                weights[j] = float(value)
+            record["weights"] = dict(zip(names, weights, strict=True))
+            return weights, record
+        keep.pop(int(np.argmin(coef)))
+    record["weights"] = None
+    return None, record
+
+
 def cross_fit_detector(
     make: Callable[[], Detector],
     views: Sequence[View],
@@ -308,6 +345,7 @@ def cross_fit_detector(
     progress: Callable[[int, int, Mapping[str, float]], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
     data: Mapping[str, Any] | None = None,
+    stack: bool = True,
 ) -> tuple[Detector, dict[str, Any]]:
     """Train a detector on *all* ``views`` and calibrate it on out-of-fold scores, as scikit-learn's
     ``CalibratedClassifierCV(ensemble=False)`` does: the sources are split into ``folds``
@@ -316,14 +354,19 @@ def cross_fit_detector(
     source. Platt scaling, thresholds and the :data:`MIN_CALIBRATION_AUC` gate are then fitted on all those scores
     (every source instead of a held-out quarter), and the final detector is trained on every source.
 
+    With ``stack`` (the default), an ensemble's synthetic-head weights are fitted on the same out-of-fold scores
+    (:func:`stack_weights`: stacking), replacing its preset's.
+
     Costs ``folds + 1`` trainings. The out-of-fold models saw ``(folds - 1) / folds`` of the sources, the final
     one all of them: its scores on new images may be a little more confident than the ones it was calibrated on.
     """
+    from detectors.models.ensemble import EnsembleDetector
     from detectors.models.views import source_folds
 
     parts = source_folds(views, folds, seed=seed)
     position = {id(v): i for i, v in enumerate(views)}
     raw = np.full((len(views), 2), np.nan)
+    members: npt.NDArray[np.float64] | None = None
     per_fold: list[dict[str, Any]] = []
     for k, held in enumerate(parts):
         if on_stage is not None:
@@ -336,6 +379,12 @@ def cross_fit_detector(
         scores = raw_view_scores(model, held)
         for view, row in zip(held, scores, strict=True):
             raw[position[id(view)]] = row
+        if stack and isinstance(model, EnsembleDetector) and len(model.synthetic_members()) > 1:
+            by_member = model.member_synthetic_scores([v.pixels for v in held])
+            if members is None:
+                members = np.full((len(views), by_member.shape[1]), np.nan)
+            for view, row in zip(held, by_member, strict=True):
+                members[position[id(view)]] = row
         separation = head_separation(scores, held)
         per_fold.append({
             "sources": len({v.source_id for v in held if v.is_real}),
@@ -348,8 +397,16 @@ def cross_fit_detector(
     detector = make()
     metrics, fit_s = _fit(detector, views, steps=steps, batch_size=batch_size, seed=seed, augment=augment,
                           progress=progress)
+    stacking: dict[str, Any] | None = None
+    if members is not None and isinstance(detector, EnsembleDetector):
+        weights, stacking = stack_weights(members, views, detector.synthetic_members())
+        if weights is not None:
+            detector.set_synthetic_weights(weights)
+            raw[:, 0] = members @ (np.asarray(weights) / np.sum(weights))
     calibration = calibrate_scores(detector, raw, views)
     calibration["cross_fit"] = {"folds": folds, "per_fold": per_fold}
+    if stacking is not None:
+        calibration["stacking"] = stacking
     calibration["threshold_rule"] = calibration["threshold_rule"].replace(
         "held-out real views", "real views, each scored by a model that did not see its source")
     record = _record(views, seed=seed, steps=steps, batch_size=batch_size, augment=augment, fit_s=fit_s,

@@ -162,6 +162,10 @@ def train_detector_cmd(
         "--cross-fit", min=0,
         help="Calibrate on out-of-fold scores of K folds of whole sources and train the final model on all of "
         "them (K+1 trainings); 0: train on three quarters of the sources, calibrate on the other quarter.")] = 0,
+    fixed_weights: Annotated[bool, typer.Option(
+        "--fixed-weights",
+        help="With --cross-fit: keep the preset's ensemble weights instead of fitting the synthetic head's on "
+        "the out-of-fold scores of its members.")] = False,
 ) -> None:
     """Build real/fake views with the in-house generators from the corpus's train split, train a detector on
     three quarters of its sources, calibrate it and choose its thresholds on the other quarter (whole sources
@@ -249,7 +253,7 @@ def train_detector_cmd(
                 detector, record = cross_fit_detector(
                     lambda: create_detector(arch, preset=preset, seed=seed, target_fpr=target_fpr), fit,
                     folds=cross_fit, steps=steps, batch_size=batch_size, seed=seed, progress=report,
-                    on_stage=on_stage, data=description)
+                    on_stage=on_stage, data=description, stack=not fixed_weights)
             else:
                 record = train_detector(
                     detector, fit, calib, steps=steps, batch_size=batch_size, seed=seed, progress=report,
@@ -264,6 +268,11 @@ def train_detector_cmd(
     gate = ", ".join(f"{head} AUC {value}" for head, value in calibrated["auc"].items())
     off = f"; below AUC {calibrated['min_auc']}, never flags: {', '.join(calibrated['disabled'])}" \
         if calibrated["disabled"] else ""
+    stacked = calibrated.get("stacking")
+    if stacked:
+        weights = stacked["weights"] or {}
+        where += "; synthetic weights fitted on them: " + ", ".join(
+            f"{name} {weights.get(name, 0.0):.2f} (alone AUC {value})" for name, value in stacked["member_auc"].items())
     _common.console.print(
         f"saved {escape(str(out))}: {cfg.tag} (sha256 {info['digest']})\n"
         f"calibrated on {calibrated['real']} real / {calibrated['synthetic']} synthetic / "

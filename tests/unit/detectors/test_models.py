@@ -36,6 +36,7 @@ from detectors.models.training import (
     calibrate_scores,
     cross_fit_detector,
     raw_view_scores,
+    stack_weights,
     threshold_at_fpr,
     train_detector,
 )
@@ -436,6 +437,37 @@ def test_cross_fit_calibrates_on_out_of_fold_scores_and_trains_on_everything() -
     assert not np.allclose(raw_view_scores(detector, views), raw)
     with pytest.raises(ModelError, match="one pair of raw scores per view"):
         calibrate_scores(make(), raw[:-1], views)
+
+
+def test_cross_fit_stacks_ensemble_weights_on_out_of_fold_scores() -> None:
+    """A cross-fitted ensemble's synthetic weights come from its members' out-of-fold scores; a member that would
+    need a negative weight gets 0, and the ensemble's raw score is the weighted sum of its members' scores."""
+    views = [v for v in tiny_views(8) if v.family != "tamper"]
+    signal = np.array([0.0 if v.is_real else 1.0 for v in views])
+    noise = np.random.default_rng(0).standard_normal(len(views))
+    # Member b is the noise in member a: a regression would subtract it (a negative weight), so it is dropped.
+    weights, record = stack_weights(np.stack([signal + noise, noise], axis=1), views, ["a", "b"])
+    assert weights == [1.0, 0.0] and record["weights"] == {"a": 1.0, "b": 0.0}
+    assert record["member_auc"]["a"] < 1.0
+    both, _ = stack_weights(np.stack([signal + noise, signal - noise], axis=1), views, ["a", "b"])
+    assert both is not None and min(both) > 0.3 and sum(both) == pytest.approx(1.0)
+    assert stack_weights(np.stack([-signal, -signal - noise], axis=1), views, ["a", "b"])[0] is None
+
+    def make() -> Detector:
+        return create_detector("ensemble", preset="tiny", seed=0)
+
+    detector, record = cross_fit_detector(make, views, folds=2, steps=2, batch_size=8, seed=0)
+    stacking = record["calibration"]["stacking"]
+    assert set(stacking["member_auc"]) == {"cnn", "classical"}
+    given = detector.config.arch_args["weights"]["synthetic"]
+    assert given[2] == 0.0 and sum(given) == pytest.approx(1.0)
+    assert stacking["weights"] is None or given[:2] == pytest.approx(list(stacking["weights"].values()))
+    image = views[0].pixels
+    members = detector.member_synthetic_scores([image])[0]
+    assert detector.raw_scores(image)[0] == pytest.approx(float(np.dot(given[:2], members)), abs=1e-4)
+    kept, _ = cross_fit_detector(make, views, folds=2, steps=2, batch_size=8, seed=0, stack=False)
+    assert kept.config.arch_args["weights"]["synthetic"] == [0.5, 0.5, 0.0]
+    assert "stacking" not in kept.config.training["calibration"]
 
 
 def test_training_refuses_a_source_in_both_sets() -> None:

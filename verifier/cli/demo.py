@@ -205,7 +205,6 @@ def _detector_table(files: list[tuple[Path, str]], out: Path, check: Callable[[P
     return table
 
 
-@app.command(help="Show medverify at work on real sample images, using the embedded defaults.")
 def _detector_caption(model: DetectorConfig) -> str:
     """What the detector table means for this bundle: which heads can flag a file, and why the others cannot."""
     calibrated = model.training.get("calibration", {})
@@ -228,6 +227,7 @@ def _detector_caption(model: DetectorConfig) -> str:
                    "Figures: detectors/checkpoints/detector/MODEL_CARD.md.")
 
 
+@app.command(help="Show medverify at work on real sample images, using the embedded defaults.")
 def demo(
     workdir: Annotated[
         Path | None, typer.Option("--workdir", help="Where to write the demo files (default: a temporary folder).")

@@ -283,10 +283,18 @@ def markdown(results: dict[str, Any]) -> str:
         per_fold = training["calibration"]["cross_fit"]["per_fold"]
         auc_of = training["calibration"]["auc"]
         lines += ["", f"Out-of-fold calibration scores (from the bundle's training record) separate at AUC "
-                  f"{_fmt(auc_of['synthetic'])} (synthetic) and {_fmt(auc_of['tamper'])} (tamper); per fold: "
+                  f"{_fmt(auc_of['synthetic'])} (synthetic) and {_fmt(auc_of['tamper'])} (tamper); per fold"
+                  + (" (the preset's weights)" if training["calibration"].get("stacking") else "") + ": "
                   + ", ".join(f"{_fmt(f['auc']['synthetic'])} / {_fmt(f['auc']['tamper'])} ({f['sources']} sources)"
                               for f in per_fold)
                   + f". Calibration gives a head below {training['calibration']['min_auc']} threshold 1.0."]
+        stacking = training["calibration"].get("stacking")
+        if stacking:
+            weights = stacking.get("weights") or {}
+            lines[-1] += (" The synthetic head's weights were fitted on the members' out-of-fold scores (non-negative "
+                          "logistic regression): " + ", ".join(
+                              f"{name} {weights.get(name, 0.0):.2f} (alone: AUC {_fmt(value)})"
+                              for name, value in stacking["member_auc"].items()) + ".")
     if "logo" in results:
         how = f", {results['logo_cross_fit']}-fold cross-fitted" if results.get("logo_cross_fit") else ""
         lines += ["", f"## Leave one generator out ({results['logo_steps']} steps per model{how}; targets: AUC ≥ 0.97, "

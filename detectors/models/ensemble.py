@@ -30,6 +30,13 @@ from detectors.models.base import (
 __all__ = ["EnsembleDetector"]
 
 
+def _per_head(given: Any) -> dict[str, list[float]]:
+    """``weights`` of an ensemble's arch_args as one list per head (one list given: the same for both)."""
+    if isinstance(given, Mapping):
+        return {head: [float(w) for w in values] for head, values in given.items()}
+    return {"synthetic": [float(w) for w in given], "tamper": [float(w) for w in given]}
+
+
 def _member_args(preset: str, name: str) -> dict[str, Any]:
     return dict(detector_class(name).PRESETS[preset].get("arch_args", {}))
 
@@ -73,12 +80,11 @@ class EnsembleDetector(Detector):
                 config, arch=name, arch_args=member_args, calibration={}, training={}, tag=""
             )
             self.members[name] = detector_class(name)(member_config, seed=seed + i)
-        given = args.get("weights", [1.0] * len(names))
-        per_head = given if isinstance(given, Mapping) else {"synthetic": given, "tamper": given}
+        per_head = _per_head(args.get("weights", [1.0] * len(names)))
         #: (2, members): the weight of each member on the synthetic (row 0) and tamper (row 1) logit.
         self.weights = np.zeros((2, len(names)), dtype=np.float32)
         for row, head in enumerate(("synthetic", "tamper")):
-            weights = [float(w) for w in per_head.get(head, ())]
+            weights = per_head.get(head, [])
             if len(weights) != len(names) or min(weights) < 0:
                 raise ModelError(f"ensemble weights ({head}) must be one non-negative number per member")
             for col, member in enumerate(self.members.values()):
@@ -115,8 +121,7 @@ class EnsembleDetector(Detector):
             row[list(self.members).index(name)] = value
         self.weights[0] = row / row.sum()
         args = dict(self.config.arch_args)
-        given = args.get("weights", [1.0] * len(self.members))
-        per_head = dict(given) if isinstance(given, Mapping) else {"synthetic": list(given), "tamper": list(given)}
+        per_head = _per_head(args.get("weights", [1.0] * len(self.members)))
         per_head["synthetic"] = [float(w) for w in self.weights[0]]
         args["weights"] = per_head
         self.with_config(arch_args=args)

@@ -171,15 +171,25 @@ def raw_view_scores(detector: Detector, views: Sequence[View]) -> npt.NDArray[np
     return out
 
 
+def _classes(
+    views: Sequence[View],
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Masks of the real, synthetic and tampered views among ``views``."""
+    return (np.array([v.is_real for v in views], dtype=bool), np.array([v.is_synthetic for v in views], dtype=bool),
+            np.array([v.family == "tamper" for v in views], dtype=bool))
+
+
+def _rounded(aucs: Mapping[str, float | None]) -> dict[str, float | None]:
+    return {name: None if value is None else round(value, 4) for name, value in aucs.items()}
+
+
 def head_separation(raw: npt.NDArray[np.float64], views: Sequence[View]) -> dict[str, float | None]:
     """ROC AUC of each head's raw view scores (:func:`raw_view_scores`): real views against synthetic ones for
     ``synthetic``, against tampered ones for ``tamper`` (None where a class is empty). :func:`calibrate` gives a
     head below :data:`MIN_CALIBRATION_AUC` threshold 1.0."""
     from detectors.models.evaluation import auc
 
-    real = np.array([v.is_real for v in views], dtype=bool)
-    synthetic = np.array([v.is_synthetic for v in views], dtype=bool)
-    tampered = np.array([v.family == "tamper" for v in views], dtype=bool)
+    real, synthetic, tampered = _classes(views)
     return {"synthetic": auc(raw[real, 0], raw[synthetic, 0]), "tamper": auc(raw[real, 1], raw[tampered, 1])}
 
 
@@ -196,9 +206,7 @@ def calibrate_scores(
     fpr = detector.config.target_fpr if target_fpr is None else target_fpr
     if raw.shape != (len(views), 2):
         raise ModelError(f"calibration needs one pair of raw scores per view, got {raw.shape} for {len(views)}")
-    real = np.array([v.is_real for v in views], dtype=bool)
-    synthetic = np.array([v.is_synthetic for v in views], dtype=bool)
-    tampered = np.array([v.family == "tamper" for v in views], dtype=bool)
+    real, synthetic, tampered = _classes(views)
     if not real.any():
         raise ModelError("calibration needs held-out real views")
     calibration: dict[str, tuple[float, float]] = {}
@@ -220,7 +228,7 @@ def calibrate_scores(
     detector.with_config(calibration=calibration, threshold=thresholds["synthetic"],
                          tamper_threshold=thresholds["tamper"], target_fpr=fpr)
     return {
-        "auc": {k: None if v is None else round(v, 4) for k, v in separation.items()},
+        "auc": _rounded(separation),
         "disabled": disabled,
         "min_auc": MIN_CALIBRATION_AUC,
         "views": len(views),
@@ -309,12 +317,10 @@ def stack_weights(
 
     from detectors.models.evaluation import auc
 
-    real = np.array([v.is_real for v in views], dtype=bool)
-    synthetic = np.array([v.is_synthetic for v in views], dtype=bool)
+    real, synthetic, _ = _classes(views)
     record: dict[str, Any] = {
         "method": "logistic regression on out-of-fold member scores, non-negative",
-        "member_auc": {name: None if (a := auc(members[real, j], members[synthetic, j])) is None else round(a, 4)
-                       for j, name in enumerate(names)},
+        "member_auc": _rounded({name: auc(members[real, j], members[synthetic, j]) for j, name in enumerate(names)}),
     }
     keep = list(range(len(names)))
     sel = real | synthetic
@@ -390,7 +396,7 @@ def cross_fit_detector(
             "sources": len({v.source_id for v in held if v.is_real}),
             "views": len(held),
             "fit_seconds": round(fold_s, 1),
-            "auc": {head: None if value is None else round(value, 4) for head, value in separation.items()},
+            "auc": _rounded(separation),
         })
     if on_stage is not None:
         on_stage("final")

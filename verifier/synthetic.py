@@ -3,7 +3,9 @@
 Generators return arrays in [0, 1]; this module is the only place that turns them into DICOM files, and
 :func:`write_synthetic` signs every file before it reaches the disk (an unsigned generated file is a bug).
 The values are mapped to the modality's stored range: CT to Hounsfield units over the detectors' normalisation
-window ``CT_HU_RANGE`` (-1000..2000 HU; 12 bits stored, Rescale Intercept -1024), MR and CR to 0..4095 (12 bits).
+window ``CT_HU_RANGE`` (-1000..2000 HU; 12 bits stored, Rescale Intercept -1024), MR and CR to 0..4095 (12 bits),
+or, for a fake made from a source image, onto the source's own value range (the range the detectors' normalisation
+took from it), so that a paired fake is stored on its source's scale rather than stretched over the full range.
 """
 
 from __future__ import annotations
@@ -71,8 +73,15 @@ def build_synthetic_dataset(
     series_uid: str | None = None,
     study_uid: str | None = None,
     instance_number: int = 1,
+    value_range: tuple[float, float] | None = None,
 ) -> Dataset:
-    """A complete, unsigned dataset of ``modality`` holding ``pixels`` (2-D, values in [0, 1])."""
+    """A complete, unsigned dataset of ``modality`` holding ``pixels`` (2-D, values in [0, 1]).
+
+    ``value_range`` (MR and CR): the stored values that 0 and 1 become, as taken from a source image by
+    :func:`detectors.data.normalize.normalization_range`; stored values are clipped to 0..65535, with up to 16
+    bits stored when the range needs them. Without it, 0..1 spans the modality's 12 bits. CT always maps to
+    Hounsfield units.
+    """
     spec = MODALITIES.get(modality.upper())
     if spec is None:
         raise InputError(f"unsupported modality {modality!r}; choose one of {', '.join(MODALITIES)}")
@@ -81,14 +90,20 @@ def build_synthetic_dataset(
         raise InputError(f"a generated image must be 2-D and at least 8×8, not {array.shape}")
     if not np.isfinite(array).all():
         raise InputError("a generated image contains NaN or infinite values")
-    top = (1 << spec.bits_stored) - 1
+    bits_stored, window = spec.bits_stored, spec.window
     unit = np.clip(array, 0.0, 1.0)
     if spec.rescale_intercept is not None:
         # CT: [0, 1] is the detectors' normalisation window (CT_HU_RANGE), mapped back to Hounsfield units.
         lo, hi = CT_HU_RANGE
         values = (lo + unit * (hi - lo)) - spec.rescale_intercept
+    elif value_range is not None:
+        lo, hi = _checked_range(value_range)
+        bits_stored = max(bits_stored, min(16, int(np.ceil(hi)).bit_length()))
+        values = lo + unit * (hi - lo)
+        window = ((lo + hi) / 2.0, hi - lo)
     else:
-        values = unit * top
+        values = unit * ((1 << bits_stored) - 1)
+    top = (1 << bits_stored) - 1
     stored = np.clip(np.rint(values), 0, top).astype("<u2")
     now = declaration.generated_at
     date, time = _da_tm(now)
@@ -133,10 +148,10 @@ def build_synthetic_dataset(
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
     ds.BitsAllocated = 16
-    ds.BitsStored = spec.bits_stored
-    ds.HighBit = spec.bits_stored - 1
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 0
-    ds.WindowCenter, ds.WindowWidth = spec.window
+    ds.WindowCenter, ds.WindowWidth = (round(float(v), 2) for v in window)
     if modality.upper() in ("CT", "MR"):
         ds.FrameOfReferenceUID = generate_uid()
         ds.PositionReferenceIndicator = ""
@@ -169,6 +184,14 @@ def build_synthetic_dataset(
     return ds
 
 
+def _checked_range(value_range: tuple[float, float]) -> tuple[float, float]:
+    """``value_range`` as two floats; refused when not finite, empty, or wholly outside 0..65535."""
+    lo, hi = (float(v) for v in value_range)
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo and hi > 0 and lo < 65535):
+        raise InputError(f"the value range of a generated image must overlap 0..65535 and be finite, not {value_range}")
+    return lo, hi
+
+
 def write_synthetic(ds: Dataset, path: Path, signer: SignerLike) -> str:
     """Sign ``ds`` (creator profile, SHA-256) and write it atomically to ``path``; return the signature UID.
 
@@ -198,8 +221,12 @@ def write_generated(
     log: AuditLog,
     key_name: str,
     watermark_key: WatermarkKey,
+    value_range: tuple[float, float] | None = None,
 ) -> int:
     """The one path from a generator's output to a file: build, audit, declare, watermark, sign, write.
+
+    ``value_range``: the source image's stored range for a paired MR or CR fake (see
+    :func:`build_synthetic_dataset`).
 
     The audit record is written first, so that the declaration and the watermark payload can name it; it holds
     the SOP Instance UID, the declaration, the watermark key id and the SHA-256 of the generator's stored pixels
@@ -208,7 +235,7 @@ def write_generated(
     """
     from verifier.audit import AuditEntry, Channel, EventKind
 
-    ds = build_synthetic_dataset(pixels, modality=modality, declaration=declaration)
+    ds = build_synthetic_dataset(pixels, modality=modality, declaration=declaration, value_range=value_range)
     record = log.append(
         AuditEntry(
             event=EventKind.GENERATE,

@@ -13,6 +13,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from testkit import TEST_KEY_PASSPHRASE, require_tool
 
+from detectors.data.normalize import normalization_range
+from detectors.data.reader import read_image
 from provenance.declaration import read_declaration
 from verifier.cli import main
 
@@ -103,6 +105,16 @@ def test_generate_unpaired_and_paired(
     assert "SourceImageSequence" not in unpaired
     paired = pydicom.dcmread(out / "vae_mr_000000.dcm")
     assert paired.SourceImageSequence[0].ReferencedSOPInstanceUID == pydicom.dcmread(real).SOPInstanceUID
+    # A paired fake is stored on its source's scale (the range the detectors' normalisation read from it: MR_small's
+    # window), not stretched over 12 bits; the watermark may step a little past the range's ends.
+    source = read_image(Path(real))
+    low, high = normalization_range(source.frames, source.modality, window=source.window)
+    tampered = pydicom.dcmread(out / "tamper_mr_000003.dcm")
+    for fake in (paired, tampered):
+        values, slack = fake.pixel_array.astype(np.float64), 0.05 * (high - low)
+        assert max(low, 0.0) - slack <= values.min() and values.max() <= high + slack
+        assert float(fake.WindowCenter) == pytest.approx((low + high) / 2, abs=0.01)
+    assert np.ptp(tampered.pixel_array) > 0.5 * (high - max(low, 0.0))  # the source's content on its scale
 
     # Real peers agree: dciodvfy finds no errors and dcmsign verifies against our CA.
     ca = tmp_path / "ca.pem"

@@ -107,3 +107,17 @@ def test_bad_arrays_are_refused(pixels: np.ndarray) -> None:
 def test_unknown_modality_is_refused() -> None:
     with pytest.raises(InputError, match="unsupported modality"):
         build_synthetic_dataset(np.zeros((32, 32)), modality="XX", declaration=_declaration("sample"))
+
+
+def test_value_range_puts_a_fake_on_its_sources_scale() -> None:
+    ramp = np.tile(np.linspace(0.0, 1.0, 64), (64, 1))
+    narrow = build_synthetic_dataset(ramp, modality="MR", declaration=_declaration("sample"), value_range=(-200, 1400))
+    assert (narrow.BitsStored, int(narrow.pixel_array.min()), int(narrow.pixel_array.max())) == (12, 0, 1400)
+    assert (float(narrow.WindowCenter), float(narrow.WindowWidth)) == (600.0, 1600.0)
+    wide = build_synthetic_dataset(ramp, modality="CR", declaration=_declaration("sample"), value_range=(100, 40000))
+    assert (wide.BitsStored, wide.HighBit, int(wide.pixel_array.max())) == (16, 15, 40000)
+    default = build_synthetic_dataset(ramp, modality="MR", declaration=_declaration("sample"))
+    assert int(default.pixel_array.max()) == 4095
+    for bad in [(5.0, 5.0), (0.0, float("inf")), (-10.0, -1.0), (70000.0, 80000.0)]:
+        with pytest.raises(InputError, match="value range"):
+            build_synthetic_dataset(ramp, modality="MR", declaration=_declaration("sample"), value_range=bad)

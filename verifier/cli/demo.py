@@ -117,6 +117,7 @@ def _generate_tampered_copy(store: KeyStore, out: Path, settings: Settings) -> P
         log=open_audit_log(settings),
         key_name="generator",
         watermark_key=store.watermark_key(),
+        value_range=(float(frame.min()), float(frame.max())),  # stored on the source's scale
     )
     return path
 

@@ -53,7 +53,7 @@ def generate(
     """Write ``count`` signed synthetic DICOM files."""
     import numpy as np
 
-    from detectors.data.normalize import normalize_image
+    from detectors.data.normalize import normalization_range, normalize_image
     from detectors.data.reader import read_image
     from detectors.errors import DetectorsError
     from detectors.generators import GeneratorError, create_generator, list_generators
@@ -92,12 +92,16 @@ def generate(
     real = None
     source_ds = None
     source_uid: str | None = None
+    value_range: tuple[float, float] | None = None
     if source is not None:
         try:
             image = read_image(source)
         except DetectorsError as exc:
             raise InputError(f"{source}: {exc.diagnostics()}") from exc
         real = normalize_image(image)[0]
+        # A paired fake is stored on its source's scale, as the detectors' normalisation read it.
+        low, high = normalization_range(image.frames, image.modality, window=image.window)
+        value_range = (low, high) if high > max(low, 0.0) and low < 65535 else None
         if source.suffix.lower() not in (".png", ".jpg", ".jpeg", ".nii", ".gz"):
             import pydicom
 
@@ -150,6 +154,7 @@ def generate(
                 log=log,
                 key_name=key,
                 watermark_key=watermark_key,
+                value_range=value_range,
             )
             written += 1
             progress.advance(task)

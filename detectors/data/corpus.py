@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -480,10 +481,10 @@ def build_corpus(
 #: test patterns) are left out of the sample corpus.
 SAMPLE_MODALITIES = frozenset({"CT", "MR", "CR", "DX", "MG", "US", "NM", "PT", "XA", "RF"})
 #: Files of pydicom / pydicom-data that are deliberately malformed or are derived copies of other files.
+#: Three CT test files with header faults are kept: ``bad_sequence.dcm`` (a neck), ``J2K_pixelrep_mismatch.dcm``
+#: (a head) and ``explicit_VR-UN.dcm`` (an abdomen) are each a different patient's real scan whose pixels the
+#: reader decodes, and real sources are what the detectors lack most.
 _SAMPLE_DENY = frozenset({
-    "bad_sequence.dcm",  # malformed sequence
-    "J2K_pixelrep_mismatch.dcm",  # header contradicts the codestream
-    "explicit_VR-UN.dcm",  # VR test file
     "MR_truncated.dcm",
     "MR_small_padded.dcm",
     "emri_small_jpeg_2k_lossless_too_short.dcm",
@@ -516,6 +517,14 @@ def sample_dicom_files() -> list[tuple[str, Path]]:
     return found
 
 
+def _nibabel_dicom_files() -> list[tuple[str, Path]]:
+    """nibabel's DICOM test files: two frames of one Siemens diffusion series, stored as 256 x 256 mosaics."""
+    nibabel = _package_dir("nibabel")
+    if nibabel is None:
+        return []
+    return [("nibabel", p) for p in sorted((nibabel / "tests" / "data").glob("*.dcm"))]
+
+
 def _sample_dicom_candidates() -> list[_Candidate]:
     """One file per image from pydicom's and pydicom-data's test files: uncompressed, then lossless, then lossy.
 
@@ -527,7 +536,7 @@ def _sample_dicom_candidates() -> list[_Candidate]:
     from pydicom.uid import UID
 
     groups: dict[tuple[str, ...], list[tuple[int, str, Path, str]]] = {}
-    for package, path in sample_dicom_files():
+    for package, path in sample_dicom_files() + _nibabel_dicom_files():
         if path.name in _SAMPLE_DENY or path.name.startswith(_SAMPLE_DENY_PREFIXES) or not path.is_file():
             continue
         try:
@@ -583,17 +592,21 @@ def build_sample_corpus(
 ) -> BuildReport:
     """Build the sample corpus from images that ship inside installed packages; nothing is downloaded.
 
-    Sources: pydicom's and pydicom-data's test files (CT, MR, CR radiographs, NM, ultrasound) restricted to
-    clinical modalities, at least 64 px, decodable, one file per SOP Instance (uncompressed or lossless first),
-    without the deliberately malformed files and the documentation copies; multi-frame files contribute at most 8
+    Sources: pydicom's, pydicom-data's and nibabel's DICOM test files (CT, MR, CR radiographs, NM, ultrasound)
+    restricted to clinical modalities, at least 64 px, decodable, one file per image (uncompressed or lossless
+    first), without the malformed files that hold no distinct image and the documentation copies; multi-frame
+    files contribute at most 8
     frames. NIfTI: nilearn's MNI152 T1 template (every 12th axial slice with content) and nibabel's example 4-D
     EPI (first volume, every 4th slice). Requires the ``data`` extra.
     """
     if _package_dir("nibabel") is None:
         raise CorpusError("the sample corpus needs the 'data' extra: pip install 'medverify[data]'")
-    candidates = _sample_dicom_candidates() + _sample_nifti_candidates()
-    if not candidates:
-        raise CorpusError("no sample images found: is pydicom (and the 'data' extra) installed?")
-    return _ingest(candidates, Path(out_dir), mode=mode, seed=seed, fractions=fractions, min_size=64,
-                   progress=progress, max_bytes=None)
+    with warnings.catch_warnings():
+        # pydicom's remarks on the test files' header quirks (hashes as UIDs, a VR mismatch) are not the user's.
+        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+        candidates = _sample_dicom_candidates() + _sample_nifti_candidates()
+        if not candidates:
+            raise CorpusError("no sample images found: is pydicom (and the 'data' extra) installed?")
+        return _ingest(candidates, Path(out_dir), mode=mode, seed=seed, fractions=fractions, min_size=64,
+                       progress=progress, max_bytes=None)
 

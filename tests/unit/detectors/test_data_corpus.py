@@ -158,6 +158,14 @@ def test_sample_corpus_builds_offline_with_several_modalities(
     assert {e.split for e in corpus.entries} == set(SPLITS)
     origins = {e.origin.split(":")[1] for e in corpus.entries}
     assert not any(o.startswith(("SC_", "examples_")) or "truncated" in o for o in origins)
+    # Real scans kept despite header faults, and nibabel's diffusion mosaic: each a patient of its own.
+    kept = {"bad_sequence.dcm", "explicit_VR-UN.dcm", "J2K_pixelrep_mismatch.dcm", "0.dcm"}
+    assert kept <= origins and "1.dcm" not in origins  # 1.dcm: the same series as 0.dcm
+    by_origin = {e.origin.split(":")[1]: e for e in corpus.entries}
+    assert len({by_origin[o].source_id for o in kept}) == len(kept)
+    for name in ("bad_sequence.dcm", "explicit_VR-UN.dcm", "J2K_pixelrep_mismatch.dcm"):
+        frames = corpus.read(by_origin[name]).frames
+        assert by_origin[name].modality == "CT" and -2100 <= frames.min() < -900 and 900 < frames.max() < 4000
     for entry in corpus.entries:
         assert min(entry.shape[1:]) >= 64
     image = corpus.read(next(e for e in corpus.entries if e.format == "nifti"))

@@ -332,8 +332,11 @@ def markdown(results: dict[str, Any]) -> str:
                   + ", ".join(f"{side} px {v['ms_per_frame']} ms ({v['patches']} patches)"
                               for side, v in s["per_frame_by_side"].items())
                   + " — cost grows with pixels up to the patch bound, then stays flat."]
+    trained_on, evaluated_on = cfg["training"].get("data", {}), results["evaluation_data"]
     lines += ["", "## Known limits", "",
-              "- Tiny training set (the sample corpus: 12 train sources, 27 frames); few evaluation sources.",
+              f"- Tiny training set ({trained_on.get('sources', '?')} train sources, "
+              f"{trained_on.get('real_views', '?')} real views); few evaluation sources ({evaluated_on['sources']}, "
+              f"{evaluated_on['real_views']} real views).",
               "- Generators are the in-house small models; detecting them says little about other generators.",
               "- Views are crops of at most 128 px; whole large images are scored on a bounded patch sample.", ""]
     return "\n".join(lines)

@@ -306,13 +306,16 @@ def train_detector(
 
 
 def stack_weights(
-    members: npt.NDArray[np.float64], views: Sequence[View], names: Sequence[str]
+    members: npt.NDArray[np.float64], views: Sequence[View], names: Sequence[str], *, min_gain: float = 0.0
 ) -> tuple[list[float] | None, dict[str, Any]]:
     """Non-negative synthetic-head weights of ensemble members from their out-of-fold raw scores ``members``
     (N, M): a logistic regression of synthetic against real views on the M columns; a member whose coefficient
-    is not positive (it lowers the separation once the others are known) is dropped and the rest refitted. Returns
-    the weights (normalised to sum 1; None when no member keeps a positive weight) and a record with each
-    member's own out-of-fold AUC."""
+    is not positive (it lowers the separation once the others are known) is dropped and the rest refitted.
+
+    Every member costs run time on every file, so one must also earn it: while dropping a member keeps the
+    stacked out-of-fold AUC within ``min_gain`` of what it is with it, the member adding least is dropped (0: keep
+    every member with a positive weight). Returns the weights (normalised to sum 1; None when no member keeps a
+    positive weight) and a record with each member's own out-of-fold AUC and, for each drop, why."""
     from sklearn.linear_model import LogisticRegression
 
     from detectors.models.evaluation import auc
@@ -321,22 +324,47 @@ def stack_weights(
     record: dict[str, Any] = {
         "method": "logistic regression on out-of-fold member scores, non-negative",
         "member_auc": _rounded({name: auc(members[real, j], members[synthetic, j]) for j, name in enumerate(names)}),
+        "min_gain": min_gain,
+        "dropped": {},
     }
-    keep = list(range(len(names)))
     sel = real | synthetic
-    while keep and real.any() and synthetic.any():
-        model = LogisticRegression(C=100.0, class_weight="balanced", max_iter=1000)
-        model.fit(members[sel][:, keep], synthetic[sel].astype(np.float64))
-        coef = model.coef_[0]
-        if (coef > 0).all():
-            weights = [0.0] * len(names)
-            for j, value in zip(keep, coef / coef.sum(), strict=True):
-                weights[j] = float(value)
-            record["weights"] = dict(zip(names, weights, strict=True))
-            return weights, record
-        keep.pop(int(np.argmin(coef)))
-    record["weights"] = None
-    return None, record
+
+    def fit(keep: list[int], *, note: bool = False) -> npt.NDArray[np.float64] | None:
+        """Positive coefficients of ``keep`` (dropping non-positive ones in turn), or None when none stays."""
+        while keep:
+            model = LogisticRegression(C=100.0, class_weight="balanced", max_iter=1000)
+            model.fit(members[sel][:, keep], synthetic[sel].astype(np.float64))
+            coef = model.coef_[0]
+            if (coef > 0).all():
+                weights = np.zeros(len(names))
+                weights[keep] = coef / coef.sum()
+                return weights
+            worst = keep[int(np.argmin(coef))]
+            if note:
+                record["dropped"][names[worst]] = "coefficient not positive"
+            keep = [j for j in keep if j != worst]
+        return None
+
+    def stacked_auc(weights: npt.NDArray[np.float64]) -> float:
+        score = members @ weights
+        value = auc(score[real], score[synthetic])
+        return 0.0 if value is None else value
+
+    weights = fit(list(range(len(names))), note=True) if real.any() and synthetic.any() else None
+    while weights is not None and min_gain > 0 and np.count_nonzero(weights) > 1:
+        full = stacked_auc(weights)
+        trials = {int(j): fit([int(k) for k in np.flatnonzero(weights) if k != j]) for j in np.flatnonzero(weights)}
+        scored = {j: stacked_auc(w) for j, w in trials.items() if w is not None}
+        if not scored:
+            break
+        j = max(scored, key=lambda k: scored[k])
+        if scored[j] < full - min_gain:
+            break
+        record["dropped"][names[j]] = (f"adds {full - scored[j]:.4f} to the stacked out-of-fold AUC "
+                                       f"({full:.4f} with it), under min_gain {min_gain}")
+        weights = trials[j]
+    record["weights"] = None if weights is None else dict(zip(names, map(float, weights), strict=True))
+    return (None if weights is None else [float(w) for w in weights]), record
 
 
 def cross_fit_detector(
@@ -352,6 +380,7 @@ def cross_fit_detector(
     on_stage: Callable[[str], None] | None = None,
     data: Mapping[str, Any] | None = None,
     stack: bool = True,
+    min_member_gain: float = 0.0,
 ) -> tuple[Detector, dict[str, Any]]:
     """Train a detector on *all* ``views`` and calibrate it on out-of-fold scores, as scikit-learn's
     ``CalibratedClassifierCV(ensemble=False)`` does: the sources are split into ``folds``
@@ -361,7 +390,8 @@ def cross_fit_detector(
     (every source instead of a held-out quarter), and the final detector is trained on every source.
 
     With ``stack`` (the default), an ensemble's synthetic-head weights are fitted on the same out-of-fold scores
-    (:func:`stack_weights`: stacking), replacing its preset's.
+    (:func:`stack_weights`: stacking), replacing its preset's; a member that adds less than ``min_member_gain`` to
+    their out-of-fold AUC is dropped and not run.
 
     Costs ``folds + 1`` trainings. The out-of-fold models saw ``(folds - 1) / folds`` of the sources, the final
     one all of them: its scores on new images may be a little more confident than the ones it was calibrated on.
@@ -405,7 +435,7 @@ def cross_fit_detector(
                           progress=progress)
     stacking: dict[str, Any] | None = None
     if members is not None and isinstance(detector, EnsembleDetector):
-        weights, stacking = stack_weights(members, views, detector.synthetic_members())
+        weights, stacking = stack_weights(members, views, detector.synthetic_members(), min_gain=min_member_gain)
         if weights is not None:
             detector.set_synthetic_weights(weights)
             raw[:, 0] = members @ (np.asarray(weights) / np.sum(weights))

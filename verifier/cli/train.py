@@ -166,6 +166,10 @@ def train_detector_cmd(
         "--fixed-weights",
         help="With --cross-fit: keep the preset's ensemble weights instead of fitting the synthetic head's on "
         "the out-of-fold scores of its members.")] = False,
+    min_member_gain: Annotated[float, typer.Option(
+        "--min-member-gain", min=0.0, max=1.0,
+        help="With --cross-fit: drop (and never run) an ensemble member that adds less than this to the stacked "
+        "out-of-fold AUC of the synthetic head.")] = 0.005,
 ) -> None:
     """Build real/fake views with the in-house generators from the corpus's train split, train a detector on
     three quarters of its sources, calibrate it and choose its thresholds on the other quarter (whole sources
@@ -253,7 +257,7 @@ def train_detector_cmd(
                 detector, record = cross_fit_detector(
                     lambda: create_detector(arch, preset=preset, seed=seed, target_fpr=target_fpr), fit,
                     folds=cross_fit, steps=steps, batch_size=batch_size, seed=seed, progress=report,
-                    on_stage=on_stage, data=description, stack=not fixed_weights)
+                    on_stage=on_stage, data=description, stack=not fixed_weights, min_member_gain=min_member_gain)
             else:
                 record = train_detector(
                     detector, fit, calib, steps=steps, batch_size=batch_size, seed=seed, progress=report,
@@ -273,6 +277,8 @@ def train_detector_cmd(
         weights = stacked["weights"] or {}
         where += "; synthetic weights fitted on them: " + ", ".join(
             f"{name} {weights.get(name, 0.0):.2f} (alone AUC {value})" for name, value in stacked["member_auc"].items())
+        for name, why in (stacked.get("dropped") or {}).items():
+            where += f"; {name} dropped, not run: {why}"
     _common.console.print(
         f"saved {escape(str(out))}: {cfg.tag} (sha256 {info['digest']})\n"
         f"calibrated on {calibrated['real']} real / {calibrated['synthetic']} synthetic / "

@@ -452,6 +452,14 @@ def test_cross_fit_stacks_ensemble_weights_on_out_of_fold_scores() -> None:
     both, _ = stack_weights(np.stack([signal + noise, signal - noise], axis=1), views, ["a", "b"])
     assert both is not None and min(both) > 0.3 and sum(both) == pytest.approx(1.0)
     assert stack_weights(np.stack([-signal, -signal - noise], axis=1), views, ["a", "b"])[0] is None
+    # min_gain: a member must earn its run time. Two complementary members (together they separate perfectly)
+    # both stay; a near-copy of another member adds nothing and is dropped, with the reason on record.
+    kept, record = stack_weights(np.stack([signal + noise, signal - noise], axis=1), views, ["a", "b"], min_gain=0.005)
+    assert kept is not None and min(kept) > 0.3 and record["dropped"] == {}
+    twin = signal + noise + 0.01 * np.random.default_rng(1).standard_normal(len(views))
+    alone, record = stack_weights(np.stack([signal + noise, twin], axis=1), views, ["a", "twin"], min_gain=0.005)
+    assert alone is not None and sorted(alone) == [0.0, 1.0] and len(record["dropped"]) == 1
+    assert "under min_gain 0.005" in next(iter(record["dropped"].values()))
 
     def make() -> Detector:
         return create_detector("ensemble", preset="tiny", seed=0)

@@ -49,6 +49,7 @@ from _shared import corpus_or_sample
 from detectors.models import DEFAULT_BUNDLE, create_detector, load_bundle
 from detectors.models.evaluation import evaluate_views
 from detectors.models.training import (
+    DEFAULT_MIN_MEMBER_GAIN,
     MIN_CALIBRATION_AUC,
     cross_fit_detector,
     head_separation,
@@ -68,12 +69,13 @@ def _log(message: str) -> None:
 
 def _train(preset: str, fit: Sequence[View], calib: Sequence[View], steps: int, seed: int, cross_fit: int) -> Any:
     """An ensemble trained like the bundle: on ``fit`` and calibrated on ``calib``, or with ``cross_fit`` folds
-    trained on both and calibrated on out-of-fold scores."""
+    trained on both and calibrated on out-of-fold scores (stacked as `train detector` stacks them)."""
     def make() -> Any:
         return create_detector("ensemble", preset=preset, seed=seed)
 
     if cross_fit:
-        detector, _ = cross_fit_detector(make, [*fit, *calib], folds=cross_fit, steps=steps, seed=seed)
+        detector, _ = cross_fit_detector(make, [*fit, *calib], folds=cross_fit, steps=steps, seed=seed,
+                                         min_member_gain=DEFAULT_MIN_MEMBER_GAIN)
         return detector
     detector = make()
     train_detector(detector, fit, calib, steps=steps, seed=seed)

@@ -3,7 +3,10 @@
 ``config.json`` holds the format, the :class:`~detectors.models.base.DetectorConfig` (architecture, preprocessing,
 calibration, thresholds, training record) and ``digest``, the SHA-256 of the weights file. Loading checks the
 digest on the very bytes it then parses with safetensors; no pickle is ever read (STYLE.md rule 8). The model
-tag is ``<arch>-<first 12 hex digits of the digest>``, so a tag names one set of weights.
+tag (:func:`bundle_tag`) is ``<arch>-<12 hex digits>`` of a SHA-256 over the weights' digest *and* everything in
+the config that changes a score (preprocessing, member weights, calibration, thresholds), so a tag names one
+behaviour: the same weights restacked or recalibrated get another tag. Bundles saved before this rule (their tag
+was the weights' digest alone) keep the tag they were saved with.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,9 @@ import numpy as np
 from detectors.models.base import Detector, DetectorConfig, ModelError, detector_class
 from detectors.weights import canonical
 
-__all__ = ["BUNDLE_FORMAT", "CONFIG_FILE", "DEFAULT_BUNDLE", "WEIGHTS_FILE", "load_bundle", "save_bundle"]
+__all__ = [
+    "BUNDLE_FORMAT", "CONFIG_FILE", "DEFAULT_BUNDLE", "WEIGHTS_FILE", "bundle_tag", "load_bundle", "save_bundle",
+]
 
 BUNDLE_FORMAT = "medverify-detector/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -41,8 +47,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def bundle_tag(arch: str, digest: str, config: Mapping[str, Any]) -> str:
+    """``<arch>-<12 hex>``: the SHA-256 of the weights' ``digest`` and of ``config`` (a config's JSON form) without
+    its tag and training record, so that two bundles share a tag only if they score every image alike."""
+    behaviour = {k: v for k, v in config.items() if k not in ("tag", "training")}
+    text = json.dumps(behaviour, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    combined = hashlib.sha256((digest + "\n" + text).encode()).hexdigest()
+    return f"{arch}-{combined[:12]}"
+
+
 def save_bundle(detector: Detector, directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write ``detector`` to ``directory``; sets its tag from the weights' digest; returns the JSON written."""
+    """Write ``detector`` to ``directory``; sets its tag (:func:`bundle_tag`); returns the JSON written."""
     from safetensors.numpy import save
 
     target = Path(directory)
@@ -50,7 +65,7 @@ def save_bundle(detector: Detector, directory: str | os.PathLike[str]) -> dict[s
     arrays = {k: np.ascontiguousarray(v) for k, v in detector.state_arrays().items()}
     weights = canonical(save(arrays, metadata={"format": BUNDLE_FORMAT, "arch": detector.name}))
     digest = hashlib.sha256(weights).hexdigest()
-    detector.with_config(tag=f"{detector.name}-{digest[:12]}")
+    detector.with_config(tag=bundle_tag(detector.name, digest, detector.config.to_dict()))
     record = {
         "format": BUNDLE_FORMAT,
         "digest": digest,

@@ -40,10 +40,15 @@ def bundle(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_a_bundle_with_its_record(bundle: Path) -> None:
+    from detectors.models.bundle import bundle_tag
+
     record = json.loads((bundle / "config.json").read_text())
     config = record["config"]
     assert record["format"] == "medverify-detector/1" and config["arch"] == "ensemble"
-    assert config["tag"] == f"ensemble-{record['digest'][:12]}"
+    assert config["tag"] == bundle_tag("ensemble", record["digest"], config)
+    # The tag names a behaviour, not only the weights: the same weights with another threshold get another tag.
+    assert bundle_tag("ensemble", record["digest"], {**config, "threshold": 0.5}) != config["tag"]
+    assert bundle_tag("ensemble", record["digest"], {**config, "training": {}}) == config["tag"]
     training = config["training"]
     assert training["steps"] == 3 and training["seed"] == 0
     assert set(training["data"]["generators"]) == {"vae", "tamper"}

@@ -166,10 +166,10 @@ def train_detector_cmd(
         "--fixed-weights",
         help="With --cross-fit: keep the preset's ensemble weights instead of fitting the synthetic head's on "
         "the out-of-fold scores of its members.")] = False,
-    min_member_gain: Annotated[float, typer.Option(
+    min_member_gain: Annotated[float | None, typer.Option(
         "--min-member-gain", min=0.0, max=1.0,
         help="With --cross-fit: drop (and never run) an ensemble member that adds less than this to the stacked "
-        "out-of-fold AUC of the synthetic head.")] = 0.005,
+        "out-of-fold AUC of the synthetic head (default 0.005; 0 keeps every member with a positive weight).")] = None,
 ) -> None:
     """Build real/fake views with the in-house generators from the corpus's train split, train a detector on
     three quarters of its sources, calibrate it and choose its thresholds on the other quarter (whole sources
@@ -181,7 +181,7 @@ def train_detector_cmd(
 
     from detectors.errors import DetectorsError
     from detectors.models import create_detector, save_bundle
-    from detectors.models.training import cross_fit_detector, train_detector
+    from detectors.models.training import DEFAULT_MIN_MEMBER_GAIN, cross_fit_detector, train_detector
     from detectors.models.views import View, build_views, split_calibration
 
     torch.set_num_threads(threads)
@@ -257,7 +257,8 @@ def train_detector_cmd(
                 detector, record = cross_fit_detector(
                     lambda: create_detector(arch, preset=preset, seed=seed, target_fpr=target_fpr), fit,
                     folds=cross_fit, steps=steps, batch_size=batch_size, seed=seed, progress=report,
-                    on_stage=on_stage, data=description, stack=not fixed_weights, min_member_gain=min_member_gain)
+                    on_stage=on_stage, data=description, stack=not fixed_weights,
+                    min_member_gain=DEFAULT_MIN_MEMBER_GAIN if min_member_gain is None else min_member_gain)
             else:
                 record = train_detector(
                     detector, fit, calib, steps=steps, batch_size=batch_size, seed=seed, progress=report,

@@ -210,9 +210,15 @@ class Corpus:
         return (e for e in self.entries if split is None or e.split == split)
 
     def read(self, entry: ManifestEntry, *, max_bytes: int | None = None) -> ImageData:
-        """Decode the frames of ``entry`` that the corpus uses."""
-        return read_image(self.root / entry.path, frame_indices=entry.frame_indices, modality=entry.modality,
-                          max_bytes=max_bytes)
+        """Decode the frames of ``entry`` that the corpus uses. pydicom's remarks on a file's header (a hash where
+        a UID belongs, say) go to the debug log: an image in a corpus was accepted when it was built."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image = read_image(self.root / entry.path, frame_indices=entry.frame_indices, modality=entry.modality,
+                               max_bytes=max_bytes)
+        for remark in caught:
+            log.debug("%s: %s: %s", entry.path, remark.category.__name__, remark.message)
+        return image
 
     def iter_images(self, split: Split | None = None) -> Iterator[tuple[ManifestEntry, ImageData]]:
         """``(entry, image)`` for each entry of ``split``."""

@@ -34,7 +34,9 @@ from verifier.errors import InputError
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["MODALITIES", "ModalitySpec", "build_synthetic_dataset", "write_generated", "write_synthetic"]
+__all__ = [
+    "MODALITIES", "ModalitySpec", "build_synthetic_dataset", "usable_value_range", "write_generated", "write_synthetic",
+]
 
 if TYPE_CHECKING:
     from verifier.audit import AuditLog
@@ -184,12 +186,19 @@ def build_synthetic_dataset(
     return ds
 
 
-def _checked_range(value_range: tuple[float, float]) -> tuple[float, float]:
-    """``value_range`` as two floats; refused when not finite, empty, or wholly outside 0..65535."""
+def usable_value_range(value_range: tuple[float, float]) -> tuple[float, float] | None:
+    """``value_range`` as two floats when a generated image can be stored on it (finite, not empty, overlapping
+    the 0..65535 of unsigned 16-bit pixels), else None."""
     lo, hi = (float(v) for v in value_range)
-    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo and hi > 0 and lo < 65535):
+    return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) and hi > max(lo, 0.0) and lo < 65535 else None
+
+
+def _checked_range(value_range: tuple[float, float]) -> tuple[float, float]:
+    """:func:`usable_value_range`, refusing a range it cannot use."""
+    usable = usable_value_range(value_range)
+    if usable is None:
         raise InputError(f"the value range of a generated image must overlap 0..65535 and be finite, not {value_range}")
-    return lo, hi
+    return usable
 
 
 def write_synthetic(ds: Dataset, path: Path, signer: SignerLike) -> str:

@@ -13,6 +13,7 @@ carry patient names in hospital exports) reaches the corpus.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -144,6 +145,19 @@ class ManifestEntry:
             raise CorpusError(f"malformed manifest entry: {exc!r}") from exc
 
 
+@contextlib.contextmanager
+def _remarks_to_debug_log(where: object) -> Iterator[None]:
+    """Warnings raised inside (pydicom's remarks on a file's header, say) go to the debug log, not the user: an
+    image in a corpus was accepted when the corpus was built, and its header's quirks are not the user's concern."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for remark in caught:
+                log.debug("%s: %s: %s", where, remark.category.__name__, remark.message)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class CorpusFrame:
     """One frame of a corpus image: ``pixels`` (H, W) float32, physical units or normalised to [0, 1]."""
@@ -210,15 +224,10 @@ class Corpus:
         return (e for e in self.entries if split is None or e.split == split)
 
     def read(self, entry: ManifestEntry, *, max_bytes: int | None = None) -> ImageData:
-        """Decode the frames of ``entry`` that the corpus uses. pydicom's remarks on a file's header (a hash where
-        a UID belongs, say) go to the debug log: an image in a corpus was accepted when it was built."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            image = read_image(self.root / entry.path, frame_indices=entry.frame_indices, modality=entry.modality,
-                               max_bytes=max_bytes)
-        for remark in caught:
-            log.debug("%s: %s: %s", entry.path, remark.category.__name__, remark.message)
-        return image
+        """Decode the frames of ``entry`` that the corpus uses (pydicom's remarks on its header to the debug log)."""
+        with _remarks_to_debug_log(entry.path):
+            return read_image(self.root / entry.path, frame_indices=entry.frame_indices, modality=entry.modality,
+                              max_bytes=max_bytes)
 
     def iter_images(self, split: Split | None = None) -> Iterator[tuple[ManifestEntry, ImageData]]:
         """``(entry, image)`` for each entry of ``split``."""
@@ -601,15 +610,12 @@ def build_sample_corpus(
     Sources: pydicom's, pydicom-data's and nibabel's DICOM test files (CT, MR, CR radiographs, NM, ultrasound)
     restricted to clinical modalities, at least 64 px, decodable, one file per image (uncompressed or lossless
     first), without the malformed files that hold no distinct image and the documentation copies; multi-frame
-    files contribute at most 8
-    frames. NIfTI: nilearn's MNI152 T1 template (every 12th axial slice with content) and nibabel's example 4-D
-    EPI (first volume, every 4th slice). Requires the ``data`` extra.
+    files contribute at most 8 frames. NIfTI: nilearn's MNI152 T1 template (every 12th axial slice with content)
+    and nibabel's example 4-D EPI (first volume, every 4th slice). Requires the ``data`` extra.
     """
     if _package_dir("nibabel") is None:
         raise CorpusError("the sample corpus needs the 'data' extra: pip install 'medverify[data]'")
-    with warnings.catch_warnings():
-        # pydicom's remarks on the test files' header quirks (hashes as UIDs, a VR mismatch) are not the user's.
-        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+    with _remarks_to_debug_log("sample corpus"):  # the test files' header quirks: hashes as UIDs, a VR mismatch
         candidates = _sample_dicom_candidates() + _sample_nifti_candidates()
         if not candidates:
             raise CorpusError("no sample images found: is pydicom (and the 'data' extra) installed?")

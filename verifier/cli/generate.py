@@ -61,7 +61,7 @@ def generate(
     from provenance.keys import KeyRole
     from verifier.cli.audit import open_audit_log
     from verifier.cli.keys import open_keystore
-    from verifier.synthetic import MODALITIES, write_generated
+    from verifier.synthetic import MODALITIES, usable_value_range, write_generated
 
     if not _NAME.match(generator) or generator not in list_generators():
         raise InputError(f"unknown generator {generator!r}; available: {', '.join(list_generators())}")
@@ -100,8 +100,7 @@ def generate(
             raise InputError(f"{source}: {exc.diagnostics()}") from exc
         real = normalize_image(image)[0]
         # A paired fake is stored on its source's scale, as the detectors' normalisation read it.
-        low, high = normalization_range(image.frames, image.modality, window=image.window)
-        value_range = (low, high) if high > max(low, 0.0) and low < 65535 else None
+        value_range = usable_value_range(normalization_range(image.frames, image.modality, window=image.window))
         if source.suffix.lower() not in (".png", ".jpg", ".jpeg", ".nii", ".gz"):
             import pydicom
 

@@ -51,6 +51,7 @@ from detectors.models.evaluation import evaluate_views
 from detectors.models.training import (
     DEFAULT_MIN_MEMBER_GAIN,
     MIN_CALIBRATION_AUC,
+    SAMPLING,
     cross_fit_detector,
     head_separation,
     raw_view_scores,
@@ -67,7 +68,8 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _train(preset: str, fit: Sequence[View], calib: Sequence[View], steps: int, seed: int, cross_fit: int) -> Any:
+def _train(preset: str, fit: Sequence[View], calib: Sequence[View], steps: int, seed: int, cross_fit: int,
+           sampling: str = "source") -> Any:
     """An ensemble trained like the bundle: on ``fit`` and calibrated on ``calib``, or with ``cross_fit`` folds
     trained on both and calibrated on out-of-fold scores (stacked as `train detector` stacks them)."""
     def make() -> Any:
@@ -75,21 +77,21 @@ def _train(preset: str, fit: Sequence[View], calib: Sequence[View], steps: int, 
 
     if cross_fit:
         detector, _ = cross_fit_detector(make, [*fit, *calib], folds=cross_fit, steps=steps, seed=seed,
-                                         min_member_gain=DEFAULT_MIN_MEMBER_GAIN)
+                                         min_member_gain=DEFAULT_MIN_MEMBER_GAIN, sampling=sampling)
         return detector
     detector = make()
-    train_detector(detector, fit, calib, steps=steps, seed=seed)
+    train_detector(detector, fit, calib, steps=steps, seed=seed, sampling=sampling)
     return detector
 
 
 def logo(preset: str, fit: list[View], calib: list[View], evaluation: list[View], steps: int, seed: int,
-         families: Sequence[str], cross_fit: int = 0) -> dict[str, Any]:
+         families: Sequence[str], cross_fit: int = 0, sampling: str = "source") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for family in families:
         others = [f for f in families if f != family]
         start = time.perf_counter()
         detector = _train(preset, select(fit, families=others), select(calib, families=others), steps, seed,
-                          cross_fit)
+                          cross_fit, sampling)
         out[family] = evaluate_views(detector, select(evaluation, families=[family]))
         out[family]["train_seconds"] = round(time.perf_counter() - start, 1)
         clean = out[family]["conditions"]["clean"]["families"][family]
@@ -99,9 +101,10 @@ def logo(preset: str, fit: list[View], calib: list[View], evaluation: list[View]
 
 
 def unseen_modality(preset: str, fit: list[View], calib: list[View], evaluation: list[View], steps: int,
-                    seed: int, modality: str, bundle: Any, cross_fit: int = 0) -> dict[str, Any]:
+                    seed: int, modality: str, bundle: Any, cross_fit: int = 0,
+                    sampling: str = "source") -> dict[str, Any]:
     detector = _train(preset, select(fit, exclude_modalities=[modality]), select(calib, exclude_modalities=[modality]),
-                      steps, seed, cross_fit)
+                      steps, seed, cross_fit, sampling)
     reals = [v for v in evaluation if v.is_real and v.modality == modality]
     if not reals:
         return {"modality": modality, "error": "no real evaluation views of this modality"}
@@ -246,7 +249,9 @@ def markdown(results: dict[str, Any]) -> str:
            if training["calibration"].get("disabled") else "")
         + ".",
         f"- Training: {training['steps']} steps, batch {training['batch_size']}, seed {training['seed']}, laundering "
-        f"augmentation probability {training['augment']}; fitted on {training['fit_sources']} sources "
+        f"augmentation probability {training['augment']}"
+        + (", every source drawn equally often" if training.get("sampling") == "source" else "")
+        + f"; fitted on {training['fit_sources']} sources "
         f"({training['fit_views']}), {calibrated_on}. Generators: "
         + "; ".join(f"{k}: {v.get('digest', '')[:12] or v.get('note')}"
                     + (f" ({v.get('steps')} steps)" if v.get("steps") else "")
@@ -299,6 +304,8 @@ def markdown(results: dict[str, Any]) -> str:
                               for name, value in stacking["member_auc"].items()) + ".")
     if "logo" in results:
         how = f", {results['logo_cross_fit']}-fold cross-fitted" if results.get("logo_cross_fit") else ""
+        if results.get("logo_sampling") == "source":
+            how += ", every source drawn equally often"
         lines += ["", f"## Leave one generator out ({results['logo_steps']} steps per model{how}; targets: AUC ≥ 0.97, "
                   "TPR ≥ 0.85; laundered AUC ≥ 0.93; in brackets the clean AUC's 95 % interval over source images)", "",
                   "| held-out family | AUC clean | AUC in source (clean) | TPR clean | AUC JPEG 75 | TPR JPEG 75 | "
@@ -363,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Train the LOGO / unseen-modality models with K-fold out-of-fold calibration, as "
                         "`medverify train detector --cross-fit K` does (0: a held-out quarter of the sources).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampling", choices=SAMPLING, default="source",
+                        help="How the LOGO / unseen-modality models draw training views (as `train detector`).")
     parser.add_argument("--generator-checkpoints", type=Path, default=None,
                         help="Folder of generator checkpoints <family>/ (default: the shipped ones).")
     parser.add_argument("--threads", type=int, default=1)
@@ -395,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["bundle"] = evaluate_views(bundle, eval_views)
     if args.skip_logo and args.reuse is not None:
         earlier = json.loads(args.reuse.read_text())
-        for key in ("logo_steps", "logo_cross_fit", "logo", "unseen_modality"):
+        for key in ("logo_steps", "logo_cross_fit", "logo_sampling", "logo", "unseen_modality"):
             if key in earlier:
                 results[key] = earlier[key]
         results["reused_from"] = {"file": args.reuse.name, "when": earlier.get("when")}
@@ -409,9 +418,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_logo:
         results["logo_steps"] = args.steps
         results["logo_cross_fit"] = args.cross_fit
-        results["logo"] = logo(args.preset, fit, calib, eval_views, args.steps, args.seed, families, args.cross_fit)
+        results["logo_sampling"] = args.sampling
+        results["logo"] = logo(args.preset, fit, calib, eval_views, args.steps, args.seed, families, args.cross_fit,
+                               args.sampling)
         results["unseen_modality"] = unseen_modality(args.preset, fit, calib, eval_views, args.steps, args.seed,
-                                                     args.unseen_modality.upper(), bundle, args.cross_fit)
+                                                     args.unseen_modality.upper(), bundle, args.cross_fit,
+                                                     args.sampling)
     if not args.skip_speed:
         results["speed"] = speed(args.speed_files, args.bundle or DEFAULT_BUNDLE)
     results["seconds"] = round(time.perf_counter() - started, 1)

@@ -25,6 +25,7 @@ from detectors.models.base import Detector, ModelError, PatchBatch, platt
 from detectors.models.views import View
 
 __all__ = [
+    "SAMPLING",
     "PatchStream",
     "calibrate",
     "calibrate_scores",
@@ -42,6 +43,12 @@ TAMPER_SHARE = 0.3
 #: sources does not keep that FPR on other sources).
 MIN_CALIBRATION_AUC = 0.8
 
+#: How :class:`PatchStream` picks the view of a draw, once the family is chosen. ``source``: a source image
+#: uniformly, then one of its views, so that every source weighs the same whatever its number of views (in the
+#: sample corpus one multi-frame ultrasound file gives 40 of the train split's 100 real views). ``view``: a view
+#: uniformly (bundles trained before the choice existed; their record has no ``sampling``).
+SAMPLING = ("source", "view")
+
 
 def _pad(image: npt.NDArray[np.float32], p: int) -> npt.NDArray[np.float32]:
     h, w = image.shape
@@ -51,7 +58,9 @@ def _pad(image: npt.NDArray[np.float32], p: int) -> npt.NDArray[np.float32]:
 
 
 class PatchStream:
-    """An endless, seeded iterator of :class:`PatchBatch` drawn from views."""
+    """An endless, seeded iterator of :class:`PatchBatch` drawn from views: per pair, a family uniformly, one of
+    its fakes (see :data:`SAMPLING`) and its real partner (for an unpaired sample, a real view drawn the same
+    way)."""
 
     def __init__(
         self,
@@ -62,7 +71,10 @@ class PatchStream:
         seed: int = 0,
         quantize_bits: int = 12,
         augment: float = 0.5,
+        sampling: str = "source",
     ) -> None:
+        if sampling not in SAMPLING:
+            raise ModelError(f"sampling must be one of {', '.join(SAMPLING)}, not {sampling!r}")
         self.reals = [v for v in views if v.is_real]
         fakes = [v for v in views if not v.is_real]
         if not self.reals or not fakes:
@@ -71,6 +83,22 @@ class PatchStream:
         for view in fakes:
             self.families.setdefault(view.family, []).append(view)
         self.names = sorted(self.families)
+        self.sampling = sampling
+        # For "source" sampling: each family's paired fakes by the source of their real partner, its unpaired
+        # samples apart (drawn as often as before, since they belong to no source), and the real views by source.
+        self._paired: dict[str, list[list[View]]] = {}
+        self._unpaired: dict[str, list[View]] = {}
+        for family, members in self.families.items():
+            by_source: dict[str, list[View]] = {}
+            for view in members:
+                if view.partner is not None:
+                    by_source.setdefault(view.partner.source_id, []).append(view)
+            self._paired[family] = [by_source[k] for k in sorted(by_source)]
+            self._unpaired[family] = [v for v in members if v.partner is None]
+        real_by_source: dict[str, list[View]] = {}
+        for view in self.reals:
+            real_by_source.setdefault(view.source_id, []).append(view)
+        self._real_sources = [real_by_source[k] for k in sorted(real_by_source)]
         self.p = patch_size
         self.batch_size = max(2, batch_size)
         self.rng = np.random.default_rng(seed)
@@ -104,14 +132,30 @@ class PatchStream:
             patch = patch.T
         return np.ascontiguousarray(patch, dtype=np.float32)
 
+    def _draw_fake(self, family: str, rng: np.random.Generator) -> View:
+        members = self.families[family]
+        if self.sampling == "view":
+            return members[int(rng.integers(len(members)))]
+        paired, unpaired = self._paired[family], self._unpaired[family]
+        if unpaired and (not paired or rng.random() < len(unpaired) / len(members)):
+            return unpaired[int(rng.integers(len(unpaired)))]
+        source = paired[int(rng.integers(len(paired)))]
+        return source[int(rng.integers(len(source)))]
+
+    def _draw_real(self, rng: np.random.Generator) -> View:
+        if self.sampling == "view":
+            return self.reals[int(rng.integers(len(self.reals)))]
+        source = self._real_sources[int(rng.integers(len(self._real_sources)))]
+        return source[int(rng.integers(len(source)))]
+
     def __next__(self) -> PatchBatch:
         rng = self.rng
         patches, syn, tam, masks = [], [], [], []
         empty = np.zeros((self.p, self.p), np.float32)
         for _ in range(self.batch_size // 2):
             family = self.names[int(rng.integers(len(self.names)))]
-            fake = self.families[family][int(rng.integers(len(self.families[family])))]
-            real = fake.partner if fake.partner is not None else self.reals[int(rng.integers(len(self.reals)))]
+            fake = self._draw_fake(family, rng)
+            real = fake.partner if fake.partner is not None else self._draw_real(rng)
             seed = int(rng.integers(2**63))
             fake_img, mask = fake.pixels, fake.mask
             real_img = real.pixels
@@ -250,9 +294,10 @@ def _fit(
     seed: int,
     augment: float,
     progress: Callable[[int, int, Mapping[str, float]], None] | None,
+    sampling: str = "source",
 ) -> tuple[dict[str, float], float]:
     stream = PatchStream(views, patch_size=detector.config.patch_size, batch_size=batch_size, seed=seed,
-                         quantize_bits=detector.config.quantize_bits, augment=augment)
+                         quantize_bits=detector.config.quantize_bits, augment=augment, sampling=sampling)
     start = time.perf_counter()
     metrics = detector.fit(stream, steps=steps, seed=seed, progress=progress)
     return metrics, time.perf_counter() - start
@@ -260,7 +305,7 @@ def _fit(
 
 def _record(
     fit_views: Sequence[View], *, seed: int, steps: int, batch_size: int, augment: float, fit_s: float,
-    metrics: Mapping[str, float], calibration: dict[str, Any], data: Mapping[str, Any] | None,
+    metrics: Mapping[str, float], calibration: dict[str, Any], data: Mapping[str, Any] | None, sampling: str,
 ) -> dict[str, Any]:
     families: dict[str, int] = {}
     for view in fit_views:
@@ -270,6 +315,7 @@ def _record(
         "steps": steps,
         "batch_size": batch_size,
         "augment": augment,
+        "sampling": sampling,
         "fit_seconds": round(fit_s, 1),
         "metrics": {k: round(float(v), 5) for k, v in metrics.items()},
         "fit_views": families,
@@ -290,17 +336,19 @@ def train_detector(
     augment: float = 0.5,
     progress: Callable[[int, int, Mapping[str, float]], None] | None = None,
     data: Mapping[str, Any] | None = None,
+    sampling: str = "source",
 ) -> dict[str, Any]:
-    """Train on ``fit_views``, calibrate on ``calib_views`` (other sources), record it all in the config."""
+    """Train on ``fit_views`` (drawn as ``sampling`` says, see :data:`SAMPLING`), calibrate on ``calib_views``
+    (other sources), record it all in the config."""
     fit_sources = {v.source_id for v in fit_views if v.is_real}
     calib_sources = {v.source_id for v in calib_views if v.is_real}
     if fit_sources & calib_sources:
         raise ModelError("a source is in both the training and the calibration views")
     metrics, fit_s = _fit(detector, fit_views, steps=steps, batch_size=batch_size, seed=seed, augment=augment,
-                          progress=progress)
+                          progress=progress, sampling=sampling)
     calibration = calibrate(detector, calib_views)
     record = _record(fit_views, seed=seed, steps=steps, batch_size=batch_size, augment=augment, fit_s=fit_s,
-                     metrics=metrics, calibration=calibration, data=data)
+                     metrics=metrics, calibration=calibration, data=data, sampling=sampling)
     detector.with_config(training=record)
     return record
 
@@ -386,6 +434,7 @@ def cross_fit_detector(
     data: Mapping[str, Any] | None = None,
     stack: bool = True,
     min_member_gain: float = 0.0,
+    sampling: str = "source",
 ) -> tuple[Detector, dict[str, Any]]:
     """Train a detector on *all* ``views`` and calibrate it on out-of-fold scores, as scikit-learn's
     ``CalibratedClassifierCV(ensemble=False)`` does: the sources are split into ``folds``
@@ -416,7 +465,7 @@ def cross_fit_detector(
         train = [v for v in views if id(v) not in held_ids]
         model = make()
         _, fold_s = _fit(model, train, steps=steps, batch_size=batch_size, seed=seed, augment=augment,
-                         progress=progress)
+                         progress=progress, sampling=sampling)
         scores = raw_view_scores(model, held)
         for view, row in zip(held, scores, strict=True):
             raw[position[id(view)]] = row
@@ -437,7 +486,7 @@ def cross_fit_detector(
         on_stage("final")
     detector = make()
     metrics, fit_s = _fit(detector, views, steps=steps, batch_size=batch_size, seed=seed, augment=augment,
-                          progress=progress)
+                          progress=progress, sampling=sampling)
     stacking: dict[str, Any] | None = None
     if members is not None and isinstance(detector, EnsembleDetector):
         weights, stacking = stack_weights(members, views, detector.synthetic_members(), min_gain=min_member_gain)
@@ -451,6 +500,6 @@ def cross_fit_detector(
     calibration["threshold_rule"] = calibration["threshold_rule"].replace(
         "held-out real views", "real views, each scored by a model that did not see its source")
     record = _record(views, seed=seed, steps=steps, batch_size=batch_size, augment=augment, fit_s=fit_s,
-                     metrics=metrics, calibration=calibration, data=data)
+                     metrics=metrics, calibration=calibration, data=data, sampling=sampling)
     detector.with_config(training=record)
     return detector, record

@@ -170,6 +170,11 @@ def train_detector_cmd(
         "--min-member-gain", min=0.0, max=1.0,
         help="With --cross-fit: drop (and never run) an ensemble member that adds less than this to the stacked "
         "out-of-fold AUC of the synthetic head (default 0.005; 0 keeps every member with a positive weight).")] = None,
+    sampling: Annotated[str, typer.Option(
+        "--sampling",
+        help="How training draws a fake of a family: 'source' (a source image uniformly, then one of its views: "
+        "every source weighs the same) or 'view' (a view uniformly: a source with many frames weighs more).")]
+    = "source",
 ) -> None:
     """Build real/fake views with the in-house generators from the corpus's train split, train a detector on
     three quarters of its sources, calibrate it and choose its thresholds on the other quarter (whole sources
@@ -181,7 +186,12 @@ def train_detector_cmd(
 
     from detectors.errors import DetectorsError
     from detectors.models import create_detector, save_bundle
-    from detectors.models.training import DEFAULT_MIN_MEMBER_GAIN, cross_fit_detector, train_detector
+    from detectors.models.training import (
+        DEFAULT_MIN_MEMBER_GAIN,
+        SAMPLING,
+        cross_fit_detector,
+        train_detector,
+    )
     from detectors.models.views import View, build_views, split_calibration
 
     torch.set_num_threads(threads)
@@ -192,6 +202,8 @@ def train_detector_cmd(
         raise InputError("--target-fpr must be between 0 and 1")
     if cross_fit == 1:
         raise InputError("--cross-fit needs at least 2 folds (0 turns it off)")
+    if sampling not in SAMPLING:
+        raise InputError(f"--sampling must be one of {', '.join(SAMPLING)}, not {sampling!r}")
     start = time.perf_counter()
     try:
         detector = create_detector(arch, preset=preset, seed=seed, target_fpr=target_fpr)
@@ -258,11 +270,12 @@ def train_detector_cmd(
                     lambda: create_detector(arch, preset=preset, seed=seed, target_fpr=target_fpr), fit,
                     folds=cross_fit, steps=steps, batch_size=batch_size, seed=seed, progress=report,
                     on_stage=on_stage, data=description, stack=not fixed_weights,
-                    min_member_gain=DEFAULT_MIN_MEMBER_GAIN if min_member_gain is None else min_member_gain)
+                    min_member_gain=DEFAULT_MIN_MEMBER_GAIN if min_member_gain is None else min_member_gain,
+                    sampling=sampling)
             else:
                 record = train_detector(
                     detector, fit, calib, steps=steps, batch_size=batch_size, seed=seed, progress=report,
-                    data=description)
+                    data=description, sampling=sampling)
         info = save_bundle(detector, out)
     except (DetectorsError, ValueError) as exc:
         message = exc.diagnostics() if isinstance(exc, DetectorsError) else str(exc)

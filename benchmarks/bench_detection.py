@@ -69,7 +69,7 @@ def _log(message: str) -> None:
 
 
 def _train(preset: str, fit: Sequence[View], calib: Sequence[View], steps: int, seed: int, cross_fit: int,
-           sampling: str = "source") -> Any:
+           sampling: str = "view") -> Any:
     """An ensemble trained like the bundle: on ``fit`` and calibrated on ``calib``, or with ``cross_fit`` folds
     trained on both and calibrated on out-of-fold scores (stacked as `train detector` stacks them)."""
     def make() -> Any:
@@ -85,7 +85,7 @@ def _train(preset: str, fit: Sequence[View], calib: Sequence[View], steps: int, 
 
 
 def logo(preset: str, fit: list[View], calib: list[View], evaluation: list[View], steps: int, seed: int,
-         families: Sequence[str], cross_fit: int = 0, sampling: str = "source") -> dict[str, Any]:
+         families: Sequence[str], cross_fit: int = 0, sampling: str = "view") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for family in families:
         others = [f for f in families if f != family]
@@ -102,7 +102,7 @@ def logo(preset: str, fit: list[View], calib: list[View], evaluation: list[View]
 
 def unseen_modality(preset: str, fit: list[View], calib: list[View], evaluation: list[View], steps: int,
                     seed: int, modality: str, bundle: Any, cross_fit: int = 0,
-                    sampling: str = "source") -> dict[str, Any]:
+                    sampling: str = "view") -> dict[str, Any]:
     detector = _train(preset, select(fit, exclude_modalities=[modality]), select(calib, exclude_modalities=[modality]),
                       steps, seed, cross_fit, sampling)
     reals = [v for v in evaluation if v.is_real and v.modality == modality]
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Train the LOGO / unseen-modality models with K-fold out-of-fold calibration, as "
                         "`medverify train detector --cross-fit K` does (0: a held-out quarter of the sources).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sampling", choices=SAMPLING, default="source",
+    parser.add_argument("--sampling", choices=SAMPLING, default="view",
                         help="How the LOGO / unseen-modality models draw training views (as `train detector`).")
     parser.add_argument("--generator-checkpoints", type=Path, default=None,
                         help="Folder of generator checkpoints <family>/ (default: the shipped ones).")

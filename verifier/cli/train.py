@@ -172,9 +172,9 @@ def train_detector_cmd(
         "out-of-fold AUC of the synthetic head (default 0.005; 0 keeps every member with a positive weight).")] = None,
     sampling: Annotated[str, typer.Option(
         "--sampling",
-        help="How training draws a fake of a family: 'source' (a source image uniformly, then one of its views: "
-        "every source weighs the same) or 'view' (a view uniformly: a source with many frames weighs more).")]
-    = "source",
+        help="How training draws a fake of a family: 'view' (a view uniformly: a source with many frames weighs "
+        "more) or 'source' (a source image uniformly, then one of its views: every source weighs the same).")]
+    = "view",
 ) -> None:
     """Build real/fake views with the in-house generators from the corpus's train split, train a detector on
     three quarters of its sources, calibrate it and choose its thresholds on the other quarter (whole sources

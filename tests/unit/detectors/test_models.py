@@ -220,9 +220,9 @@ def test_stream_pairs_real_and_fake_patches() -> None:
     assert set(np.unique(batch.synthetic[::2])) <= {0.0, 1.0}
 
 
-def test_stream_draws_every_source_equally_often_by_default() -> None:
-    """One source with twenty views beside three with one each: drawn by view, it fills most pairs; drawn by
-    source (the default), about a quarter. Unpaired samples, which belong to no source, keep their share."""
+def test_stream_draws_every_source_equally_often_when_asked() -> None:
+    """One source with twenty views beside three with one each: drawn by view (the default), it fills most pairs;
+    drawn by source, about a quarter. Unpaired samples, which belong to no source, keep their share."""
     def flat(value: float) -> npt.NDArray[np.float32]:
         return np.full((40, 40), value, np.float32)
 
@@ -235,13 +235,14 @@ def test_stream_draws_every_source_equally_often_by_default() -> None:
     views += [View(pixels=flat(0.95), family="vae", source_id=f"unpaired:vae:{k}", modality="MR", split="train")
               for k in range(2)]
 
-    def shares(sampling: str) -> tuple[float, float]:
-        stream = PatchStream(views, patch_size=32, batch_size=32, seed=3, augment=0.0, sampling=sampling)
+    def shares(**sampling: str) -> tuple[float, float]:
+        stream = PatchStream(views, patch_size=32, batch_size=32, seed=3, augment=0.0, **sampling)
         fakes = np.concatenate([next(stream).patches[::2, 0, 0] for _ in range(40)])
         return float(np.mean(np.isclose(fakes, 0.2, atol=1e-3))), float(np.mean(np.isclose(fakes, 0.95, atol=1e-3)))
 
-    big_by_view, unpaired_by_view = shares("view")
-    big_by_source, unpaired_by_source = shares("source")
+    big_by_view, unpaired_by_view = shares(sampling="view")
+    big_by_source, unpaired_by_source = shares(sampling="source")
+    assert shares() == (big_by_view, unpaired_by_view)  # the default
     assert big_by_view > 0.7 and 0.15 < big_by_source < 0.35
     assert 0.03 < unpaired_by_view < 0.15 and 0.03 < unpaired_by_source < 0.15
     with pytest.raises(ModelError, match="sampling"):

@@ -2,10 +2,9 @@
 
 The digest of a weights file names it (a generator checkpoint's digest, and with its config a detector bundle's
 tag), so two runs of one training command that produce the same arrays must produce the same bytes. safetensors
-writes the
-``__metadata__`` map in an order that changes from one call to the next (a hash map on the Rust side): the same
-weights got tags ``ensemble-ccbc5d977002`` and ``ensemble-d90da54c7e08`` in two runs. :func:`canonical` rewrites
-the header with the metadata keys sorted; tensors, offsets and data stay as they are.
+writes the ``__metadata__`` map in an order that changes from one call to the next (a hash map on the Rust
+side): the same weights got tags ``ensemble-ccbc5d977002`` and ``ensemble-d90da54c7e08`` in two runs.
+:func:`canonical` rewrites the header with the metadata keys sorted; tensors, offsets and data stay as they are.
 """
 
 from __future__ import annotations

@@ -60,6 +60,15 @@ def _pad(image: npt.NDArray[np.float32], p: int) -> npt.NDArray[np.float32]:
     return np.pad(image, ((0, max(0, p - h)), (0, max(0, p - w))), mode="symmetric")
 
 
+def _by_source(views: Sequence[View], *, partner: bool = False) -> list[list[View]]:
+    """``views`` grouped by their source (their real partner's with ``partner``), in source order."""
+    groups: dict[str, list[View]] = {}
+    for view in views:
+        key = view.partner.source_id if partner and view.partner is not None else view.source_id
+        groups.setdefault(key, []).append(view)
+    return [groups[k] for k in sorted(groups)]
+
+
 class PatchStream:
     """An endless, seeded iterator of :class:`PatchBatch` drawn from views: per pair, a family uniformly, one of
     its fakes (see :data:`SAMPLING`) and its real partner (for an unpaired sample, a real view drawn the same
@@ -87,21 +96,16 @@ class PatchStream:
             self.families.setdefault(view.family, []).append(view)
         self.names = sorted(self.families)
         self.sampling = sampling
-        # For "source" sampling: each family's paired fakes by the source of their real partner, its unpaired
-        # samples apart (drawn as often as before, since they belong to no source), and the real views by source.
+        # Drawing by source: each family's paired fakes grouped by the source of their real partner, its unpaired
+        # samples apart (drawn as often as by view, since they belong to no source), and the real views by source.
         self._paired: dict[str, list[list[View]]] = {}
         self._unpaired: dict[str, list[View]] = {}
-        for family, members in self.families.items():
-            by_source: dict[str, list[View]] = {}
-            for view in members:
-                if view.partner is not None:
-                    by_source.setdefault(view.partner.source_id, []).append(view)
-            self._paired[family] = [by_source[k] for k in sorted(by_source)]
-            self._unpaired[family] = [v for v in members if v.partner is None]
-        real_by_source: dict[str, list[View]] = {}
-        for view in self.reals:
-            real_by_source.setdefault(view.source_id, []).append(view)
-        self._real_sources = [real_by_source[k] for k in sorted(real_by_source)]
+        self._real_sources: list[list[View]] = []
+        if sampling == "source":
+            for family, members in self.families.items():
+                self._paired[family] = _by_source([v for v in members if v.partner is not None], partner=True)
+                self._unpaired[family] = [v for v in members if v.partner is None]
+            self._real_sources = _by_source(self.reals)
         self.p = patch_size
         self.batch_size = max(2, batch_size)
         self.rng = np.random.default_rng(seed)

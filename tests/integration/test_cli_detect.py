@@ -105,7 +105,7 @@ def test_evaluate_reports_per_family(bundle: Path, corpus: Path, capsys: pytest.
 def test_verify_with_detector(
     bundle: Path, keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from detectors.data.corpus import sample_dicom_files
+    from detectors.data import sample_dicom_files
 
     files = {p.name: p for _pkg, p in sample_dicom_files()}
     ct, mr = files["CT_small.dcm"], files["MR_small.dcm"]
@@ -152,7 +152,7 @@ def test_verify_with_detector(
 
 
 def test_signature_only_verify_never_imports_torch(keyed_home: Path) -> None:
-    from detectors.data.corpus import sample_dicom_files
+    from detectors.data import sample_dicom_files
 
     ct = {p.name: p for _pkg, p in sample_dicom_files()}["CT_small.dcm"]
     script = (
@@ -169,7 +169,7 @@ def test_workers_forked_after_an_in_process_detector_check_do_not_hang(bundle: P
     """A process that ran the detector itself (a one-worker scan, with torch's default threads) and then forks
     workers: they inherit the loaded model but not torch's OpenMP threads, and hung in their first convolution
     until workers got one thread each (found by bench_scan, which scans with 1 then 2 workers in one process)."""
-    from detectors.data.corpus import sample_dicom_files
+    from detectors.data import sample_dicom_files
 
     found = {p.name: p for _pkg, p in sample_dicom_files()}
     files = [found[n] for n in ("CT_small.dcm", "MR_small.dcm") if n in found] * 4

@@ -260,6 +260,20 @@ class Corpus:
         for entry in self.iter_entries(split):
             yield entry, self.read(entry)
 
+    def iter_entry_frames(
+        self, entry: ManifestEntry, *, normalized: bool = False, max_frames: int | None = None
+    ) -> Iterator[CorpusFrame]:
+        """The frames of one entry (at most ``max_frames`` of them, evenly spaced, decoding only those)."""
+        indices = entry.frame_indices if entry.frame_indices is not None else tuple(range(entry.shape[0]))
+        if max_frames is not None and len(indices) > max_frames:
+            picks = sorted({round(float(i)) for i in np.linspace(0, len(indices) - 1, max_frames)})
+            indices = tuple(indices[i] for i in picks)
+        with remarks_to_debug_log(entry.path):
+            image = read_image(self.root / entry.path, frame_indices=indices, modality=entry.modality)
+        pixels = normalize_image(image) if normalized else image.frames
+        for position, index in enumerate(image.frame_indices):
+            yield CorpusFrame(entry=entry, frame_index=index, pixels=pixels[position], image=image)
+
     def iter_frames(self, split: Split | None = None, *, normalized: bool = False) -> Iterator[CorpusFrame]:
         """Every frame of ``split``; with ``normalized`` mapped to [0, 1] by :func:`normalize_image`."""
         for entry, image in self.iter_images(split):

@@ -170,7 +170,7 @@ def train_detector_cmd(
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus directory (with manifest.json).")],
     out: Annotated[Path, typer.Option("--out", help="Bundle directory.")] = Path("checkpoints/detector"),
     generators: Annotated[str, typer.Option(
-        "--generators", help="Families of fakes to learn from (comma-separated).")] = ",".join(FAMILIES),
+        "--generators", help="Families of fakes to learn from (comma-separated; synthetic and tamper name their groups).")] = ",".join(FAMILIES),
     generator_checkpoints: Annotated[Path | None, typer.Option(
         "--generator-checkpoints", help="Folder of generator checkpoints (default: the shipped ones).")] = None,
     preset: Annotated[str, typer.Option("--preset", help="tiny (tests) or small (the shipped bundle).")] = "small",
@@ -236,13 +236,17 @@ def train_detector_cmd(
 def _recipe(cls: Any, *, generators: str, **values: Any) -> Any:
     """A :class:`~detectors.models.recipe.Recipe` from the options, refusing what it cannot take."""
     from detectors.models.fakes import FAMILIES as KNOWN
+    from detectors.models.fakes import SYNTHETIC_FAMILIES, TAMPER_FAMILIES
     from detectors.models.training import SAMPLING
 
-    families = tuple(f.strip() for f in generators.split(",") if f.strip())
+    # "synthetic" and "tamper" name their whole groups of families.
+    groups = {"synthetic": SYNTHETIC_FAMILIES, "tamper": TAMPER_FAMILIES}
+    named = [f.strip() for f in generators.split(",") if f.strip()]
+    families = tuple(dict.fromkeys(g for f in named for g in groups.get(f, (f,))))
     unknown = [f for f in families if f not in KNOWN]
     if not families or unknown:
         raise InputError(f"--generators: unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
-                         f"choose from {', '.join(KNOWN)}")
+                         f"choose from {', '.join(KNOWN)} (or synthetic, tamper for their groups)")
     if values["cross_fit"] == 1:
         raise InputError("--cross-fit needs at least 2 folds (0 turns it off)")
     if not 0 < values["target_fpr"] < 1:

@@ -23,9 +23,9 @@ __all__ = ["DEFAULT_THREADS", "train_app"]
 
 #: Default torch thread count: training shares small machines, so it never takes more than two cores unasked.
 DEFAULT_THREADS = max(1, min(2, os.cpu_count() or 1))
-#: The families of fakes a detector learns from by default (detectors.models.fakes.FAMILIES; not imported here,
-#: so that the CLI starts without OpenCV).
-FAMILIES = ("vae", "diffusion", "sr", "gan", "inpaint", "inject", "remove", "copymove")
+#: The families of fakes a detector learns from by default (detectors.models.recipe.Recipe's; not imported here,
+#: so that the CLI starts without torch).
+FAMILIES = ("vae", "gan", "sr", "diffusion", "inject", "remove", "copymove")
 
 train_app = typer.Typer(
     help="Train the in-house generators (vae, gan, diffusion, tamper) on a corpus; checkpoints are "
@@ -170,18 +170,19 @@ def train_detector_cmd(
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus directory (with manifest.json).")],
     out: Annotated[Path, typer.Option("--out", help="Bundle directory.")] = Path("checkpoints/detector"),
     generators: Annotated[str, typer.Option(
-        "--generators", help="Families of fakes to learn from (comma-separated; synthetic and tamper name their groups).")] = ",".join(FAMILIES),
+        "--generators", help="Families of fakes to learn from (comma-separated; synthetic and tamper name their "
+        "groups).")] = ",".join(FAMILIES),
     generator_checkpoints: Annotated[Path | None, typer.Option(
         "--generator-checkpoints", help="Folder of generator checkpoints (default: the shipped ones).")] = None,
     preset: Annotated[str, typer.Option("--preset", help="tiny (tests) or small (the shipped bundle).")] = "small",
     arch: Annotated[str, typer.Option("--arch", help="Detector (see the model card): ensemble or one member.")]
     = "ensemble",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps of the patch networks.")] = 1200,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps of the patch networks.")] = 400,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Patches per step (half real).")] = 32,
     view_size: Annotated[int, typer.Option("--view-size", min=32, help="Side of the crops taken from frames.")] = 256,
     cross_fit: Annotated[int, typer.Option(
         "--cross-fit", min=0, help="Calibrate on out-of-fold scores of K folds of whole patients and train the "
-        "final model on all of them (K+1 trainings); 0: fit on three quarters, calibrate on the rest.")] = 4,
+        "final model on all of them (K+1 trainings); 0: fit on three quarters, calibrate on the rest.")] = 3,
     fixed_weights: Annotated[bool, typer.Option(
         "--fixed-weights", help="With --cross-fit: keep the preset's member weights instead of stacking.")] = False,
     min_member_gain: Annotated[float, typer.Option(
@@ -292,8 +293,32 @@ def _calibration_summary(detector: Any, record: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+class _Progress(Progress):
+    """Rich's bars on a terminal; into a log file (no terminal), a plain line per task every 30 seconds and at
+    its end, so that a long run in the background shows where it is."""
+
+    EVERY_S = 30.0
+
+    def __init__(self, *columns: Any, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs, disable=not kwargs["console"].is_terminal)
+        self._printed: dict[Any, tuple[float, float]] = {}
+
+    def update(self, task_id: Any, **kwargs: Any) -> None:
+        super().update(task_id, **kwargs)
+        if not self.disable:
+            return
+        task = self._tasks[task_id]
+        now, (last, done) = time.monotonic(), self._printed.get(task_id, (0.0, -1.0))
+        finished = task.total is not None and task.completed >= task.total and done != task.completed
+        if finished or now - last >= self.EVERY_S:
+            self._printed[task_id] = (now, task.completed)
+            total = "?" if task.total is None else f"{task.total:g}"
+            self.console.print(f"{task.description} {task.completed:g}/{total} {task.fields.get('stats', '')}",
+                               highlight=False)
+
+
 def _bar() -> Progress:
-    return Progress(
+    return _Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

@@ -551,7 +551,7 @@ def test_fakes_are_stored_on_the_grid_of_the_real_view() -> None:
 
 
 def test_make_fakes_stores_fakes_unless_asked_for_the_floats() -> None:
-    """``store_fakes=False`` (only for bench_detection_storage.py) keeps the generator's floats."""
+    """``store_fakes=False`` (a study of storage, no longer a benchmark) keeps the generator's floats."""
     from detectors.models.views import make_fakes, value_grid
 
     class Noisy:  # a generator's paired_fake/sample interface: the real view plus float noise

@@ -127,6 +127,20 @@ def read_csv_manifest(root: Path) -> dict[Path, dict[str, str]]:
     return out
 
 
+def _nearest_csv_manifest(root: Path, levels: int = 3) -> dict[Path, dict[str, str]]:
+    """The rows of the ``manifest.csv`` in ``root`` or the nearest of its ``levels`` parents that has one, so
+    that a sub-folder of a described collection keeps its rows."""
+    folder = root.resolve()
+    for _ in range(levels + 1):
+        rows = read_csv_manifest(folder)
+        if rows:
+            return rows
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return {}
+
+
 def _clean_license(value: str) -> str:
     return "" if value.lower() in ("nan", "none") else value
 
@@ -134,7 +148,8 @@ def _clean_license(value: str) -> str:
 def _candidate(path: Path, row: Mapping[str, str] | None, *, root: Path, modality: str | None, slice_step: int,
                max_frames: int | None) -> Candidate:
     if row is None:
-        return Candidate(path=path, modality=modality, slice_step=slice_step, max_frames=max_frames)
+        return Candidate(path=path, modality=modality, slice_step=slice_step, max_frames=max_frames,
+                         collection=root.name)
     links = tuple((kind, row[column]) for kind, column in (("patient", "patient_key"), ("study", "study_uid"))
                   if row.get(column))
     return Candidate(
@@ -450,7 +465,7 @@ def build_corpus(
     candidates = []
     for path, root in files:
         if root not in manifests:
-            manifests[root] = read_csv_manifest(root)
+            manifests[root] = _nearest_csv_manifest(root)
         row = manifests[root].get(path.resolve())
         candidates.append(_candidate(path, row, root=root, modality=modality, slice_step=slice_step,
                                      max_frames=max_frames))

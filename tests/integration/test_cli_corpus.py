@@ -76,3 +76,30 @@ def test_corpus_sample_to_the_default_cache(
     for modality in ("CT", "MR", "CR", "US"):
         assert modality in stdout
     assert len(Corpus.load(manifests[0].parent).entries) >= 12
+
+
+SHARED_REAL = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "real"
+
+
+def test_corpus_build_with_samples_groups_the_shared_collection_by_patient(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shipped detector's corpus command on one shared collection: package images and the collection in one
+    corpus, symlinked (never copied), every patient group in one split, each image with its collection."""
+    folder = SHARED_REAL / "nema_wg04"
+    if not folder.is_dir():
+        pytest.skip("../shared/corpora/real is not beside the repository")
+    out = tmp_path / "corpus"
+    code, _stdout, err = run(capsys, "corpus", "build", "--from", str(folder), "--with-samples", "--fractions",
+                             "0.6,0.2,0.2", "--mode", "symlink", "--out", str(out))  # fmt: skip
+    assert code == 0, err
+    corpus = Corpus.load(out)
+    collections = {e.collection for e in corpus.entries}
+    assert "nema_wg04" in collections and collections & {"pydicom", "pydicom-data"}
+    shared = [e for e in corpus.entries if e.collection == "nema_wg04"]
+    assert shared and all((out / e.path).is_symlink() for e in shared)
+    splits_of: dict[str, set[str]] = {}
+    for entry in corpus.entries:
+        splits_of.setdefault(entry.source_id, set()).add(entry.split)
+    assert all(len(splits) == 1 for splits in splits_of.values())
+    assert {e.split for e in corpus.entries} == {"train", "val", "test"}

@@ -124,17 +124,27 @@ def build_command(
         int | None, typer.Option(min=1, help="DICOM multi-frame: at most this many frames, evenly spaced.")
     ] = None,
     min_size: Annotated[int, typer.Option(min=1, help="Skip images smaller than this (pixels, either side).")] = 64,
+    with_samples: Annotated[bool, typer.Option(
+        "--with-samples", help="Also add the images that ship in installed packages (as `corpus sample`).")] = False,
     output: Annotated[OutputFormat, typer.Option("--format", help="Summary as a table or JSON.")] = (
         OutputFormat.TABLE
     ),
 ) -> None:
-    """Index real images (DICOM trees found by content, NIfTI, PNG, JPEG) into a corpus with a manifest."""
+    """Index real images (DICOM trees found by content, NIfTI, PNG, JPEG) into a corpus with a manifest.
+
+    Images are grouped by patient and study (a manifest.csv beside them, DICOM PatientID and StudyInstanceUID)
+    and whole groups go to one split. The shipped detector's corpus:
+    `medverify corpus build --from ../shared/corpora/real --with-samples --fractions 0.6,0.2,0.2 --mode symlink
+    --out CORPUS`."""
     for path in from_paths:
         if not path.exists():
             raise InputError(f"--from {path}: no such file or directory")
     _check_out(out)
     split_fractions = _parse_fractions(fractions)
     try:
+        if with_samples:
+            with _progress("package images") as update:
+                build_sample_corpus(out, mode=mode.value, seed=seed, fractions=split_fractions, progress=update)
         with _progress("indexing") as update:
             report = build_corpus(
                 from_paths,

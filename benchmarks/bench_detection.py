@@ -177,6 +177,58 @@ def speed(n_files: int, bundle_dir: Path | None) -> dict[str, Any]:
     return out
 
 
+def montage(evaluation: Sequence[View], path: Path, *, per_form: int = 2, side: int = 192) -> None:
+    """A PNG of what the detector learns from and is judged on: held-out real views (rows: native ones of
+    different modalities, then 8-bit ones) beside their aligned fakes of every family, edits outlined in red;
+    then a row of each generator's unconditional samples."""
+    import cv2
+
+    def tile(pixels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        gray = cv2.resize(np.clip(pixels, 0, 1), (side, side), interpolation=cv2.INTER_AREA)
+        rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=2)
+        if mask is not None and mask.any():
+            small = cv2.resize(mask.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST)
+            contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(rgb, contours, -1, (0, 0, 255), 1)
+        return rgb
+
+    def label(text: str, width: int) -> np.ndarray:
+        band = np.full((22, width, 3), 255, np.uint8)
+        cv2.putText(band, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        return band
+
+    fakes: dict[int, dict[str, View]] = {}
+    for view in evaluation:
+        if view.partner is not None and view.kind == "paired":
+            fakes.setdefault(id(view.partner), {})[view.family] = view
+    families = sorted({f for pairs in fakes.values() for f in pairs}, key=lambda f: (f in TAMPER_FAMILIES, f))
+    chosen: list[View] = []
+    for form in ("native", "8bit"):
+        seen: set[str] = set()
+        for view in evaluation:
+            pairs = fakes.get(id(view), {})
+            if (view.is_real and view.form == form and not view.method and len(pairs) == len(families)
+                    and view.modality not in seen and float(view.pixels.std()) > 0.08):
+                chosen.append(view)
+                seen.add(view.modality)
+            if len(seen) == per_form:
+                break
+    rows = [np.concatenate([label(t, side) for t in ["real", *families]], axis=1)]
+    for view in chosen:
+        pairs = fakes[id(view)]
+        rows.append(label(f"{view.modality}, {view.form}", side * (len(families) + 1)))
+        rows.append(np.concatenate([tile(view.pixels), *[tile(pairs[f].pixels, pairs[f].mask) for f in families]],
+                                   axis=1))
+    samples = [v for v in evaluation if v.kind == "sample"]
+    for family in sorted({v.family for v in samples}):
+        drawn = [tile(v.pixels) for v in samples if v.family == family][: len(families) + 1]
+        drawn += [np.full((side, side, 3), 255, np.uint8)] * (len(families) + 1 - len(drawn))
+        rows.append(label(f"{family}: unconditional samples", side * (len(families) + 1)))
+        rows.append(np.concatenate(drawn, axis=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.concatenate(rows, axis=0))
+
+
 def _stated_terms() -> dict[str, str]:
     """The terms column of the shared corpus README's table, by folder (what its sources state)."""
     terms: dict[str, str] = {}
@@ -424,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--model-card", type=Path, default=None, help="Also write the figures as Markdown here.")
+    parser.add_argument("--montage", type=Path, default=None, help="Also draw held-out views and their fakes here.")
     args = parser.parse_args(argv)
     if args.corpus is None or not (args.corpus / "manifest.json").is_file():
         parser.error("--corpus: a corpus directory with manifest.json (medverify corpus build --from "
@@ -443,6 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                cache=args.cache)
     _log(f"evaluation views: {sum(v.is_real for v in evaluation)} real of {description['sources']} patients, "
          f"{sum(not v.is_real for v in evaluation)} fakes")
+    if args.montage is not None:
+        montage(evaluation, args.montage)
+        _log(f"wrote {args.montage}")
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

@@ -149,17 +149,19 @@ def speed(n_files: int, bundle_dir: Path | None) -> dict[str, Any]:
         folder.mkdir()
         _write_dicoms(folder, n_files)
         env = {**os.environ, "MEDVERIFY_HOME": str(Path(tmp) / "home"), "OMP_WAIT_POLICY": "PASSIVE"}
-        model = ["--model", str(bundle_dir)] if bundle_dir is not None else []
+        if bundle_dir is not None:  # scan takes the model from the settings
+            env["MEDVERIFY_DETECTOR_MODEL"] = str(Path(bundle_dir).resolve())
         for workers in (1, 2):
             start = time.perf_counter()
             done = subprocess.run([cli, "scan", str(folder), "--checks", "detector", "--no-audit", "--format",
-                                   "jsonl", "--workers", str(workers), *model],
+                                   "jsonl", "--workers", str(workers)],
                                   env=env, capture_output=True, text=True, check=False)
             elapsed = time.perf_counter() - start
             lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
             scored = sum(r.get("synthetic_score") is not None for r in lines)
             if done.returncode not in (0, 1) or scored != n_files:
-                _log(f"speed: scan exited {done.returncode}, {scored}/{n_files} scored: {done.stderr[-2000:]}")
+                raise SystemExit(f"speed: scan exited {done.returncode}, {scored}/{n_files} scored: "
+                                 f"{done.stderr[-2000:]}")
             out[f"workers_{workers}"] = {"seconds": round(elapsed, 2), "files_per_s": round(n_files / elapsed, 1),
                                          "scored": scored, "exit": done.returncode}
             _log(f"speed, {workers} worker(s): {n_files / elapsed:.1f} files/s ({scored}/{n_files} scored)")
@@ -317,6 +319,15 @@ def markdown(results: dict[str, Any]) -> str:
         "blending) and stored like its source (native bit depth, or an 8-bit PNG/JPEG export), so that neither "
         "format nor size gives the label away.",
         "",
+        "![held-out real views beside their aligned fakes, edits outlined in red; below, unconditional samples]"
+        "(fakes.jpg)",
+        "",
+        "`fakes.jpg` (`--montage`): held-out real views (native MR and CT, 8-bit chest X-ray and ultrasound) and the "
+        "aligned fake of each family made from them; below, the generators' unconditional samples. Those are still "
+        "textures, not anatomy: the shipped VAE, GAN and diffusion checkpoints learned from 27 frames, and 15-25 "
+        "minutes more on this CPU on the real corpus (not shipped) did not change that. The aligned fakes carry the "
+        "training signal; unconditional samples are one family among several.",
+        "",
         "## Data and terms",
         "",
         f"Corpus `{results['corpus']}` (manifest sha256 `{results['manifest_sha256'][:16]}`), split by patient and "
@@ -403,6 +414,13 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     laundered = max(c["fpr"]["rate"] for n, c in results["bundle"]["conditions"].items() if n != "clean")
     out.append(("false positives after JPEG 75 / 0.5x resize (worst)", f"<= {TARGETS['fpr_laundered'] * 100:g} %",
                 f"{laundered * 100:.1f} %", laundered <= TARGETS["fpr_laundered"]))
+    for form, cond in clean.get("forms", {}).items():
+        rate = cond["fpr"]["rate"]
+        out.append((f"false positives, {form} real views", f"<= {TARGETS['fpr_real'] * 100:g} %",
+                    f"{rate * 100:.1f} %", rate <= TARGETS["fpr_real"]))
+    lossy = [name for name, f in results["lossy"]["files"].items() if f.get("flagged")]
+    out.append(("lossy-stored real files of pydicom-data (693_UNCI ...)", "none flagged",
+                ", ".join(lossy) or "none flagged", not lossy))
     reals, patients = clean["fpr"]["views"], clean["fpr"]["patients"]
     out.append(("held-out real views / patients", f">= {TARGETS['min_real_views']} / {TARGETS['min_patients']}",
                 f"{reals} / {patients}", reals >= TARGETS["min_real_views"] and patients >= TARGETS["min_patients"]))
@@ -432,9 +450,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             out.append(("unseen family AUC after JPEG 75 (worst)", f">= {TARGETS['logo_laundered_auc']}",
                         f"{jpeg[worst]:.3f} ({worst})", (jpeg[worst] or 0.0) >= TARGETS["logo_laundered_auc"]))
     if results.get("speed"):
-        best = max(results["speed"].get(f"workers_{w}", {}).get("files_per_s", 0.0) for w in (1, 2))
-        out.append(("files/s, 512x512 16-bit, detector check", f">= {TARGETS['files_per_s']:g}", f"{best:g}",
-                    best >= TARGETS["files_per_s"]))
+        one = results["speed"]["workers_1"]["files_per_s"]
+        out.append(("files/s, 512x512 16-bit, detector check, one worker", f">= {TARGETS['files_per_s']:g}",
+                    f"{one:g}", one >= TARGETS["files_per_s"]))
     out.append(("bundle size", f"<= {TARGETS['bundle_mb']:g} MB", f"{results['bundle_mb']:.1f} MB",
                 results["bundle_mb"] <= TARGETS["bundle_mb"]))
     return out
@@ -465,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, help="Corpus directory (medverify corpus build).")
     parser.add_argument("--bundle", type=Path, default=None, help="Bundle to judge (default: the shipped one).")
+    parser.add_argument("--recipe-bundle", type=Path, default=None,
+                        help="Make the views by this bundle's recipe (default: --bundle's), to compare bundles.")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="Folder of cached views.")
     parser.add_argument("--generator-checkpoints", type=Path, default=None)
     parser.add_argument("--logo-families", default="", help="Families to leave out one by one (default: all).")
@@ -476,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--model-card", type=Path, default=None, help="Also write the figures as Markdown here.")
+    parser.add_argument("--notes", type=Path, default=None, help="Markdown appended to the model card (analysis).")
     parser.add_argument("--montage", type=Path, default=None, help="Also draw held-out views and their fakes here.")
     args = parser.parse_args(argv)
     if args.corpus is None or not (args.corpus / "manifest.json").is_file():
@@ -484,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     bundle_dir = args.bundle or DEFAULT_BUNDLE
     detector = load_bundle(bundle_dir)
-    record = detector.config.training or {}
+    record = (load_bundle(args.recipe_bundle) if args.recipe_bundle else detector).config.training or {}
     recipe_values = dict(record.get("data", {}).get("recipe") or {})
     recipe_values["families"] = tuple(recipe_values.get("families") or Recipe().families)
     recipe = Recipe(**{k: v for k, v in recipe_values.items() if k in Recipe.__dataclass_fields__})
@@ -531,7 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     print(f"saved {args.output}")
     if args.model_card is not None:
-        args.model_card.write_text(markdown(results), encoding="utf-8")
+        notes = args.notes.read_text(encoding="utf-8") if args.notes is not None else ""
+        args.model_card.write_text(markdown(results) + ("\n" + notes if notes else ""), encoding="utf-8")
         print(f"wrote {args.model_card}")
     return 0
 

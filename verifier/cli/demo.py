@@ -23,10 +23,10 @@ from provenance.keys import PASSPHRASE_ENV, KeyRole, KeyStore, create_passphrase
 from provenance.models import SignatureProfile
 from provenance.signature import sign_dataset
 from verifier.cli import _common, app
-from verifier.cli.keys import passphrase_file_path
 from verifier.pipeline import FileResult, check_path, parse_checks
 from verifier.policy import load_policy
 from verifier.settings import Settings
+from verifier.setup import open_audit_log, passphrase_file_path
 
 if TYPE_CHECKING:
     from detectors.models import DetectorConfig
@@ -85,7 +85,6 @@ def _generate_tampered_copy(store: KeyStore, out: Path, settings: Settings) -> P
 
     from detectors.generators import create_generator
     from provenance.declaration import SyntheticDeclaration
-    from verifier.cli.audit import open_audit_log
     from verifier.synthetic import write_generated
 
     sources = dict(_sample_files())
@@ -132,7 +131,6 @@ def _generate_stripped_sample(store: KeyStore, out: Path, settings: Settings) ->
     from detectors.generators import create_generator
     from provenance.declaration import SyntheticDeclaration
     from provenance.signature import strip_signatures
-    from verifier.cli.audit import open_audit_log
     from verifier.cli.generate import default_checkpoint
     from verifier.synthetic import write_generated
 
@@ -298,8 +296,6 @@ def demo(
     table.add_column("dcmsign", no_wrap=True)
     table.add_column("why", ratio=3)
     all_expected = True
-    from verifier.cli.audit import open_audit_log
-
     log = open_audit_log(settings)
     from verifier.audit import Channel
 

@@ -13,7 +13,7 @@ import typer
 
 from verifier.cli import _common, app
 from verifier.cli._net import parse_listen, server_tls_context
-from verifier.cli.signing import ChecksOption, DbOption, PolicyOption, TrustOption
+from verifier.cli._options import ChecksOption, DbOption, ModelOption, PolicyOption, TrustOption
 from verifier.errors import ConfigError, InputError
 
 __all__ = ["gateway", "gateway_ssl_context"]
@@ -41,9 +41,7 @@ def gateway(
         typer.Option("--allow", help="Allowed caller AE or AE@ADDRESS (repeatable; adds to gateway_allowed_callers)."),
     ] = None,
     checks: ChecksOption = None,
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Detector bundle for --checks detector (default: the setting).")
-    ] = None,
+    model: ModelOption = None,
     trust: TrustOption = None,
     policy_file: PolicyOption = None,
     db: DbOption = None,

@@ -59,8 +59,7 @@ def generate(
     from detectors.generators import GeneratorError, create_generator, list_generators
     from provenance.declaration import SyntheticDeclaration
     from provenance.keys import KeyRole
-    from verifier.cli.audit import open_audit_log
-    from verifier.cli.keys import open_keystore
+    from verifier.setup import open_audit_log, open_keystore
     from verifier.synthetic import MODALITIES, usable_value_range, write_generated
 
     if not _NAME.match(generator) or generator not in list_generators():

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from verifier.cli import _common, app
+from verifier.cli._options import ModelOption
 from verifier.errors import ConfigError, InputError
 
 __all__ = ["install_plugin", "plugin_script", "strip_json_comments"]
@@ -147,9 +148,7 @@ def install_plugin(
     home: Annotated[Path | None, typer.Option("--home", help="medverify home for Orthanc (default: this one).")] = None,
     checks: Annotated[str, typer.Option("--checks", help="Checks to run on each upload.")] = "signature",
     quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Detector bundle for --checks detector (default: the setting).")
-    ] = None,
+    model: ModelOption = None,
     db: Annotated[str | None, typer.Option("--db", help="Audit database URL (default: the home's).")] = None,
     allow: Annotated[
         list[str] | None, typer.Option("--allow", help="Allowed calling AE title for C-STORE (repeatable).")
@@ -176,9 +175,9 @@ def install_plugin(
     allowed = parse_allowed_callers(allow or [])
     settings = _common.settings()
     if Check.DETECTOR in selected and model is None and settings.detector_model is None:
-        import detectors
+        from verifier.setup import shipped_detector_bundle
 
-        if not (Path(detectors.__file__).parent / "checkpoints" / "detector" / "config.json").is_file():
+        if shipped_detector_bundle() is None:
             raise InputError("--checks detector: no detector model (the package ships none); pass --model BUNDLE")
     script_path = (script or config.parent / "medverify_plugin.py").resolve()
     data = _read_config(config)

@@ -12,7 +12,7 @@ import typer
 
 from verifier.cli import _common, app
 from verifier.cli._net import TLS_KEY_PASSPHRASE_ENV, TLS_KEY_PASSPHRASE_FILE_ENV, parse_listen, server_tls_context
-from verifier.cli.signing import ChecksOption, DbOption, PolicyOption, TrustOption
+from verifier.cli._options import ChecksOption, DbOption, ModelOption, PolicyOption, TrustOption
 from verifier.errors import InputError
 
 __all__ = ["tls_options"]
@@ -40,9 +40,7 @@ def serve(
     trust: TrustOption = None,
     policy_file: PolicyOption = None,
     db: DbOption = None,
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Detector bundle for --checks detector (default: the setting).")
-    ] = None,
+    model: ModelOption = None,
     store_dir: Annotated[
         Path | None,
         typer.Option(

@@ -28,8 +28,8 @@ from provenance.watermark import (
     embed,
 )
 from verifier.cli import _common, app
-from verifier.cli.keys import open_keystore
 from verifier.errors import InputError
+from verifier.setup import open_keystore
 
 __all__ = ["load_key", "read_pixels", "wm_app"]
 

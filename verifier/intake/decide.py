@@ -31,7 +31,7 @@ from provenance.trust import TrustPolicy
 from provenance.watermark import WatermarkKey
 from verifier.errors import is_contained_failure
 from verifier.instance import MAX_FILE_BYTES, Instance, UnreadableInstanceError
-from verifier.pipeline import Check, DetectorSetup, FileResult, check_instance, parse_checks
+from verifier.pipeline import Check, DetectorSetup, FileResult, check_instance
 from verifier.policy import DEFAULT_POLICY, Action, Policy, decide
 
 if TYPE_CHECKING:
@@ -191,42 +191,18 @@ class IntakeChecker:
         is opened (and created) now. Whatever is missing is an error here, so that a channel that cannot check or
         record refuses to start rather than refusing every upload.
         """
-        import detectors
-        from verifier.cli.keys import open_keystore
-        from verifier.cli.signing import load_trust_policy
-        from verifier.errors import InputError
-        from verifier.policy import load_policy
+        from verifier.setup import load_checks, open_audit_log
 
-        selected = parse_checks(checks)
-        keys: tuple[WatermarkKey, ...] = ()
-        if Check.WATERMARK in selected:
-            keys = tuple(open_keystore(settings).watermark_keys())
-            if not keys:
-                raise InputError("--checks watermark: the key store has no watermark key")
-        detector = None
-        if Check.DETECTOR in selected:
-            bundle = model or settings.detector_model
-            shipped = Path(detectors.__file__).parent / "checkpoints" / "detector" / "config.json"
-            if bundle is not None and not (bundle / "config.json").is_file():
-                raise InputError(f"detector model {bundle}: not a detector bundle (no config.json)")
-            if bundle is None and not shipped.is_file():
-                raise InputError("no detector model: the package ships none; set detector_model or pass --model")
-            detector = DetectorSetup(model=bundle)
-            detector.load()  # torch and the weights now, not in the first sender's C-STORE
-        elif model is not None:
-            raise InputError("a detector model needs the detector check (--checks signature,detector)")
-        log = None
-        if audit:
-            from verifier.cli.audit import open_audit_log
-
-            log = open_audit_log(settings, db=db)
+        loaded = load_checks(settings, checks, trust=trust_extra, policy_file=policy_file, model=model)
+        if loaded.detector is not None:
+            loaded.detector.load()  # torch and the weights now, not in the first sender's C-STORE
         return cls(
-            checks=selected,
-            trust=load_trust_policy(settings, trust_extra),
-            site_policy=load_policy(policy_file or settings.policy_file),
-            watermark_keys=keys,
-            detector=detector,
-            audit_log=log,
+            checks=loaded.checks,
+            trust=loaded.trust,
+            site_policy=loaded.site_policy,
+            watermark_keys=loaded.watermark_keys,
+            detector=loaded.detector,
+            audit_log=open_audit_log(settings, db=db) if audit else None,
         )
 
     def warm_up(self) -> None:

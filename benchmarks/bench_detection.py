@@ -15,7 +15,7 @@ Protocol (whole source images held out everywhere; see detectors/models/views.py
 * ``unseen_modality``: a model trained without ``--unseen-modality`` (default US); its false-positive rate on
   the real evaluation views of that modality at its threshold (and the shipped bundle's, which saw it).
 * ``localisation``: pixel AUC of the tamper heatmap against the edit masks (bundle, evaluation views).
-* ``speed``: ``--speed-files`` 512 x 512 16-bit DICOM files through :func:`verifier.pipeline.check_paths` with
+* ``speed``: ``--speed-files`` 512 x 512 16-bit DICOM files through :meth:`verifier.checker.Checker.check_all` with
   the detector check only (file read, decode, normalise, patches, both models), 1 and 2 worker processes; and
   the detector's time per frame for frame sides 256 to 2048 (cost bounded by ``max_patches``).
 
@@ -169,7 +169,8 @@ def _write_dicoms(directory: Path, n: int, side: int = 512) -> list[Path]:
 
 def speed(n_files: int, bundle_dir: Path | None) -> dict[str, Any]:
     from provenance.trust import TrustPolicy
-    from verifier.pipeline import Check, DetectorSetup, check_paths
+    from verifier.checker import Check, Checker
+    from verifier.reports import DetectorSetup
 
     out: dict[str, Any] = {"files": n_files, "side": 512, "bits": 16}
     trust = TrustPolicy.unsafe_trust_everything()
@@ -179,12 +180,12 @@ def speed(n_files: int, bundle_dir: Path | None) -> dict[str, Any]:
         for workers in (1, 2):
             # Warm-up in the parent for 1 worker (model load once); forked workers load their own copy.
             if workers == 1:
-                list(check_paths(paths[:2], checks=frozenset({Check.DETECTOR}), policy=trust, detector=setup))
+                list(Checker(checks=frozenset({Check.DETECTOR}), trust=trust, detector=setup).check_all(paths[:2]))
             start = time.perf_counter()
-            results = list(check_paths(paths, checks=frozenset({Check.DETECTOR}), policy=trust, workers=workers,
-                                       detector=setup))
+            results = list(Checker(checks=frozenset({Check.DETECTOR}), trust=trust, detector=setup).check_all(
+                paths, workers=workers))
             elapsed = time.perf_counter() - start
-            scored = sum(r.detection is not None and r.detection.get("synthetic_score") is not None for r in results)
+            scored = sum(r.to_dict()["synthetic_score"] is not None for r in results)
             out[f"workers_{workers}"] = {"seconds": round(elapsed, 2), "files_per_s": round(n_files / elapsed, 1),
                                          "scored": scored}
             _log(f"speed, {workers} worker(s): {n_files / elapsed:.1f} files/s")

@@ -11,7 +11,7 @@ non-DICOM file per twenty. Figures are files/s over the DICOM files, best of ``-
 warm (every file is read once before timing):
 
 - ``baseline_read``: pydicom reads every file and SHA-256 hashes its bytes, one process, nothing else;
-- ``signature_only``: :func:`verifier.pipeline.check_path` with the signature check, one process, no database
+- ``signature_only``: :meth:`verifier.checker.Checker.check` with the signature check, one process, no database
   (also timed over the signed and the unsigned files apart: ``signature_only_signed`` / ``_unsigned``, with the
   baseline of the same files);
 - ``scan_signature_1_worker`` / ``_2_workers``: :class:`verifier.scan.Scanner` end to end with the signature
@@ -55,7 +55,7 @@ from provenance.keys import KeyAlgorithm, KeyRole, KeyStore
 from provenance.signature import sign_dataset
 from verifier.audit import AuditLog
 from verifier.audit.scanstate import ScanStateStore
-from verifier.pipeline import Check, check_path, parse_checks
+from verifier.checker import Check, Checker, parse_checks
 from verifier.scan import LocalExecutor, Scanner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         return len(subset)
 
     signature = parse_checks(Check.SIGNATURE.value)
+    signature_checker = Checker(checks=signature, trust=trust)
 
     def signature_only(subset: list[Path] = files) -> int:
         for p in subset:
-            check_path(p, checks=signature, policy=trust)
+            signature_checker.check(p)
         return len(subset)
 
     verdicts: dict[str, dict[str, int]] = {}
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         if db is None:
             db = workdir / f"audit-{time.monotonic_ns()}.db"
         with AuditLog.open(f"sqlite:///{db}") as log:
-            scanner = Scanner(checks=checks, trust=trust, state=ScanStateStore(log), watermark_keys=watermark_keys)
+            checker = Checker(checks=checks, trust=trust, watermark_keys=tuple(watermark_keys))
+            scanner = Scanner(checker, state=ScanStateStore(log))
             plan = scanner.plan([archive], incremental=incremental)
             for _ in scanner.execute(plan, LocalExecutor(workers)):
                 pass

@@ -2,7 +2,7 @@
 
 A scan has three steps, usable from the CLI and from other programs alike::
 
-    scanner = Scanner(checks=checks, trust=trust_policy, site_policy=policy, state=ScanStateStore(log))
+    scanner = Scanner(checker, state=ScanStateStore(log))
     plan = scanner.plan([Path("/archive")], incremental=True)
     for result in scanner.execute(plan, LocalExecutor(workers=2)):
         ...  # recorded already: result.audit_id is set
@@ -35,13 +35,14 @@ from cryptography.hazmat.primitives import serialization
 
 from provenance.trust import TrustPolicy
 from provenance.watermark import WatermarkKey
+from verifier.checker import Check, Checker
 from verifier.errors import InputError
 from verifier.instance import is_dicom_file
-from verifier.pipeline import Check, FileResult, check_path, check_paths
-from verifier.policy import DEFAULT_POLICY, Policy
+from verifier.policy import Policy
+from verifier.reports import DetectorSetup
+from verifier.result import FileResult
 
 if TYPE_CHECKING:
-    from verifier.audit import AuditEntry
     from verifier.audit.scanstate import FileState, ScanRun, ScanStateStore
 
 __all__ = [
@@ -194,16 +195,20 @@ def check_batch(
     trust: TrustSpec,
     site_policy: Policy,
     watermark_keys: Sequence[WatermarkKey] = (),
+    detector: DetectorSetup | None = None,
 ) -> list[FileResult]:
-    """Check ``paths`` where this runs (a Dask worker): one result per path, never an exception per file."""
+    """Check ``paths`` where this runs (a Dask worker): one result per path, never an exception per file.
+
+    The worker's :class:`~verifier.checker.Checker` is rebuilt from the parts that travel (the trust policy as
+    plain data, rebuilt once per worker and trust policy)."""
     key = trust.digest()
     policy = _WORKER_POLICIES.get(key)
     if policy is None:
         policy = _WORKER_POLICIES[key] = trust.to_policy()
-    return [
-        check_path(p, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=watermark_keys)
-        for p in paths
-    ]
+    checker = Checker(
+        checks=checks, trust=policy, site_policy=site_policy, watermark_keys=tuple(watermark_keys), detector=detector
+    )
+    return [checker.check(p) for p in paths]
 
 
 # ------------------------------------------------------------------------------------------------- executors
@@ -214,21 +219,14 @@ class Executor(Protocol):
 
     description: str
 
-    def map(
-        self,
-        paths: Sequence[str],
-        *,
-        checks: frozenset[Check],
-        trust: TrustPolicy,
-        site_policy: Policy,
-        watermark_keys: Sequence[WatermarkKey] = (),
-    ) -> Iterator[FileResult]: ...
+    def map(self, paths: Sequence[str], checker: Checker) -> Iterator[FileResult]: ...
 
     def close(self) -> None: ...
 
 
 class LocalExecutor:
-    """Forked local worker processes (:func:`verifier.pipeline.check_paths`); ``workers=1`` checks in-process."""
+    """Forked local worker processes (:meth:`verifier.checker.Checker.check_all`); ``workers=1`` checks
+    in-process."""
 
     def __init__(self, workers: int = 1) -> None:
         if workers < 1:
@@ -236,23 +234,8 @@ class LocalExecutor:
         self.workers = workers
         self.description = f"{workers} local process{'es' if workers > 1 else ''}"
 
-    def map(
-        self,
-        paths: Sequence[str],
-        *,
-        checks: frozenset[Check],
-        trust: TrustPolicy,
-        site_policy: Policy,
-        watermark_keys: Sequence[WatermarkKey] = (),
-    ) -> Iterator[FileResult]:
-        return check_paths(
-            [Path(p) for p in paths],
-            checks=checks,
-            policy=trust,
-            site_policy=site_policy,
-            workers=self.workers,
-            watermark_keys=watermark_keys,
-        )
+    def map(self, paths: Sequence[str], checker: Checker) -> Iterator[FileResult]:
+        return checker.check_all([Path(p) for p in paths], workers=self.workers)
 
     def close(self) -> None:
         pass
@@ -289,23 +272,16 @@ class DaskExecutor:
         n = len(self._client.scheduler_info().get("workers", {}))
         self.description = f"Dask cluster {self._client.scheduler.address} ({n} worker{'s' if n != 1 else ''})"
 
-    def map(
-        self,
-        paths: Sequence[str],
-        *,
-        checks: frozenset[Check],
-        trust: TrustPolicy,
-        site_policy: Policy,
-        watermark_keys: Sequence[WatermarkKey] = (),
-    ) -> Iterator[FileResult]:
+    def map(self, paths: Sequence[str], checker: Checker) -> Iterator[FileResult]:
         distributed: Any = importlib.import_module("distributed")
+        watermark_keys = checker.watermark_keys
         if watermark_keys and self._cluster is None and not self._client.scheduler.address.startswith("tls://"):
             # Watermark keys are secrets: they may travel only to a local cluster or over TLS.
             raise InputError(
                 "the watermark check sends the secret watermark keys to the Dask workers: use --dask local or a "
                 "tls:// scheduler address, or leave watermark out of --checks"
             )
-        spec = TrustSpec.from_policy(trust)
+        spec = TrustSpec.from_policy(checker.trust)
         [spec_future] = self._client.scatter([spec], broadcast=True)
         keys_future = None
         if watermark_keys:
@@ -321,7 +297,8 @@ class DaskExecutor:
                 return False
             queue.add(
                 self._client.submit(
-                    check_batch, batch, checks, spec_future, site_policy, keys_future or (), pure=False
+                    check_batch, batch, checker.checks, spec_future, checker.site_policy, keys_future or (),
+                    checker.detector, pure=False,
                 )
             )
             return True
@@ -419,27 +396,20 @@ class Scanner:
 
     def __init__(
         self,
+        checker: Checker,
         *,
-        checks: frozenset[Check],
-        trust: TrustPolicy,
-        site_policy: Policy = DEFAULT_POLICY,
         state: ScanStateStore | None = None,
         follow_symlinks: bool = False,
         batch_size: int = 128,
         flush_seconds: float = 0.5,
         warn: Warn | None = None,
-        watermark_keys: Sequence[WatermarkKey] = (),
     ) -> None:
-        self.checks = checks
-        self.watermark_keys = tuple(watermark_keys)
-        self.trust = trust
-        self.site_policy = site_policy
+        self.checker = checker
         self.state = state
         self.follow_symlinks = follow_symlinks
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
         self.warn = warn
-        self._actor: tuple[str, str] | None = None
 
     def plan(self, roots: Iterable[Path], *, incremental: bool = False) -> ScanPlan:
         """Walk ``roots``, start (or resume) one run per root, and choose the files to check."""
@@ -483,13 +453,7 @@ class Scanner:
                 files.setdefault(f.path, (rp, f))
         pending: list[FileResult] = []
         last_flush = time.monotonic()
-        for result in executor.map(
-            list(files),
-            checks=self.checks,
-            trust=self.trust,
-            site_policy=self.site_policy,
-            watermark_keys=self.watermark_keys,
-        ):
+        for result in executor.map(list(files), self.checker):
             pending.append(result)
             now = time.monotonic()
             if len(pending) >= self.batch_size or now - last_flush >= self.flush_seconds:
@@ -502,6 +466,7 @@ class Scanner:
         if not results:
             return
         if self.state is not None:
+            from verifier.audit import Channel
             from verifier.audit.scanstate import FileState, RecordedFile
 
             by_run: dict[int, tuple[ScanRun, list[int], list[RecordedFile]]] = {}
@@ -510,7 +475,9 @@ class Scanner:
                 if rp.run is None:  # pragma: no cover - plan() gives every root a run when there is a store
                     raise RuntimeError(f"no scan run for {rp.root}")
                 state = FileState(size=f.size, mtime_ns=f.mtime_ns, sha256=r.sha256)
-                entry = self._entry(r, self.state.scan_details(rp.run, state))
+                entry = r.audit_entry(
+                    channel=Channel.SCAN, event="scan", details={"scan": self.state.scan_details(rp.run, state)}
+                )
                 slot = by_run.setdefault(rp.run.id, (rp.run, [], []))
                 slot[1].append(i)
                 slot[2].append(RecordedFile(path=f.path, entry=entry, state=state))
@@ -526,32 +493,6 @@ class Scanner:
             rp.counts["failed"] += r.failed
             rp.counts["problems"] += r.problem_found
             yield r
-
-    def _entry(self, result: FileResult, scan: dict[str, Any]) -> AuditEntry:
-        """The audit record of ``result``, as :meth:`FileResult.audit_entry` makes it plus ``details.scan``, built
-        in one step: validating an entry is the driver's main cost per file, and the driver bounds the scan."""
-        from verifier.audit import AuditEntry, Channel
-
-        if self._actor is None:
-            probe = AuditEntry(event="scan", channel=Channel.SCAN).with_local_actor()
-            self._actor = (probe.os_user or "unknown", probe.host or "")
-        return AuditEntry(
-            event="scan",
-            channel=Channel.SCAN,
-            path=result.path,
-            sop_instance_uid=result.sop_instance_uid,
-            file_sha256=result.sha256,
-            os_user=self._actor[0],
-            host=self._actor[1],
-            signature_report=result.signature.to_dict() if result.signature is not None else None,
-            watermark_report=result.watermark,
-            detection_report=result.detection,
-            model_tag=result.detection.get("model_tag") if result.detection is not None else None,
-            policy_version=result.verdict.policy_version,
-            verdict=result.verdict.status.value,
-            action=result.verdict.action.value,
-            details={"reasons": [r.to_dict() for r in result.verdict.reasons], "error": result.error, "scan": scan},
-        )
 
     def finish(self, plan: ScanPlan) -> ScanSummary:
         """Close the runs of ``plan`` (a run left open resumes next time) and sum up this invocation."""

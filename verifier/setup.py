@@ -1,5 +1,5 @@
 """Where the application is put together: from :class:`~verifier.settings.Settings` to the key store, the audit
-log, the trust policy and what a check needs.
+log, the trust policy and the one :class:`~verifier.checker.Checker`.
 
 Every entry point (the CLI commands, the DICOM gateway, the Orthanc plugin, the HTTP API) builds what it uses
 here, so that a file gets the same checks, trust and site policy wherever it arrives. Nothing here parses options
@@ -9,7 +9,6 @@ before the first file.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,21 +21,22 @@ from provenance.keys import KeyAlgorithm, KeyRole, KeyStore, passphrase_source
 from provenance.trust import TrustPolicy, TrustStatus, load_certificates
 from provenance.watermark import WatermarkKey
 from verifier.errors import AuditError, InputError
-from verifier.pipeline import Check, DetectorSetup, parse_checks
-from verifier.policy import Policy, load_policy
+from verifier.policy import load_policy
 from verifier.settings import Settings
 
-if TYPE_CHECKING:  # SQLAlchemy is imported only when the audit log is opened
+if TYPE_CHECKING:  # SQLAlchemy is imported only when the audit log is opened, pydicom only when files are checked
     from verifier.audit import AuditLog, CheckpointSigner, TrustedCertificates
+    from verifier.checker import Checker
+    from verifier.intake.decide import Intake
 
 __all__ = [
     "AUDIT_KEY_NAME",
-    "CheckSetup",
     "checkpoint_signers",
     "load_audit_signer",
-    "load_checks",
+    "load_checker",
     "load_trust_policy",
     "open_audit_log",
+    "open_intake",
     "open_keystore",
     "passphrase_file_path",
     "shipped_detector_bundle",
@@ -161,18 +161,6 @@ def checkpoint_signers(settings: Settings, certs: Sequence[Path] | None) -> Trus
 # ---------------------------------------------------------------------------------------------- the checks
 
 
-@dataclasses.dataclass(frozen=True)
-class CheckSetup:
-    """What a check needs before the first file: checks, settings, trust and site policy."""
-
-    checks: frozenset[Check]
-    settings: Settings
-    trust: TrustPolicy
-    site_policy: Policy
-    watermark_keys: tuple[WatermarkKey, ...] = ()
-    detector: DetectorSetup | None = None
-
-
 def shipped_detector_bundle() -> Path | None:
     """The detector bundle that ships in the package, if there is one."""
     import detectors
@@ -181,21 +169,26 @@ def shipped_detector_bundle() -> Path | None:
     return bundle if (bundle / "config.json").is_file() else None
 
 
-def load_checks(
+def load_checker(
     settings: Settings,
-    checks: str | None,
+    checks: str | None = None,
     *,
     trust: Sequence[Path] = (),
     policy_file: Path | None = None,
     model: Path | None = None,
     heatmaps: Path | None = None,
-) -> CheckSetup:
-    """The checks named by ``checks`` (a ``--checks`` value; default: signature) and what they need.
+) -> Checker:
+    """The :class:`~verifier.checker.Checker` of the checks named by ``checks`` (a ``--checks`` value; default:
+    signature), with what they need.
 
     ``trust``: extra trust anchors (PEM files); ``policy_file``: the site policy (default: the ``policy_file``
     setting, else the built-in one); ``model``: the detector bundle (default: the ``detector_model`` setting,
-    else the shipped one); ``heatmaps``: where the detector writes a heatmap per file.
+    else the shipped one), loaded by the first detector check of each process; ``heatmaps``: where the detector
+    writes a heatmap per file.
     """
+    from verifier.checker import Check, Checker, parse_checks
+    from verifier.reports import DetectorSetup
+
     selected = parse_checks(checks)
     keys: tuple[WatermarkKey, ...] = ()
     if Check.WATERMARK in selected:
@@ -215,11 +208,34 @@ def load_checks(
         detector = DetectorSetup(model=bundle, heatmap_dir=heatmaps)
     elif model is not None or heatmaps is not None:
         raise InputError("--model and --heatmaps need the detector check (--checks signature,detector)")
-    return CheckSetup(
+    return Checker(
         checks=selected,
-        settings=settings,
         trust=load_trust_policy(settings, trust),
         site_policy=load_policy(policy_file or settings.policy_file),
         watermark_keys=keys,
         detector=detector,
     )
+
+
+def open_intake(
+    settings: Settings,
+    checks: str | None = None,
+    *,
+    trust: Sequence[Path] = (),
+    policy_file: Path | None = None,
+    model: Path | None = None,
+    db: str | None = None,
+    audit: bool = True,
+) -> Intake:
+    """What the intake channels (DICOM gateway, Orthanc plugin, HTTP API) check and record with.
+
+    The checker is the one ``medverify verify`` would build (same trust policy, site policy and keys); the detector
+    model, if any, is loaded now, and with ``audit`` the audit log is opened (and created) now: whatever is missing
+    is an error here, so that a channel that cannot check or record refuses to start rather than every upload.
+    """
+    from verifier.intake.decide import Intake
+
+    checker = load_checker(settings, checks, trust=trust, policy_file=policy_file, model=model)
+    if checker.detector is not None:
+        checker.detector.load()  # torch and the weights now, not in the first sender's C-STORE
+    return Intake(checker, audit_log=open_audit_log(settings, db=db) if audit else None)

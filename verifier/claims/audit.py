@@ -1,4 +1,4 @@
-"""Claim audits: every image of every claim through the pipeline, then findings per claim.
+"""Claim audits: every image of every claim through the checker, then findings per claim.
 
 Findings come from three places, each tied to the evidence it rests on:
 
@@ -7,7 +7,7 @@ Findings come from three places, each tied to the evidence it rests on:
   earlier audit (the image index of the audit database), with the other claim named;
 * **headers**: patient identity, sex and age, body part and dates against the claim and against each other,
   equipment within a study, UIDs shared by different patients, stripped identity elements;
-* **the pipeline's verdicts**: tampered, synthetic (declared or suspected), signature problems, unreadable input.
+* **the checker's verdicts**: tampered, synthetic (declared or suspected), signature problems, unreadable input.
 
 Every file leaves one audit record (channel ``claims``) and each claim one summary record with its findings.
 """
@@ -26,16 +26,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from provenance.trust import TrustPolicy
-from provenance.watermark import WatermarkKey
+from verifier.checker import Checker
 from verifier.claims.fingerprint import Fingerprint, fingerprint_frame
 from verifier.claims.headers import HeaderFacts, distinct, normalise_body_part, parse_da
 from verifier.claims.matcher import BatchIndex, Confirmation, confirm
 from verifier.claims.store import ImageStore, IndexedImage, NewImage
 from verifier.errors import InputError
-from verifier.instance import Instance, UnreadableInstanceError
-from verifier.pipeline import Check, DetectorSetup, FileResult, check_instance, check_path, iter_input_files
-from verifier.policy import DEFAULT_POLICY, Action, Policy, VerdictStatus
+from verifier.instance import iter_input_files
+from verifier.policy import Action, VerdictStatus
+from verifier.result import FileResult
 
 if TYPE_CHECKING:  # SQLAlchemy is imported only when a database is used
     from verifier.audit import AuditLog
@@ -121,7 +120,7 @@ class ClaimInfo:
 
 @dataclasses.dataclass(kw_only=True, eq=False)
 class AuditedFile:
-    """One image of a claim: the pipeline's result, its header facts and fingerprint, and a thumbnail."""
+    """One image of a claim: the checker's result, its header facts and fingerprint, and a thumbnail."""
 
     claim_id: str
     path: str
@@ -374,21 +373,13 @@ class ClaimsAuditor:
 
     def __init__(
         self,
+        checker: Checker,
         *,
-        checks: frozenset[Check],
-        trust: TrustPolicy,
-        site_policy: Policy = DEFAULT_POLICY,
-        watermark_keys: Sequence[WatermarkKey] = (),
-        detector: DetectorSetup | None = None,
         log: AuditLog | None = None,
         date_tolerance_days: int = DATE_TOLERANCE_DAYS,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        self._checks = checks
-        self._trust = trust
-        self._site_policy = site_policy
-        self._keys = tuple(watermark_keys)
-        self._detector = detector
+        self._checker = checker
         self._log = log
         self._store = ImageStore(log) if log is not None else None
         self._tolerance = date_tolerance_days
@@ -397,26 +388,11 @@ class ClaimsAuditor:
     # -- per file ------------------------------------------------------------------------------------------
 
     def _check(self, claim_id: str, path: Path) -> AuditedFile:
-        try:
-            instance = Instance.from_path(path)
-        except UnreadableInstanceError:
-            # check_path turns the error into the same UNREADABLE/MALFORMED result every channel gives.
-            result = check_path(
-                path, checks=self._checks, policy=self._trust, site_policy=self._site_policy,
-                watermark_keys=self._keys, detector=self._detector,
-            )  # fmt: skip
-            return AuditedFile(claim_id=claim_id, path=str(path), result=result)
-        try:
-            result = check_instance(
-                instance, checks=self._checks, policy=self._trust, site_policy=self._site_policy,
-                watermark_keys=self._keys, detector=self._detector,
-            )  # fmt: skip
-        except Exception:  # noqa: BLE001 - the boundary: one result per input, even on a bug
-            result = check_path(
-                path, checks=self._checks, policy=self._trust, site_policy=self._site_policy,
-                watermark_keys=self._keys, detector=self._detector,
-            )  # fmt: skip
-        audited = AuditedFile(claim_id=claim_id, path=str(path), result=result)
+        examined = self._checker.examine(path)
+        audited = AuditedFile(claim_id=claim_id, path=str(path), result=examined.result)
+        instance = examined.instance
+        if instance is None:  # unreadable: the result says why, there is nothing more to read
+            return audited
         try:
             audited.facts = HeaderFacts.from_dataset(instance.dataset)
         except Exception as exc:  # noqa: BLE001 - a header value that does not convert is a finding, not a crash
@@ -477,8 +453,8 @@ class ClaimsAuditor:
             started_at=started,
             seconds=time.perf_counter() - t0,
             indexed_before=indexed_before,
-            policy_version=self._site_policy.version,
-            checks=tuple(sorted(c.value for c in self._checks)),
+            policy_version=self._checker.site_policy.version,
+            checks=tuple(sorted(c.value for c in self._checker.checks)),
         )
 
     def _record_files(self, reports: Sequence[ClaimReport]) -> None:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from rich.markup import escape
 
 from verifier.cli import _common
-from verifier.pipeline import FileResult
 from verifier.policy import Action
+from verifier.result import FileResult
 
 __all__ = ["FORMATS", "exit_code", "print_result"]
 

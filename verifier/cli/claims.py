@@ -107,7 +107,7 @@ def _audit(
 
     check_format(output_format, FORMATS)
     settings = _common.settings()
-    loaded = setup.load_checks(
+    checker = setup.load_checker(
         settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps
     )
     claims = load_claims(directory, manifest, follow_symlinks=follow_symlinks)
@@ -120,16 +120,7 @@ def _audit(
     err = _common.err_console
     err.print(f"auditing {len(claims)} claim(s), {n_files} image(s)", highlight=False)
     try:
-        auditor = ClaimsAuditor(
-            checks=loaded.checks,
-            trust=loaded.trust,
-            site_policy=loaded.site_policy,
-            watermark_keys=loaded.watermark_keys,
-            detector=loaded.detector,
-            log=log,
-            date_tolerance_days=date_tolerance,
-        )
-        result = auditor.audit(claims)
+        result = ClaimsAuditor(checker, log=log, date_tolerance_days=date_tolerance).audit(claims)
     finally:
         log.close()
 

@@ -22,9 +22,10 @@ from provenance.errors import KeyStoreError
 from provenance.keys import PASSPHRASE_ENV, KeyRole, KeyStore, create_passphrase_file, passphrase_source
 from provenance.models import SignatureProfile
 from provenance.signature import sign_dataset
+from verifier.checker import Check, Checker
 from verifier.cli import _common, app
-from verifier.pipeline import FileResult, check_path, parse_checks
 from verifier.policy import load_policy
+from verifier.result import FileResult
 from verifier.settings import Settings
 from verifier.setup import open_audit_log, passphrase_file_path
 
@@ -287,9 +288,13 @@ def demo(
             (stripped, "GAN sample, signature and declaration stripped", "DECLARED_SYNTHETIC", "quarantine")
         )
 
-    checks = parse_checks("signature,watermark")
-    watermark_keys = store.watermark_keys()
     site_policy = load_policy(settings.policy_file)
+    checker = Checker(
+        checks=frozenset({Check.SIGNATURE, Check.WATERMARK}),
+        trust=policy,
+        site_policy=site_policy,
+        watermark_keys=tuple(store.watermark_keys()),
+    )
     table = Table(title=f"medverify demo — files in {out}", show_lines=True)
     table.add_column("file / what was done", ratio=3)
     table.add_column("medverify", no_wrap=True)
@@ -300,9 +305,7 @@ def demo(
     from verifier.audit import Channel
 
     for path, what, expected, expected_action in cases:
-        result = check_path(
-            path, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=watermark_keys
-        )
+        result = checker.check(path)
         result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
         sig = result.signature
         note = ""
@@ -326,13 +329,13 @@ def demo(
         )
     _common.console.print(table)
     if detector:
-        from verifier.pipeline import DetectorSetup
+        from verifier.reports import DetectorSetup
 
         setup = DetectorSetup(heatmap_dir=out / "heatmaps")
-        detector_checks = parse_checks("detector")
+        pixels_only = Checker(checks=frozenset({Check.DETECTOR}), trust=policy, site_policy=site_policy, detector=setup)
 
         def check_pixels(path: Path) -> FileResult:
-            result = check_path(path, checks=detector_checks, policy=policy, site_policy=site_policy, detector=setup)
+            result = pixels_only.check(path)
             log.append(result.audit_entry(channel=Channel.CLI))
             return result
 

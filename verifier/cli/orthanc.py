@@ -165,8 +165,8 @@ def install_plugin(
     If another ``*.json`` next to it already sets ``PythonScript`` (Debian's ``python.json``), that file is
     updated instead, since Orthanc refuses a setting defined twice.
     """
+    from verifier.checker import Check, parse_checks
     from verifier.intake.gateway import parse_allowed_callers
-    from verifier.pipeline import Check, parse_checks
 
     config = config.resolve()
     if not config.is_file():

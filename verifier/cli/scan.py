@@ -23,11 +23,11 @@ from rich.table import Table
 from rich.text import Text
 
 from verifier import setup
+from verifier.checker import default_workers
 from verifier.cli import _common, app
 from verifier.cli._options import ChecksOption, DbOption, PolicyOption, TrustOption, check_format
 from verifier.cli._results import FORMATS, exit_code, print_result
 from verifier.errors import InputError
-from verifier.pipeline import default_workers
 from verifier.policy import Action
 from verifier.scan import DaskExecutor, Executor, LocalExecutor, Scanner, ScanPlan, ScanSummary
 
@@ -78,8 +78,7 @@ def scan(
     """
     check_format(output_format, FORMATS)
     settings = _common.settings()
-    loaded = setup.load_checks(settings, checks, trust=trust or (), policy_file=policy_file)
-    selected, policy, site_policy = loaded.checks, loaded.trust, loaded.site_policy
+    checker = setup.load_checker(settings, checks, trust=trust or (), policy_file=policy_file)
     state = None
     if not no_audit:
         from verifier.audit.scanstate import ScanStateStore
@@ -90,12 +89,9 @@ def scan(
 
     err = _common.err_console
     scanner = Scanner(
-        checks=selected,
-        trust=policy,
-        site_policy=site_policy,
+        checker,
         state=state,
         follow_symlinks=follow_symlinks,
-        watermark_keys=loaded.watermark_keys,
         warn=lambda message: err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False),
     )
     with err.status("finding DICOM files", spinner="dots") if err.is_terminal else _nothing():
@@ -134,7 +130,7 @@ def scan(
 
 
 def _line(d: dict[str, object]) -> dict[str, object]:
-    """A JSONL line: the pipeline's result, null-safe where a report has not run (watermark, detectors)."""
+    """A JSONL line: the checker's result, null-safe where a report has not run (watermark, detectors)."""
     d.setdefault("watermark", None)
     d.setdefault("synthetic_score", None)
     d.setdefault("tamper_score", None)

@@ -14,6 +14,7 @@ from verifier.cli import _common, app
 from verifier.cli._net import TLS_KEY_PASSPHRASE_ENV, TLS_KEY_PASSPHRASE_FILE_ENV, parse_listen, server_tls_context
 from verifier.cli._options import ChecksOption, DbOption, ModelOption, PolicyOption, TrustOption
 from verifier.errors import InputError
+from verifier.setup import open_intake
 
 __all__ = ["tls_options"]
 
@@ -100,7 +101,6 @@ def serve(
         raise _missing_api(exc) from None
     from verifier.api.storage import InstanceStore
     from verifier.audit.tokens import TokenStore
-    from verifier.intake.decide import IntakeChecker
 
     destination = None
     if forward is not None:
@@ -111,11 +111,9 @@ def serve(
         except ValueError as exc:
             raise InputError(f"--forward: {exc}") from None
     settings = _common.settings()
-    checker = IntakeChecker.from_settings(
-        settings, checks=checks, trust_extra=trust or (), policy_file=policy_file, db=db, model=model
-    )
-    checker.warm_up()  # lazy imports and first-call costs before the first request, not in it
-    if checker.audit_log is None:  # pragma: no cover - from_settings opens it unless audit=False
+    intake = open_intake(settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model)
+    intake.warm_up()  # lazy imports and first-call costs before the first request, not in it
+    if intake.audit_log is None:  # pragma: no cover - open_intake opens it unless audit=False
         raise InputError("the HTTP API needs the audit log")
     store = InstanceStore(store_dir or settings.home / "intake" / "stow")
     stale = store.remove_stale()  # temporaries of uploads a killed server never recorded or never answered
@@ -127,8 +125,8 @@ def serve(
 
         forwarder = Forwarder(Spool(store.root / "spool"), destination, calling_ae_title=ae_title)
     config = ApiConfig(
-        checker=checker,
-        tokens=TokenStore(checker.audit_log),
+        intake=intake,
+        tokens=TokenStore(intake.audit_log),
         store=store,
         max_body_bytes=int(max_body_mb * 1024**2),
         max_concurrent=max_concurrent,
@@ -136,10 +134,10 @@ def serve(
     )
     scheme = "https" if tls else "http"
     tls_note = ("TLS, client certificates required; " if tls_client_ca is not None else "TLS; ") if tls else ""
-    check_names = ", ".join(sorted(c.value for c in checker.checks))
+    check_names = ", ".join(sorted(c.value for c in intake.checker.checks))
     _common.err_console.print(
         f"medverify API on {scheme}://{listen} ({tls_note}checks: {check_names}; "
-        f"audit log {checker.audit_log.url}; STOW-RS store {config.store.root})",
+        f"audit log {intake.audit_log.url}; STOW-RS store {config.store.root})",
         highlight=False,
     )
     if forwarder is not None:
@@ -159,5 +157,5 @@ def serve(
     finally:
         if forwarder is not None:
             forwarder.stop()
-        checker.close()
+        intake.close()
     return 0

@@ -18,6 +18,7 @@ from provenance.errors import SigningError
 from provenance.models import MacAlgorithm, SignatureProfile, SignatureStatus
 from provenance.signature import sign_dataset
 from verifier import setup
+from verifier.checker import Checker, default_workers
 from verifier.cli import _common, app
 from verifier.cli._options import (
     ChecksOption,
@@ -30,8 +31,8 @@ from verifier.cli._options import (
 )
 from verifier.cli._results import FORMATS, exit_code, print_result
 from verifier.errors import InputError
-from verifier.instance import Instance, UnreadableInstanceError
-from verifier.pipeline import FileResult, check_path, check_paths, default_workers, iter_input_files, parse_checks
+from verifier.instance import Instance, UnreadableInstanceError, iter_input_files
+from verifier.result import FileResult
 
 __all__: list[str] = []
 
@@ -60,10 +61,9 @@ def verify(
     """
     check_format(output_format, FORMATS)
     settings = _common.settings()
-    loaded = setup.load_checks(
+    checker = setup.load_checker(
         settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps
     )
-    selected, policy, site_policy = loaded.checks, loaded.trust, loaded.site_policy
     files = list(iter_input_files(paths, follow_symlinks=follow_symlinks))
     log = None
     if not no_audit:
@@ -75,15 +75,7 @@ def verify(
     with _progress(show_progress) as progress:
         task = progress.add_task("verifying", total=len(files))
         n_workers = workers or default_workers(len(files))
-        for result in check_paths(
-            files,
-            checks=selected,
-            policy=policy,
-            site_policy=site_policy,
-            workers=n_workers,
-            watermark_keys=loaded.watermark_keys,
-            detector=loaded.detector,
-        ):
+        for result in checker.check_all(files, workers=n_workers):
             if log is not None:
                 result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
             results.append(result)
@@ -157,7 +149,7 @@ def sign(
             "Sign real acquisitions with an acquisition key (`medverify keys create NAME --role acquisition`).",
             highlight=False,
         )
-    policy = store.trust_policy()
+    checker = Checker(trust=store.trust_policy())
     from verifier.audit import AuditEntry, Channel, EventKind
 
     log = setup.open_audit_log(settings)
@@ -185,7 +177,7 @@ def sign(
             failures += 1
             _common.err_console.print(f"[red]not signed[/] {escape(str(source))}: {escape(exc.diagnostics())}")
             continue
-        check = check_path(target, checks=parse_checks("signature"), policy=policy)
+        check = checker.check(target)
         mine = [s for s in (check.signature.signatures if check.signature is not None else ()) if s.uid == uid]
         if not mine or mine[0].status is not SignatureStatus.VALID:
             failures += 1

@@ -170,7 +170,7 @@ def _write_dicoms(directory: Path, n: int, side: int = 512) -> list[Path]:
 def speed(n_files: int, bundle_dir: Path | None) -> dict[str, Any]:
     from provenance.trust import TrustPolicy
     from verifier.checker import Check, Checker
-    from verifier.reports import DetectorSetup
+    from verifier.detection import DetectorSetup
 
     out: dict[str, Any] = {"files": n_files, "side": 512, "bits": 16}
     trust = TrustPolicy.unsafe_trust_everything()

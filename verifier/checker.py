@@ -23,15 +23,21 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provenance.signature import verify_dataset
 from provenance.trust import TrustPolicy
-from provenance.watermark import WatermarkKey
+from provenance.watermark import WatermarkError, WatermarkKey
+from provenance.watermark import detect as watermark_detect
+from verifier.detection import DetectorSetup
 from verifier.errors import InputError, is_contained_failure
 from verifier.instance import MAX_FILE_BYTES, Instance, UnreadableInstanceError
 from verifier.policy import DEFAULT_POLICY, Policy, decide
-from verifier.reports import DetectorSetup, watermark_report
+from verifier.reports import NotChecked, WatermarkNotChecked
 from verifier.result import FileResult
+
+if TYPE_CHECKING:
+    from verifier.reports import WatermarkOutcome
 
 __all__ = ["DEFAULT_CHECKS", "Check", "Checker", "Examined", "default_workers", "parse_checks"]
 
@@ -147,14 +153,15 @@ class Checker:
         signature = None
         watermark = None
         detection = None
+        heatmap = None
         status = "CHECKED"
         if Check.SIGNATURE in self.checks:
             signature = verify_dataset(instance.dataset, self.trust)
             status = signature.status.value
         if Check.WATERMARK in self.checks and self.watermark_keys:
-            watermark = watermark_report(instance, self.watermark_keys)
+            watermark = _watermark(instance, self.watermark_keys)
         if Check.DETECTOR in self.checks:
-            detection = (self.detector or DetectorSetup()).report(instance)
+            detection, heatmap = (self.detector or DetectorSetup()).report(instance)
         verdict = decide(policy=self.site_policy, signature=signature, watermark=watermark, detector=detection)
         return FileResult(
             path=instance.path,
@@ -166,6 +173,7 @@ class Checker:
             signature=signature,
             watermark=watermark,
             detection=detection,
+            heatmap=heatmap,
         )
 
     def check_all(self, paths: Sequence[Path], *, workers: int = 1) -> Iterator[FileResult]:
@@ -186,6 +194,26 @@ class Checker:
                 yield from pool.imap(_check_in_worker, paths, chunksize=8)
         finally:
             _WORKER_CHECKER = None
+
+
+def _watermark(instance: Instance, keys: Sequence[WatermarkKey]) -> WatermarkOutcome:
+    """Look for our mark in the stored pixels (first frame); pixels that cannot be examined say why."""
+    import numpy as np
+
+    try:
+        pixels = np.asarray(instance.dataset.pixel_array)
+    except BaseException as exc:  # decoders raise many types (and Rust ones panic); the report says why
+        if not is_contained_failure(exc):
+            raise
+        return WatermarkNotChecked(reason=NotChecked.UNDECODABLE, error=f"{type(exc).__name__}: {str(exc)[:120]}")
+    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
+        pixels = pixels[0]
+    if pixels.ndim != 2:
+        return WatermarkNotChecked(reason=NotChecked.UNSUPPORTED, error=f"pixel array of shape {pixels.shape}")
+    try:
+        return watermark_detect(pixels, keys)
+    except WatermarkError as exc:  # e.g. float pixels with NaN, 64-bit integers: the report says why
+        return WatermarkNotChecked(reason=NotChecked.UNSUPPORTED, error=str(exc))
 
 
 _WORKER_CHECKER: Checker | None = None

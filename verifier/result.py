@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from provenance.models import SignatureReport
 from verifier.policy import Action, Verdict
 
-if TYPE_CHECKING:  # SQLAlchemy is imported only when a record is written
+if TYPE_CHECKING:  # SQLAlchemy is imported only when a record is written, torch only when a detector runs
     from verifier.audit import AuditEntry, Channel
+    from verifier.reports import DetectionOutcome, WatermarkOutcome
 
 __all__ = ["FileResult"]
 
@@ -30,9 +31,12 @@ class FileResult:
     sop_instance_uid: str | None = None
     modality: str | None = None
     signature: SignatureReport | None = None
-    watermark: dict[str, Any] | None = None
-    #: The detector's report (``DetectionReport.to_dict()``, plus ``heatmap`` when one was written), or None.
-    detection: dict[str, Any] | None = None
+    #: The watermark check's report (or why it could not look), None when it did not run.
+    watermark: WatermarkOutcome | None = None
+    #: The detector's report (or why it could not score the image), None when it did not run.
+    detection: DetectionOutcome | None = None
+    #: The detector's heatmap PNG, when one was written.
+    heatmap: str | None = None
     error: str | None = None
     audit_id: int | None = None
 
@@ -56,6 +60,15 @@ class FileResult:
     def with_audit_id(self, audit_id: int | None) -> FileResult:
         return dataclasses.replace(self, audit_id=audit_id)
 
+    def detection_dict(self) -> dict[str, Any] | None:
+        """The detector's report as stored and printed: its ``to_dict()``, plus ``heatmap`` when one was written."""
+        if self.detection is None:
+            return None
+        out = self.detection.to_dict()
+        if self.heatmap is not None:
+            out["heatmap"] = self.heatmap
+        return out
+
     def audit_entry(
         self,
         *,
@@ -75,6 +88,7 @@ class FileResult:
         from verifier.audit.entry import AuditEntry, local_actor
 
         user, host = local_actor()
+        detection = self.detection_dict()
         return AuditEntry(
             event=event,
             channel=channel,
@@ -87,9 +101,9 @@ class FileResult:
             peer_address=peer_address,
             api_token_id=api_token_id,
             signature_report=self.signature.to_dict() if self.signature is not None else None,
-            watermark_report=self.watermark,
-            detection_report=self.detection,
-            model_tag=self.detection.get("model_tag") if self.detection is not None else None,
+            watermark_report=self.watermark.to_dict() if self.watermark is not None else None,
+            detection_report=detection,
+            model_tag=self.detection.model_tag if self.detection is not None else None,
             policy_version=self.verdict.policy_version,
             verdict=self.verdict.status.value,
             action=self.verdict.action.value,
@@ -97,6 +111,8 @@ class FileResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form of ``medverify verify --format json``."""
+        detection = self.detection_dict()
         return {
             "path": self.path,
             "sop_instance_uid": self.sop_instance_uid,
@@ -107,10 +123,10 @@ class FileResult:
             "sha256": self.sha256,
             "modality": self.modality,
             "signature": self.signature.to_dict() if self.signature is not None else None,
-            "watermark": self.watermark,
-            "synthetic_score": self.detection.get("synthetic_score") if self.detection is not None else None,
-            "tamper_score": self.detection.get("tamper_score") if self.detection is not None else None,
-            "detector": _detector_summary(self.detection),
+            "watermark": self.watermark.to_dict() if self.watermark is not None else None,
+            "synthetic_score": detection.get("synthetic_score") if detection is not None else None,
+            "tamper_score": detection.get("tamper_score") if detection is not None else None,
+            "detector": _detector_summary(detection),
             "policy_version": self.verdict.policy_version,
             "error": self.error,
             "audit_id": self.audit_id,

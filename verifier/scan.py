@@ -36,10 +36,10 @@ from cryptography.hazmat.primitives import serialization
 from provenance.trust import TrustPolicy
 from provenance.watermark import WatermarkKey
 from verifier.checker import Check, Checker
+from verifier.detection import DetectorSetup
 from verifier.errors import InputError
 from verifier.instance import is_dicom_file
 from verifier.policy import Policy
-from verifier.reports import DetectorSetup
 from verifier.result import FileResult
 
 if TYPE_CHECKING:

@@ -187,7 +187,7 @@ def load_checker(
     writes a heatmap per file.
     """
     from verifier.checker import Check, Checker, parse_checks
-    from verifier.reports import DetectorSetup
+    from verifier.detection import DetectorSetup
 
     selected = parse_checks(checks)
     keys: tuple[WatermarkKey, ...] = ()

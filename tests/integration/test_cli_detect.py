@@ -178,7 +178,7 @@ def test_workers_forked_after_an_in_process_detector_check_do_not_hang(bundle: P
         "from pathlib import Path\n"
         "from provenance.trust import TrustPolicy\n"
         "from verifier.checker import Checker, parse_checks\n"
-        "from verifier.reports import DetectorSetup\n"
+        "from verifier.detection import DetectorSetup\n"
         "torch.set_num_threads(2)\n"
         f"files = [Path(p) for p in {[str(p) for p in files]!r}]\n"
         f"setup = DetectorSetup(model=Path({str(bundle)!r}))\n"

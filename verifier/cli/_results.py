@@ -40,7 +40,7 @@ def print_result(result: FileResult) -> None:
             role = f", role {s.role}" if s.role else ""
             parts.append(f"{s.status.value} by {who}{role} ({s.mac_algorithm or '?'}, {len(s.covered)} elements)")
         line += "\n    " + "\n    ".join(escape(p) for p in parts)
-    det = result.detection
+    det = result.detection_dict()
     if det is not None and det.get("synthetic_score") is not None:
         line += (
             f"\n    detector {escape(str(det.get('model_tag')))}: synthetic {det['synthetic_score']:.3f} "

@@ -192,7 +192,7 @@ def _detector_table(files: list[tuple[Path, str]], out: Path, check: Callable[[P
     table.add_column("tamper", no_wrap=True)
     table.add_column("heatmap", ratio=2, overflow="fold")
     for path, what in files:
-        detection = check(path).detection or {}
+        detection = check(path).detection_dict() or {}
         if detection.get("synthetic_score") is None:
             table.add_row(f"{path.name}\n[dim]{what}[/]", "-", "-", str(detection.get("error", "not scored")))
             continue
@@ -329,7 +329,7 @@ def demo(
         )
     _common.console.print(table)
     if detector:
-        from verifier.reports import DetectorSetup
+        from verifier.detection import DetectorSetup
 
         setup = DetectorSetup(heatmap_dir=out / "heatmaps")
         pixels_only = Checker(checks=frozenset({Check.DETECTOR}), trust=policy, site_policy=site_policy, detector=setup)

@@ -47,8 +47,7 @@ def _png(image: npt.NDArray[Any] | None) -> str | None:
 
 def _heatmap(f: AuditedFile) -> str | None:
     """The detector's heatmap PNG (written when the detector check ran with a heatmap folder), embedded."""
-    detection = f.result.detection
-    where = detection.get("heatmap") if isinstance(detection, dict) else None
+    where = f.result.heatmap
     if not where:
         return None
     image = cv2.imread(str(where), cv2.IMREAD_COLOR)

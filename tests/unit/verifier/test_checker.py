@@ -14,8 +14,8 @@ from provenance.keys import KeyStore
 from provenance.signature import sign_dataset
 from verifier.audit import Channel
 from verifier.checker import Check, Checker, parse_checks
+from verifier.detection import DetectorSetup
 from verifier.policy import Action, VerdictStatus
-from verifier.reports import DetectorSetup
 
 CT_SMALL = Path(str(get_testdata_file("CT_small.dcm")))
 
@@ -117,3 +117,18 @@ def test_a_result_builds_its_one_audit_record(checker: Checker, tmp_path: Path) 
     assert entry.details["reasons"] == [r.to_dict() for r in result.verdict.reasons]
     assert entry.os_user and entry.host
     assert entry.signature_report == (result.signature.to_dict() if result.signature is not None else None)
+
+
+def test_reports_stay_typed_until_they_are_serialised(keystore: KeyStore) -> None:
+    from provenance.watermark import WatermarkReport, WatermarkStatus
+
+    checker = Checker(
+        checks=parse_checks("signature,watermark"),
+        trust=keystore.trust_policy(),
+        watermark_keys=(keystore.watermark_key(),),
+    )
+    result = checker.check(CT_SMALL)
+    assert isinstance(result.watermark, WatermarkReport) and result.watermark.status is WatermarkStatus.ABSENT
+    assert result.to_dict()["watermark"] == result.watermark.to_dict()
+    assert result.audit_entry(channel=Channel.CLI).watermark_report == result.watermark.to_dict()
+    assert result.detection is None and result.to_dict()["detector"] is None

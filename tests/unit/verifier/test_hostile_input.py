@@ -143,6 +143,7 @@ def test_a_decoder_panic_is_one_malformed_result(keystore_dir: Path) -> None:
     from tests.testkit import TEST_KEY_PASSPHRASE
     from verifier.checker import Checker, parse_checks
     from verifier.intake.decide import Intake, Peer
+    from verifier.reports import NotChecked, WatermarkNotChecked
 
     path = Path(__file__).resolve().parents[2] / "data" / "fuzz" / "rle_decoder_panic.dcm"
     store = KeyStore(keystore_dir, lambda: TEST_KEY_PASSPHRASE.encode())
@@ -150,12 +151,13 @@ def test_a_decoder_panic_is_one_malformed_result(keystore_dir: Path) -> None:
         checks=parse_checks("signature,watermark"), trust=store.trust_policy(), watermark_keys=(store.watermark_key(),)
     )
     result = checker.check(path)
-    assert result.watermark is not None and result.watermark["status"] == "UNDECODABLE"
-    assert "PanicException" in result.watermark["error"]
+    assert isinstance(result.watermark, WatermarkNotChecked) and result.watermark.reason is NotChecked.UNDECODABLE
+    assert result.to_dict()["watermark"]["status"] == "UNDECODABLE"
+    assert "PanicException" in result.watermark.error
     from verifier.audit import Channel
 
     decision = Intake(checker).check(path.read_bytes(), Peer(channel=Channel.INTAKE))
-    assert decision.result.watermark is not None and decision.result.watermark["status"] == "UNDECODABLE"
+    assert decision.result.watermark is not None and decision.result.to_dict()["watermark"]["status"] == "UNDECODABLE"
 
 
 def test_verify_gives_a_bomb_a_malformed_verdict_and_an_audit_record(

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from verifier.errors import InputError
 from verifier.instance import Instance
 from verifier.reports import DetectionFailure
 
@@ -35,16 +34,12 @@ class DetectorSetup:
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             import torch
 
-            from detectors.errors import DetectorsError
             from detectors.models import load_bundle
 
             # One torch thread, in workers and in a single process alike: the detector's batches of small patches
             # ran half as fast with two threads as with one on the 2-core machine (bench_scan, one worker).
             torch.set_num_threads(1)
-            try:
-                _DETECTORS[key] = load_bundle(self.model)
-            except DetectorsError as exc:
-                raise InputError(f"detector model: {exc.diagnostics()}") from exc
+            _DETECTORS[key] = load_bundle(self.model)
         return _DETECTORS[key]
 
     def report(self, instance: Instance) -> tuple[DetectionOutcome, str | None]:

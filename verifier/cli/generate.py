@@ -55,7 +55,6 @@ def generate(
 
     from detectors.data.normalize import normalization_range, normalize_image
     from detectors.data.reader import read_image
-    from detectors.errors import DetectorsError
     from detectors.generators import GeneratorError, create_generator, list_generators
     from provenance.declaration import SyntheticDeclaration
     from provenance.keys import KeyRole
@@ -93,10 +92,7 @@ def generate(
     source_uid: str | None = None
     value_range: tuple[float, float] | None = None
     if source is not None:
-        try:
-            image = read_image(source)
-        except DetectorsError as exc:
-            raise InputError(f"{source}: {exc.diagnostics()}") from exc
+        image = read_image(source)
         real = normalize_image(image)[0]
         # A paired fake is stored on its source's scale, as the detectors' normalisation read it.
         value_range = usable_value_range(normalization_range(image.frames, image.modality, window=image.window))

@@ -21,8 +21,8 @@ import cv2
 import jinja2
 import numpy.typing as npt
 
-from verifier.claims.audit import AuditedFile, ClaimAudit, ClaimReport, DuplicatePair, Severity
 from verifier.claims.fingerprint import MATCH_SIDE
+from verifier.claims.models import AuditedFile, ClaimAudit, ClaimReport, DuplicatePair, Severity
 from verifier.claims.store import IndexedImage
 
 __all__ = ["render_claims_report", "write_claims_report"]

@@ -468,9 +468,7 @@ class KeyStore:
             ensure_private_dir(self._files.watermark_dir)
             generation = len(self._files.watermark_files()) + 1
             key = WatermarkKey.generate(f"watermark-{generation}")
-            write_private_file(
-                self._files.watermark_dir / f"{generation}.json", seal_watermark_key(key, passphrase)
-            )
+            write_private_file(self._files.watermark_dir / f"{generation}.json", seal_watermark_key(key, passphrase))
         return key
 
     # ----------------------------------------------------------------------------------- trust

@@ -61,12 +61,14 @@ def batch_reuse(reports: Sequence[ClaimReport]) -> list[DuplicatePair]:
                 index.add(i, slots)
     return pairs
 
+
 def _evidence(how: str, c: Confirmation | None) -> dict[str, Any]:
     ev: dict[str, Any] = {"match": how}
     if c is not None:
         ev.update(hamming=c.hamming, hash=c.hash_kind, correlation=c.correlation, scale=c.scale,
                   other_scale=c.other_scale)  # fmt: skip
     return ev
+
 
 def _reuse_pair(
     f: AuditedFile,
@@ -107,9 +109,8 @@ def _reuse_pair(
             )  # fmt: skip
     return DuplicatePair(a=f, b=other, how=how, confirmation=c)
 
-def index_reuse(
-    reports: Sequence[ClaimReport], store: ImageStore, known: set[tuple[str, str]]
-) -> list[DuplicatePair]:
+
+def index_reuse(reports: Sequence[ClaimReport], store: ImageStore, known: set[tuple[str, str]]) -> list[DuplicatePair]:
     """Images of this batch already submitted with another claim of an earlier audit (the image index), one
     finding per earlier claim; ``known`` pairs (path, other claim) were found in the batch already."""
     pairs: list[DuplicatePair] = []
@@ -160,6 +161,7 @@ def index_reuse(
                 pairs.append(DuplicatePair(a=f, b=row, how=how, confirmation=conf))
     return pairs
 
+
 def uid_reuse(reports: Sequence[ClaimReport], store: ImageStore | None) -> None:
     """SOP or Study Instance UIDs carried by images of different patients (in the batch or the index)."""
     seen: dict[tuple[str, str], list[tuple[str | None, AuditedFile]]] = {}
@@ -192,9 +194,7 @@ def uid_reuse(reports: Sequence[ClaimReport], store: ImageStore | None) -> None:
             ]
             if key is None or (not others and not prior):
                 continue
-            other_claims = sorted(
-                {g.claim_id for k, g in users if k != key and k} | {str(r.claim_id) for r in prior}
-            )
+            other_claims = sorted({g.claim_id for k, g in users if k != key and k} | {str(r.claim_id) for r in prior})
             by_claim[f.claim_id].findings.append(
                 Finding(kind="uid_reused", severity=Severity.HIGH,
                         message=f"{Path(f.path).name}: its {kind} is also used for another patient "

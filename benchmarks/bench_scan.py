@@ -118,31 +118,24 @@ class _Fakes:
     def __init__(self, store: KeyStore, directory: Path) -> None:
         import torch
 
-        from detectors.generators import create_generator
-        from verifier.cli.generate import default_checkpoint
+        from verifier.generation import GenerationKeys, default_checkpoint, load_generator
 
         torch.set_num_threads(1)
         store.create("bench-generator", KeyRole("generator"), KeyAlgorithm("rsa-2048"))
-        self.signer = store.load_signing_key("bench-generator")
-        self.watermark_key = store.watermark_key()
-        checkpoint = default_checkpoint("gan")
-        if checkpoint is None:  # pragma: no cover - the package ships it
+        if default_checkpoint("gan") is None:  # pragma: no cover - the package ships it
             raise SystemExit("the shipped GAN checkpoint is missing")
-        self.model = create_generator("gan", checkpoint=checkpoint)
-        self.log = AuditLog.open(f"sqlite:///{directory / 'generation-audit.db'}")
+        self.model = load_generator("gan")
+        self.keys = GenerationKeys(
+            signer=store.load_signing_key("bench-generator"), key_name="bench-generator",
+            watermark_key=store.watermark_key(), log=AuditLog.open(f"sqlite:///{directory / 'generation-audit.db'}"),
+        )  # fmt: skip
 
     def write(self, path: Path, *, seed: int, launder: bool) -> bool:
-        from provenance.declaration import SyntheticDeclaration
         from provenance.signature import strip_signatures
-        from verifier.synthetic import write_generated
+        from verifier.generation import generate_signed_image
 
-        declaration = SyntheticDeclaration(
-            generator="gan", generator_version="bench", model_sha256=str(self.model.digest), seed=seed,
-            generated_at=dt.datetime.now(dt.UTC), kind="sample",
-        )  # fmt: skip
-        pixels = self.model.sample(1, seed=seed, size=256)[0]
-        write_generated(pixels, path=path, modality="MR", declaration=declaration, signer=self.signer, log=self.log,
-                        key_name="bench-generator", watermark_key=self.watermark_key)  # fmt: skip
+        generate_signed_image(self.model, name="gan", seed=seed, path=path, modality="MR", keys=self.keys,
+                              version="bench")  # fmt: skip
         if launder:  # what a forger does: signature and private declaration gone, the pixels (and mark) kept
             ds = pydicom.dcmread(path)
             strip_signatures(ds)

@@ -27,6 +27,7 @@ from verifier.settings import Settings
 if TYPE_CHECKING:  # SQLAlchemy is imported only when the audit log is opened, pydicom only when files are checked
     from verifier.audit import AuditLog, CheckpointSigner, TrustedCertificates
     from verifier.checker import Checker
+    from verifier.generation import GenerationKeys
     from verifier.intake.decide import Intake
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "load_checker",
     "load_trust_policy",
     "open_audit_log",
+    "open_generation_keys",
     "open_intake",
     "open_keystore",
     "passphrase_file_path",
@@ -87,6 +89,24 @@ def load_trust_policy(settings: Settings, extra: Sequence[Path] = ()) -> TrustPo
 
 def _no_passphrase() -> bytes:  # pragma: no cover - trust evaluation never needs a private key
     raise KeyStoreError("verification does not use private keys")
+
+
+def open_generation_keys(settings: Settings, key: str = "generator") -> GenerationKeys:
+    """What generated images are written with: signing key ``key`` (role generator; the key store is initialised
+    and the key created on first use), the current watermark key (likewise) and the audit log."""
+    from verifier.generation import GenerationKeys
+
+    store = open_keystore(settings)
+    store.init()
+    info = store.ensure(key, KeyRole.GENERATOR)
+    if info.role is not KeyRole.GENERATOR:
+        raise InputError(f"key {key!r} has role {info.role.value}; generated images are signed by a generator key")
+    return GenerationKeys(
+        signer=store.load_signing_key(key),
+        key_name=key,
+        watermark_key=store.watermark_key(),
+        log=open_audit_log(settings),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the audit log

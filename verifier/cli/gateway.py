@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from verifier.cli import _common, app
-from verifier.cli._net import parse_listen, server_tls_context
+from verifier.cli._net import parse_forward, parse_listen, server_tls_context
 from verifier.cli._options import ChecksOption, DbOption, ModelOption, PolicyOption, TrustOption
 from verifier.errors import ConfigError, InputError
 from verifier.setup import open_intake
@@ -72,13 +72,9 @@ def gateway(
 ) -> int:
     """Serve until interrupted (SIGINT or SIGTERM); spooled instances are forwarded after a restart."""
     from verifier.intake.gateway import Gateway, parse_allowed_callers
-    from verifier.intake.queue import Destination
 
     host, port = parse_listen(listen)
-    try:
-        destination = Destination.parse(forward)
-    except ValueError as exc:
-        raise InputError(f"--forward: {exc}") from None
+    destination = parse_forward(forward)
     if not ae_title or len(ae_title) > 16:
         raise InputError("--ae-title must have 1 to 16 characters")
     ssl_context = gateway_ssl_context(tls_cert, tls_key, tls_ca)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -15,8 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from provenance.errors import SigningError
-from provenance.models import MacAlgorithm, SignatureProfile, SignatureStatus
-from provenance.signature import sign_dataset
+from provenance.models import MacAlgorithm, SignatureProfile
 from verifier import setup
 from verifier.checker import Checker, default_workers
 from verifier.cli import _common, app
@@ -31,7 +27,7 @@ from verifier.cli._options import (
 )
 from verifier.cli._results import FORMATS, exit_code, print_result
 from verifier.errors import InputError
-from verifier.instance import Instance, UnreadableInstanceError, iter_input_files
+from verifier.instance import UnreadableInstanceError, iter_input_files
 from verifier.result import FileResult
 
 __all__: list[str] = []
@@ -108,18 +104,6 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-def _write_atomic(ds_writer: Callable[[Path], None], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        ds_writer(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @app.command(help="Add a DICOM digital signature (PS3.15) with a key from the key store.")
 def sign(
     files: Annotated[list[Path], typer.Argument(help="DICOM files to sign.")],
@@ -134,8 +118,9 @@ def sign(
     mac: Annotated[str, typer.Option("--mac", help="MAC algorithm: sha256, sha384 or sha512.")] = "sha256",
 ) -> int:
     """Sign files; they are written atomically, and the signature is checked before anything is written."""
-    if (output is None) == (not in_place):
-        raise InputError("give exactly one of -o/--output and --in-place")
+    from verifier.signing import SignatureNotVerifiedError, sign_file, sign_targets
+
+    targets = sign_targets(files, output=output, in_place=in_place)
     try:
         mac_algorithm = MacAlgorithm(mac.upper())
     except ValueError:
@@ -150,60 +135,24 @@ def sign(
             highlight=False,
         )
     checker = Checker(trust=store.trust_policy())
-    from verifier.audit import AuditEntry, Channel, EventKind
-
     log = setup.open_audit_log(settings)
-    targets: list[tuple[Path, Path]] = []
-    if in_place:
-        targets = [(f, f) for f in files]
-    elif output is not None:
-        if len(files) == 1 and not output.is_dir():
-            targets = [(files[0], output)]
-        else:
-            if output.exists() and not output.is_dir():
-                raise InputError(f"{output} is not a directory (several inputs need an output directory)")
-            names = [f.name for f in files]
-            if len(set(names)) != len(names):
-                raise InputError("several inputs share a file name; sign them into separate directories")
-            targets = [(f, output / f.name) for f in files]
     failures = 0
     for source, target in targets:
         try:
-            instance = Instance.from_path(source)
-            ds = instance.dataset
-            uid = sign_dataset(ds, signer, profile=profile, mac=mac_algorithm)
-            _write_atomic(ds.save_as, target)
+            signed = sign_file(
+                source, target, signer=signer, profile=profile, mac=mac_algorithm, checker=checker, log=log
+            )
         except (UnreadableInstanceError, SigningError) as exc:
             failures += 1
             _common.err_console.print(f"[red]not signed[/] {escape(str(source))}: {escape(exc.diagnostics())}")
             continue
-        check = checker.check(target)
-        mine = [s for s in (check.signature.signatures if check.signature is not None else ()) if s.uid == uid]
-        if not mine or mine[0].status is not SignatureStatus.VALID:
+        except SignatureNotVerifiedError as exc:
             failures += 1
-            _common.err_console.print(f"[red]signature does not verify[/] {escape(str(target))}: {check.reasons}")
+            _common.err_console.print(f"[red]signature does not verify[/] {escape(str(target))}: {exc.reasons}")
             continue
-        record = log.append(
-            AuditEntry(
-                event=EventKind.SIGN,
-                channel=Channel.CLI,
-                path=str(target),
-                sop_instance_uid=check.sop_instance_uid,
-                file_sha256=check.sha256,
-                signature_report=check.signature.to_dict() if check.signature is not None else None,
-                verdict=check.status,
-                details={
-                    "source": str(source),
-                    "key": signer.name,
-                    "profile": profile.value,
-                    "mac": mac_algorithm.value,
-                    "signature_uid": uid,
-                },
-            ).with_local_actor()
-        )
         _common.console.print(
             f"[green]signed[/] {escape(str(target))} (key {signer.name}, {profile.value}, {mac_algorithm.value}, "
-            f"{len(mine[0].covered)} elements, UID {uid}, audit #{record.id})",
+            f"{signed.covered} elements, UID {signed.signature_uid}, audit #{signed.audit_id})",
             highlight=False,
         )
     return 2 if failures else 0

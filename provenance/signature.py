@@ -171,7 +171,8 @@ def sign_dataset(
 
 
 def strip_signatures(ds: Dataset) -> None:
-    """Remove every signature of the top level (PS3.15 rule for derived objects, STYLE.md rule 5)."""
+    """Remove every signature of the top level: a derived object never keeps its source's (PS3.15; ARCHITECTURE.md,
+    "Boundaries")."""
     for tag in (MAC_PARAMETERS_SEQUENCE, DIGITAL_SIGNATURES_SEQUENCE):
         if tag in ds:
             del ds[tag]

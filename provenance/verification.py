@@ -435,8 +435,8 @@ def _verify_site(
 def verify_dataset(ds: Dataset, policy: TrustPolicy, *, at: dt.datetime | None = None) -> SignatureReport:
     """Check every digital signature in ``ds`` against ``policy`` and report what is not covered.
 
-    ``policy`` is required: which signers are trusted is never implicit (STYLE.md rule 2). Certificates are
-    evaluated at ``at`` (default: now).
+    ``policy`` is required: which signers are trusted is never implicit (ARCHITECTURE.md, "Reports and
+    decisions"). Certificates are evaluated at ``at`` (default: now).
     """
     when = at or dt.datetime.now(dt.UTC)
     signatures: list[SignatureInfo] = []

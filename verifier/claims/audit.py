@@ -29,7 +29,6 @@ import numpy.typing as npt
 from verifier.checker import Checker
 from verifier.claims.fingerprint import fingerprint_frame
 from verifier.claims.headers import HeaderFacts
-from verifier.claims.manifest import load_claims
 from verifier.claims.models import (
     AuditedFile,
     ClaimAudit,
@@ -48,16 +47,7 @@ from verifier.policy import Action, VerdictStatus
 if TYPE_CHECKING:  # SQLAlchemy is imported only when a database is used
     from verifier.audit import AuditLog
 
-__all__ = [
-    "AuditedFile",
-    "ClaimAudit",
-    "ClaimInfo",
-    "ClaimReport",
-    "ClaimsAuditor",
-    "Finding",
-    "Severity",
-    "load_claims",
-]
+__all__ = ["ClaimsAuditor"]
 
 _THUMB_SIDE = 256
 

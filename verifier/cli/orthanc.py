@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from verifier.cli import _common, app
-from verifier.cli._options import ModelOption
+from verifier.cli._options import DbOption, ModelOption
 from verifier.errors import ConfigError, InputError
 
 __all__ = ["install_plugin", "plugin_script", "strip_json_comments"]
@@ -149,7 +149,7 @@ def install_plugin(
     checks: Annotated[str, typer.Option("--checks", help="Checks to run on each upload.")] = "signature",
     quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
     model: ModelOption = None,
-    db: Annotated[str | None, typer.Option("--db", help="Audit database URL (default: the home's).")] = None,
+    db: DbOption = None,
     allow: Annotated[
         list[str] | None, typer.Option("--allow", help="Allowed calling AE title for C-STORE (repeatable).")
     ] = None,

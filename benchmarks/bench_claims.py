@@ -49,7 +49,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from detectors.data import read_image
-from detectors.data.corpus import _sample_dicom_candidates, _sample_nifti_candidates
+from detectors.data.sample import _sample_dicom_candidates, _sample_nifti_candidates
 from provenance.keys import KeyStore
 from verifier.audit import AuditLog
 from verifier.checker import Check, Checker

@@ -5,18 +5,16 @@ Needs no database and no crypto; never imports :mod:`verifier` or :mod:`provenan
 
 from __future__ import annotations
 
+from detectors.data.build import BuildReport, build_corpus
 from detectors.data.corpus import (
     DEFAULT_FRACTIONS,
     MANIFEST_NAME,
     SPLITS,
-    BuildReport,
     Corpus,
     CorpusFrame,
     ManifestEntry,
     Split,
     assign_split,
-    build_corpus,
-    build_sample_corpus,
 )
 from detectors.data.normalize import CT_HU_RANGE, normalization_range, normalize, normalize_image
 from detectors.data.reader import (
@@ -27,6 +25,7 @@ from detectors.data.reader import (
     read_image,
     sniff_format,
 )
+from detectors.data.sample import build_sample_corpus, sample_dicom_files
 
 __all__ = [
     "CT_HU_RANGE",
@@ -49,5 +48,6 @@ __all__ = [
     "normalize",
     "normalize_image",
     "read_image",
+    "sample_dicom_files",
     "sniff_format",
 ]

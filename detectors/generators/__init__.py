@@ -1,4 +1,5 @@
-"""In-house generators: VAE, GAN (DCGAN-style), diffusion (DDPM/DDIM) and local tamper (inject/remove).
+"""In-house generators: VAE, GAN (DCGAN-style), diffusion (DDPM/DDIM), learned super-resolution and local tamper
+(inject/remove/copy-move).
 
 One registry and one factory::
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from detectors.generators import diffusion as _diffusion
 from detectors.generators import gan as _gan
+from detectors.generators import sr as _sr
 from detectors.generators import tamper as _tamper
 from detectors.generators import vae as _vae
 from detectors.generators.base import (
@@ -38,11 +40,12 @@ from detectors.generators.errors import (
     UnknownGeneratorError,
 )
 from detectors.generators.gan import GANConfig, GANGenerator
+from detectors.generators.sr import SRConfig, SRGenerator
 from detectors.generators.tamper import TamperConfig, TamperGenerator, TamperResult
 from detectors.generators.training import PatchSampler, ProgressCallback, TrainingResult, TrainProgress
 from detectors.generators.vae import VAEConfig, VAEGenerator
 
-del _diffusion, _gan, _tamper, _vae
+del _diffusion, _gan, _sr, _tamper, _vae
 
 __all__ = [
     "PRESET_NAMES",
@@ -59,6 +62,8 @@ __all__ = [
     "GeneratorInputError",
     "PatchSampler",
     "ProgressCallback",
+    "SRConfig",
+    "SRGenerator",
     "TamperConfig",
     "TamperGenerator",
     "TamperResult",

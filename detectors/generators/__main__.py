@@ -30,7 +30,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from detectors.generators import TrainProgress, create_generator, list_generators
+from detectors.generators import PatchSampler, TrainProgress, create_generator, list_generators
+from detectors.generators.config import parse_overrides
 
 
 def save_frames(path: Path, frames: Sequence[npt.NDArray[np.float32]], description: dict[str, Any]) -> None:
@@ -47,19 +48,6 @@ def load_frames(path: Path) -> tuple[list[npt.NDArray[np.float32]], dict[str, An
         frames = [data[k].astype(np.float32) for k in sorted(data.files) if k.startswith("frame_")]
         description = json.loads(bytes(data["description"]).decode()) if "description" in data.files else {}
     return frames, description
-
-
-def _overrides(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set takes FIELD=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("--log-every", type=int, default=500)
     tr.add_argument("--minutes", type=float, default=None, help="stop after this much training time")
     tr.add_argument("--sampling-only", action="store_true", help="save only the weights that sampling uses")
+    tr.add_argument("--whole", type=float, default=0.0,
+                    help="share of crops that are whole frames shrunk to the patch size (anatomy layout)")
     args = parser.parse_args(argv)
 
     if args.command == "export":
@@ -98,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume is not None:
         gen = create_generator(args.name, checkpoint=args.resume)
     else:
-        gen = create_generator(args.name, config=args.config, seed=args.seed, **_overrides(args.overrides))
+        gen = create_generator(args.name, config=args.config, seed=args.seed, **parse_overrides(args.overrides))
     total = gen.config.steps if args.steps is None else args.steps
     print(
         f"{args.name}: {gen.parameter_count:,} parameters, {len(frames)} frames, {total} steps on {args.device}",
@@ -114,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     gen.fit(
-        frames,
+        PatchSampler(frames, gen.config.image_size, whole_fraction=args.whole),
         steps=total,
         seed=args.seed,
         progress=report,

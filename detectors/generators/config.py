@@ -8,14 +8,15 @@ its presets (``tiny`` for tests, ``small`` for a CPU run under 30 minutes, ``lar
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 from detectors.generators.errors import GeneratorConfigError
 
-__all__ = ["PRESET_NAMES", "GeneratorConfig"]
+__all__ = ["PRESET_NAMES", "GeneratorConfig", "parse_overrides"]
 
 #: The preset names every generator defines.
 PRESET_NAMES: tuple[str, ...] = ("tiny", "small", "large")
@@ -116,3 +117,18 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         return value
     return value
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Config overrides from ``FIELD=VALUE`` strings; VALUE is JSON where it parses (``width=48``,
+    ``radius_px=[4,12]``), else a string (``inpaint_method=learned``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GeneratorConfigError(f"an override takes FIELD=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

@@ -1,13 +1,18 @@
-"""``tamper``: CT-GAN-style local edits of a real image — inject a lesion-like structure or remove one.
+"""``tamper``: CT-GAN-style local edits of a real image — inject a lesion, remove one, or copy one elsewhere.
 
 *Inject* draws a lesion from a parametric model (a soft ellipse of random size, elongation, orientation and edge
 sharpness, modulated by a band-limited Gaussian texture; its contrast is a multiple of the local standard
-deviation, hyper- or hypo-dense at random) and adds it where the image has tissue. *Remove* cuts an ellipse out
-of a structured region and fills it with the learned inpainter (a small convolutional encoder-decoder trained here
-on random elliptical holes in real patches, ``inpaint_method="learned"``) or OpenCV's Telea inpainting (the
-``small`` default until the inpainter is trained on a content-rich corpus).
-Both edits change pixels only inside the returned mask. Radii are in native pixels (about 3 to 10 mm at typical CT
-spacing), so the edit and the inpainter work at the image's own resolution.
+deviation, hyper- or hypo-dense at random) and adds it where the image has tissue; the image's own noise stays
+under it. *Remove* cuts an ellipse out of a structured region and fills it with the learned inpainter (a small
+convolutional encoder-decoder trained here on random elliptical holes in real patches, ``inpaint_method=
+"learned"``) or OpenCV's Telea inpainting; with ``match_noise`` the fill then gets the image's own noise: the
+fine-scale residual of a donor region of the same image at a similar grey level, so that the hole is not
+smoother than its surroundings. *Copy-move* copies a structured region of the image onto another place of it
+and blends it in by Poisson editing (the copy's gradients, the target's boundary), as forgers do with a real
+lesion.
+
+Every edit changes pixels only inside the returned mask. Radii are in native pixels (about 3 to 10 mm at typical
+CT spacing), so the edit and the inpainter work at the image's own resolution.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from detectors.generators.config import GeneratorConfig
 from detectors.generators.errors import GeneratorConfigError, GeneratorInputError
 from detectors.generators.training import check_image
 
-__all__ = ["Inpainter", "TamperConfig", "TamperGenerator", "TamperResult"]
+__all__ = ["TAMPER_MODES", "Inpainter", "TamperConfig", "TamperGenerator", "TamperResult", "poisson_blend"]
 
-TamperMode = Literal["inject", "remove"]
+TamperMode = Literal["inject", "remove", "copymove"]
+#: Every kind of local edit, in the order of :attr:`TamperConfig.mode_weights`.
+TAMPER_MODES: tuple[TamperMode, ...] = ("inject", "remove", "copymove")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,6 +49,10 @@ class TamperConfig(GeneratorConfig):
     contrast: tuple[float, float] = (1.5, 4.0)
     min_amplitude: float = 0.04
     inject_probability: float = 0.5
+    #: Probability of a copy-move when no mode is asked for; the rest splits by ``inject_probability``.
+    copymove_probability: float = 1.0 / 3.0
+    #: Give an inpainted fill the image's own fine-scale noise (see the module docstring).
+    match_noise: bool = True
     #: ``telea`` by default: the learned inpainter trained on the 27-frame sample corpus fills held-out holes worse
     #: (mean hole L1 0.21 vs 0.09 on val) because most training patches are empty background; train it on a
     #: content-rich corpus and set ``learned``.
@@ -70,8 +81,8 @@ class TamperConfig(GeneratorConfig):
             raise GeneratorConfigError("width >= 1 and 1.5 <= radius_px[0] <= radius_px[1] <= image_size / 3")
         if not 0 < self.contrast[0] <= self.contrast[1] or self.min_amplitude < 0:
             raise GeneratorConfigError("contrast must be a positive increasing pair, min_amplitude >= 0")
-        if not 0 <= self.inject_probability <= 1:
-            raise GeneratorConfigError("inject_probability must be in [0, 1]")
+        if not 0 <= self.inject_probability <= 1 or not 0 <= self.copymove_probability <= 1:
+            raise GeneratorConfigError("inject_probability and copymove_probability must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +122,67 @@ class Inpainter(nn.Module):
         return torch.tanh(out)
 
 
+def _donor_noise(
+    image: npt.NDArray[np.float32], filled: npt.NDArray[np.float32], hole: npt.NDArray[np.bool_],
+    rng: np.random.Generator,
+) -> npt.NDArray[np.float32]:
+    """The fine-scale residual (image minus its Gaussian blur, sigma 1) of a donor region of ``image`` outside
+    ``hole``, at the grey level closest to the fill's, laid over the hole (zero elsewhere)."""
+    h, w = image.shape
+    ys, xs = np.nonzero(hole)
+    top, left, bottom, right = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+    bh, bw = bottom - top, right - left
+    residual = image - cv2.GaussianBlur(image, (0, 0), 1.0)
+    level = float(filled[hole].mean())
+    best: tuple[float, int, int] | None = None
+    for _ in range(32):
+        y = int(rng.integers(0, max(1, h - bh + 1)))
+        x = int(rng.integers(0, max(1, w - bw + 1)))
+        if hole[y : y + bh, x : x + bw].any():
+            continue
+        cost = abs(float(image[y : y + bh, x : x + bw].mean()) - level)
+        if best is None or cost < best[0]:
+            best = (cost, y, x)
+    out = np.zeros_like(image)
+    if best is not None:
+        _, y, x = best
+        out[top:bottom, left:right] = residual[y : y + bh, x : x + bw]
+    return np.where(hole, out, 0.0).astype(np.float32)
+
+
+def poisson_blend(
+    image: npt.NDArray[np.float32], source: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float32]:
+    """Poisson image editing: inside ``mask`` the result has the Laplacian of ``source`` and meets ``image`` on
+    the mask's boundary (a sparse linear system over the masked pixels); outside it is ``image``. ``mask`` must
+    not touch the border."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return image.copy()
+    index = -np.ones(image.shape, dtype=np.int64)
+    index[ys, xs] = np.arange(ys.size)
+    rows, cols, vals = [np.arange(ys.size)], [np.arange(ys.size)], [np.full(ys.size, 4.0)]
+    rhs = np.zeros(ys.size)
+    src = source.astype(np.float64)
+    dst = image.astype(np.float64)
+    for oy, ox in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        ny, nx = ys + oy, xs + ox
+        rhs += src[ys, xs] - src[ny, nx]
+        inside = index[ny, nx] >= 0
+        rows.append(np.flatnonzero(inside))
+        cols.append(index[ny[inside], nx[inside]])
+        vals.append(-np.ones(int(inside.sum())))
+        rhs[~inside] += dst[ny[~inside], nx[~inside]]
+    matrix = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                        shape=(ys.size, ys.size)).tocsr()
+    out = image.copy()
+    out[ys, xs] = np.clip(spsolve(matrix, rhs), 0.0, 1.0)
+    return out
+
+
 def _ellipses(n: int, size: int, radius: tuple[float, float], gen: torch.Generator | None = None) -> torch.Tensor:
     """``n`` random filled ellipses (n, 1, size, size) in {0, 1}, centred away from the border."""
     lo, hi = radius
@@ -130,12 +202,13 @@ def _ellipses(n: int, size: int, radius: tuple[float, float], gen: torch.Generat
 
 @register_generator("tamper")
 class TamperGenerator(Generator):
-    """Local edits: lesion injection (parametric lesion model) and removal (learned inpainter)."""
+    """Local edits: lesion injection (parametric lesion model), removal (learned inpainter) and copy-move."""
 
     config_class = TamperConfig
     paired_method = (
-        "local edit: inject a textured soft-ellipse lesion, or remove an elliptical region with the learned "
-        "inpainter; pixels change only inside the returned mask"
+        "local edit: inject a textured soft-ellipse lesion, remove an elliptical region with the learned "
+        "inpainter and the image's own noise, or copy a region elsewhere with Poisson blending; pixels change "
+        "only inside the returned mask"
     )
     upsample_method = "lesion model drawn directly at the requested size (it is parametric)"
     config: TamperConfig
@@ -210,17 +283,23 @@ class TamperGenerator(Generator):
     # ------------------------------------------------------------------ edits
 
     def tamper(self, real: npt.NDArray[np.floating], *, seed: int = 0, mode: TamperMode | None = None) -> TamperResult:
-        """A tampered copy of ``real`` (2-D, [0, 1]); ``mode`` defaults to a seeded draw (inject_probability).
+        """A tampered copy of ``real`` (2-D, [0, 1]); ``mode`` defaults to a seeded draw (copy-move with
+        ``copymove_probability``, else inject with ``inject_probability``, else remove).
 
         The mask is the edited region: the lesion's support (where it changes the image by at least half a 12-bit
-        step) or the inpainted hole; no pixel outside it changes.
+        step), the inpainted hole or the pasted region; no pixel outside it changes.
         """
         image = check_image(real, "tamper")
         rng = np.random.default_rng(seed)
-        draw: TamperMode = "inject" if rng.random() < self.config.inject_probability else "remove"
+        u = rng.random()
+        if u < self.config.copymove_probability:
+            draw: TamperMode = "copymove"
+        else:
+            rest = (u - self.config.copymove_probability) / max(1e-9, 1.0 - self.config.copymove_probability)
+            draw = "inject" if rest < self.config.inject_probability else "remove"
         chosen = mode or draw
-        if chosen not in ("inject", "remove"):
-            raise GeneratorInputError(f"mode must be 'inject' or 'remove', got {mode!r}")
+        if chosen not in TAMPER_MODES:
+            raise GeneratorInputError(f"mode must be one of {', '.join(TAMPER_MODES)}, got {mode!r}")
         radius = self._radius(image.shape, rng)
         if chosen == "inject":
             center = self._pick_center(image, radius, rng, structured=False)
@@ -237,13 +316,48 @@ class TamperGenerator(Generator):
             lesion[amplitude * lesion < 0.5 / 4096] = 0.0
             mask = lesion > 0
             out = np.clip(image + sign * amplitude * lesion, 0.0, 1.0).astype(np.float32)
-        else:
+        elif chosen == "remove":
             center = self._pick_center(image, radius, rng, structured=True)
             hole = self._lesion(image.shape, center, radius, np.random.default_rng(rng.integers(2**63))) > 0.05
             hole = cv2.dilate(hole.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
             out = self._inpaint(image, hole, center)
+            if self.config.match_noise:
+                out = np.where(hole, np.clip(out + _donor_noise(image, out, hole, rng), 0.0, 1.0), image)
             mask = hole
-        return TamperResult(out, mask, chosen, center, radius)
+        else:
+            center, out, mask = self._copy_move(image, radius, rng)
+        return TamperResult(out.astype(np.float32), mask, chosen, center, radius)
+
+    def _copy_move(
+        self, image: npt.NDArray[np.float32], radius: float, rng: np.random.Generator
+    ) -> tuple[tuple[int, int], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Copy a structured region onto another place at least three radii away, Poisson-blended."""
+        h, w = image.shape
+        source = self._pick_center(image, radius, rng, structured=True)
+        shape = self._lesion(image.shape, source, radius, np.random.default_rng(rng.integers(2**63))) > 0.05
+        m = math.ceil(2 * radius) + 2
+        far = []
+        for _ in range(48):
+            y = int(rng.integers(min(m, h // 2), max(h - m, h // 2 + 1)))
+            x = int(rng.integers(min(m, w // 2), max(w - m, w // 2 + 1)))
+            if math.hypot(y - source[0], x - source[1]) >= 3 * radius:
+                far.append((y, x))
+        if not far:  # an image too small for a distant copy: the farthest corner region
+            far = [(h - 1 - source[0], w - 1 - source[1])]
+        mean = cv2.blur(image, (2 * m + 1, 2 * m + 1))
+        target = min(far, key=lambda p: abs(float(mean[p]) - float(mean[source])) + 1e-6 * rng.random())
+        dy, dx = target[0] - source[0], target[1] - source[1]
+        ys, xs = np.nonzero(shape)
+        keep = (ys + dy >= 1) & (ys + dy < h - 1) & (xs + dx >= 1) & (xs + dx < w - 1)
+        ys, xs = ys[keep], xs[keep]
+        mask = np.zeros_like(shape)
+        mask[ys + dy, xs + dx] = True
+        pasted = np.zeros_like(image)
+        pasted[ys + dy, xs + dx] = image[ys, xs]
+        # The copy's own neighbourhood gives its gradients at the region's edge.
+        shifted = np.roll(np.roll(image, dy, axis=0), dx, axis=1)
+        out = poisson_blend(image, np.where(mask, pasted, shifted), mask)
+        return target, out, mask
 
     def _inpaint(
         self, image: npt.NDArray[np.float32], hole: npt.NDArray[np.bool_], center: tuple[int, int]

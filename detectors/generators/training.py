@@ -107,6 +107,15 @@ def content_positions(
     return np.flatnonzero(ok)
 
 
+def _whole(frame: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.float32]:
+    """The central square of ``frame`` shrunk (area) to ``size`` x ``size``."""
+    h, w = frame.shape
+    side = min(h, w)
+    y, x = (h - side) // 2, (w - side) // 2
+    square = frame[y : y + side, x : x + side]
+    return np.clip(cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA), 0.0, 1.0).astype(np.float32)
+
+
 class PatchSampler:
     """Random ``size`` x ``size`` crops of in-memory frames, seeded by a numpy Generator.
 
@@ -115,7 +124,9 @@ class PatchSampler:
     Frames are drawn in proportion to their number of such positions (their area of content), and a position
     uniformly among them. A frame without any (a blank frame) is skipped; only when no frame has content does
     the sampler fall back to uniform crops, so it always terminates. ``min_std=0`` and ``min_content=0`` give
-    the plain uniform sampler.
+    the plain uniform sampler. With ``whole_fraction`` > 0 that share of the crops is instead a whole frame
+    (its central square) shrunk to the patch size: what a generator needs to learn the layout of anatomy for
+    its unconditional samples, where native-resolution crops teach texture only.
     """
 
     def __init__(
@@ -126,7 +137,11 @@ class PatchSampler:
         min_std: float = 0.02,
         min_content: float = 0.1,
         background_margin: float = 0.05,
+        whole_fraction: float = 0.0,
     ) -> None:
+        if not 0.0 <= whole_fraction <= 1.0:
+            raise GeneratorInputError(f"whole_fraction must be in [0, 1], got {whole_fraction}")
+        self.whole_fraction = float(whole_fraction)
         if size < 1:
             raise GeneratorInputError(f"patch size must be >= 1, got {size}")
         if min_std < 0 or not 0 <= min_content <= 1 or background_margin < 0:
@@ -144,6 +159,8 @@ class PatchSampler:
                 new = (max(size, round(w * scale)), max(size, round(h * scale)))
                 arr = np.clip(cv2.resize(arr, new, interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
             self.frames.append(np.ascontiguousarray(arr, dtype=np.float32))
+        #: Each frame's central square shrunk to the patch size (area): the whole layout of the anatomy.
+        self._wholes = [_whole(f, size) for f in self.frames] if whole_fraction > 0 else []
         if not self.frames:
             raise GeneratorInputError("no training frames")
         self._positions: list[npt.NDArray[np.int64]] = [
@@ -173,6 +190,7 @@ class PatchSampler:
             "background_margin": self.background_margin,
             "content_aware": self.content_aware,
             "frames_with_content": sum(1 for p in self._positions if len(p)),
+            **({"whole_fraction": self.whole_fraction} if self.whole_fraction > 0 else {}),
         }
 
     def batch(self, n: int, rng: np.random.Generator) -> torch.Tensor:
@@ -181,6 +199,10 @@ class PatchSampler:
         out = np.empty((n, 1, s, s), dtype=np.float32)
         picks = rng.choice(len(self.frames), size=n, p=self._p)
         for j, k in enumerate(picks):
+            if self._wholes and rng.random() < self.whole_fraction:
+                whole = self._wholes[int(rng.integers(len(self._wholes)))]
+                out[j, 0] = whole[:, ::-1] if rng.random() < 0.5 else whole
+                continue
             frame = self.frames[k]
             cols = frame.shape[1] - s + 1
             if self.content_aware:

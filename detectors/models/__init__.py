@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from detectors.models import classical as _classical
 from detectors.models import cnn as _cnn
+from detectors.models import copymove as _copymove
 from detectors.models import ensemble as _ensemble
+from detectors.models import oneclass as _oneclass
 from detectors.models import segment as _segment
 from detectors.models.base import (
     DetectionReport,
@@ -38,7 +40,7 @@ from detectors.models.base import (
 from detectors.models.bundle import DEFAULT_BUNDLE, load_bundle, read_bundle_config, save_bundle
 from detectors.models.heatmap import render_heatmap
 
-del _classical, _cnn, _ensemble, _segment
+del _classical, _cnn, _copymove, _ensemble, _oneclass, _segment
 
 __all__ = [
     "DEFAULT_BUNDLE",

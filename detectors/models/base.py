@@ -29,14 +29,19 @@ __all__ = [
     "Detector",
     "DetectorConfig",
     "DetectorInputError",
+    "FrameScores",
+    "FrameSet",
     "ModelError",
     "PatchBatch",
+    "TrainingImage",
     "UnknownDetectorError",
     "create_detector",
     "detector_class",
     "frame_patches",
     "grid_starts",
+    "image_group",
     "list_detectors",
+    "modality_group",
     "platt",
     "prepare_frames",
     "register_detector",
@@ -84,6 +89,16 @@ class DetectorConfig:
     tamper_threshold: float = 0.5
     target_fpr: float = 0.01
     training: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Per head, per modality group and form (``MR/native``): a raw-score offset subtracted before calibration,
+    #: fitted where a group has enough real calibration views, so that one threshold means one false-positive
+    #: rate in every such group (:func:`~detectors.models.training.calibrate_scores`).
+    group_offsets: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+
+    def offset(self, head: str, group: str | None) -> float:
+        """The raw-score offset of ``head`` for images of ``group`` (0 where none was fitted)."""
+        if not group:
+            return 0.0
+        return float(self.group_offsets.get(head, {}).get(group, 0.0))
 
     def __post_init__(self) -> None:
         if self.patch_size < 16 or self.patch_size % 8:
@@ -107,6 +122,7 @@ class DetectorConfig:
         data["percentiles"] = list(self.percentiles)
         data["calibration"] = {k: list(v) for k, v in self.calibration.items()}
         data["training"] = dict(self.training)
+        data["group_offsets"] = {head: dict(values) for head, values in self.group_offsets.items()}
         return data
 
     @classmethod
@@ -129,6 +145,9 @@ class DetectorConfig:
             for name in ("threshold", "tamper_threshold", "target_fpr"):
                 if name in values:
                     values[name] = float(values[name])
+            if "group_offsets" in values:
+                values["group_offsets"] = {str(h): {str(g): float(v) for g, v in groups.items()}
+                                           for h, groups in values["group_offsets"].items()}
             return cls(**values)
         except (TypeError, ValueError, IndexError) as exc:
             raise ModelError(f"malformed detector config: {exc}") from exc
@@ -163,6 +182,12 @@ class DetectionReport:
     patches_scored: int = 0
     pixel_patches: npt.NDArray[np.float32] | None = None
     pixel_origins: tuple[tuple[int, int], ...] = ()
+    #: Models that map every tile (the one-class member's anomaly) give a calibrated map of ``cell`` x ``cell``
+    #: pixel cells over the whole heatmap frame instead of per-patch values.
+    cell_map: npt.NDArray[np.float32] | None = None
+    cell: int = 0
+    #: The modality group and form the image was scored as (``MR/native``), "" where unknown.
+    group: str = ""
 
     def __bool__(self) -> bool:
         raise TypeError("a DetectionReport has no truth value; compare synthetic_score with threshold")
@@ -177,7 +202,14 @@ class DetectionReport:
 
     @functools.cached_property
     def pixel_map(self) -> npt.NDArray[np.float32] | None:
-        """Each pixel of the heatmap frame: the mean of ``pixel_patches`` covering it; None without them."""
+        """Each pixel of the heatmap frame: the mean of ``pixel_patches`` covering it, or its cell of
+        ``cell_map``; None without either."""
+        if self.cell_map is not None:
+            h, w = self.frame_shape
+            full = np.repeat(np.repeat(self.cell_map, self.cell, axis=0), self.cell, axis=1)[:h, :w]
+            if full.shape != (h, w):  # cells that do not cover the edge: the last one stretches
+                full = np.pad(full, ((0, h - full.shape[0]), (0, w - full.shape[1])), mode="edge")
+            return np.ascontiguousarray(full, dtype=np.float32)
         if self.pixel_patches is None:
             return None
         return _lay_out(self.frame_shape, self.patch_size, zip(self.pixel_origins, self.pixel_patches, strict=True))
@@ -206,6 +238,7 @@ class DetectionReport:
             "patch_size": self.patch_size,
             "frames_scored": self.frames_scored,
             "patches_scored": self.patches_scored,
+            **({"group": self.group} if self.group else {}),
         }
 
 
@@ -342,14 +375,18 @@ def grid_starts(shape: tuple[int, int], patch: int, max_patches: int) -> tuple[l
 
 
 def frame_patches(
-    frame: npt.NDArray[np.float32], patch_size: int, max_patches: int
+    frame: npt.NDArray[np.float32],
+    patch_size: int,
+    max_patches: int,
+    priority: Callable[[int, int], float] | None = None,
 ) -> tuple[npt.NDArray[np.float32], list[tuple[int, int]], tuple[list[int], list[int]]]:
     """Patches of ``frame`` on the grid of :func:`grid_starts`.
 
     A frame smaller than a patch is padded by mirroring. When the grid has more than ``max_patches`` positions,
-    an evenly spread, deterministic subset is kept, patches with content (standard deviation at least
-    :data:`FLAT_STD`) first. Returns the patches (N, P, P), their top-left positions and the grid's row and
-    column starts.
+    a deterministic subset is kept, patches with content (standard deviation at least :data:`FLAT_STD`) first:
+    with ``priority`` (a score of a patch's top-left corner, higher first: where a cheap dense pass points) half
+    of them are the content patches of highest priority and the rest evenly spread; without, all evenly spread.
+    Returns the patches (N, P, P), their top-left positions and the grid's row and column starts.
     """
     h, w = frame.shape
     p = patch_size
@@ -362,7 +399,12 @@ def frame_patches(
         std = [float(frame[y : y + p, x : x + p].std()) for y, x in positions]
         content = [i for i in range(len(positions)) if std[i] >= FLAT_STD]
         flat = [i for i in range(len(positions)) if std[i] < FLAT_STD]
-        chosen = _spread(content, max_patches)
+        chosen: list[int] = []
+        if priority is not None and content:
+            ranked = sorted(content, key=lambda i: -priority(*positions[i]))
+            chosen = ranked[: max_patches // 2]
+            content = [i for i in content if i not in set(chosen)]
+        chosen += _spread(content, max_patches - len(chosen))
         if len(chosen) < max_patches:
             chosen += _spread(flat, max_patches - len(chosen))
         positions = [positions[i] for i in sorted(chosen)]
@@ -379,10 +421,134 @@ def _spread(items: Sequence[int], count: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------- detector
 
 
+#: Modality groups: calibrated apart where the data allow (radiography of every kind is one group).
+_GROUPS = {"CT": "CT", "MR": "MR", "US": "US", "NM": "NM", "PT": "NM"}
+_RADIOGRAPHY = frozenset({"XR", "CR", "DX", "RG", "MG", "RF", "XA", "PX", "IO", "DR"})
+
+
+def modality_group(modality: str) -> str:
+    """``CT``, ``MR``, ``XR`` (every radiography), ``US``, ``NM`` (with PET) or ``OT``."""
+    m = modality.strip().upper()
+    if m in _RADIOGRAPHY:
+        return "XR"
+    return _GROUPS.get(m, "OT")
+
+
+def image_group(image: ImageData) -> str:
+    """``<modality group>/<form>`` of a decoded image: ``8bit`` for PNG/JPEG and anything of at most 8 bits."""
+    form = "8bit" if image.format in ("png", "jpeg") or (image.bits_stored or 16) <= 8 else "native"
+    return f"{modality_group(image.modality)}/{form}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingImage:
+    """An image for members that learn from whole images: normalised pixels, label (0 real, 1 synthetic,
+    2 tampered), its group (``MR/native``) and the edit mask where there is one."""
+
+    pixels: npt.NDArray[np.float32]
+    label: int
+    group: str = ""
+    mask: npt.NDArray[np.bool_] | None = None
+
+
+class FrameSet:
+    """The prepared frames of one image (:func:`prepare_frames`) and what members share about them, computed
+    once: the physics statistics of every tile, the image's feature vector and each tile's anomaly."""
+
+    def __init__(self, frames: list[npt.NDArray[np.float32]], group: str = "", levels: int = 4095) -> None:
+        self.frames = frames
+        self.group = group
+        self.levels = levels
+        self._tiles: dict[int, Any] = {}
+        self._features: dict[int, npt.NDArray[np.float64]] = {}
+        self._anomaly: dict[int, npt.NDArray[np.float64]] = {}
+
+    @classmethod
+    def of(cls, image: ImageData | npt.ArrayLike, config: DetectorConfig, *, group: str | None = None) -> FrameSet:
+        """The frames of ``image`` as ``config`` prepares them; the group is read from an :class:`ImageData`
+        unless given."""
+        if group is None:
+            group = image_group(image) if isinstance(image, ImageData) else ""
+        return cls(prepare_frames(image, config), group, levels=2**config.quantize_bits - 1)
+
+    def tiles(self, index: int) -> Any:
+        """:func:`~detectors.models.physics.tile_features` of frame ``index``."""
+        if index not in self._tiles:
+            from detectors.models.physics import tile_features
+
+            self._tiles[index] = tile_features(self.frames[index], levels=self.levels)
+        return self._tiles[index]
+
+    def image_features(self, index: int) -> npt.NDArray[np.float64]:
+        if index not in self._features:
+            from detectors.models.physics import image_features
+
+            self._features[index] = image_features(self.frames[index], self.tiles(index))
+        return self._features[index]
+
+    def tile_anomaly(self, index: int) -> npt.NDArray[np.float64]:
+        if index not in self._anomaly:
+            from detectors.models.physics import tile_anomaly
+
+            self._anomaly[index] = tile_anomaly(self.tiles(index))
+        return self._anomaly[index]
+
+    def priority(self, index: int) -> Callable[[int, int], float] | None:
+        """Where the dense pass points in frame ``index``: the largest tile anomaly within a patch-sized
+        neighbourhood of a position (None before the anomaly was computed)."""
+        if index not in self._anomaly:
+            return None
+        tiles, anomaly = self.tiles(index), self._anomaly[index]
+        half = tiles.tile // 2
+        rows = 1 + max(y for y, _ in tiles.positions) // half
+        cols = 1 + max(x for _, x in tiles.positions) // half
+        grid = anomaly.reshape(rows, cols)
+
+        def score(y: int, x: int) -> float:
+            i, j = y // half, x // half
+            return float(grid[i : i + 3, j : j + 3].max())
+
+        return score
+
+    def cell_map(self, index: int, values: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float32], int]:
+        """Per-tile ``values`` of frame ``index`` as a map of half-tile cells: each cell the mean of the tiles
+        that cover it."""
+        tiles = self.tiles(index)
+        half = tiles.tile // 2
+        rows = 1 + max(y for y, _ in tiles.positions) // half
+        cols = 1 + max(x for _, x in tiles.positions) // half
+        grid = values.reshape(rows, cols)
+        total = np.zeros((rows + 1, cols + 1))
+        count = np.zeros((rows + 1, cols + 1))
+        for dy in (0, 1):
+            for dx in (0, 1):
+                total[dy : dy + rows, dx : dx + cols] += grid
+                count[dy : dy + rows, dx : dx + cols] += 1
+        return (total / count).astype(np.float32), half
+
+
+@dataclasses.dataclass
+class FrameScores:
+    """What a member says about one image: its raw synthetic and tamper scores, the frame with the most
+    edit-like place, and what the heatmap needs (per-frame tile maps, or per-frame patch logits)."""
+
+    synthetic: float
+    tamper: float
+    best_frame: int
+    tile_maps: list[npt.NDArray[np.float64]] | None = None
+    patch_frames: list[Any] | None = None
+    patches: int = 0
+
+
+
+
 class Detector(abc.ABC):
     """A patch-level real/synthetic/tampered model with image-level calibrated scores."""
 
     name: ClassVar[str] = ""
+    #: Whether the model scores whole frames (:meth:`score_frames`, trained by :meth:`fit_images`) rather than
+    #: patches (:meth:`patch_logits`, trained by :meth:`fit`).
+    IMAGE_LEVEL: ClassVar[bool] = False
     #: The heads this model has an opinion on; an ensemble gives a member no weight on the others.
     HEADS: ClassVar[tuple[str, ...]] = ("synthetic", "tamper")
     #: Config values per preset name (``arch`` is added by the factory).
@@ -437,15 +603,25 @@ class Detector(abc.ABC):
 
     # ------------------------------------------------------------------ scoring
 
-    def raw_scores(self, image: ImageData | npt.ArrayLike) -> tuple[float, float, dict[str, Any]]:
-        """Image-level raw scores (mean synthetic logit, max tamper logit) and what the heatmap needs."""
-        frames = prepare_frames(image, self.config)
+    def fit_images(
+        self, images: Sequence[TrainingImage], *, seed: int = 0, progress: FitProgress | None = None
+    ) -> dict[str, float]:
+        """Train on whole images (members with :attr:`IMAGE_LEVEL`); patch members learn from :meth:`fit`."""
+        raise ModelError(f"{self.name} learns from patches (fit), not whole images")
+
+    # ------------------------------------------------------------------ scoring
+
+    def score_frames(self, frames: FrameSet) -> FrameScores:
+        """Raw scores of one image's prepared frames. Patch members (this default): the patches of each frame
+        (where the dense pass points first, when it ran), the mean synthetic logit over all of them and the
+        largest tamper logit; image-level members override it."""
         syn: list[npt.NDArray[np.float32]] = []
         best = (-math.inf, 0)
         per_frame: list[tuple[npt.NDArray[np.float32], list[tuple[int, int]], tuple[list[int], list[int]],
                               tuple[int, int], npt.NDArray[np.float32] | None]] = []
-        for index, frame in enumerate(frames):
-            patches, positions, grid = frame_patches(frame, self.config.patch_size, self.config.max_patches)
+        for index, frame in enumerate(frames.frames):
+            patches, positions, grid = frame_patches(frame, self.config.patch_size, self.config.max_patches,
+                                                     frames.priority(index))
             logits, pixels = self.patch_outputs(patches)
             if logits.shape != (len(patches), 2) or not np.isfinite(logits).all():
                 raise ModelError(f"{self.name} returned bad logits of shape {logits.shape}")
@@ -458,32 +634,62 @@ class Detector(abc.ABC):
             per_frame.append((logits[:, 1], positions, grid, (max(frame.shape[0], self.config.patch_size),
                                                               max(frame.shape[1], self.config.patch_size)), pixels))
         syn_all = np.concatenate(syn)
-        return float(syn_all.mean()), best[0], {"frames": per_frame, "best": best[1], "patches": int(syn_all.size)}
+        return FrameScores(synthetic=float(syn_all.mean()), tamper=best[0], best_frame=best[1],
+                           patch_frames=per_frame, patches=int(syn_all.size))
 
-    def detect(self, image: ImageData | npt.ArrayLike) -> DetectionReport:
-        """Score one image (an :class:`ImageData` in physical units, or normalised frames in [0, 1])."""
-        syn_raw, tamper_raw, info = self.raw_scores(image)
+    def raw_scores(
+        self, image: ImageData | npt.ArrayLike, *, group: str | None = None
+    ) -> tuple[float, float, dict[str, Any]]:
+        """Image-level raw scores (synthetic, tamper), after the group's offsets, and what the heatmap needs."""
+        frames = FrameSet.of(image, self.config, group=group)
+        scores = self.score_frames(frames)
+        return (scores.synthetic - self.config.offset("synthetic", frames.group),
+                scores.tamper - self.config.offset("tamper", frames.group),
+                {"scores": scores, "frames": frames})
+
+    def detect(self, image: ImageData | npt.ArrayLike, *, group: str | None = None) -> DetectionReport:
+        """Score one image (an :class:`ImageData` in physical units, or normalised frames in [0, 1]); ``group``
+        (``MR/native``) tells the modality group of an array, which an :class:`ImageData` carries."""
+        syn_raw, tamper_raw, info = self.raw_scores(image, group=group)
+        return self._report(syn_raw, tamper_raw, info["scores"], info["frames"])
+
+    def _report(self, syn_raw: float, tamper_raw: float, scores: FrameScores, frames: FrameSet) -> DetectionReport:
         cal = self.config.calibration
-        tamper_logits, positions, (all_ys, all_xs), shape, pixels = info["frames"][info["best"]]
+        tamper_offset = self.config.offset("tamper", frames.group)
+        best = scores.best_frame
+        frame = frames.frames[best]
+        common: dict[str, Any] = {
+            "synthetic_score": float(platt(cal.get("synthetic"), syn_raw)),
+            "tamper_score": float(platt(cal.get("tamper"), tamper_raw)),
+            "threshold": self.config.threshold,
+            "tamper_threshold": self.config.tamper_threshold,
+            "model_tag": self.config.tag or self.name,
+            "patch_size": self.config.patch_size,
+            "heatmap_frame": best,
+            "frames_scored": len(frames.frames),
+            "group": frames.group,
+        }
+        if scores.patch_frames is None:
+            shape = (max(frame.shape[0], 1), max(frame.shape[1], 1))
+            cells, cell = (frames.cell_map(best, scores.tile_maps[best]) if scores.tile_maps is not None
+                           else (np.full((1, 1), tamper_raw + tamper_offset, np.float32), max(shape)))
+            calibrated = platt(cal.get("tamper"), cells - tamper_offset).astype(np.float32)
+            return DetectionReport(**common, heatmap=calibrated, patch_positions=(), frame_shape=shape,
+                                   patches_scored=scores.patches, cell_map=calibrated, cell=cell)
+        tamper_logits, positions, (all_ys, all_xs), shape, pixels = scores.patch_frames[best]
         heat = np.full((len(all_ys), len(all_xs)), np.nan, dtype=np.float32)
-        probs = platt(cal.get("tamper"), tamper_logits)
+        probs = platt(cal.get("tamper"), tamper_logits - tamper_offset)
         for (y, x), value in zip(positions, probs, strict=True):
             heat[all_ys.index(y), all_xs.index(x)] = value
-        pixel_patches = None if pixels is None else platt(cal.get("tamper"), pixels).astype(np.float32)
+        pixel_patches = None if pixels is None else platt(cal.get("tamper"), pixels - tamper_offset).astype(
+            np.float32)
         grid_positions = tuple((y, x) for y in all_ys for x in all_xs)
         return DetectionReport(
-            synthetic_score=float(platt(cal.get("synthetic"), syn_raw)),
-            tamper_score=float(platt(cal.get("tamper"), tamper_raw)),
-            threshold=self.config.threshold,
-            tamper_threshold=self.config.tamper_threshold,
-            model_tag=self.config.tag or self.name,
+            **common,
             heatmap=heat,
-            patch_size=self.config.patch_size,
             patch_positions=grid_positions,
             frame_shape=shape,
-            heatmap_frame=int(info["best"]),
-            frames_scored=len(info["frames"]),
-            patches_scored=int(info["patches"]),
+            patches_scored=scores.patches,
             pixel_patches=pixel_patches,
             pixel_origins=tuple(positions) if pixels is not None else (),
         )

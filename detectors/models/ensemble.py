@@ -1,11 +1,21 @@
-"""``ensemble``: the CNN, the classical model and the tamper segmentation together; patch logits averaged with
-weights.
+"""``ensemble``: the members together, each scoring the image its own way, their raw scores weighted per head.
 
-``weights`` is one list (the same for both heads) or one list per head (``{"synthetic": [...], "tamper":
-[...]}``); a member only counts on the heads it has an opinion on (its ``HEADS``: the segmentation member has
-none on the synthetic head). Each head's weights are normalised to sum 1. The members share the ensemble's patch
-size and preprocessing. The image-level calibration and thresholds of the ensemble (in its config) are fitted on
-held-out data after all members are trained.
+Members (``arch_args["members"]``) are patch models (the CNN, the classical spectrum model, the tamper
+segmentation network) and image-level models (the one-class physics model, the supervised physics model; see
+:mod:`detectors.models.oneclass`). An image is looked at in two passes:
+
+1. the **dense pass**: the physics statistics of every tile of every frame and each tile's anomaly against its own
+   frame (:class:`~detectors.models.base.FrameSet`), which costs a few milliseconds for a 512 x 512 frame and
+   covers every pixel;
+2. the patch members then score a bounded number of patches per frame, half of them where the dense pass points
+   (the most anomalous tiles), the rest spread over the frame's content.
+
+Each head's raw score is the weighted sum of the members' raw image scores (a member only counts on the heads it
+has an opinion on, its ``HEADS``). ``weights`` is one list (the same for both heads) or one list per head
+(``{"synthetic": [...], "tamper": [...]}``), normalised to sum 1; cross-fitted training fits them on
+out-of-fold scores (stacking) and drops members that do not earn their run time. The heatmap comes from the
+member with the largest tamper weight, shifted so that its hottest place carries the image's tamper score. The
+image-level calibration, per-group offsets and thresholds live in the ensemble's config.
 """
 
 from __future__ import annotations
@@ -21,13 +31,18 @@ from detectors.models.base import (
     Detector,
     DetectorConfig,
     FitProgress,
+    FrameScores,
+    FrameSet,
     ModelError,
     PatchBatch,
+    TrainingImage,
     detector_class,
     register_detector,
 )
 
 __all__ = ["EnsembleDetector"]
+
+HEAD_NAMES: tuple[str, str] = ("synthetic", "tamper")
 
 
 def _per_head(given: Any) -> dict[str, list[float]]:
@@ -41,9 +56,22 @@ def _member_args(preset: str, name: str) -> dict[str, Any]:
     return dict(detector_class(name).PRESETS[preset].get("arch_args", {}))
 
 
+def _shifted(scores: FrameScores, top: float, weight: float) -> FrameScores:
+    """``scores``' maps rescaled by ``weight`` about their maximum, which becomes ``top``."""
+    peak = scores.tamper
+    if scores.tile_maps is not None:
+        maps = [top + weight * (m - peak) for m in scores.tile_maps]
+        return dataclasses.replace(scores, tamper=top, tile_maps=maps)
+    frames = []
+    for logits, positions, grid, shape, pixels in scores.patch_frames or []:
+        frames.append((top + weight * (logits - peak), positions, grid, shape,
+                       None if pixels is None else (top + weight * (pixels - peak)).astype(np.float32)))
+    return dataclasses.replace(scores, tamper=top, patch_frames=frames)
+
+
 @register_detector("ensemble")
 class EnsembleDetector(Detector):
-    """Weighted mean of member logits (``weights`` per member; default equal)."""
+    """Weighted raw scores of members (``weights`` per member and head; default equal)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {
@@ -57,11 +85,12 @@ class EnsembleDetector(Detector):
         },
         "small": {
             "patch_size": 64,
-            "max_patches": 32,
+            "max_patches": 16,
             "arch_args": {
-                "members": ["cnn", "classical", "segment"],
+                "members": ["oneclass", "physics", "classical", "cnn", "segment"],
                 "preset": "small",
-                "weights": {"synthetic": [0.6, 0.4, 0.0], "tamper": [0.0, 0.0, 1.0]},
+                "guide": True,
+                "weights": {"synthetic": [0.2, 0.2, 0.2, 0.4, 0.0], "tamper": [0.5, 0.0, 0.0, 0.0, 0.5]},
             },
         },
     }
@@ -73,17 +102,19 @@ class EnsembleDetector(Detector):
         if not names or "ensemble" in names:
             raise ModelError("an ensemble needs members other than itself")
         preset = str(args.get("preset", "small"))
+        #: Whether patch members look first where the dense pass points (bundles made before it: no).
+        self.guide = bool(args.get("guide", False))
         self.members: dict[str, Detector] = {}
         for i, name in enumerate(names):
             member_args = dict(args.get(name, _member_args(preset, name)))
             member_config = dataclasses.replace(
-                config, arch=name, arch_args=member_args, calibration={}, training={}, tag=""
+                config, arch=name, arch_args=member_args, calibration={}, training={}, tag="", group_offsets={}
             )
             self.members[name] = detector_class(name)(member_config, seed=seed + i)
         per_head = _per_head(args.get("weights", [1.0] * len(names)))
-        #: (2, members): the weight of each member on the synthetic (row 0) and tamper (row 1) logit.
+        #: (2, members): the weight of each member on the synthetic (row 0) and tamper (row 1) raw score.
         self.weights = np.zeros((2, len(names)), dtype=np.float32)
-        for row, head in enumerate(("synthetic", "tamper")):
+        for row, head in enumerate(HEAD_NAMES):
             weights = per_head.get(head, [])
             if len(weights) != len(names) or min(weights) < 0:
                 raise ModelError(f"ensemble weights ({head}) must be one non-negative number per member")
@@ -94,37 +125,53 @@ class EnsembleDetector(Detector):
                 raise ModelError(f"no member of the ensemble has weight on the {head} head")
             self.weights[row] /= self.weights[row].sum()
 
-    def synthetic_members(self) -> list[str]:
-        """The members with an opinion on the synthetic head (those :meth:`set_synthetic_weights` weighs)."""
-        return [name for name, member in self.members.items() if "synthetic" in member.HEADS]
+    # ------------------------------------------------------------------ members and weights
 
-    def member_synthetic_scores(self, images: Sequence[Any]) -> npt.NDArray[np.float64]:
-        """(N, len(:meth:`synthetic_members`)): each such member's image-level raw synthetic score. The ensemble's
-        own raw synthetic score is their weighted sum (a mean of weighted patch logits), so weights fitted on
-        these columns act on the ensemble exactly."""
-        names = self.synthetic_members()
-        out = np.zeros((len(images), len(names)))
+    def head_members(self, head: str) -> list[str]:
+        """The members with an opinion on ``head`` (those :meth:`set_weights` weighs)."""
+        return [name for name, member in self.members.items() if head in member.HEADS]
+
+    def synthetic_members(self) -> list[str]:
+        return self.head_members("synthetic")
+
+    def member_scores(self, images: Sequence[Any], groups: Sequence[str] | None = None) -> npt.NDArray[np.float64]:
+        """(N, members, 2): each member's raw (synthetic, tamper) score of each image, in member order (0 where a
+        member has no opinion on a head). The ensemble's raw score of a head is the weighted sum of its column,
+        so weights fitted on these act on the ensemble exactly."""
+        out = np.zeros((len(images), len(self.members), 2))
         for i, image in enumerate(images):
-            for j, name in enumerate(names):
-                out[i, j] = self.members[name].raw_scores(image)[0]
+            frames = FrameSet.of(image, self.config, group=None if groups is None else groups[i])
+            self._dense_pass(frames)
+            for j, member in enumerate(self.members.values()):
+                scores = member.score_frames(frames)
+                out[i, j] = (scores.synthetic if "synthetic" in member.HEADS else 0.0,
+                             scores.tamper if "tamper" in member.HEADS else 0.0)
         return out
 
-    def set_synthetic_weights(self, weights: Sequence[float]) -> None:
-        """New synthetic-head weights, one per :meth:`synthetic_members` (normalised to sum 1); recorded in the
-        config's ``arch_args`` so that a bundle keeps them."""
-        names = self.synthetic_members()
+    def member_synthetic_scores(self, images: Sequence[Any]) -> npt.NDArray[np.float64]:
+        """(N, len(:meth:`synthetic_members`)): each such member's raw synthetic score."""
+        columns = [list(self.members).index(name) for name in self.synthetic_members()]
+        return self.member_scores(images)[:, columns, 0]
+
+    def set_weights(self, head: str, weights: Sequence[float]) -> None:
+        """New weights of ``head``, one per :meth:`head_members` (normalised to sum 1); recorded in the config's
+        ``arch_args`` so that a bundle keeps them."""
+        names = self.head_members(head)
         values = [float(w) for w in weights]
         if len(values) != len(names) or min(values) < 0 or sum(values) <= 0:
-            raise ModelError("synthetic weights must be one non-negative number per member, not all zero")
+            raise ModelError(f"{head} weights must be one non-negative number per member, not all zero")
         row = np.zeros(len(self.members), dtype=np.float32)
         for name, value in zip(names, values, strict=True):
             row[list(self.members).index(name)] = value
-        self.weights[0] = row / row.sum()
+        self.weights[HEAD_NAMES.index(head)] = row / row.sum()
         args = dict(self.config.arch_args)
         per_head = _per_head(args.get("weights", [1.0] * len(self.members)))
-        per_head["synthetic"] = [float(w) for w in self.weights[0]]
+        per_head[head] = [float(w) for w in self.weights[HEAD_NAMES.index(head)]]
         args["weights"] = per_head
         self.with_config(arch_args=args)
+
+    def set_synthetic_weights(self, weights: Sequence[float]) -> None:
+        self.set_weights("synthetic", weights)
 
     def with_config(self, **changes: Any) -> None:
         super().with_config(**changes)
@@ -134,29 +181,48 @@ class EnsembleDetector(Detector):
             args[name] = dict(member.config.arch_args)
         self.config = dataclasses.replace(self.config, arch_args=args)
 
+    # ------------------------------------------------------------------ scoring
+
+    def _dense_pass(self, frames: FrameSet) -> None:
+        """The tile anomaly of every frame, when the patch members are guided by it or a member reads it."""
+        if self.guide:
+            for index in range(len(frames.frames)):
+                frames.tile_anomaly(index)
+
+    def score_frames(self, frames: FrameSet) -> FrameScores:
+        self._dense_pass(frames)
+        synthetic, tamper = 0.0, 0.0
+        heat: tuple[float, FrameScores] | None = None
+        for col, member in enumerate(self.members.values()):
+            w_syn, w_tam = float(self.weights[0, col]), float(self.weights[1, col])
+            if w_syn == 0 and w_tam == 0:
+                continue
+            scores = member.score_frames(frames)
+            synthetic += w_syn * scores.synthetic
+            tamper += w_tam * scores.tamper
+            if w_tam > 0 and (heat is None or w_tam > heat[0]):
+                heat = (w_tam, scores)
+        if heat is None:  # pragma: no cover - the constructor requires a tamper weight
+            raise ModelError("no member has weight on the tamper head")
+        shown = _shifted(heat[1], tamper, heat[0])
+        return dataclasses.replace(shown, synthetic=synthetic, tamper=tamper)
+
     def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return self.patch_outputs(patches)[0]
 
     def patch_outputs(
         self, patches: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
-        """Weighted logits, and weighted tamper pixel logits when a member with tamper weight scores pixels (the
-        others count with their patch's tamper logit on every pixel of it)."""
+        """Weighted patch logits of the patch members (what training streams look at)."""
         out = np.zeros((len(patches), 2), dtype=np.float32)
-        parts: list[tuple[float, npt.NDArray[np.float32], npt.NDArray[np.float32] | None]] = []
         for col, member in enumerate(self.members.values()):
-            if not self.weights[:, col].any():
+            if member.IMAGE_LEVEL or not self.weights[:, col].any():
                 continue
-            logits, pixels = member.patch_outputs(patches)
+            logits, _ = member.patch_outputs(patches)
             out += self.weights[:, col] * logits
-            if self.weights[1, col] > 0:
-                parts.append((float(self.weights[1, col]), logits[:, 1], pixels))
-        if all(pixels is None for _, _, pixels in parts):
-            return out, None
-        dense = np.zeros(np.shape(patches), dtype=np.float32)
-        for weight, tamper, pixels in parts:
-            dense += weight * (pixels if pixels is not None else tamper[:, None, None])
-        return out, dense
+        return out, None
+
+    # ------------------------------------------------------------------ training
 
     def fit(
         self,
@@ -165,7 +231,9 @@ class EnsembleDetector(Detector):
         steps: int,
         seed: int = 0,
         progress: FitProgress | None = None,
+        images: Sequence[TrainingImage] | None = None,
     ) -> dict[str, float]:
+        """Train the patch members on ``batches`` and the image-level members on ``images``."""
         metrics: dict[str, float] = {}
         for name, member in self.members.items():
 
@@ -173,7 +241,13 @@ class EnsembleDetector(Detector):
                 if progress is not None:
                     progress(step, total, {f"{name}.{k}": v for k, v in values.items()})
 
-            for key, value in member.fit(batches, steps=steps, seed=seed, progress=report).items():
+            if member.IMAGE_LEVEL:
+                if images is None:
+                    raise ModelError(f"member {name} learns from whole images; none were given")
+                result = member.fit_images(images, seed=seed, progress=report)
+            else:
+                result = member.fit(batches, steps=steps, seed=seed, progress=report)
+            for key, value in result.items():
                 metrics[f"{name}.{key}"] = value
         self.with_config()
         return metrics

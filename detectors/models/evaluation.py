@@ -27,7 +27,20 @@ from detectors.models.augment import jpeg, resize
 from detectors.models.base import DetectionReport, Detector
 from detectors.models.views import View
 
-__all__ = ["LAUNDERING", "auc", "evaluate_views", "pixel_auc", "score_views", "source_bootstrap_auc", "within_source"]
+#: Families judged by the tamper score (the legacy name ``tamper`` included).
+TAMPER_FAMILIES = frozenset({"inject", "remove", "copymove", "tamper"})
+
+__all__ = [
+    "LAUNDERING",
+    "auc",
+    "evaluate_views",
+    "pixel_auc",
+    "score_views",
+    "source_bootstrap_auc",
+    "source_bootstrap_rate",
+    "tpr_at_fpr",
+    "within_source",
+]
 
 Transform = Callable[[npt.NDArray[np.float32], npt.NDArray[np.bool_] | None],
                      tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_] | None]]
@@ -80,6 +93,36 @@ def source_bootstrap_auc(
     return float(low), float(high)
 
 
+def source_bootstrap_rate(
+    flags: Sequence[tuple[str, bool]], *, rounds: int = 1000, seed: int = 0
+) -> tuple[float, float] | None:
+    """95 % interval of the share of ``flags`` (``(source_id, flagged)`` pairs) that are set, from ``rounds``
+    resamplings of the sources (patients) with replacement; None with fewer than two sources."""
+    sources = sorted({s for s, _ in flags})
+    if len(sources) < 2:
+        return None
+    counts = {s: (sum(f for t, f in flags if t == s), sum(1 for t, _ in flags if t == s)) for s in sources}
+    hits = np.array([counts[s][0] for s in sources], dtype=np.float64)
+    sizes = np.array([counts[s][1] for s in sources], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, len(sources), size=(rounds, len(sources)))
+    rates = hits[drawn].sum(axis=1) / np.maximum(sizes[drawn].sum(axis=1), 1.0)
+    low, high = np.quantile(rates, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def tpr_at_fpr(negatives: npt.ArrayLike, positives: npt.ArrayLike, fpr: float = 0.01) -> float | None:
+    """The share of ``positives`` above the score that at most ``fpr`` of ``negatives`` reach (the ROC curve at
+    that false-positive rate, read on these very negatives); None when a class is empty."""
+    neg = np.sort(np.asarray(negatives, dtype=np.float64))[::-1]
+    pos = np.asarray(positives, dtype=np.float64)
+    if neg.size == 0 or pos.size == 0:
+        return None
+    allowed = int(np.floor(fpr * neg.size))
+    cut = neg[allowed] if allowed < neg.size else -np.inf
+    return float((pos > cut).mean())
+
+
 def pixel_auc(reports: Sequence[DetectionReport], masks: Sequence[npt.NDArray[np.bool_]]) -> float | None:
     """AUC of the per-pixel heatmap against the edit masks, pooled over images (unscored pixels excluded)."""
     scores, labels = [], []
@@ -125,9 +168,71 @@ def score_views(
         image, mask = view.pixels, view.mask
         if transform is not None:
             image, mask = transform(image, mask)
-        reports.append(detector.detect(image))
+        reports.append(detector.detect(image, group=view.group))
         masks.append(mask)
     return reports, masks
+
+
+def _rate(flags: npt.NDArray[np.bool_], sources: Sequence[str]) -> dict[str, Any]:
+    """A false-positive rate with its count and patient-bootstrap interval."""
+    return {
+        "rate": float(flags.mean()) if flags.size else None,
+        "flagged": int(flags.sum()),
+        "views": int(flags.size),
+        "patients": len(set(sources)),
+        "ci95": source_bootstrap_rate(list(zip(sources, (bool(f) for f in flags), strict=True))),
+    }
+
+
+def _figures(
+    detector: Detector,
+    selected: Sequence[View],
+    reports: Sequence[DetectionReport],
+    masks: Sequence[npt.NDArray[np.bool_] | None],
+    wanted: Sequence[str],
+) -> dict[str, Any]:
+    """False-positive rates on the real views and, per family, AUC, its interval, TPR at the threshold and at
+    1 % FPR, of the given scored views."""
+    cfg = detector.config
+    real_mask = [v.is_real for v in selected]
+    reals = [v for v in selected if v.is_real]
+    real_syn = np.array([r.synthetic_score for r, m in zip(reports, real_mask, strict=True) if m])
+    real_tam = np.array([r.tamper_score for r, m in zip(reports, real_mask, strict=True) if m])
+    sources = [v.source_id for v in reals]
+    cond: dict[str, Any] = {
+        "fpr_synthetic": float((real_syn >= cfg.threshold).mean()) if real_syn.size else None,
+        "fpr_tamper": float((real_tam >= cfg.tamper_threshold).mean()) if real_tam.size else None,
+        "fpr": _rate((real_syn >= cfg.threshold) | (real_tam >= cfg.tamper_threshold), sources),
+        "families": {},
+    }
+    for family in wanted:
+        idx = [i for i, v in enumerate(selected) if v.family == family]
+        if not idx:
+            continue
+        if family in TAMPER_FAMILIES:
+            pos = np.array([reports[i].tamper_score for i in idx])
+            neg, thr = real_tam, cfg.tamper_threshold
+        else:
+            pos = np.array([reports[i].synthetic_score for i in idx])
+            neg, thr = real_syn, cfg.threshold
+        entry: dict[str, Any] = {
+            "n": len(idx),
+            "auc": auc(neg, pos),
+            "auc_ci95": source_bootstrap_auc(
+                [(v.source_id, float(x)) for v, x in zip(reals, neg, strict=True)],
+                [(selected[i].source_id, float(x)) for i, x in zip(idx, pos, strict=True)]),
+            "tpr_at_threshold": float((pos >= thr).mean()) if pos.size else None,
+            "tpr_at_1pct_fpr": tpr_at_fpr(neg, pos, 0.01),
+            "auc_by_synthetic_score": auc(real_syn, [reports[i].synthetic_score for i in idx]),
+        }
+        column = [r.tamper_score if family in TAMPER_FAMILIES else r.synthetic_score for r in reports]
+        entry["within_source_auc"], entry["within_sources"], entry["paired_win_rate"] = within_source(
+            selected, column, family)
+        if family in TAMPER_FAMILIES:
+            with_mask = [(reports[i], m) for i in idx if (m := masks[i]) is not None and m.any()]
+            entry["pixel_auc"] = pixel_auc([r for r, _ in with_mask], [m for _, m in with_mask])
+        cond["families"][family] = entry
+    return cond
 
 
 def evaluate_views(
@@ -136,8 +241,10 @@ def evaluate_views(
     *,
     conditions: Mapping[str, Transform] | None = None,
     families: Sequence[str] | None = None,
+    by_form: bool = True,
 ) -> dict[str, Any]:
-    """Figures per laundering condition and family (see the module docstring)."""
+    """Figures per laundering condition and family (see the module docstring); with ``by_form`` the same again
+    for the native and the 8-bit views apart (``forms``)."""
     conditions = LAUNDERING if conditions is None else conditions
     present = sorted({v.family for v in views if not v.is_real})
     wanted = [f for f in (families or present) if f in present]
@@ -152,37 +259,12 @@ def evaluate_views(
     for name, transform in conditions.items():
         selected = [v for v in views if v.is_real or v.family in wanted]
         reports, masks = score_views(detector, selected, transform)
-        real_syn = np.array([r.synthetic_score for r, v in zip(reports, selected, strict=True) if v.is_real])
-        real_tam = np.array([r.tamper_score for r, v in zip(reports, selected, strict=True) if v.is_real])
-        reals = [v for v in selected if v.is_real]
-        cond: dict[str, Any] = {
-            "fpr_synthetic": float((real_syn >= detector.config.threshold).mean()) if real_syn.size else None,
-            "fpr_tamper": float((real_tam >= detector.config.tamper_threshold).mean()) if real_tam.size else None,
-            "families": {},
-        }
-        for family in wanted:
-            idx = [i for i, v in enumerate(selected) if v.family == family]
-            if family == "tamper":
-                pos = np.array([reports[i].tamper_score for i in idx])
-                neg, thr = real_tam, detector.config.tamper_threshold
-            else:
-                pos = np.array([reports[i].synthetic_score for i in idx])
-                neg, thr = real_syn, detector.config.threshold
-            entry: dict[str, Any] = {
-                "n": len(idx),
-                "auc": auc(neg, pos),
-                "auc_ci95": source_bootstrap_auc(
-                    [(v.source_id, float(x)) for v, x in zip(reals, neg, strict=True)],
-                    [(selected[i].source_id, float(x)) for i, x in zip(idx, pos, strict=True)]),
-                "tpr_at_threshold": float((pos >= thr).mean()) if pos.size else None,
-                "auc_by_synthetic_score": auc(real_syn, [reports[i].synthetic_score for i in idx]),
-            }
-            column = [r.tamper_score if family == "tamper" else r.synthetic_score for r in reports]
-            entry["within_source_auc"], entry["within_sources"], entry["paired_win_rate"] = within_source(
-                selected, column, family)
-            if family == "tamper":
-                with_mask = [(reports[i], m) for i in idx if (m := masks[i]) is not None and m.any()]
-                entry["pixel_auc"] = pixel_auc([r for r, _ in with_mask], [m for _, m in with_mask])
-            cond["families"][family] = entry
+        cond = _figures(detector, selected, reports, masks, wanted)
+        if by_form:
+            cond["forms"] = {}
+            for form in sorted({v.form for v in selected}):
+                keep = [i for i, v in enumerate(selected) if v.form == form]
+                cond["forms"][form] = _figures(detector, [selected[i] for i in keep], [reports[i] for i in keep],
+                                               [masks[i] for i in keep], wanted)
         out["conditions"][name] = cond
     return out

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.models.augment import launder
-from detectors.models.base import Detector, ModelError, PatchBatch, platt
+from detectors.models.base import Detector, ModelError, PatchBatch, TrainingImage, platt
 from detectors.models.views import View
 
 __all__ = [
@@ -180,14 +180,14 @@ class PatchStream:
                 ry, rx = y, x
             rp = real_img[ry : ry + self.p, rx : rx + self.p]
             tampered = 0.0
-            if fake.family == "tamper" and mask_p is not None:
+            if fake.is_tamper and mask_p is not None:
                 inside = float(mask_p[y : y + self.p, x : x + self.p].sum())
                 tampered = 1.0 if inside >= min(24.0, TAMPER_SHARE * float(mask_p.sum())) and inside > 0 else 0.0
             patches += [self._finish(fp, flip), self._finish(rp, flip)]
             syn += [1.0 if fake.is_synthetic else 0.0, 0.0]
             tam += [tampered, 0.0]
             edited = empty
-            if fake.family == "tamper" and mask_p is not None:
+            if fake.is_tamper and mask_p is not None:
                 edited = self._finish(mask_p[y : y + self.p, x : x + self.p].astype(np.float32), flip, quantize=False)
             masks += [edited, empty]
         return PatchBatch(np.stack(patches), np.asarray(syn, np.float32), np.asarray(tam, np.float32),
@@ -217,7 +217,7 @@ def raw_view_scores(detector: Detector, views: Sequence[View]) -> npt.NDArray[np
     """Image-level raw scores (N, 2) of views: mean synthetic logit, max tamper logit."""
     out = np.zeros((len(views), 2))
     for i, view in enumerate(views):
-        syn, tam, _ = detector.raw_scores(view.pixels)
+        syn, tam, _ = detector.raw_scores(view.pixels, group=view.group)
         out[i] = (syn, tam)
     return out
 
@@ -227,7 +227,7 @@ def _classes(
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Masks of the real, synthetic and tampered views among ``views``."""
     return (np.array([v.is_real for v in views], dtype=bool), np.array([v.is_synthetic for v in views], dtype=bool),
-            np.array([v.family == "tamper" for v in views], dtype=bool))
+            np.array([v.is_tamper for v in views], dtype=bool))
 
 
 def _rounded(aucs: Mapping[str, float | None]) -> dict[str, float | None]:
@@ -249,17 +249,54 @@ def calibrate(detector: Detector, views: Sequence[View], *, target_fpr: float | 
     return calibrate_scores(detector, raw_view_scores(detector, views), views, target_fpr=target_fpr)
 
 
+#: A modality group gets its own raw-score offset when it has at least this many real calibration views, of at
+#: least :data:`GROUP_MIN_SOURCES` patient groups; the others share the pooled calibration.
+GROUP_MIN_VIEWS = 20
+GROUP_MIN_SOURCES = 4
+#: The quantile of a group's real raw scores that its offset aligns with the pooled real scores' (the tail is
+#: what a threshold at a low false-positive rate sees).
+GROUP_QUANTILE = 0.9
+
+
+def group_offsets(raw: npt.NDArray[np.float64], views: Sequence[View]) -> dict[str, dict[str, float]]:
+    """Per head and modality group (``MR/native``), the offset that moves the group's
+    :data:`GROUP_QUANTILE` of real raw scores onto the pooled one; only groups with enough real views and
+    sources (:data:`GROUP_MIN_VIEWS`, :data:`GROUP_MIN_SOURCES`) get one."""
+    real = np.array([v.is_real for v in views], dtype=bool)
+    groups = np.array([v.group for v in views])
+    out: dict[str, dict[str, float]] = {}
+    for column, head in ((0, "synthetic"), (1, "tamper")):
+        pooled = float(np.quantile(raw[real, column], GROUP_QUANTILE))
+        offsets: dict[str, float] = {}
+        for group in sorted(set(groups[real])):
+            chosen = real & (groups == group)
+            sources = {v.source_id for v, c in zip(views, chosen, strict=True) if c}
+            if chosen.sum() >= GROUP_MIN_VIEWS and len(sources) >= GROUP_MIN_SOURCES:
+                offsets[group] = round(float(np.quantile(raw[chosen, column], GROUP_QUANTILE)) - pooled, 6)
+        out[head] = offsets
+    return out
+
+
 def calibrate_scores(
-    detector: Detector, raw: npt.NDArray[np.float64], views: Sequence[View], *, target_fpr: float | None = None
+    detector: Detector, raw: npt.NDArray[np.float64], views: Sequence[View], *, target_fpr: float | None = None,
+    by_group: bool = True,
 ) -> dict[str, Any]:
     """:func:`calibrate` from raw scores already computed (:func:`raw_view_scores`, one row per view of
-    ``views``): those of the detector itself on held-out views, or out-of-fold ones (:func:`cross_fit_detector`)."""
+    ``views``): those of the detector itself on held-out views, or out-of-fold ones (:func:`cross_fit_detector`).
+
+    With ``by_group``, each modality group with enough real views first gets an offset (:func:`group_offsets`),
+    subtracted from its raw scores before Platt scaling and thresholds; the detector subtracts it when scoring."""
     fpr = detector.config.target_fpr if target_fpr is None else target_fpr
     if raw.shape != (len(views), 2):
         raise ModelError(f"calibration needs one pair of raw scores per view, got {raw.shape} for {len(views)}")
     real, synthetic, tampered = _classes(views)
     if not real.any():
         raise ModelError("calibration needs held-out real views")
+    offsets = group_offsets(raw, views) if by_group else {}
+    raw = raw.copy()
+    for column, head in ((0, "synthetic"), (1, "tamper")):
+        shift = offsets.get(head, {})
+        raw[:, column] -= np.array([shift.get(v.group, 0.0) for v in views])
     calibration: dict[str, tuple[float, float]] = {}
     for name, column, positive in (("synthetic", 0, synthetic), ("tamper", 1, tampered)):
         if positive.any():
@@ -277,7 +314,7 @@ def calibrate_scores(
             thresholds[name] = 1.0
             disabled.append(name)
     detector.with_config(calibration=calibration, threshold=thresholds["synthetic"],
-                         tamper_threshold=thresholds["tamper"], target_fpr=fpr)
+                         tamper_threshold=thresholds["tamper"], target_fpr=fpr, group_offsets=offsets)
     return {
         "auc": _rounded(separation),
         "disabled": disabled,
@@ -288,6 +325,7 @@ def calibrate_scores(
         "tampered": int(tampered.sum()),
         "sources": len({v.source_id for v in views if v.is_real}),
         "method": "platt",
+        "group_offsets": offsets,
         "threshold_rule": f"lowest calibrated probability reached by at most {fpr:.2%} of the held-out real views",
     }
 
@@ -306,8 +344,21 @@ def _fit(
     stream = PatchStream(views, patch_size=detector.config.patch_size, batch_size=batch_size, seed=seed,
                          quantize_bits=detector.config.quantize_bits, augment=augment, sampling=sampling)
     start = time.perf_counter()
-    metrics = detector.fit(stream, steps=steps, seed=seed, progress=progress)
+    from detectors.models.ensemble import EnsembleDetector
+
+    if isinstance(detector, EnsembleDetector):
+        metrics = detector.fit(stream, steps=steps, seed=seed, progress=progress, images=training_images(views))
+    elif detector.IMAGE_LEVEL:
+        metrics = detector.fit_images(training_images(views), seed=seed, progress=progress)
+    else:
+        metrics = detector.fit(stream, steps=steps, seed=seed, progress=progress)
     return metrics, time.perf_counter() - start
+
+
+def training_images(views: Sequence[View]) -> list[TrainingImage]:
+    """The views as whole training images for image-level members (label 0 real, 1 synthetic, 2 tampered)."""
+    return [TrainingImage(pixels=v.pixels, label=0 if v.is_real else (2 if v.is_tamper else 1), group=v.group,
+                          mask=v.mask) for v in views]
 
 
 def _record(
@@ -366,10 +417,12 @@ DEFAULT_MIN_MEMBER_GAIN = 0.005
 
 
 def stack_weights(
-    members: npt.NDArray[np.float64], views: Sequence[View], names: Sequence[str], *, min_gain: float = 0.0
+    members: npt.NDArray[np.float64], views: Sequence[View], names: Sequence[str], *, min_gain: float = 0.0,
+    head: str = "synthetic",
 ) -> tuple[list[float] | None, dict[str, Any]]:
-    """Non-negative synthetic-head weights of ensemble members from their out-of-fold raw scores ``members``
-    (N, M): a logistic regression of synthetic against real views on the M columns; a member whose coefficient
+    """Non-negative ``head`` weights of ensemble members from their out-of-fold raw scores ``members``
+    (N, M): a logistic regression of synthetic (or, for the tamper head, tampered) against real views on the M
+    columns; a member whose coefficient
     is not positive (it lowers the separation once the others are known) is dropped and the rest refitted.
 
     Every member costs run time on every file, so one must also earn it: while dropping a member keeps the
@@ -380,7 +433,9 @@ def stack_weights(
 
     from detectors.models.evaluation import auc
 
-    real, synthetic, _ = _classes(views)
+    real, synthetic, tampered = _classes(views)
+    if head == "tamper":
+        synthetic = tampered
     record: dict[str, Any] = {
         "method": "logistic regression on out-of-fold member scores, non-negative",
         "member_auc": _rounded({name: auc(members[real, j], members[synthetic, j]) for j, name in enumerate(names)}),
@@ -450,7 +505,7 @@ def cross_fit_detector(
     source. Platt scaling, thresholds and the :data:`MIN_CALIBRATION_AUC` gate are then fitted on all those scores
     (every source instead of a held-out quarter), and the final detector is trained on every source.
 
-    With ``stack`` (the default), an ensemble's synthetic-head weights are fitted on the same out-of-fold scores
+    With ``stack`` (the default), an ensemble's weights of both heads are fitted on the same out-of-fold scores
     (:func:`stack_weights`: stacking), replacing its preset's; a member that adds less than ``min_member_gain`` to
     their out-of-fold AUC is dropped and not run.
 
@@ -473,15 +528,17 @@ def cross_fit_detector(
         model = make()
         _, fold_s = _fit(model, train, steps=steps, batch_size=batch_size, seed=seed, augment=augment,
                          progress=progress, sampling=sampling)
-        scores = raw_view_scores(model, held)
-        for view, row in zip(held, scores, strict=True):
-            raw[position[id(view)]] = row
-        if stack and isinstance(model, EnsembleDetector) and len(model.synthetic_members()) > 1:
-            by_member = model.member_synthetic_scores([v.pixels for v in held])
+        if stack and isinstance(model, EnsembleDetector):
+            by_member = model.member_scores([v.pixels for v in held], [v.group for v in held])
             if members is None:
-                members = np.full((len(views), by_member.shape[1]), np.nan)
+                members = np.full((len(views), *by_member.shape[1:]), np.nan)
             for view, row in zip(held, by_member, strict=True):
                 members[position[id(view)]] = row
+            scores = np.einsum("nmh,hm->nh", by_member, model.weights.astype(np.float64))
+        else:
+            scores = raw_view_scores(model, held)
+        for view, row in zip(held, scores, strict=True):
+            raw[position[id(view)]] = row
         separation = head_separation(scores, held)
         per_fold.append({
             "sources": len({v.source_id for v in held if v.is_real}),
@@ -496,10 +553,17 @@ def cross_fit_detector(
                           progress=progress, sampling=sampling)
     stacking: dict[str, Any] | None = None
     if members is not None and isinstance(detector, EnsembleDetector):
-        weights, stacking = stack_weights(members, views, detector.synthetic_members(), min_gain=min_member_gain)
-        if weights is not None:
-            detector.set_synthetic_weights(weights)
-            raw[:, 0] = members @ (np.asarray(weights) / np.sum(weights))
+        stacking = {}
+        for column, head in ((0, "synthetic"), (1, "tamper")):
+            names = detector.head_members(head)
+            if len(names) < 2:
+                continue
+            cols = [list(detector.members).index(name) for name in names]
+            weights, stacking[head] = stack_weights(members[:, cols, column], views, names,
+                                                    min_gain=min_member_gain, head=head)
+            if weights is not None:
+                detector.set_weights(head, weights)
+                raw[:, column] = members[:, cols, column] @ (np.asarray(weights) / np.sum(weights))
     calibration = calibrate_scores(detector, raw, views)
     calibration["cross_fit"] = {"folds": folds, "per_fold": per_fold}
     if stacking is not None:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from testkit import jsonl, require_tool, run_cli
 
-from detectors.data.corpus import sample_dicom_files
+from detectors.data import sample_dicom_files
 from verifier.claims.samples import relabelled_copy, reused_copy
 
 CLAIM_DATE = "20240315"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from detectors.data.corpus import MANIFEST_NAME, Corpus, sample_dicom_files
+from detectors.data import MANIFEST_NAME, Corpus, sample_dicom_files
 from verifier.cli import main
 
 

@@ -33,8 +33,9 @@ def bundle(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("detect") / "bundle"
-    code = main(["train", "detector", "--corpus", str(corpus), "--generators", "vae,tamper", "--preset", "tiny",
-                 "--steps", "3", "--batch-size", "8", "--view-size", "48", "--threads", "1", "--out", str(out)])
+    code = main(["train", "detector", "--corpus", str(corpus), "--generators", "vae,inject", "--preset", "tiny",
+                 "--steps", "3", "--batch-size", "8", "--view-size", "48", "--threads", "1", "--cross-fit", "0",
+                 "--out", str(out)])
     assert code == 0
     return out
 
@@ -51,8 +52,9 @@ def test_train_writes_a_bundle_with_its_record(bundle: Path) -> None:
     assert bundle_tag("ensemble", record["digest"], {**config, "training": {}}) == config["tag"]
     training = config["training"]
     assert training["steps"] == 3 and training["seed"] == 0
-    assert set(training["data"]["generators"]) == {"vae", "tamper"}
+    assert set(training["data"]["generators"]) == {"vae", "tamper"}  # the generators behind the families
     assert training["data"]["generators"]["vae"]["digest"]  # the shipped VAE checkpoint made the fakes
+    assert training["data"]["recipe"]["families"] == ["vae", "inject"] and training["data"]["recipe"]["view_size"] == 48
     # Calibration used other sources of the train split than fitting.
     assert training["calibration"]["real"] > 0 and training["calibration"]["sources"] >= 1
     assert set(config["calibration"]) == {"synthetic", "tamper"} and 0 <= config["threshold"] <= 1
@@ -66,6 +68,7 @@ def test_train_cross_fit_calibrates_on_every_source(corpus: Path, tmp_path: Path
     code, stdout, _err = run_cli(capsys, "train", "detector", "--corpus", corpus, "--generators", "vae",
                                  "--preset", "tiny", "--arch", "classical", "--steps", "1", "--view-size", "48",
                                  "--threads", "1", "--cross-fit", "2", "--out", out)
+    assert "views of the train split" in stdout
     assert code == 0, _err
     training = json.loads((out / "config.json").read_text())["config"]["training"]
     calibration = training["calibration"]
@@ -80,15 +83,17 @@ def test_train_cross_fit_calibrates_on_every_source(corpus: Path, tmp_path: Path
 
 def test_evaluate_reports_per_family(bundle: Path, corpus: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    code, out, _err = run_cli(capsys, "evaluate", "--corpus", corpus, "--model", bundle, "--view-size", "48",
-                              "--format", "json")
+    code, out, _err = run_cli(capsys, "evaluate", "--corpus", corpus, "--model", bundle, "--format", "json")
     assert code == 0
     result = json.loads(out)
     assert set(result["conditions"]) == {"clean", "jpeg75", "resize0.5"}
     clean = result["conditions"]["clean"]
-    assert set(clean["families"]) == {"vae", "tamper"}
+    assert set(clean["families"]) == {"vae", "inject"}
     assert 0.0 <= clean["families"]["vae"]["auc"] <= 1.0 and clean["fpr_synthetic"] is not None
-    assert "pixel_auc" in clean["families"]["tamper"]
+    assert "pixel_auc" in clean["families"]["inject"]
+    # False positives are counted on real views of patients the bundle never saw, native and 8-bit apart.
+    assert clean["fpr"]["views"] == result["real_views"] > 0 and clean["fpr"]["patients"] >= 2
+    assert set(clean["forms"]) <= {"native", "8bit"} and "native" in clean["forms"]
     vae = clean["families"]["vae"]  # each held-out source's reals against the fakes made from them
     assert vae["within_sources"] >= 1 and 0.0 <= vae["within_source_auc"] <= 1.0
     assert 0.0 <= vae["paired_win_rate"] <= 1.0
@@ -98,14 +103,14 @@ def test_evaluate_reports_per_family(bundle: Path, corpus: Path, capsys: pytest.
     from verifier.cli import _common
 
     monkeypatch.setattr(_common.console, "width", 160)  # a wide terminal: no cell is wrapped
-    code, out, _err = run_cli(capsys, "evaluate", "--corpus", corpus, "--model", bundle, "--view-size", "48")
-    assert code == 0 and "95% CI (sources)" in out and f"{low:.2f}-{high:.2f}" in out
+    code, out, _err = run_cli(capsys, "evaluate", "--corpus", corpus, "--model", bundle)
+    assert code == 0 and "95% CI (patients)" in out and f"{low:.2f}-{high:.2f}" in out
 
 
 def test_verify_with_detector(
     bundle: Path, keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from detectors.data.corpus import sample_dicom_files
+    from detectors.data import sample_dicom_files
 
     files = {p.name: p for _pkg, p in sample_dicom_files()}
     ct, mr = files["CT_small.dcm"], files["MR_small.dcm"]
@@ -152,7 +157,7 @@ def test_verify_with_detector(
 
 
 def test_signature_only_verify_never_imports_torch(keyed_home: Path) -> None:
-    from detectors.data.corpus import sample_dicom_files
+    from detectors.data import sample_dicom_files
 
     ct = {p.name: p for _pkg, p in sample_dicom_files()}["CT_small.dcm"]
     script = (
@@ -169,7 +174,7 @@ def test_workers_forked_after_an_in_process_detector_check_do_not_hang(bundle: P
     """A process that ran the detector itself (a one-worker scan, with torch's default threads) and then forks
     workers: they inherit the loaded model but not torch's OpenMP threads, and hung in their first convolution
     until workers got one thread each (found by bench_scan, which scans with 1 then 2 workers in one process)."""
-    from detectors.data.corpus import sample_dicom_files
+    from detectors.data import sample_dicom_files
 
     found = {p.name: p for _pkg, p in sample_dicom_files()}
     files = [found[n] for n in ("CT_small.dcm", "MR_small.dcm") if n in found] * 4

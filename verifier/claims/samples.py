@@ -168,7 +168,7 @@ def write_sample_claims(root: Path) -> Path:
     """
     import csv
 
-    from detectors.data.corpus import sample_dicom_files
+    from detectors.data import sample_dicom_files
     from verifier.errors import InputError
 
     found = {p.name: p for _pkg, p in sample_dicom_files()}

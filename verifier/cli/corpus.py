@@ -14,7 +14,7 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from detectors.data.corpus import DEFAULT_FRACTIONS, BuildReport, build_corpus, build_sample_corpus
+from detectors.data import DEFAULT_FRACTIONS, BuildReport, build_corpus, build_sample_corpus
 from detectors.errors import DetectorsError
 from verifier.cli import _common, app
 from verifier.errors import InputError

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -22,6 +23,9 @@ __all__ = ["DEFAULT_THREADS", "train_app"]
 
 #: Default torch thread count: training shares small machines, so it never takes more than two cores unasked.
 DEFAULT_THREADS = max(1, min(2, os.cpu_count() or 1))
+#: The families of fakes a detector learns from by default (detectors.models.fakes.FAMILIES; not imported here,
+#: so that the CLI starts without OpenCV).
+FAMILIES = ("vae", "diffusion", "sr", "gan", "inpaint", "inject", "remove", "copymove")
 
 train_app = typer.Typer(
     help="Train the in-house generators (vae, gan, diffusion, tamper) on a corpus; checkpoints are "
@@ -53,13 +57,25 @@ def train_generator(
     sampling_only: Annotated[
         bool, typer.Option("--sampling-only", help="Save only the weights sampling uses (e.g. EMA): half the size.")
     ] = False,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue training this checkpoint (its config; --config ignored).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", metavar="FIELD=VALUE", help="Override a preset field (repeatable).")
+    ] = None,
+    whole: Annotated[
+        float, typer.Option("--whole", min=0.0, max=1.0,
+                            help="Share of training crops that are whole frames shrunk to the patch size (anatomy "
+                                 "layout for unconditional samples); the rest are native-resolution crops.")
+    ] = 0.0,
 ) -> None:
     """Train generator NAME on random patches of a corpus's normalised frames and save a checkpoint."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
     import torch
 
     from detectors.errors import DetectorsError
-    from detectors.generators import create_generator
+    from detectors.generators import PatchSampler, create_generator
+    from detectors.generators.config import parse_overrides
     from detectors.generators.data import corpus_frames
 
     torch.set_num_threads(threads)
@@ -75,7 +91,13 @@ def train_generator(
         raise InputError(f"--device {device}: CUDA is not available here")
     destination = out if out is not None else Path("checkpoints") / name
     try:
-        generator = create_generator(name, config=config, seed=seed)
+        if resume is not None:
+            if overrides:
+                raise InputError("--set changes a preset; a resumed checkpoint keeps its config")
+            generator = create_generator(name, checkpoint=resume)
+            config = f"resumed {resume}"
+        else:
+            generator = create_generator(name, config=config, seed=seed, **parse_overrides(overrides or []))
         frames, description = corpus_frames(
             corpus,
             split=None if split == "all" else split,  # type: ignore[arg-type]
@@ -109,8 +131,9 @@ def train_generator(
 
             every = max(1, min(50, total // 100 or 1))
             start = time.perf_counter()
+            sampler = PatchSampler(frames, generator.config.image_size, whole_fraction=whole)
             result = generator.fit(
-                frames,
+                sampler,
                 steps=total,
                 seed=seed,
                 progress=report,
@@ -145,162 +168,128 @@ def list_cmd() -> None:
 @train_app.command("detector")
 def train_detector_cmd(
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus directory (with manifest.json).")],
-    generators: Annotated[
-        str, typer.Option("--generators", help="Generator families that make the fakes (comma-separated).")
-    ] = "vae,gan,diffusion,tamper",
-    arch: Annotated[str, typer.Option("--arch", help="Detector: ensemble, cnn, classical or segment.")] = "ensemble",
-    preset: Annotated[str, typer.Option("--preset", help="tiny (tests) or small (the shipped bundle).")] = "small",
-    steps: Annotated[int, typer.Option("--steps", min=1,
-                                       help="Training steps of the CNN and segmentation members.")] = 1200,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Patches per step (half real).")] = 32,
-    view_size: Annotated[int, typer.Option("--view-size", min=32, help="Side of the crops taken from frames.")] = 128,
     out: Annotated[Path, typer.Option("--out", help="Bundle directory.")] = Path("checkpoints/detector"),
-    seed: Annotated[int, typer.Option("--seed", help="Seed of views, weights, batches.")] = 0,
-    target_fpr: Annotated[float, typer.Option("--target-fpr", help="False-positive rate of the threshold.")] = 0.01,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = DEFAULT_THREADS,
+    generators: Annotated[str, typer.Option(
+        "--generators", help="Families of fakes to learn from (comma-separated; synthetic and tamper name their groups).")] = ",".join(FAMILIES),
+    generator_checkpoints: Annotated[Path | None, typer.Option(
+        "--generator-checkpoints", help="Folder of generator checkpoints (default: the shipped ones).")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="tiny (tests) or small (the shipped bundle).")] = "small",
+    arch: Annotated[str, typer.Option("--arch", help="Detector (see the model card): ensemble or one member.")]
+    = "ensemble",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps of the patch networks.")] = 1200,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Patches per step (half real).")] = 32,
+    view_size: Annotated[int, typer.Option("--view-size", min=32, help="Side of the crops taken from frames.")] = 256,
     cross_fit: Annotated[int, typer.Option(
-        "--cross-fit", min=0,
-        help="Calibrate on out-of-fold scores of K folds of whole sources and train the final model on all of "
-        "them (K+1 trainings); 0: train on three quarters of the sources, calibrate on the other quarter.")] = 0,
+        "--cross-fit", min=0, help="Calibrate on out-of-fold scores of K folds of whole patients and train the "
+        "final model on all of them (K+1 trainings); 0: fit on three quarters, calibrate on the rest.")] = 4,
     fixed_weights: Annotated[bool, typer.Option(
-        "--fixed-weights",
-        help="With --cross-fit: keep the preset's ensemble weights instead of fitting the synthetic head's on "
-        "the out-of-fold scores of its members.")] = False,
-    min_member_gain: Annotated[float | None, typer.Option(
-        "--min-member-gain", min=0.0, max=1.0,
-        help="With --cross-fit: drop (and never run) an ensemble member that adds less than this to the stacked "
-        "out-of-fold AUC of the synthetic head (default 0.005; 0 keeps every member with a positive weight).")] = None,
+        "--fixed-weights", help="With --cross-fit: keep the preset's member weights instead of stacking.")] = False,
+    min_member_gain: Annotated[float, typer.Option(
+        "--min-member-gain", min=0.0, max=1.0, help="With --cross-fit: drop (and never run) a member that adds "
+        "less than this to a head's stacked out-of-fold AUC (0 keeps every member with a positive weight).")] = 0.005,
+    target_fpr: Annotated[float, typer.Option("--target-fpr", help="False-positive rate of the thresholds.")] = 0.01,
     sampling: Annotated[str, typer.Option(
-        "--sampling",
-        help="How training draws a fake of a family: 'view' (a view uniformly: a source with many frames weighs "
-        "more) or 'source' (a source image uniformly, then one of its views: every source weighs the same).")]
-    = "view",
+        "--sampling", help="Training draws a fake's view uniformly ('view') or a source first ('source').")] = "view",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of views, weights, batches.")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = DEFAULT_THREADS,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="Folder that keeps the views and fakes made (default: the cache folder's views/).")] = None,
 ) -> None:
-    """Build real/fake views with the in-house generators from the corpus's train split, train a detector on
-    three quarters of its sources, calibrate it and choose its thresholds on the other quarter (whole sources
-    held out), and write a bundle. With --cross-fit K, the detector is trained on every source instead and
-    calibrated on out-of-fold scores: each source's views scored by one of K models that did not see it. The val
-    and test splits stay untouched for `medverify evaluate`."""
+    """Make real/fake views of the corpus's train split with the in-house generators (aligned fakes of every
+    family, native and 8-bit forms), train the detector and calibrate its thresholds on patients it did not see;
+    write a bundle. The val and test splits stay untouched for `medverify evaluate`."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from detectors.errors import DetectorsError
-    from detectors.models import create_detector, save_bundle
-    from detectors.models.training import (
-        DEFAULT_MIN_MEMBER_GAIN,
-        SAMPLING,
-        cross_fit_detector,
-        train_detector,
-    )
-    from detectors.models.views import View, build_views, split_calibration
+    from detectors.models import save_bundle
+    from detectors.models.recipe import Recipe, train_bundle, training_views
 
     torch.set_num_threads(threads)
-    families = [f.strip() for f in generators.split(",") if f.strip()]
+    recipe = _recipe(Recipe, generators=generators, preset=preset, arch=arch, steps=steps, batch_size=batch_size,
+                     view_size=view_size,
+                     cross_fit=cross_fit, stack=not fixed_weights, min_member_gain=min_member_gain,
+                     target_fpr=target_fpr, sampling=sampling, seed=seed)
     if not corpus.is_dir():
         raise InputError(f"--corpus {corpus}: not a directory")
-    if not 0 < target_fpr < 1:
-        raise InputError("--target-fpr must be between 0 and 1")
-    if cross_fit == 1:
-        raise InputError("--cross-fit needs at least 2 folds (0 turns it off)")
-    if sampling not in SAMPLING:
-        raise InputError(f"--sampling must be one of {', '.join(SAMPLING)}, not {sampling!r}")
     start = time.perf_counter()
-    try:
-        detector = create_detector(arch, preset=preset, seed=seed, target_fpr=target_fpr)
-        with _bar() as progress:
-            task = progress.add_task("fakes", total=None, stats="")
-
-            def on_view(done: int, total: int, family: str) -> None:
-                progress.update(task, completed=done, total=total, stats=family)
-
-            views, description = build_views(
-                corpus, families=families, splits=("train",), view_size=view_size, seed=seed, progress=on_view
-            )
-        if cross_fit:
-            fit, calib = list(views), list[View]()
-            _common.console.print(
-                f"views of the train split: {sum(v.is_real for v in fit)} real / "
-                f"{len(fit) - sum(v.is_real for v in fit)} fake, in {cross_fit} folds of whole sources for "
-                f"out-of-fold calibration; {time.perf_counter() - start:.0f}s",
-                highlight=False,
-            )
-        else:
-            fit, calib = split_calibration(views, seed=seed)
-            _common.console.print(
-                f"views of the train split: {sum(v.is_real for v in fit)} real / "
-                f"{len(fit) - sum(v.is_real for v in fit)} fake for fitting, {sum(v.is_real for v in calib)} real / "
-                f"{len(calib) - sum(v.is_real for v in calib)} fake of other sources for calibration; "
-                f"{time.perf_counter() - start:.0f}s",
-                highlight=False,
-            )
-        _common.console.print(
-            f"training [bold]{escape(arch)}[/] ({escape(preset)}, {detector.parameter_count:,} parameters, "
-            f"{detector.config.patch_size}px patches) for {steps} steps, batch {batch_size}, {threads} thread(s)",
-            highlight=False,
-        )
-        with _bar() as progress:
-            task = progress.add_task("fit", total=steps, stats="")
-            stage = [""]
-            next_line = [0]
-            fit_start = [time.perf_counter()]
-            member = [""]
-
-            def report(step: int, total: int, metrics: Mapping[str, float]) -> None:
-                stats = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                progress.update(task, completed=step, total=total, stats=stats)
-                # An ensemble trains its members one after the other: rate and eta start again with each.
-                name = next(iter(metrics), "").partition(".")[0]
-                if name != member[0]:  # timed from this member's first step on
-                    member[0], next_line[0], fit_start[0] = name, step + max(1, total // 10), time.perf_counter()
-                    if not _common.console.is_terminal:
-                        progress.console.print(f"{stage[0]}step {step}/{total} {stats}", highlight=False)
-                elif not _common.console.is_terminal and (step >= next_line[0] or step == total):
-                    next_line[0] = step + max(1, total // 10)
-                    elapsed, done = time.perf_counter() - fit_start[0], step - 1
-                    eta = elapsed / max(done, 1) * (total - step)
-                    progress.console.print(f"{stage[0]}step {step}/{total} {stats} "
-                                           f"{done / max(elapsed, 1e-9):.2f} steps/s eta {eta:.0f}s", highlight=False)
-
-            def on_stage(name: str) -> None:
-                stage[0], member[0] = f"{name}: ", ""
-                progress.update(task, description=name, completed=0)
-
-            if cross_fit:
-                detector, record = cross_fit_detector(
-                    lambda: create_detector(arch, preset=preset, seed=seed, target_fpr=target_fpr), fit,
-                    folds=cross_fit, steps=steps, batch_size=batch_size, seed=seed, progress=report,
-                    on_stage=on_stage, data=description, stack=not fixed_weights,
-                    min_member_gain=DEFAULT_MIN_MEMBER_GAIN if min_member_gain is None else min_member_gain,
-                    sampling=sampling)
-            else:
-                record = train_detector(
-                    detector, fit, calib, steps=steps, batch_size=batch_size, seed=seed, progress=report,
-                    data=description, sampling=sampling)
+    with _detector_errors(), _bar() as progress:
+        task = progress.add_task("fakes", total=None, stats="")
+        views, description = training_views(
+            corpus, recipe, checkpoints=generator_checkpoints, cache=cache or _common.settings().cache_dir / "views",
+            progress=lambda done, total, family: progress.update(task, completed=done, total=total, stats=family))
+        reals = sum(v.is_real for v in views)
+        progress.console.print(f"views of the train split: {reals} real / {len(views) - reals} fake of "
+                               f"{description['sources']} patients; {time.perf_counter() - start:.0f}s",
+                               highlight=False)
+        stage = progress.add_task("fit", total=recipe.steps, stats="")
+        detector, record = train_bundle(
+            views, recipe, data=description,
+            progress=lambda step, total, metrics: progress.update(
+                stage, completed=step, total=total, stats=" ".join(f"{k} {v:.3f}" for k, v in metrics.items())),
+            on_stage=lambda name: progress.update(stage, description=name, completed=0))
         info = save_bundle(detector, out)
+    _common.console.print(f"saved {escape(str(out))}: {detector.config.tag} (sha256 {info['digest']})\n"
+                          f"{_calibration_summary(detector, record)}; {time.perf_counter() - start:.0f}s in all",
+                          highlight=False)
+
+
+def _recipe(cls: Any, *, generators: str, **values: Any) -> Any:
+    """A :class:`~detectors.models.recipe.Recipe` from the options, refusing what it cannot take."""
+    from detectors.models.fakes import FAMILIES as KNOWN
+    from detectors.models.fakes import SYNTHETIC_FAMILIES, TAMPER_FAMILIES
+    from detectors.models.training import SAMPLING
+
+    # "synthetic" and "tamper" name their whole groups of families.
+    groups = {"synthetic": SYNTHETIC_FAMILIES, "tamper": TAMPER_FAMILIES}
+    named = [f.strip() for f in generators.split(",") if f.strip()]
+    families = tuple(dict.fromkeys(g for f in named for g in groups.get(f, (f,))))
+    unknown = [f for f in families if f not in KNOWN]
+    if not families or unknown:
+        raise InputError(f"--generators: unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
+                         f"choose from {', '.join(KNOWN)} (or synthetic, tamper for their groups)")
+    if values["cross_fit"] == 1:
+        raise InputError("--cross-fit needs at least 2 folds (0 turns it off)")
+    if not 0 < values["target_fpr"] < 1:
+        raise InputError("--target-fpr must be between 0 and 1")
+    if values["sampling"] not in SAMPLING:
+        raise InputError(f"--sampling must be one of {', '.join(SAMPLING)}, not {values['sampling']!r}")
+    return cls(families=families, **values)
+
+
+@contextlib.contextmanager
+def _detector_errors() -> Iterator[None]:
+    """The detectors package's errors (and bad arguments it refuses) as the CLI's input errors."""
+    from detectors.errors import DetectorsError
+
+    try:
+        yield
     except (DetectorsError, ValueError) as exc:
-        message = exc.diagnostics() if isinstance(exc, DetectorsError) else str(exc)
-        raise InputError(message) from exc
+        raise InputError(exc.diagnostics() if isinstance(exc, DetectorsError) else str(exc)) from exc
+
+
+def _calibration_summary(detector: Any, record: Mapping[str, Any]) -> str:
+    """One paragraph on how the bundle was calibrated: separations, stacking, thresholds."""
     cfg = detector.config
     calibrated = record["calibration"]
-    where = (f"out-of-fold scores ({cross_fit} folds)" if cross_fit else "other sources")
-    gate = ", ".join(f"{head} AUC {value}" for head, value in calibrated["auc"].items())
-    off = f"; below AUC {calibrated['min_auc']}, never flags: {', '.join(calibrated['disabled'])}" \
-        if calibrated["disabled"] else ""
-    stacked = calibrated.get("stacking")
-    if stacked:
-        weights = stacked["weights"] or {}
-        where += "; synthetic weights fitted on them: " + ", ".join(
-            f"{name} {weights.get(name, 0.0):.2f} (alone AUC {value})" for name, value in stacked["member_auc"].items())
-        for name, why in (stacked.get("dropped") or {}).items():
-            where += f"; {name} dropped, not run: {why}"
-    _common.console.print(
-        f"saved {escape(str(out))}: {cfg.tag} (sha256 {info['digest']})\n"
-        f"calibrated on {calibrated['real']} real / {calibrated['synthetic']} synthetic / "
-        f"{calibrated['tampered']} tampered views, {where}: {gate}{off}; threshold {cfg.threshold:.4f}, "
-        f"tamper threshold {cfg.tamper_threshold:.4f} (target FPR {cfg.target_fpr:.0%}); "
-        f"{time.perf_counter() - start:.0f}s in all",
-        highlight=False,
-    )
+    folds = calibrated.get("cross_fit", {}).get("folds")
+    where = f"out-of-fold scores ({folds} folds)" if folds else "other patients"
+    parts = [f"calibrated on {calibrated['real']} real / {calibrated['synthetic']} synthetic / "
+             f"{calibrated['tampered']} tampered views, {where}: "
+             + ", ".join(f"{head} AUC {value}" for head, value in calibrated["auc"].items())]
+    for head, stacked in (calibrated.get("stacking") or {}).items():
+        weights = stacked.get("weights") or {}
+        parts.append(f"{head} weights: " + ", ".join(
+            f"{name} {weights.get(name, 0.0):.2f} (alone {value})" for name, value in stacked["member_auc"].items()))
+        parts += [f"{name} dropped ({why})" for name, why in (stacked.get("dropped") or {}).items()]
+    if calibrated["disabled"]:
+        parts.append(f"below AUC {calibrated['min_auc']}, never flags: {', '.join(calibrated['disabled'])}")
+    offsets = {h: g for h, g in (calibrated.get("group_offsets") or {}).items() if g}
+    if offsets:
+        parts.append("group offsets: " + "; ".join(f"{h} " + ", ".join(f"{g} {v:+.3f}" for g, v in groups.items())
+                                                   for h, groups in offsets.items()))
+    parts.append(f"threshold {cfg.threshold:.4f}, tamper threshold {cfg.tamper_threshold:.4f} "
+                 f"(target FPR {cfg.target_fpr:.0%})")
+    return "; ".join(parts)
 
 
 def _bar() -> Progress:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from detectors.data.corpus import sample_dicom_files
+from detectors.data import sample_dicom_files
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from detectors.data.corpus import (
+from detectors.data import (
     MANIFEST_NAME,
     SPLITS,
     Corpus,
@@ -175,3 +175,41 @@ def test_sample_corpus_builds_offline_with_several_modalities(
         assert min(entry.shape[1:]) >= 64
     image = corpus.read(next(e for e in corpus.entries if e.format == "nifti"))
     assert image.n_frames < image.total_frames  # slices, not the whole volume
+
+
+def test_csv_manifest_groups_by_patient_and_study_and_records_terms(
+    dicom_sample: dict[str, Path], tmp_path: Path
+) -> None:
+    root = tmp_path / "shared"
+    (root / "xr").mkdir(parents=True)
+    rows = ["path,source,modality,patient_key,study_uid,license"]
+    for i in range(6):
+        image = (np.random.default_rng(i).random((80, 96)) * 255).astype(np.uint8)
+        cv2.imwrite(str(root / "xr" / f"{i}.jpg"), image)
+        rows.append(f"xr/{i}.jpg,chest,XR,ieee:{i // 2},,{'CC BY 4.0' if i else 'nan'}")
+    # Two DICOM files of two patients that share a study: one group (a patient and a study link transitively).
+    _dicom_copy(dicom_sample["MR_small.dcm"], root / "d" / "a", patient="PA", study="1.2.9", sop="1.2.9.1", mark=1)
+    _dicom_copy(dicom_sample["MR_small.dcm"], root / "d" / "b", patient="PB", study="1.2.9", sop="1.2.9.2", mark=2)
+    _dicom_copy(dicom_sample["CT_small.dcm"], root / "d" / "c", patient="PB", study="1.2.10", sop="1.2.10.1", mark=3)
+    rows.append("d/a,dcm,MR,dcm:PA,1.2.9,see README")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    corpus = build_corpus([root], tmp_path / "corpus").corpus
+    assert len(corpus.entries) == 9
+    jpegs = [e for e in corpus.entries if e.format == "jpeg"]
+    assert {e.modality for e in jpegs} == {"XR"} and {e.collection for e in jpegs} == {"chest"}
+    assert all(e.lossy and e.form == "8bit" and e.bits_stored == 8 for e in jpegs)
+    assert sorted(e.license for e in jpegs) == ["", "CC BY 4.0", "CC BY 4.0", "CC BY 4.0", "CC BY 4.0", "CC BY 4.0"]
+    assert len({e.source_id for e in jpegs}) == 3  # one group per patient, two images each
+    dicoms = [e for e in corpus.entries if e.format == "dicom"]
+    assert len({e.source_id for e in dicoms}) == 1 and all(e.form == "native" for e in dicoms)
+    assert all(not e.lossy for e in dicoms)
+    text = (tmp_path / "corpus" / MANIFEST_NAME).read_text()
+    assert "PA" not in text and "ieee:" not in text  # identifiers are pseudonymised
+    # A new image linked to an existing group joins its split; existing entries keep theirs.
+    before = {e.sha256: (e.source_id, e.split) for e in corpus.entries}
+    _dicom_copy(dicom_sample["CT_small.dcm"], tmp_path / "more" / "e", patient="PB", study="1.2.11", sop="1.2.11.1",
+                mark=4)
+    grown = build_corpus([tmp_path / "more"], tmp_path / "corpus").corpus
+    assert {e.sha256: (e.source_id, e.split) for e in grown.entries if e.sha256 in before} == before
+    new = next(e for e in grown.entries if e.sha256 not in before)
+    assert (new.source_id, new.split) == (dicoms[0].source_id, dicoms[0].split)

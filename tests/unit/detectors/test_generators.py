@@ -115,17 +115,43 @@ def test_tamper_modes() -> None:
     gen = create_generator("tamper", config="tiny")
     assert isinstance(gen, TamperGenerator)
     real = phantom(3, 64, 64)
-    for mode in ("inject", "remove"):
+    for mode in ("inject", "remove", "copymove"):
         result = gen.tamper(real, seed=2, mode=mode)
         changed = result.image != real
         assert result.mode == mode and result.mask.any() and changed.any()
         assert not changed[~result.mask].any()
         assert result.mask.mean() < 0.25, "a local edit"
-    telea = create_generator("tamper", config="tiny", inpaint_method="telea").tamper(real, seed=2, mode="remove")
+    telea = create_generator("tamper", config="tiny", inpaint_method="telea", match_noise=False).tamper(
+        real, seed=2, mode="remove")
     assert telea.mask.any() and not (telea.image != real)[~telea.mask].any()
     ring = cv2.dilate(telea.mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~telea.mask
     lo, hi = real[ring].min(), real[ring].max()
     assert lo - 0.02 <= telea.image[telea.mask].min() and telea.image[telea.mask].max() <= hi + 0.02, "a plausible fill"
+
+
+def test_removal_carries_the_images_own_noise_and_copy_move_blends_a_copy() -> None:
+    rng = np.random.default_rng(0)
+    real = np.clip(phantom(5, 128, 128) + rng.normal(0, 0.03, (128, 128)).astype(np.float32), 0, 1)
+    fine = lambda a: a - cv2.GaussianBlur(a, (0, 0), 1.0)  # noqa: E731
+    smooth = create_generator("tamper", config="small", match_noise=False).tamper(real, seed=4, mode="remove")
+    noisy = create_generator("tamper", config="small").tamper(real, seed=4, mode="remove")
+    assert np.array_equal(smooth.mask, noisy.mask)
+    around = fine(real)[cv2.dilate(noisy.mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool) & ~noisy.mask]
+    assert fine(smooth.image)[smooth.mask].std() < 0.5 * around.std()
+    assert 0.6 * around.std() < fine(noisy.image)[noisy.mask].std() < 1.6 * around.std()
+    moved = create_generator("tamper", config="small").tamper(real, seed=4, mode="copymove")
+    ys, xs = np.nonzero(moved.mask)
+    assert not (moved.image != real)[~moved.mask].any() and moved.mask.any()
+    # The pasted region holds a copy of another region's fine texture (Poisson blending keeps its gradients).
+    best = 0.0
+    for dy in range(-100, 101):
+        for dx in range(-100, 101):
+            sy, sx = ys - dy, xs - dx
+            if abs(dy) + abs(dx) < 8 or sy.min() < 0 or sx.min() < 0 or sy.max() >= 128 or sx.max() >= 128:
+                continue
+            a, b = fine(moved.image)[ys, xs], fine(real)[sy, sx]
+            best = max(best, float(np.corrcoef(a, b)[0, 1]))
+    assert best > 0.8
 
 
 def test_training_is_reproducible() -> None:

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detectors.data import read_image
-from detectors.data.corpus import sample_dicom_files
+from detectors.data import read_image, sample_dicom_files
 from verifier.claims import load_claims
 from verifier.claims.fingerprint import SIMHASH_OFFSET, band_values, fingerprint_frame, hamming, tied_fraction
 from verifier.claims.headers import age_years, normalise_body_part
@@ -67,7 +66,7 @@ def test_different_images_are_not_confirmed() -> None:
 
 def _mni_slice(axis: int, index: int) -> np.ndarray:
     nib = pytest.importorskip("nibabel")
-    from detectors.data.corpus import _sample_nifti_candidates
+    from detectors.data.sample import _sample_nifti_candidates
 
     found = [c for c in _sample_nifti_candidates() if "mni" in c.origin]
     if not found:

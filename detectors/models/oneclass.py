@@ -1,0 +1,280 @@
+"""``oneclass`` and ``physics``: image-level members on the physics statistics of :mod:`detectors.models.physics`.
+
+``oneclass`` is fitted on **real images only**. Per modality group and form (``MR/native``, ``XR/8bit``, …; see
+:func:`~detectors.models.base.modality_group`) it models the real images' feature vectors
+(:func:`~detectors.models.physics.image_features`: noise level, spectrum and correlation of the finest-scale
+residual, its dependence on the grey level, histogram occupancy, block grids) in two ways, and adds the two
+distances, each standardised on the group's real training images:
+
+- a Gaussian with a shrunk covariance (Ledoit-Wolf): the log of the Mahalanobis distance, any departure;
+- a one-sided *smoothness* distance (:data:`SMOOTHNESS`): how far the image's finest-scale residual is less
+  white than real ones of its group (a smaller share of detail at the finest scale, more correlation between
+  neighbouring residuals, more pixels equal to their local median), in robust units of the real spread. This
+  is the physics prior: an acquisition leaves independent noise in every pixel, and a generator has to invent
+  it, which its smooth decoder, denoiser or up-sampler does poorly.
+
+It never sees a fake, so no generator is "seen" or "unseen" to it. A group with fewer than
+``min_group`` real training images falls back to its form's pooled model, then to the model of everything.
+Its tamper score is the largest :func:`~detectors.models.physics.tile_anomaly` of the image (the tile whose
+noise departs most from the rest of its own frame), and that anomaly, tile by tile, is its heatmap.
+
+``physics`` reads the same features but is supervised: a standardised logistic regression of fake against real
+views (the families it was trained on), as a second opinion that stacking weighs against the others.
+
+Both are image-level members: they score a whole frame at once (:meth:`Detector.score_frames`), not patches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.models.base import (
+    Detector,
+    DetectorConfig,
+    FitProgress,
+    FrameScores,
+    FrameSet,
+    ModelError,
+    PatchBatch,
+    TrainingImage,
+    register_detector,
+)
+from detectors.models.physics import IMAGE_FEATURES
+
+__all__ = ["OneClassDetector", "PhysicsDetector"]
+
+_N = len(IMAGE_FEATURES)
+#: The features of the one-sided smoothness distance, with the sign of the direction a generated image departs
+#: in (-1: lower than real images, +1: higher).
+SMOOTHNESS: dict[str, int] = {
+    "fine_share_q10": -1, "fine_share_q50": -1, "fine_share_q90": -1,
+    "corr_x_q10": 1, "corr_x_q50": 1, "corr_y_q10": 1, "corr_y_q50": 1,
+    "corr_2_q50": 1, "corr_2_q90": 1, "flat_q50": 1,
+}
+_SMOOTH_INDEX = np.array([IMAGE_FEATURES.index(name) for name in SMOOTHNESS])
+_SMOOTH_SIGN = np.array(list(SMOOTHNESS.values()), dtype=np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GroupModel:
+    """The real images of one group: Gaussian (mean, precision), robust centre and spread of every feature, and
+    the median and spread of the two distances (to standardise them)."""
+
+    mean: npt.NDArray[np.float64]
+    precision: npt.NDArray[np.float64]
+    centre: npt.NDArray[np.float64]
+    spread: npt.NDArray[np.float64]
+    norms: npt.NDArray[np.float64]  # (median, spread) of the log Mahalanobis, then of the smoothness distance
+
+    def distances(self, x: npt.NDArray[np.float64]) -> tuple[float, float]:
+        """(log Mahalanobis distance per feature, smoothness distance) of one feature vector."""
+        d = x - self.mean
+        maha = 0.5 * float(np.log(max(float(d @ self.precision @ d), 1e-9) / _N))
+        z = (x[_SMOOTH_INDEX] - self.centre[_SMOOTH_INDEX]) / self.spread[_SMOOTH_INDEX]
+        smooth = float(np.sqrt(np.mean(np.maximum(0.0, z * _SMOOTH_SIGN) ** 2)))
+        return maha, smooth
+
+    def score(self, x: npt.NDArray[np.float64]) -> float:
+        maha, smooth = self.distances(x)
+        n = self.norms
+        return float((maha - n[0]) / n[1] + (smooth - n[2]) / n[3])
+
+    def arrays(self, prefix: str) -> dict[str, npt.NDArray[np.float64]]:
+        return {f"{prefix}.{k}": getattr(self, k) for k in ("mean", "precision", "centre", "spread", "norms")}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, npt.NDArray[Any]], prefix: str) -> _GroupModel:
+        try:
+            values = {k: np.asarray(arrays[f"{prefix}.{k}"], np.float64)
+                      for k in ("mean", "precision", "centre", "spread", "norms")}
+        except KeyError as exc:
+            raise ModelError(f"oneclass weights lack {exc}") from None
+        model = cls(**values)
+        if model.mean.shape != (_N,) or model.precision.shape != (_N, _N) or model.norms.shape != (4,):
+            raise ModelError("oneclass weights do not fit the feature set")
+        return model
+
+    @classmethod
+    def fit(cls, vectors: npt.NDArray[np.float64]) -> _GroupModel:
+        from sklearn.covariance import LedoitWolf
+
+        estimator = LedoitWolf().fit(vectors)
+        centre = np.median(vectors, axis=0)
+        spread = 1.4826 * np.median(np.abs(vectors - centre), axis=0) + 1e-3
+        model = cls(estimator.location_.astype(np.float64), estimator.precision_.astype(np.float64), centre, spread,
+                    np.array([0.0, 1.0, 0.0, 1.0]))
+        raw = np.array([model.distances(v) for v in vectors])
+        med = np.median(raw, axis=0)
+        mad = 1.4826 * np.median(np.abs(raw - med), axis=0) + 1e-3
+        return dataclasses.replace(model, norms=np.array([med[0], mad[0], med[1], mad[1]]))
+
+
+def _image_vector(frames: FrameSet) -> npt.NDArray[np.float64]:
+    """The mean feature vector over an image's frames."""
+    return np.asarray(np.mean([frames.image_features(i) for i in range(len(frames.frames))], axis=0), np.float64)
+
+
+def _tamper_map(frames: FrameSet) -> FrameScores:
+    """The largest tile anomaly of each frame, and each frame's anomaly map."""
+    best, maps = -np.inf, []
+    best_frame = 0
+    for i in range(len(frames.frames)):
+        anomaly = frames.tile_anomaly(i)
+        maps.append(anomaly)
+        top = float(anomaly.max()) if anomaly.size else 0.0
+        if top > best:
+            best, best_frame = top, i
+    return FrameScores(synthetic=0.0, tamper=float(best), best_frame=best_frame, tile_maps=maps,
+                       patches=_tiles_scored(frames))
+
+
+def _tiles_scored(frames: FrameSet) -> int:
+    return sum(len(frames.tiles(i).positions) for i in range(len(frames.frames)))
+
+
+@register_detector("oneclass")
+class OneClassDetector(Detector):
+    """Gaussian models of real images' physics features per modality group; distance as the synthetic score."""
+
+    IMAGE_LEVEL: ClassVar[bool] = True
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"patch_size": 32, "max_patches": 8, "arch_args": {"min_group": 4}},
+        "small": {"patch_size": 64, "max_patches": 32, "arch_args": {"min_group": 30}},
+    }
+
+    def __init__(self, config: DetectorConfig, *, seed: int = 0) -> None:
+        super().__init__(config, seed=seed)
+        self.min_group = int(config.arch_args.get("min_group", 30))
+        #: Per model name ("all", "native", "8bit", "MR/native", …).
+        self.models: dict[str, _GroupModel] = {}
+
+    def _model_for(self, group: str) -> _GroupModel | None:
+        form = group.split("/", 1)[1] if "/" in group else ""
+        for name in (group, form, "all"):
+            if name in self.models:
+                return self.models[name]
+        return None
+
+    def score_frames(self, frames: FrameSet) -> FrameScores:
+        scores = _tamper_map(frames)
+        model = self._model_for(frames.group)
+        if model is not None:
+            scores.synthetic = model.score(_image_vector(frames))
+        return scores
+
+    def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        raise ModelError("oneclass scores whole frames, not patches")
+
+    def fit(self, batches: Iterator[PatchBatch], *, steps: int, seed: int = 0,
+            progress: FitProgress | None = None) -> dict[str, float]:
+        raise ModelError("oneclass is fitted on images: fit_images")
+
+    def fit_images(self, images: Sequence[TrainingImage], *, seed: int = 0,
+                   progress: FitProgress | None = None) -> dict[str, float]:
+        """Fit the group models on the real images among ``images`` (the fakes are not looked at)."""
+        reals = [im for im in images if im.label == 0]
+        if len(reals) < 4:
+            raise ModelError("the one-class member needs at least four real training images")
+        vectors = np.stack([_image_vector(FrameSet.of(im.pixels, self.config, group=im.group)) for im in reals])
+        groups = [im.group for im in reals]
+        self.models = {}
+        metrics: dict[str, float] = {"real_images": float(len(reals))}
+        names = ["all", *sorted({g.split("/", 1)[1] for g in groups if "/" in g}), *sorted(set(groups))]
+        for name in names:
+            if name == "all":
+                rows = np.arange(len(reals))
+            elif "/" in name:
+                rows = np.array([i for i, g in enumerate(groups) if g == name])
+            else:
+                rows = np.array([i for i, g in enumerate(groups) if g.endswith("/" + name)])
+            if name != "all" and len(rows) < self.min_group:
+                continue
+            self.models[name] = _GroupModel.fit(vectors[rows])
+            metrics[f"n[{name}]"] = float(len(rows))
+        if progress is not None:
+            progress(1, 1, metrics)
+        self.with_config(arch_args={**dict(self.config.arch_args), "groups": sorted(self.models)})
+        return metrics
+
+    def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        out: dict[str, npt.NDArray[Any]] = {}
+        for name, model in self.models.items():
+            out.update(model.arrays(f"oneclass.{name}"))
+        return out
+
+    def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+        names = [str(n) for n in self.config.arch_args.get("groups", [])]
+        self.models = {name: _GroupModel.from_arrays(arrays, f"oneclass.{name}") for name in names}
+
+
+@register_detector("physics")
+class PhysicsDetector(Detector):
+    """A logistic regression of fake against real on the physics features and the modality group."""
+
+    IMAGE_LEVEL: ClassVar[bool] = True
+    HEADS: ClassVar[tuple[str, ...]] = ("synthetic",)
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"patch_size": 32, "max_patches": 8, "arch_args": {"C": 1.0}},
+        "small": {"patch_size": 64, "max_patches": 32, "arch_args": {"C": 0.3}},
+    }
+
+    def __init__(self, config: DetectorConfig, *, seed: int = 0) -> None:
+        super().__init__(config, seed=seed)
+        self.mean = np.zeros(_N)
+        self.scale = np.ones(_N)
+        self.coef = np.zeros(_N)
+        self.intercept = 0.0
+
+    def score_frames(self, frames: FrameSet) -> FrameScores:
+        z = (_image_vector(frames) - self.mean) / self.scale
+        return FrameScores(synthetic=float(z @ self.coef + self.intercept), tamper=0.0, best_frame=0,
+                           patches=_tiles_scored(frames))
+
+    def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        raise ModelError("physics scores whole frames, not patches")
+
+    def fit(self, batches: Iterator[PatchBatch], *, steps: int, seed: int = 0,
+            progress: FitProgress | None = None) -> dict[str, float]:
+        raise ModelError("physics is fitted on images: fit_images")
+
+    def fit_images(self, images: Sequence[TrainingImage], *, seed: int = 0,
+                   progress: FitProgress | None = None) -> dict[str, float]:
+        """Fit on the real and synthetic images among ``images`` (balanced classes)."""
+        from sklearn.linear_model import LogisticRegression
+
+        chosen = [im for im in images if im.label in (0, 1)]
+        labels = np.array([im.label for im in chosen])
+        if len(np.unique(labels)) < 2:
+            raise ModelError("the physics member needs real and synthetic training images")
+        x = np.stack([_image_vector(FrameSet.of(im.pixels, self.config, group=im.group)) for im in chosen])
+        self.mean = x.mean(axis=0)
+        self.scale = x.std(axis=0) + 1e-6
+        z = (x - self.mean) / self.scale
+        model = LogisticRegression(C=float(self.config.arch_args.get("C", 0.3)), max_iter=3000,
+                                   class_weight="balanced", random_state=seed)
+        model.fit(z, labels)
+        self.coef = model.coef_[0].astype(np.float64)
+        self.intercept = float(model.intercept_[0])
+        metrics = {"images": float(len(chosen)), "train_acc": float(model.score(z, labels))}
+        if progress is not None:
+            progress(1, 1, metrics)
+        return metrics
+
+    def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        return {"physics.mean": self.mean, "physics.scale": self.scale, "physics.coef": self.coef,
+                "physics.intercept": np.array([self.intercept])}
+
+    def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+        try:
+            mean, scale = np.asarray(arrays["physics.mean"]), np.asarray(arrays["physics.scale"])
+            coef, intercept = np.asarray(arrays["physics.coef"]), np.asarray(arrays["physics.intercept"])
+        except KeyError as exc:
+            raise ModelError(f"physics weights lack {exc}") from None
+        if mean.shape != (_N,) or coef.shape != (_N,) or not (scale > 0).all():
+            raise ModelError("physics weights do not fit the feature set")
+        self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, float(intercept[0])

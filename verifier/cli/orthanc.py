@@ -139,6 +139,35 @@ def _has_python_plugin(plugins: list[Any]) -> bool:
     return False
 
 
+def _load_plugin(config: Path, data: dict[str, Any], script_path: Path, plugin_library: str) -> Path:
+    """Have Orthanc load its Python plugin and run ``script_path``; return the file that names the script.
+
+    ``data`` (the configuration in ``config``) gets the plugin library unless a Python plugin is already listed.
+    The script goes into ``data`` too, unless another ``*.json`` next to ``config`` already sets
+    ``PythonScript`` (Debian's ``python.json``): that file is updated now, since Orthanc refuses a setting
+    defined twice.
+    """
+    plugins = data.get("Plugins") or []
+    if not isinstance(plugins, list):
+        raise ConfigError(f"{config}: Plugins must be a list")
+    if not _has_python_plugin(plugins):
+        plugins.append(plugin_library)
+    data["Plugins"] = plugins
+
+    holder = config
+    for sibling in sorted(config.parent.glob("*.json")):
+        if sibling != config and "PythonScript" in _read_config(sibling):
+            holder = sibling
+    if holder == config:
+        data["PythonScript"] = str(script_path)
+        data.setdefault("PythonVerbose", False)
+    else:
+        other = _read_config(holder)
+        other["PythonScript"] = str(script_path)
+        _write_config(holder, other)
+    return holder
+
+
 @orthanc_app.command("install-plugin", help="Write the plugin script and its configuration into Orthanc's.")
 def install_plugin(
     config: Annotated[Path, typer.Option("--config", help="Orthanc's configuration file (JSON, comments allowed).")],
@@ -194,26 +223,7 @@ def install_plugin(
     if allowed:
         section["AllowedCallers"] = ",".join(str(c) for c in allowed)
     data["MedVerify"] = section
-
-    plugins = data.get("Plugins") or []
-    if not isinstance(plugins, list):
-        raise ConfigError(f"{config}: Plugins must be a list")
-    if not _has_python_plugin(plugins):
-        plugins.append(plugin_library)
-    data["Plugins"] = plugins
-
-    holder = config
-    for sibling in sorted(config.parent.glob("*.json")):
-        if sibling != config and "PythonScript" in _read_config(sibling):
-            holder = sibling
-    if holder == config:
-        data["PythonScript"] = str(script_path)
-        data.setdefault("PythonVerbose", False)
-    else:
-        other = _read_config(holder)
-        other["PythonScript"] = str(script_path)
-        _write_config(holder, other)
-
+    holder = _load_plugin(config, data, script_path, plugin_library)
     script_path.parent.mkdir(parents=True, exist_ok=True)
     script_path.write_text(plugin_script(python_path), encoding="utf-8")
     _write_config(config, data)

@@ -8,7 +8,7 @@ directory; ``medverify serve`` runs on a free loopback port, and one httpx clien
 * ``verify single``: one ``POST /v1/verify`` (application/dicom) per file, timed from request to response;
 * ``stow single``: one ``POST /dicomweb/studies`` (multipart/related, one instance) per file, stored (fsync'd);
 * ``verify batch``: all N files in one multipart ``POST /v1/verify``; figure: files/s;
-* ``in-process``: :meth:`IntakeChecker.check` per file in this interpreter, without HTTP or audit record — the
+* ``in-process``: :meth:`Intake.check` per file in this interpreter, without HTTP or audit record — the
   floor the API stands on.
 
 The first ``--warmup`` requests of each kind are not counted. Each file checked writes one audit record (SQLite,
@@ -263,17 +263,18 @@ def main(argv: list[str] | None = None) -> int:
             env=env, capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
 
-        from verifier.intake.decide import IntakeChecker, Peer
+        from verifier.intake.decide import Peer
         from verifier.settings import Settings
+        from verifier.setup import open_intake
 
-        checker = IntakeChecker.from_settings(Settings.load(env), audit=False)
+        intake = open_intake(Settings.load(env), audit=False)
         from verifier.audit import Channel
 
         peer = Peer(channel=Channel.API, address="bench")
         in_process = []
         for i, data in enumerate(corpus):
             start = time.perf_counter()
-            decision = checker.check(data, peer)
+            decision = intake.check(data, peer)
             elapsed = (time.perf_counter() - start) * 1000
             if decision.result.verdict.status.value != "AUTHENTIC":
                 raise SystemExit(f"file {i} is {decision.result.verdict.status.value}, not AUTHENTIC")

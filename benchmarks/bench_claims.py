@@ -52,9 +52,9 @@ from detectors.data import read_image
 from detectors.data.sample import _sample_dicom_candidates, _sample_nifti_candidates
 from provenance.keys import KeyStore
 from verifier.audit import AuditLog
+from verifier.checker import Check, Checker
 from verifier.claims import ClaimInfo, ClaimsAuditor
 from verifier.claims.samples import _jpeg_dataset, transform_pixels
-from verifier.pipeline import Check
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_claims.json"
@@ -213,7 +213,7 @@ def _scores(found: set[frozenset[str]], planted: dict[str, str]) -> dict[str, An
 
 def _auditor(db: Path, trust: Any) -> tuple[ClaimsAuditor, AuditLog]:
     log = AuditLog.open(f"sqlite:///{db}")
-    return ClaimsAuditor(checks=frozenset({Check.SIGNATURE}), trust=trust, log=log), log
+    return ClaimsAuditor(Checker(checks=frozenset({Check.SIGNATURE}), trust=trust), log=log), log
 
 
 def main(argv: list[str] | None = None) -> int:

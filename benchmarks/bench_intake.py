@@ -6,7 +6,7 @@ sender (a pynetdicom SCU with TCP_NODELAY, one association, files sent as they a
 from request to response; the first ``--warmup`` instances are not counted.
 
 Scenarios (each against fresh storage; "full" = every check the pipeline has: ``--checks`` with all of
-:class:`verifier.pipeline.Check`):
+:class:`verifier.checker.Check`):
 
 * ``storescp``: straight to DCMTK's storescp (the PACS), the baseline of the gateway;
 * ``gateway signature`` / ``gateway full``: through ``medverify gateway`` (check, audit record, fsync'd spool,
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(send(args.port, args.called, files, args.warmup)))
         return 0
 
-    from verifier.pipeline import Check
+    from verifier.checker import Check
 
     full = ",".join(c.value for c in Check)
     total = args.n + args.warmup

@@ -11,7 +11,7 @@ non-DICOM file per twenty. Figures are files/s over the DICOM files, best of ``-
 warm (every file is read once before timing):
 
 - ``baseline_read``: pydicom reads every file and SHA-256 hashes its bytes, one process, nothing else;
-- ``signature_only``: :func:`verifier.pipeline.check_path` with the signature check, one process, no database
+- ``signature_only``: :meth:`verifier.checker.Checker.check` with the signature check, one process, no database
   (also timed over the signed and the unsigned files apart: ``signature_only_signed`` / ``_unsigned``, with the
   baseline of the same files);
 - ``scan_signature_1_worker`` / ``_2_workers``: :class:`verifier.scan.Scanner` end to end with the signature
@@ -55,7 +55,7 @@ from provenance.keys import KeyAlgorithm, KeyRole, KeyStore
 from provenance.signature import sign_dataset
 from verifier.audit import AuditLog
 from verifier.audit.scanstate import ScanStateStore
-from verifier.pipeline import Check, check_path, parse_checks
+from verifier.checker import Check, Checker, parse_checks
 from verifier.scan import LocalExecutor, Scanner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,31 +118,24 @@ class _Fakes:
     def __init__(self, store: KeyStore, directory: Path) -> None:
         import torch
 
-        from detectors.generators import create_generator
-        from verifier.cli.generate import default_checkpoint
+        from verifier.generation import GenerationKeys, default_checkpoint, load_generator
 
         torch.set_num_threads(1)
         store.create("bench-generator", KeyRole("generator"), KeyAlgorithm("rsa-2048"))
-        self.signer = store.load_signing_key("bench-generator")
-        self.watermark_key = store.watermark_key()
-        checkpoint = default_checkpoint("gan")
-        if checkpoint is None:  # pragma: no cover - the package ships it
+        if default_checkpoint("gan") is None:  # pragma: no cover - the package ships it
             raise SystemExit("the shipped GAN checkpoint is missing")
-        self.model = create_generator("gan", checkpoint=checkpoint)
-        self.log = AuditLog.open(f"sqlite:///{directory / 'generation-audit.db'}")
+        self.model = load_generator("gan")
+        self.keys = GenerationKeys(
+            signer=store.load_signing_key("bench-generator"), key_name="bench-generator",
+            watermark_key=store.watermark_key(), log=AuditLog.open(f"sqlite:///{directory / 'generation-audit.db'}"),
+        )  # fmt: skip
 
     def write(self, path: Path, *, seed: int, launder: bool) -> bool:
-        from provenance.declaration import SyntheticDeclaration
         from provenance.signature import strip_signatures
-        from verifier.synthetic import write_generated
+        from verifier.generation import generate_signed_image
 
-        declaration = SyntheticDeclaration(
-            generator="gan", generator_version="bench", model_sha256=str(self.model.digest), seed=seed,
-            generated_at=dt.datetime.now(dt.UTC), kind="sample",
-        )  # fmt: skip
-        pixels = self.model.sample(1, seed=seed, size=256)[0]
-        write_generated(pixels, path=path, modality="MR", declaration=declaration, signer=self.signer, log=self.log,
-                        key_name="bench-generator", watermark_key=self.watermark_key)  # fmt: skip
+        generate_signed_image(self.model, name="gan", seed=seed, path=path, modality="MR", keys=self.keys,
+                              version="bench")  # fmt: skip
         if launder:  # what a forger does: signature and private declaration gone, the pixels (and mark) kept
             ds = pydicom.dcmread(path)
             strip_signatures(ds)
@@ -196,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         return len(subset)
 
     signature = parse_checks(Check.SIGNATURE.value)
+    signature_checker = Checker(checks=signature, trust=trust)
 
     def signature_only(subset: list[Path] = files) -> int:
         for p in subset:
-            check_path(p, checks=signature, policy=trust)
+            signature_checker.check(p)
         return len(subset)
 
     verdicts: dict[str, dict[str, int]] = {}
@@ -210,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         if db is None:
             db = workdir / f"audit-{time.monotonic_ns()}.db"
         with AuditLog.open(f"sqlite:///{db}") as log:
-            scanner = Scanner(checks=checks, trust=trust, state=ScanStateStore(log), watermark_keys=watermark_keys)
+            checker = Checker(checks=checks, trust=trust, watermark_keys=tuple(watermark_keys))
+            scanner = Scanner(checker, state=ScanStateStore(log))
             plan = scanner.plan([archive], incremental=incremental)
             for _ in scanner.execute(plan, LocalExecutor(workers)):
                 pass

@@ -11,7 +11,7 @@ Three timings, each the best wall-clock time of ``--repeat`` runs:
   counting one VALID line per file (interpreter start-up and trust-policy loading included);
 * ``dcmsign``: ``dcmsign --verify +cf ca.pem FILE`` once per file, sequentially, each exiting 0 and printing
   ``Verification : OK``;
-* ``in-process``: :func:`verifier.pipeline.check_path` per file in this interpreter, the per-file cost without
+* ``in-process``: :meth:`verifier.checker.Checker.check` per file in this interpreter, the per-file cost without
   start-up.
 
 The issue's target is at least 5x dcmsign's files/s for the ``medverify`` row. Figures are printed as a table
@@ -44,7 +44,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from provenance.keys import PASSPHRASE_ENV, KeyStore, passphrase_source
 from provenance.models import SignatureProfile
 from provenance.signature import sign_dataset
-from verifier.pipeline import Check, check_path
+from verifier.checker import Check, Checker
 
 TARGET_RATIO = 5.0
 SIDE = 512
@@ -197,14 +197,13 @@ def time_dcmsign(files: list[Path], ca_pem: Path, env: dict[str, str], repeat: i
 
 def time_in_process(files: list[Path], home: Path, workdir: Path, repeat: int) -> tuple[float, list[float]]:
     store = KeyStore(home / "keys", passphrase_source(env={PASSPHRASE_ENV: _passphrase(workdir)}))
-    policy = store.trust_policy()
-    checks = frozenset({Check.SIGNATURE})
+    checker = Checker(checks=frozenset({Check.SIGNATURE}), trust=store.trust_policy())
 
     def run() -> None:
         for path in files:
-            result = check_path(path, checks=checks, policy=policy)
+            result = checker.check(path)
             if result.status != "VALID":
-                raise SystemExit(f"check_path {path}: {result.status} {result.reasons}")
+                raise SystemExit(f"Checker.check {path}: {result.status} {result.reasons}")
 
     return _best(repeat, run)
 
@@ -259,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     record("medverify", time_medverify([*mv_cmd, str(files_dir)], files, env, args.repeat), " ".join([*mv_cmd, "DIR"]))
     if not args.skip_dcmsign:
         record("dcmsign", time_dcmsign(files, ca_pem, env, args.repeat), "dcmsign --verify +cf ca.pem FILE (per file)")
-    record("in-process", time_in_process(files, home, workdir, args.repeat), "verifier.pipeline.check_path per file")
+    record("in-process", time_in_process(files, home, workdir, args.repeat), "verifier.checker.Checker.check per file")
 
     ratio = rows["medverify"]["files_per_s"] / rows["dcmsign"]["files_per_s"] if "dcmsign" in rows else None
     verdict = "n/a" if ratio is None else ("PASS" if ratio >= TARGET_RATIO else "FAIL")

@@ -17,8 +17,8 @@ key. Each case applies one to three mutations that know the file's structure:
 - ``splice`` / ``swap`` / ``bitflip``: element ranges copied from another seed, swapped, or bits flipped.
 
 Cases alternate between the two entry points: the scan's (the case written to a file,
-:func:`verifier.pipeline.check_path`, one audit record appended) and the intake's (the bytes as received,
-:class:`verifier.intake.decide.IntakeChecker` ``check`` then ``record``, as the gateway, the Orthanc plugin and the
+:meth:`verifier.checker.Checker.check`, one audit record appended) and the intake's (the bytes as received,
+:class:`verifier.intake.decide.Intake` ``check`` then ``record``, as the gateway, the Orthanc plugin and the
 HTTP API do), in a worker process with an address-space limit. The parent kills a case that runs longer than
 ``--timeout`` seconds (a hang) and restarts the worker. Reported: cases, crashes (an exception escaping the
 boundary or a dead worker; must be 0), hangs (0), answered cases without an audit record (0), peak memory of the
@@ -337,8 +337,8 @@ def _worker(conn: Connection, workdir: str, checks: str, memory_limit: int, entr
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     from provenance.trust import TrustPolicy
     from verifier.audit import AuditLog, Channel
-    from verifier.intake.decide import IntakeChecker, Peer
-    from verifier.pipeline import check_path, parse_checks
+    from verifier.checker import Checker, parse_checks
+    from verifier.intake.decide import Intake, Peer
 
     policy: TrustPolicy = _trust(workdir)
     log = AuditLog.open(f"sqlite:///{workdir}/audit.db")
@@ -348,11 +348,12 @@ def _worker(conn: Connection, workdir: str, checks: str, memory_limit: int, entr
         from provenance.keys import KeyStore
 
         keys = [KeyStore(Path(workdir) / "keys", lambda: PASSPHRASE).watermark_key()]
-    intake = IntakeChecker(checks=selected, trust=policy, audit_log=log, watermark_keys=keys)
+    checker = Checker(checks=selected, trust=policy, watermark_keys=tuple(keys))
+    intake = Intake(checker, audit_log=log)
     peer = Peer(channel=Channel.INTAKE, ae_title="FUZZER", address="127.0.0.1:104")
     case_file = Path(workdir) / f"case-{os.getpid()}.dcm"
     # Warm up (imports, the detector model) before the first timed case: a start-up is not a hang.
-    check_path(Path(str(get_testdata_file("CT_small.dcm"))), checks=selected, policy=policy, watermark_keys=keys)
+    checker.check(Path(str(get_testdata_file("CT_small.dcm"))))
     conn.send("ready")
     while True:
         try:
@@ -366,7 +367,7 @@ def _worker(conn: Connection, workdir: str, checks: str, memory_limit: int, entr
         try:
             if entry == "scan" or (entry == "both" and index % 2 == 0):
                 case_file.write_bytes(data)
-                result = check_path(case_file, checks=selected, policy=policy, watermark_keys=keys)
+                result = checker.check(case_file)
                 audit_id = log.append(result.audit_entry(channel=Channel.SCAN, event="fuzz")).id
             else:
                 decision = intake.record(intake.check(data, peer), outcome="fuzz")

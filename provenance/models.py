@@ -1,4 +1,5 @@
-"""Results of provenance checks: frozen objects with a status enum, never a bare bool (STYLE.md rule 1)."""
+"""Results of provenance checks: frozen objects with a status enum, never a bare bool (ARCHITECTURE.md, "Reports
+and decisions")."""
 
 from __future__ import annotations
 

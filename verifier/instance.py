@@ -1,4 +1,4 @@
-"""One parsed DICOM instance, read once and passed everywhere.
+"""One parsed DICOM instance, read once and passed everywhere, and the DICOM files named on a command line.
 
 Unreadable input becomes :class:`UnreadableInstanceError` (with a ``kind`` of ``UNREADABLE`` or ``MALFORMED``),
 never a traceback: parsing is tolerant (pydicom's defaults) but the checks below refuse what cannot be a DICOM
@@ -13,7 +13,7 @@ import io
 import os
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -34,6 +34,7 @@ __all__ = [
     "Instance",
     "UnreadableInstanceError",
     "is_dicom_file",
+    "iter_input_files",
 ]
 
 #: Files larger than this are refused before they are read (a bound on memory per file).
@@ -231,6 +232,34 @@ def is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def iter_input_files(paths: Iterable[Path | str], *, follow_symlinks: bool = False) -> Iterator[Path]:
+    """Files named on the command line, and DICOM files (by content) found under directories.
+
+    A path named explicitly is always yielded (a missing or non-DICOM file gets its own UNREADABLE result);
+    files in directories are yielded only when they start like DICOM. Symlinks inside directories are not followed
+    unless asked.
+    """
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            for sub in sorted(_walk(p, follow_symlinks)):
+                if is_dicom_file(sub):
+                    yield sub
+        else:
+            # Named explicitly: it gets its own result, UNREADABLE if it does not exist (one line per input).
+            yield p
+
+
+def _walk(root: Path, follow_symlinks: bool) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+        dirnames.sort()
+        for name in filenames:
+            full = Path(dirpath) / name
+            if not follow_symlinks and full.is_symlink():
+                continue
+            yield full
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class Instance:
     """A DICOM instance: the dataset, the file's SHA-256 and the identifiers the reports need."""
@@ -267,9 +296,14 @@ class Instance:
         return self._text("Modality")
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, path: str = "<bytes>") -> Instance:
-        """Parse ``data``; raise :class:`UnreadableInstanceError` when it is not a usable DICOM instance."""
+    def from_bytes(cls, data: bytes, *, path: str = "<bytes>", max_bytes: int = MAX_FILE_BYTES) -> Instance:
+        """Parse ``data``; raise :class:`UnreadableInstanceError` when it is not a usable DICOM instance (or is
+        larger than ``max_bytes``)."""
         digest = hashlib.sha256(data).hexdigest()
+        if len(data) > max_bytes:
+            raise UnreadableInstanceError(
+                f"{path}: {len(data)} bytes exceeds the limit of {max_bytes} bytes", kind="MALFORMED", sha256=digest
+            )
         if len(data) < 132 or data[128:132] != b"DICM":
             raise UnreadableInstanceError(
                 f"{path}: not a DICOM Part 10 file (no 'DICM' preamble)", kind="UNREADABLE", sha256=digest
@@ -280,7 +314,7 @@ class Instance:
                 warnings.simplefilter("always")
                 ds = pydicom.dcmread(io.BytesIO(data))
             # Values stay raw (the signature check hashes the bytes as read); only the structure is checked here,
-            # and a value that fails to convert later becomes a MALFORMED result at the pipeline boundary.
+            # and a value that fails to convert later becomes a MALFORMED result at the checker's boundary.
             _check_truncation(ds, len(data), path, digest, [str(w.message) for w in caught])
         except UnreadableInstanceError:
             raise
@@ -297,18 +331,18 @@ class Instance:
         return cls(path=path, sha256=digest, size=len(data), dataset=ds)
 
     @classmethod
-    def from_path(cls, path: Path | str) -> Instance:
-        """Read and parse the file at ``path``."""
+    def from_path(cls, path: Path | str, *, max_bytes: int = MAX_FILE_BYTES) -> Instance:
+        """Read and parse the file at ``path`` (refused unread when it is larger than ``max_bytes``)."""
         p = Path(path)
         try:
             size = p.stat().st_size
-            if size > MAX_FILE_BYTES:
+            if size > max_bytes:
                 raise UnreadableInstanceError(
-                    f"{p}: {size} bytes exceeds the limit of {MAX_FILE_BYTES} bytes", kind="MALFORMED"
+                    f"{p}: {size} bytes exceeds the limit of {max_bytes} bytes", kind="MALFORMED"
                 )
             data = p.read_bytes()
         except IsADirectoryError as exc:
             raise UnreadableInstanceError(f"{p}: is a directory", kind="UNREADABLE") from exc
         except OSError as exc:
             raise UnreadableInstanceError(f"{p}: cannot be read ({exc.strerror})", kind="UNREADABLE") from exc
-        return cls.from_bytes(data, path=str(p))
+        return cls.from_bytes(data, path=str(p), max_bytes=max_bytes)

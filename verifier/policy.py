@@ -1,8 +1,8 @@
 """Verdicts and the site policy: the one explainable step that combines the separate reports.
 
-The signature, watermark and detector reports stay separate (STYLE.md rule 12); :func:`decide` reads them and
-returns a :class:`Verdict` whose every reason names the report it came from. The site policy (TOML) maps the
-verdict to an action; its ``version`` is recorded with every audit record.
+The signature, watermark and detector reports stay separate and typed (ARCHITECTURE.md, "Reports and
+decisions"); :func:`decide` reads them and returns a :class:`Verdict` whose every reason names the report it came
+from. The site policy (TOML) maps the verdict to an action; its ``version`` is recorded with every audit record.
 
 Decision order (first match wins):
 
@@ -31,10 +31,15 @@ import enum
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provenance.models import SignatureInfo, SignatureReport, SignatureStatus
 from verifier.errors import ConfigError
+from verifier.reports import DetectionFailure, WatermarkNotChecked
+
+if TYPE_CHECKING:  # torch is imported only when a detector runs
+    from detectors.models import DetectionReport
+    from verifier.reports import DetectionOutcome, WatermarkOutcome
 
 __all__ = ["DEFAULT_POLICY", "Action", "Policy", "Reason", "Verdict", "VerdictStatus", "decide", "load_policy"]
 
@@ -202,14 +207,14 @@ def decide(
     policy: Policy,
     input_error: tuple[str, str] | None = None,
     signature: SignatureReport | None = None,
-    watermark: Mapping[str, Any] | None = None,
-    detector: Mapping[str, Any] | None = None,
+    watermark: WatermarkOutcome | None = None,
+    detector: DetectionOutcome | None = None,
 ) -> Verdict:
     """Combine the reports into a verdict under ``policy`` (see the module docstring for the order).
 
-    ``input_error`` is ``(kind, message)`` for unreadable input. ``watermark`` and ``detector`` are the
-    ``to_dict()`` forms of their reports (``present``/``generator``, ``synthetic_score``/``tamper_score``/
-    ``threshold``), so that this module stays independent of how they are computed.
+    ``input_error`` is ``(kind, message)`` for unreadable input. ``None`` for a report means its check did not
+    run; a :class:`~verifier.reports.WatermarkNotChecked` or :class:`~verifier.reports.DetectionFailure` means it
+    ran and could not examine the image.
     """
     reasons: list[Reason] = []
     floor = Action.ACCEPT
@@ -260,57 +265,66 @@ def decide(
         )
         return verdict(VerdictStatus.DECLARED_SYNTHETIC)
 
-    if watermark is not None and watermark.get("present"):
-        pfa = watermark.get("false_alarm_probability")
+    if watermark is not None and not isinstance(watermark, WatermarkNotChecked) and watermark.present:
         reasons.append(
             Reason(
                 "watermark",
                 "provenance recovered from watermark: the pixels carry medverify's generator mark "
-                f"(payload {watermark.get('payload')}, "
-                f"false-alarm probability {f'{pfa:.1e}' if isinstance(pfa, float) else pfa})",
+                f"(payload {watermark.payload}, false-alarm probability {watermark.false_alarm_probability:.1e})",
             )
         )
         return verdict(VerdictStatus.DECLARED_SYNTHETIC)
 
-    if detector is not None:
-        tamper = detector.get("tamper_score")
-        limit = policy.tamper_threshold if policy.tamper_threshold is not None else detector.get("tamper_threshold")
-        if isinstance(tamper, int | float) and isinstance(limit, int | float) and tamper >= limit:
-            reasons.append(
-                Reason("detector", f"tamper score {tamper:.3f} ≥ threshold {limit:.3f} ({detector.get('model_tag')})")
-            )
-            return verdict(VerdictStatus.TAMPERED)
+    scored = None if detector is None or isinstance(detector, DetectionFailure) else detector
+    if scored is not None and _tampered(scored, policy):
+        limit = policy.tamper_threshold if policy.tamper_threshold is not None else scored.tamper_threshold
+        reasons.append(
+            Reason("detector", f"tamper score {scored.tamper_score:.3f} ≥ threshold {limit:.3f} ({scored.model_tag})")
+        )
+        return verdict(VerdictStatus.TAMPERED)
 
     acquisition = [s for s in valid if s.role in ("acquisition", None)]
     if acquisition:
         reasons.insert(0, Reason("signature", f"valid signature by {acquisition[0].signer} covering the pixels"))
         return verdict(VerdictStatus.AUTHENTIC)
 
-    if detector is not None:
-        score = detector.get("synthetic_score")
-        threshold = policy.synthetic_threshold if policy.synthetic_threshold is not None else detector.get("threshold")
-        if isinstance(score, int | float) and isinstance(threshold, int | float) and score >= threshold:
-            reasons.append(
-                Reason(
-                    "detector",
-                    f"synthetic score {score:.3f} ≥ threshold {threshold:.3f} ({detector.get('model_tag')}) "
-                    "and no provenance explains the file",
-                )
+    if scored is not None and _synthetic(scored, policy):
+        threshold = policy.synthetic_threshold if policy.synthetic_threshold is not None else scored.threshold
+        reasons.append(
+            Reason(
+                "detector",
+                f"synthetic score {scored.synthetic_score:.3f} ≥ threshold {threshold:.3f} ({scored.model_tag}) "
+                "and no provenance explains the file",
             )
-            return verdict(VerdictStatus.SUSPECTED_SYNTHETIC)
+        )
+        return verdict(VerdictStatus.SUSPECTED_SYNTHETIC)
 
     if signature is not None and not signature.signatures:
         reasons.append(Reason("signature", "no digital signature"))
-    if detector is None:
+    if isinstance(detector, DetectionFailure):
+        reasons.append(Reason("detector", f"the image could not be scored: {detector.error}"))
+    elif scored is None:
         reasons.append(Reason("detector", "no detector was run"))
-    elif detector.get("error"):
-        reasons.append(Reason("detector", f"the image could not be scored: {detector['error']}"))
     else:
         reasons.append(
             Reason(
                 "detector",
-                f"synthetic score {detector.get('synthetic_score', 0.0):.3f} and tamper score "
-                f"{detector.get('tamper_score', 0.0):.3f} below their thresholds ({detector.get('model_tag')})",
+                f"synthetic score {scored.synthetic_score:.3f} and tamper score {scored.tamper_score:.3f} below "
+                f"their thresholds ({scored.model_tag})",
             )
         )
     return verdict(VerdictStatus.NO_EVIDENCE)
+
+
+def _tampered(report: DetectionReport, policy: Policy) -> bool:
+    """At or above the policy's tamper threshold, else the model's own (``report.suspected_tampered``)."""
+    if policy.tamper_threshold is None:
+        return report.suspected_tampered
+    return report.tamper_score >= policy.tamper_threshold
+
+
+def _synthetic(report: DetectionReport, policy: Policy) -> bool:
+    """At or above the policy's synthetic threshold, else the model's own (``report.suspected_synthetic``)."""
+    if policy.synthetic_threshold is None:
+        return report.suspected_synthetic
+    return report.synthetic_score >= policy.synthetic_threshold

@@ -5,7 +5,7 @@ resolution) to two raw logits per patch: *synthetic* (the whole image was made b
 patch holds a local edit). :meth:`Detector.detect` turns an image into patches (bounded in number), aggregates the
 patch logits (mean for synthetic, max for tamper), and maps them through the calibration stored in the config;
 the decision thresholds live in the config too, so preprocessing, calibration and threshold always travel with
-the weights.
+the weights (ARCHITECTURE.md, Detectors).
 """
 
 from __future__ import annotations

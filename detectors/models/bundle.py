@@ -2,7 +2,7 @@
 
 ``config.json`` holds the format, the :class:`~detectors.models.base.DetectorConfig` (architecture, preprocessing,
 calibration, thresholds, training record) and ``digest``, the SHA-256 of the weights file. Loading checks the
-digest on the very bytes it then parses with safetensors; no pickle is ever read (STYLE.md rule 8). The model
+digest on the very bytes it then parses with safetensors; no pickle is ever read (ARCHITECTURE.md, Detectors). The model
 tag (:func:`bundle_tag`) is ``<arch>-<12 hex digits>`` of a SHA-256 over the weights' digest *and* everything in
 the config that changes a score (preprocessing, member weights, calibration, thresholds), so a tag names one
 behaviour: the same weights restacked or recalibrated get another tag. Bundles saved before this rule (their tag

@@ -16,8 +16,8 @@ from cryptography.x509.oid import NameOID
 from provenance.keys import PASSPHRASE_ENV
 from verifier.audit import AuditEntry, Channel
 from verifier.cli import main
-from verifier.cli.audit import open_audit_log
 from verifier.settings import Settings
+from verifier.setup import open_audit_log
 
 
 @pytest.fixture

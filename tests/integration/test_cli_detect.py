@@ -182,20 +182,21 @@ def test_workers_forked_after_an_in_process_detector_check_do_not_hang(bundle: P
         "import sys, torch\n"
         "from pathlib import Path\n"
         "from provenance.trust import TrustPolicy\n"
-        "from verifier.pipeline import DetectorSetup, check_paths, parse_checks\n"
+        "from verifier.checker import Checker, parse_checks\n"
+        "from verifier.detection import DetectorSetup\n"
         "torch.set_num_threads(2)\n"
         f"files = [Path(p) for p in {[str(p) for p in files]!r}]\n"
         f"setup = DetectorSetup(model=Path({str(bundle)!r}))\n"
-        "checks, trust = parse_checks('detector'), TrustPolicy.unsafe_trust_everything()\n"
-        "first = list(check_paths(files[:1], checks=checks, policy=trust, detector=setup))\n"
-        "rest = list(check_paths(files, checks=checks, policy=trust, detector=setup, workers=2))\n"
-        "print('scored', sum(r.detection is not None and r.detection.get('synthetic_score') is not None"
-        " for r in first + rest))\n"
+        "checker = Checker(checks=parse_checks('detector'), trust=TrustPolicy.unsafe_trust_everything(), "
+        "detector=setup)\n"
+        "first = list(checker.check_all(files[:1]))\n"
+        "rest = list(checker.check_all(files, workers=2))\n"
+        "print('scored', sum(r.to_dict()['synthetic_score'] is not None for r in first + rest))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     try:
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env,
                               check=False)  # fmt: skip
     except subprocess.TimeoutExpired:
-        pytest.fail("check_paths with 2 workers hung after the detector ran in the parent process")
+        pytest.fail("check_all with 2 workers hung after the detector ran in the parent process")
     assert done.stdout.strip().splitlines()[-1] == f"scored {len(files) + 1}", done.stderr[-2000:]

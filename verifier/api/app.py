@@ -31,7 +31,7 @@ from verifier.api.stow import DICOM_JSON, StoreOutcome, store_decision, stow_res
 from verifier.audit import AuditLog, Channel
 from verifier.audit.tokens import AuthStatus, TokenInfo, TokenScope, TokenStore
 from verifier.errors import AuditError
-from verifier.intake.decide import IntakeChecker, Peer
+from verifier.intake.decide import Intake, Peer
 from verifier.intake.queue import Forwarder
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ApiConfig", "create_app"]
@@ -49,7 +49,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 class ApiConfig:
     """What the application serves with: the checks and audit log, the token store, the STOW-RS backend."""
 
-    checker: IntakeChecker
+    intake: Intake
     tokens: TokenStore
     store: InstanceStore
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -61,9 +61,9 @@ class ApiConfig:
 
     @property
     def audit_log(self) -> AuditLog:
-        if self.checker.audit_log is None:
+        if self.intake.audit_log is None:
             raise AuditError("the API needs an audit log")
-        return self.checker.audit_log
+        return self.intake.audit_log
 
 
 # -- response models (they give the OpenAPI schema its shapes) ------------------------------------------------
@@ -274,10 +274,8 @@ def _verify_parts(config: ApiConfig, parts: list[Part], peer: Peer, tags: dict[s
     """Check each part and write its one audit record (event ``verify``) before answering."""
     out = []
     for part in parts:
-        decision = config.checker.check(part.data, peer, name=_label(peer, part))
-        entry = dataclasses.replace(decision.audit_entry(endpoint="/v1/verify", **tags), event="verify")
-        receipt = config.audit_log.append(entry)
-        decision = dataclasses.replace(decision, audit_id=receipt.id, result=decision.result.with_audit_id(receipt.id))
+        decision = config.intake.check(part.data, peer, name=_label(peer, part))
+        decision = config.intake.record(decision, event="verify", endpoint="/v1/verify", **tags)
         out.append(decision.to_dict())
     return out
 
@@ -285,8 +283,8 @@ def _verify_parts(config: ApiConfig, parts: list[Part], peer: Peer, tags: dict[s
 def _stow_parts(config: ApiConfig, parts: list[Part], peer: Peer, tags: dict[str, str]) -> tuple[int, dict[str, Any]]:
     outcomes: list[StoreOutcome] = []
     for part in parts:
-        decision = config.checker.check(part.data, peer, name=_label(peer, part))
-        outcomes.append(store_decision(config.checker, config.store, decision, forward=config.forward, **tags))
+        decision = config.intake.check(part.data, peer, name=_label(peer, part))
+        outcomes.append(store_decision(config.intake, config.store, decision, forward=config.forward, **tags))
     if not any(o.stored for o in outcomes) and any(o.unrecorded for o in outcomes):
         # Nothing kept and the audit log is what failed: the service is unavailable, not the instances refused.
         raise HTTPException(503, detail="audit database unavailable: no instance was stored (retry later)")

@@ -3,7 +3,7 @@
 The envelope is parsed strictly: a body that is not what its Content-Type says (no boundary, no closing
 boundary, a part with bad headers) is a :class:`BodyError`, answered 400 (or 415 for a media type the endpoint
 does not take) before any file is checked. The files inside are *not* judged here: an unreadable file is the
-pipeline's business and gets its own UNREADABLE verdict and audit record.
+checker's business and gets its own UNREADABLE verdict and audit record.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Where the STOW-RS intake puts what it takes: a directory backend.
 
 File names come from the SHA-256 of the bytes (``accepted/ab/abcdef....dcm``), never from a UID or a name the
-sender chose, so no upload can pick or escape its path (STYLE.md rule 13). The same bytes stored twice are one
-file. Quarantined uploads go to ``quarantine/`` under the same naming, for review.
+sender chose, so no upload can pick or escape its path (ARCHITECTURE.md, "Boundaries"). The same bytes stored twice
+are one file. Quarantined uploads go to ``quarantine/`` under the same naming, for review.
 
 A file is written in two steps around its audit record: :meth:`InstanceStore.stage` writes the bytes to a hidden
 temporary file next to the target and fsyncs it (a full disk fails here, before any record), the caller writes

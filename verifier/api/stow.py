@@ -27,7 +27,7 @@ from pydicom.sequence import Sequence
 
 from verifier.api.storage import InstanceStore, StoreArea
 from verifier.errors import AuditError
-from verifier.intake.decide import IntakeChecker, IntakeDecision
+from verifier.intake.decide import Intake, IntakeDecision
 from verifier.intake.queue import Forwarder
 from verifier.policy import Action
 
@@ -63,7 +63,7 @@ class StoreOutcome:
 
 
 def store_decision(
-    checker: IntakeChecker,
+    intake: Intake,
     store: InstanceStore,
     decision: IntakeDecision,
     *,
@@ -98,7 +98,7 @@ def store_decision(
     # Order: bytes staged and fsynced -> record committed -> file renamed into place -> answer. A crash before the
     # record leaves only a temporary (removed at start-up); one after it, a record for an unanswered upload.
     try:
-        decision = checker.record(decision, **details)
+        decision = intake.record(decision, **details)
     except AuditError:
         if staged is not None:
             staged.discard()

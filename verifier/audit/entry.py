@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import getpass
 import json
 import math
@@ -155,13 +156,10 @@ class AuditEntry:
 
     def with_local_actor(self) -> AuditEntry:
         """A copy with ``os_user`` and ``host`` filled from this process where they are not set."""
-        user = self.os_user
-        if user is None:
-            try:
-                user = getpass.getuser()
-            except (KeyError, OSError):  # no passwd entry and no LOGNAME: say so rather than fail
-                user = "unknown"
-        return dataclasses.replace(self, os_user=user, host=self.host or socket.gethostname())
+        user, host = local_actor()
+        if self.os_user is not None:
+            user = self.os_user
+        return dataclasses.replace(self, os_user=user, host=self.host or host)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The fields as JSON values (``when`` as RFC 3339 UTC with microseconds)."""
@@ -174,6 +172,17 @@ class AuditEntry:
                 value = value.value
             out[field.name] = value
         return out
+
+
+@functools.cache
+def local_actor() -> tuple[str, str]:
+    """Who this process runs as, for the ``os_user`` and ``host`` of its records: asked once per process (the
+    lookups cost more than building an entry)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME: say so rather than fail
+        user = "unknown"
+    return user, socket.gethostname()
 
 
 _TEXT_FIELDS = (

@@ -40,7 +40,7 @@ from verifier.audit.checkpoint import (
     certificate_fingerprint,
     is_trusted,
 )
-from verifier.claims.audit import ClaimAudit
+from verifier.claims.models import ClaimAudit
 from verifier.errors import InputError
 
 __all__ = ["PackageStatus", "PackageVerification", "verify_package", "write_package"]

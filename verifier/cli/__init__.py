@@ -2,7 +2,8 @@
 
 Subcommands live one module per concept (``keys``, ``sign``, ``verify``, ``audit`` ...) and are registered here.
 :func:`main` is the one place where errors become exit codes (ClamAV convention): 0 nothing found, 1 something
-found, 2 an error stopped the work.
+found, 2 an error stopped the work (:class:`~verifier.errors.MedverifyError`, the root every package's errors are
+mapped to by :func:`~verifier.errors.application_errors`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from collections.abc import Sequence
 import click
 import typer
 
-from provenance.errors import ProvenanceError
 from verifier.cli import _common
-from verifier.errors import MedverifyError
+from verifier.errors import MedverifyError, application_errors
 
 __all__ = ["app", "app_main", "main"]
 
@@ -82,8 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _register(_command_of(args))
     try:
-        result = app(args=args, prog_name="medverify", standalone_mode=False)
-    except (MedverifyError, ProvenanceError) as exc:
+        with application_errors():
+            result = app(args=args, prog_name="medverify", standalone_mode=False)
+    except MedverifyError as exc:
         _common.err_console.print(f"[bold red]error:[/] {exc.diagnostics()}", highlight=False)
         return 2
     except (click.exceptions.Exit, typer.Exit) as exc:

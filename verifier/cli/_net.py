@@ -1,4 +1,5 @@
-"""What the network servers (``medverify gateway``, ``medverify serve``) share: the listen address and TLS.
+"""What the network servers (``medverify gateway``, ``medverify serve``) share: the listen address, the PACS they
+forward to, and TLS.
 
 An encrypted TLS key's passphrase comes from :data:`TLS_KEY_PASSPHRASE_ENV`, else from the file named by
 :data:`TLS_KEY_PASSPHRASE_FILE_ENV` (0600), never from an argument or a prompt, and never appears in a message.
@@ -10,10 +11,20 @@ import ipaddress
 import os
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from verifier.errors import InputError
 
-__all__ = ["TLS_KEY_PASSPHRASE_ENV", "TLS_KEY_PASSPHRASE_FILE_ENV", "parse_listen", "server_tls_context"]
+if TYPE_CHECKING:
+    from verifier.intake.queue import Destination
+
+__all__ = [
+    "TLS_KEY_PASSPHRASE_ENV",
+    "TLS_KEY_PASSPHRASE_FILE_ENV",
+    "parse_forward",
+    "parse_listen",
+    "server_tls_context",
+]
 
 #: Passphrase of an encrypted --tls-key: this variable, else the file named by the next one (never an argument).
 TLS_KEY_PASSPHRASE_ENV = "MEDVERIFY_TLS_KEY_PASSPHRASE"  # noqa: S105 - a variable's name, not a password
@@ -39,6 +50,16 @@ def parse_listen(value: str) -> tuple[str, int]:
         except ValueError:
             raise InputError(f"--listen: {host!r} is not an IP address (or localhost)") from None
     return host, port
+
+
+def parse_forward(value: str) -> Destination:
+    """``--forward HOST:PORT:AET``: the PACS that gets what the server accepts."""
+    from verifier.intake.queue import Destination
+
+    try:
+        return Destination.parse(value)
+    except ValueError as exc:
+        raise InputError(f"--forward: {exc}") from None
 
 
 def tls_key_passphrase() -> str | None:

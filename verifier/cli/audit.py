@@ -16,31 +16,25 @@ from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
-from cryptography import x509
 from rich import box
 from rich.table import Table
 
 from verifier.audit import (
-    AuditLog,
     AuditRecord,
     AuditStatus,
     Channel,
-    CheckpointSigner,
     InclusionProof,
     ProofStatus,
     SignedCheckpoint,
-    TrustedCertificates,
     _db,
     check_proof,
 )
 from verifier.cli import _common, app
+from verifier.cli._options import DbOption, TrustCertOption
 from verifier.errors import AuditError, InputError
-from verifier.settings import Settings
+from verifier.setup import checkpoint_signers, open_audit_log
 
-__all__ = ["AUDIT_KEY_NAME", "audit_app", "db_app", "open_audit_log"]
-
-#: Name of the key-store key that signs checkpoints (role ``audit``, created on first use).
-AUDIT_KEY_NAME = "audit"
+__all__ = ["audit_app", "db_app"]
 
 audit_app = typer.Typer(
     help=(
@@ -52,23 +46,6 @@ audit_app = typer.Typer(
 db_app = typer.Typer(help="Create and migrate the audit database.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
-
-DbOption = Annotated[
-    str | None,
-    typer.Option(
-        "--db", help="Audit database URL (default: MEDVERIFY_DB_URL, else SQLite in the medverify home)."
-    ),
-]
-TrustCertOption = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--trust-cert",
-        help=(
-            "PEM certificate allowed to sign checkpoints (repeatable). "
-            "Default: the local key store's trust policy."
-        ),
-    ),
-]
 
 
 class ListFormat(enum.StrEnum):
@@ -85,78 +62,6 @@ class ExportFormat(enum.StrEnum):
 class ReportFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
-
-
-def _load_signer(settings: Settings, *, interactive: bool) -> CheckpointSigner:
-    from provenance.keys import KeyAlgorithm, KeyRole
-    from verifier.cli.keys import open_keystore
-
-    store = open_keystore(settings, interactive=interactive)
-    store.ensure(AUDIT_KEY_NAME, KeyRole.AUDIT, KeyAlgorithm.ECDSA_P256)
-    key: CheckpointSigner = store.load_signing_key(AUDIT_KEY_NAME)
-    return key
-
-
-def open_audit_log(
-    settings: Settings,
-    *,
-    db: str | None = None,
-    signer: bool | None = None,
-    interactive: bool = False,
-) -> AuditLog:
-    """The audit log of ``settings`` (or at ``db``), created and migrated on first use.
-
-    ``signer``: ``True`` requires the ``audit`` key (created in the key store if missing), ``None`` uses it
-    when the key store passphrase is available without asking, ``False`` never loads it. Without the key, no
-    checkpoint is written automatically; ``medverify audit checkpoint`` signs the head later.
-    """
-    checkpoint_signer: CheckpointSigner | None = None
-    if signer is not False:
-        try:
-            checkpoint_signer = _load_signer(settings, interactive=interactive)
-        except ModuleNotFoundError:
-            if signer:
-                raise AuditError(
-                    "the key store (provenance.keys) is not installed; cannot sign checkpoints"
-                ) from None
-        except Exception as error:
-            from provenance.errors import ProvenanceError
-
-            if signer or not isinstance(error, ProvenanceError):
-                raise
-    return AuditLog.open(
-        db or settings.database_url,
-        checkpoint_signer=checkpoint_signer,
-        checkpoint_interval=settings.checkpoint_interval,
-    )
-
-
-def _trusted(settings: Settings, certs: list[Path] | None) -> TrustedCertificates:
-    if certs:
-        pinned: list[x509.Certificate] = []
-        for path in certs:
-            try:
-                pinned.append(x509.load_pem_x509_certificate(path.read_bytes()))
-            except OSError as error:
-                raise InputError(f"cannot read certificate {path}: {error.strerror}") from error
-            except ValueError as error:
-                raise InputError(f"{path} is not a PEM certificate") from error
-        return pinned
-    try:
-        from provenance.keys import KeyRole
-        from provenance.trust import TrustStatus
-        from verifier.cli.keys import open_keystore
-    except ModuleNotFoundError:
-        raise InputError("no key store is installed; give --trust-cert") from None
-    if not settings.keys_dir.is_dir():
-        raise InputError(f"no key store at {settings.keys_dir}; give the checkpoint signer with --trust-cert")
-    policy = open_keystore(settings, interactive=False).trust_policy()
-
-    def trusted(cert: x509.Certificate, signed_at: dt.datetime) -> bool:
-        decision = policy.evaluate(cert, at=signed_at)
-        return decision.status == TrustStatus.TRUSTED and decision.role in (None, KeyRole.AUDIT)
-
-    return trusted
 
 
 def _parse_time(value: str | None, option: str) -> dt.datetime | None:
@@ -307,7 +212,7 @@ def verify_command(
 ) -> int:
     """Recompute the whole log; exit 1, naming the first bad record, if a record was edited or moved."""
     settings = _common.settings()
-    trusted = _trusted(settings, trust_cert)
+    trusted = checkpoint_signers(settings, trust_cert)
     with open_audit_log(settings, db=db, signer=False) as log:
         result = log.verify(trusted=trusted)
     if fmt is ReportFormat.JSON:
@@ -356,7 +261,7 @@ def check_proof_command(
     """Check offline that a record is in the log a signed checkpoint vouches for (exit 1 if not)."""
     proof = InclusionProof.from_file(proof_file)
     checkpoint = SignedCheckpoint.from_file(checkpoint_file)
-    result = check_proof(proof, checkpoint, trusted=_trusted(_common.settings(), trust_cert))
+    result = check_proof(proof, checkpoint, trusted=checkpoint_signers(_common.settings(), trust_cert))
     if fmt is ReportFormat.JSON:
         data: dict[str, Any] = {
             "status": result.status.value,

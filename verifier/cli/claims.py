@@ -17,17 +17,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from verifier import setup
 from verifier.cli import _common, app
-from verifier.cli.audit import TrustCertOption, _load_signer, _trusted, open_audit_log
-from verifier.cli.signing import (
+from verifier.cli._options import (
     ChecksOption,
     DbOption,
     HeatmapsOption,
     ModelOption,
     PolicyOption,
+    TrustCertOption,
     TrustOption,
-    prepare_checks,
+    check_format,
 )
+from verifier.cli._results import FORMATS
 from verifier.errors import InputError
 
 if TYPE_CHECKING:
@@ -103,27 +105,22 @@ def _audit(
 ) -> int:
     from verifier.claims import ClaimsAuditor, load_claims
 
-    setup = prepare_checks(output_format, checks, trust, policy_file, model=model, heatmaps=heatmaps)
+    check_format(output_format, FORMATS)
+    settings = _common.settings()
+    checker = setup.load_checker(
+        settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps
+    )
     claims = load_claims(directory, manifest, follow_symlinks=follow_symlinks)
     n_files = sum(len(c.files) for c in claims)
     signer = None
     if package is not None:
         # Loaded first: a missing passphrase must stop the audit before any record is written.
-        signer = _load_signer(setup.settings, interactive=False)
-    log = open_audit_log(setup.settings, db=db)
+        signer = setup.load_audit_signer(settings, interactive=False)
+    log = setup.open_audit_log(settings, db=db)
     err = _common.err_console
     err.print(f"auditing {len(claims)} claim(s), {n_files} image(s)", highlight=False)
     try:
-        auditor = ClaimsAuditor(
-            checks=setup.checks,
-            trust=setup.trust,
-            site_policy=setup.site_policy,
-            watermark_keys=setup.watermark_keys,
-            detector=setup.detector,
-            log=log,
-            date_tolerance_days=date_tolerance,
-        )
-        result = auditor.audit(claims)
+        result = ClaimsAuditor(checker, log=log, date_tolerance_days=date_tolerance).audit(claims)
     finally:
         log.close()
 
@@ -210,7 +207,7 @@ def verify_package_command(
 
     if output_format not in ("text", "json"):
         raise InputError(f"--format must be text or json, not {output_format!r}")
-    result = verify_package(package, trusted=_trusted(_common.settings(), trust_cert))
+    result = verify_package(package, trusted=setup.checkpoint_signers(_common.settings(), trust_cert))
     if output_format == "json":
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     else:

@@ -15,7 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from detectors.data import DEFAULT_FRACTIONS, BuildReport, build_corpus, build_sample_corpus
-from detectors.errors import DetectorsError
 from verifier.cli import _common, app
 from verifier.errors import InputError
 
@@ -141,25 +140,22 @@ def build_command(
             raise InputError(f"--from {path}: no such file or directory")
     _check_out(out)
     split_fractions = _parse_fractions(fractions)
-    try:
-        if with_samples:
-            with _progress("package images") as update:
-                build_sample_corpus(out, mode=mode.value, seed=seed, fractions=split_fractions, progress=update)
-        with _progress("indexing") as update:
-            report = build_corpus(
-                from_paths,
-                out,
-                mode=mode.value,
-                seed=seed,
-                fractions=split_fractions,
-                min_size=min_size,
-                modality=modality,
-                slice_step=slice_step,
-                max_frames=max_frames,
-                progress=update,
-            )
-    except DetectorsError as exc:
-        raise InputError(exc.diagnostics()) from exc
+    if with_samples:
+        with _progress("package images") as update:
+            build_sample_corpus(out, mode=mode.value, seed=seed, fractions=split_fractions, progress=update)
+    with _progress("indexing") as update:
+        report = build_corpus(
+            from_paths,
+            out,
+            mode=mode.value,
+            seed=seed,
+            fractions=split_fractions,
+            min_size=min_size,
+            modality=modality,
+            slice_step=slice_step,
+            max_frames=max_frames,
+            progress=update,
+        )
     _report(report, output)
 
 
@@ -176,9 +172,6 @@ def sample_command(
     """Build the sample corpus from images that ship in installed packages; nothing is downloaded."""
     target = out if out is not None else default_sample_dir()
     _check_out(target)
-    try:
-        with _progress("sample corpus") as update:
-            report = build_sample_corpus(target, seed=seed, progress=update)
-    except DetectorsError as exc:
-        raise InputError(exc.diagnostics()) from exc
+    with _progress("sample corpus") as update:
+        report = build_sample_corpus(target, seed=seed, progress=update)
     _report(report, output)

@@ -12,7 +12,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import pydicom
 import typer
@@ -22,18 +22,30 @@ from provenance.errors import KeyStoreError
 from provenance.keys import PASSPHRASE_ENV, KeyRole, KeyStore, create_passphrase_file, passphrase_source
 from provenance.models import SignatureProfile
 from provenance.signature import sign_dataset
+from verifier.checker import Check, Checker
 from verifier.cli import _common, app
-from verifier.cli.keys import passphrase_file_path
-from verifier.pipeline import FileResult, check_path, parse_checks
-from verifier.policy import load_policy
+from verifier.policy import Policy, load_policy
+from verifier.result import FileResult
 from verifier.settings import Settings
+from verifier.setup import open_audit_log, passphrase_file_path
 
 if TYPE_CHECKING:
     from detectors.models import DetectorConfig
+    from verifier.audit import AuditLog
+    from verifier.generation import GenerationKeys
 
 __all__: list[str] = []
 
 DEMO_KEY = "demo-scanner"
+
+
+class _Case(NamedTuple):
+    """A demo file: what was done to it, and the verdict and action medverify should give it."""
+
+    path: Path
+    what: str
+    verdict: str
+    action: str
 
 
 def _open_store(settings: Settings) -> KeyStore:
@@ -76,98 +88,81 @@ def _sample_files() -> list[tuple[str, Path]]:
     return out
 
 
-def _generate_tampered_copy(store: KeyStore, out: Path, settings: Settings) -> Path | None:
-    """A CT-GAN-style tampered copy of a real MR image, written like every generated image: declared and signed."""
-    import datetime as dt
-    import hashlib
+def _forged_cases(store: KeyStore, out: Path) -> list[_Case]:
+    """The sample images signed by the demo's acquisition key, then tampered with the way a forger would."""
+    signer = store.load_signing_key(DEMO_KEY)
+    cases: list[_Case] = []
+    for stem, source in _sample_files():
+        ds = pydicom.dcmread(source)
+        unsigned = out / f"{stem}_unsigned.dcm"
+        ds.save_as(unsigned)
+        cases.append(_Case(unsigned, "original, never signed", "NO_EVIDENCE", "accept"))
 
+        sign_dataset(ds, signer, profile=SignatureProfile.CREATOR)
+        signed = out / f"{stem}_signed.dcm"
+        ds.save_as(signed)
+        cases.append(_Case(signed, f"signed by acquisition key '{DEMO_KEY}'", "AUTHENTIC", "accept"))
+
+        bit = pydicom.dcmread(signed)
+        pixels = bytearray(bit.PixelData)
+        pixels[len(pixels) // 2] ^= 0x01
+        bit.PixelData = bytes(pixels)
+        flipped = out / f"{stem}_one_pixel_bit_flipped.dcm"
+        bit.save_as(flipped)
+        cases.append(_Case(flipped, "signed, then one pixel bit flipped", "TAMPERED", "reject"))
+
+        added = pydicom.dcmread(signed)
+        added.add_new(0x00104000, "LT", "added after signing")
+        appended = out / f"{stem}_element_added.dcm"
+        added.save_as(appended)
+        cases.append(_Case(appended, "signed, then Patient Comments added", "AUTHENTIC", "flag"))
+
+    data = cases[1].path.read_bytes()
+    truncated = out / "truncated.dcm"
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    cases.append(_Case(truncated, "signed file cut short", "MALFORMED", "reject"))
+    return cases
+
+
+def _generated_cases(keys: GenerationKeys, out: Path) -> list[_Case]:
+    """Generated images, written as every generated image is (declared, audited, watermarked, signed): a lesion
+    injected into a real MR image by the tamper generator, and a GAN sample then laundered the way a forger would
+    (signature and private declaration stripped; its pixels still say where it came from)."""
     import numpy as np
 
-    from detectors.generators import create_generator
-    from provenance.declaration import SyntheticDeclaration
-    from verifier.cli.audit import open_audit_log
-    from verifier.synthetic import write_generated
-
-    sources = dict(_sample_files())
-    source = sources.get("MR_small")
-    if source is None:  # pragma: no cover - pydicom always ships it
-        return None
-    ds = pydicom.dcmread(source)
-    frame = ds.pixel_array.astype(np.float64)
-    real = (frame - frame.min()) / max(float(frame.max() - frame.min()), 1.0)
-    model = create_generator("tamper", seed=0)
-    fake = model.paired_fake(real, seed=1)
-    declaration = SyntheticDeclaration(
-        generator="tamper",
-        generator_version="demo",
-        model_sha256=model.digest or hashlib.sha256(b"tamper").hexdigest(),
-        seed=1,
-        generated_at=dt.datetime.now(dt.UTC),
-        kind="paired",
-        source_sop_class_uid=str(ds.SOPClassUID),
-        source_sop_instance_uid=str(ds.SOPInstanceUID),
-    )
-    path = out / "MR_small_lesion_injected.dcm"
-    write_generated(
-        fake,
-        path=path,
-        modality="MR",
-        declaration=declaration,
-        signer=store.load_signing_key("generator"),
-        log=open_audit_log(settings),
-        key_name="generator",
-        watermark_key=store.watermark_key(),
-        value_range=(float(frame.min()), float(frame.max())),  # stored on the source's scale
-    )
-    return path
-
-
-def _generate_stripped_sample(store: KeyStore, out: Path, settings: Settings) -> Path | None:
-    """A GAN sample written as every generated image is (declared, watermarked, signed), then laundered the way a
-    forger would: signature and private declaration stripped. Its pixels still say where it came from."""
-    import datetime as dt
-
-    import numpy as np
-
-    from detectors.generators import create_generator
-    from provenance.declaration import SyntheticDeclaration
     from provenance.signature import strip_signatures
-    from verifier.cli.audit import open_audit_log
-    from verifier.cli.generate import default_checkpoint
-    from verifier.synthetic import write_generated
+    from verifier.generation import PairedSource, default_checkpoint, generate_signed_image, load_generator
 
-    checkpoint = default_checkpoint("gan")
-    if checkpoint is None:  # pragma: no cover - the package ships it
-        return None
-    model = create_generator("gan", checkpoint=checkpoint)
-    pixels = model.sample(1, seed=7, size=256)[0]
-    declaration = SyntheticDeclaration(
-        generator="gan",
-        generator_version="demo",
-        model_sha256=str(model.digest),
-        seed=7,
-        generated_at=dt.datetime.now(dt.UTC),
-        kind="sample",
-    )
-    generated = out / "gan_sample_as_generated.dcm"
-    write_generated(
-        np.asarray(pixels),
-        path=generated,
-        modality="MR",
-        declaration=declaration,
-        signer=store.load_signing_key("generator"),
-        log=open_audit_log(settings),
-        key_name="generator",
-        watermark_key=store.watermark_key(),
-    )
-    ds = pydicom.dcmread(generated)
-    strip_signatures(ds)
-    for tag in [t for t in ds.keys() if t.group % 2 == 1]:
-        del ds[tag]
-    stripped = out / "gan_sample_tags_stripped.dcm"
-    ds.save_as(stripped)
-    generated.unlink()
-    return stripped
+    cases: list[_Case] = []
+    source = dict(_sample_files()).get("MR_small")
+    if source is not None:  # pragma: no branch - pydicom always ships it
+        ds = pydicom.dcmread(source)
+        frame = ds.pixel_array.astype(np.float64)
+        real = PairedSource(
+            pixels=(frame - frame.min()) / max(float(frame.max() - frame.min()), 1.0),
+            value_range=(float(frame.min()), float(frame.max())),  # stored on the source's scale
+            sop_class_uid=str(ds.SOPClassUID),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+        )
+        path = out / "MR_small_lesion_injected.dcm"
+        generate_signed_image(load_generator("tamper"), name="tamper", seed=1, path=path, modality="MR", keys=keys,
+                              source=real, version="demo")  # fmt: skip
+        cases.append(_Case(path, "lesion injected by the tamper generator, signed", "DECLARED_SYNTHETIC", "quarantine"))
+    if default_checkpoint("gan") is not None:  # pragma: no branch - the package ships it
+        generated = out / "gan_sample_as_generated.dcm"
+        generate_signed_image(load_generator("gan"), name="gan", seed=7, path=generated, modality="MR", keys=keys,
+                              version="demo")  # fmt: skip
+        ds = pydicom.dcmread(generated)
+        strip_signatures(ds)
+        for tag in [t for t in ds.keys() if t.group % 2 == 1]:
+            del ds[tag]
+        stripped = out / "gan_sample_tags_stripped.dcm"
+        ds.save_as(stripped)
+        generated.unlink()
+        cases.append(
+            _Case(stripped, "GAN sample, signature and declaration stripped", "DECLARED_SYNTHETIC", "quarantine")
+        )
+    return cases
 
 
 def _dcmsign_says(path: Path, ca_pem: Path) -> str:
@@ -185,6 +180,44 @@ def _dcmsign_says(path: Path, ca_pem: Path) -> str:
     return "FAILED"
 
 
+def _why(result: FileResult) -> str:
+    """The one reason the demo table shows for a file."""
+    sig = result.signature
+    if result.failed:
+        return result.reasons[0].split(": ", 2)[-1]
+    if sig is not None and sig.status.value not in ("VALID", "UNSIGNED"):
+        return next((r for s in sig.signatures for r in s.reasons), "")
+    if result.verdict.status.value == "DECLARED_SYNTHETIC" and sig is not None and sig.status.value == "UNSIGNED":
+        return next((r.message for r in result.verdict.reasons if "watermark" in str(r.message)), "")
+    if sig is not None and sig.uncovered:
+        return "not covered by the signature: " + ", ".join(f"{u.tag} {u.keyword}" for u in sig.uncovered[:3])
+    return result.verdict.reasons[0].message if result.verdict.reasons else ""
+
+
+def _verdict_table(
+    cases: list[_Case], check: Callable[[Path], FileResult], out: Path, ca_pem: Path
+) -> tuple[Table, bool]:
+    """medverify's verdict on every case beside dcmsign's, and whether every verdict was the expected one."""
+    table = Table(title=f"medverify demo — files in {out}", show_lines=True)
+    table.add_column("file / what was done", ratio=3)
+    table.add_column("medverify", no_wrap=True)
+    table.add_column("dcmsign", no_wrap=True)
+    table.add_column("why", ratio=3)
+    all_expected = True
+    for case in cases:
+        result = check(case.path)
+        verdict, action = result.verdict.status.value, result.verdict.action.value
+        all_expected &= (verdict, action) == (case.verdict, case.action)
+        colour = {"accept": "green", "flag": "yellow", "quarantine": "magenta"}.get(action, "red")
+        table.add_row(
+            f"{case.path.name}\n[dim]{case.what}[/]",
+            f"[{colour}]{verdict}\n{action}[/]",
+            _dcmsign_says(case.path, ca_pem),
+            _why(result),
+        )
+    return table, all_expected
+
+
 def _detector_table(files: list[tuple[Path, str]], out: Path, check: Callable[[Path], FileResult]) -> Table:
     """The shipped detector's scores of ``files``, with a heatmap of each in ``out``/heatmaps."""
     table = Table(title="the detector's opinion, from the pixels alone (no provenance)", show_lines=True)
@@ -193,7 +226,7 @@ def _detector_table(files: list[tuple[Path, str]], out: Path, check: Callable[[P
     table.add_column("tamper", no_wrap=True)
     table.add_column("heatmap", ratio=2, overflow="fold")
     for path, what in files:
-        detection = check(path).detection or {}
+        detection = check(path).detection_dict() or {}
         if detection.get("synthetic_score") is None:
             table.add_row(f"{path.name}\n[dim]{what}[/]", "-", "-", str(detection.get("error", "not scored")))
             continue
@@ -228,6 +261,28 @@ def _detector_caption(model: DetectorConfig) -> str:
                    "Figures: detectors/checkpoints/detector/MODEL_CARD.md.")
 
 
+def _show_detector(cases: list[_Case], out: Path, store: KeyStore, site_policy: Policy, log: AuditLog) -> None:
+    """The shipped detector's opinion of three of the files, from their pixels alone, with heatmaps."""
+    from verifier.audit import Channel
+    from verifier.detection import DetectorSetup
+
+    setup = DetectorSetup(heatmap_dir=out / "heatmaps")
+    pixels_only = Checker(
+        checks=frozenset({Check.DETECTOR}), trust=store.trust_policy(), site_policy=site_policy, detector=setup
+    )
+
+    def check_pixels(path: Path) -> FileResult:
+        result = pixels_only.check(path)
+        log.append(result.audit_entry(channel=Channel.CLI))
+        return result
+
+    wanted = ("MR_small_unsigned.dcm", "MR_small_lesion_injected.dcm", "gan_sample_tags_stripped.dcm")
+    shown = [(case.path, case.what) for case in cases if case.path.name in wanted]
+    model = setup.load().config
+    _common.console.print(_detector_table(shown, out, check_pixels))
+    _common.console.print(_detector_caption(model))
+
+
 @app.command(help="Show medverify at work on real sample images, using the embedded defaults.")
 def demo(
     workdir: Annotated[
@@ -239,112 +294,37 @@ def demo(
     ] = True,
 ) -> int:
     """Sign, tamper, generate, verify, and compare with dcmsign. Exit 0 when every file got the expected verdict."""
+    from verifier.audit import Channel
+    from verifier.generation import GenerationKeys
+
     settings = _common.settings()
     store = _open_store(settings)
-    signer = store.load_signing_key(DEMO_KEY)
-    policy = store.trust_policy()
     out = workdir or Path(tempfile.mkdtemp(prefix="medverify-demo-"))
     out.mkdir(parents=True, exist_ok=True)
     ca_pem = out / "medverify-ca.pem"
     ca_pem.write_bytes(store.export_certificate("ca"))
-
-    # (file, what was done, expected verdict, expected action)
-    cases: list[tuple[Path, str, str, str]] = []
-    for stem, source in _sample_files():
-        ds = pydicom.dcmread(source)
-        unsigned = out / f"{stem}_unsigned.dcm"
-        ds.save_as(unsigned)
-        cases.append((unsigned, "original, never signed", "NO_EVIDENCE", "accept"))
-
-        sign_dataset(ds, signer, profile=SignatureProfile.CREATOR)
-        signed = out / f"{stem}_signed.dcm"
-        ds.save_as(signed)
-        cases.append((signed, f"signed by acquisition key '{DEMO_KEY}'", "AUTHENTIC", "accept"))
-
-        bit = pydicom.dcmread(signed)
-        pixels = bytearray(bit.PixelData)
-        pixels[len(pixels) // 2] ^= 0x01
-        bit.PixelData = bytes(pixels)
-        flipped = out / f"{stem}_one_pixel_bit_flipped.dcm"
-        bit.save_as(flipped)
-        cases.append((flipped, "signed, then one pixel bit flipped", "TAMPERED", "reject"))
-
-        added = pydicom.dcmread(signed)
-        added.add_new(0x00104000, "LT", "added after signing")
-        appended = out / f"{stem}_element_added.dcm"
-        added.save_as(appended)
-        cases.append((appended, "signed, then Patient Comments added", "AUTHENTIC", "flag"))
-
-    data = cases[1][0].read_bytes()
-    truncated = out / "truncated.dcm"
-    truncated.write_bytes(data[: len(data) * 2 // 3])
-    cases.append((truncated, "signed file cut short", "MALFORMED", "reject"))
-
-    generated = _generate_tampered_copy(store, out, settings)
-    if generated is not None:
-        cases.append((generated, "lesion injected by the tamper generator, signed", "DECLARED_SYNTHETIC", "quarantine"))
-    stripped = _generate_stripped_sample(store, out, settings)
-    if stripped is not None:
-        cases.append(
-            (stripped, "GAN sample, signature and declaration stripped", "DECLARED_SYNTHETIC", "quarantine")
-        )
-
-    checks = parse_checks("signature,watermark")
-    watermark_keys = store.watermark_keys()
-    site_policy = load_policy(settings.policy_file)
-    table = Table(title=f"medverify demo — files in {out}", show_lines=True)
-    table.add_column("file / what was done", ratio=3)
-    table.add_column("medverify", no_wrap=True)
-    table.add_column("dcmsign", no_wrap=True)
-    table.add_column("why", ratio=3)
-    all_expected = True
-    from verifier.cli.audit import open_audit_log
-
     log = open_audit_log(settings)
-    from verifier.audit import Channel
+    keys = GenerationKeys(
+        signer=store.load_signing_key("generator"), key_name="generator", watermark_key=store.watermark_key(), log=log
+    )
+    cases = _forged_cases(store, out) + _generated_cases(keys, out)
 
-    for path, what, expected, expected_action in cases:
-        result = check_path(
-            path, checks=checks, policy=policy, site_policy=site_policy, watermark_keys=watermark_keys
-        )
-        result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
-        sig = result.signature
-        note = ""
-        if result.failed:
-            note = result.reasons[0].split(": ", 2)[-1]
-        elif sig is not None and sig.status.value not in ("VALID", "UNSIGNED"):
-            note = next((r for s in sig.signatures for r in s.reasons), "")
-        elif result.verdict.status.value == "DECLARED_SYNTHETIC" and sig is not None and sig.status.value == "UNSIGNED":
-            note = next((r.message for r in result.verdict.reasons if "watermark" in str(r.message)), "")
-        elif sig is not None and sig.uncovered:
-            note = "not covered by the signature: " + ", ".join(f"{u.tag} {u.keyword}" for u in sig.uncovered[:3])
-        elif result.verdict.reasons:
-            note = result.verdict.reasons[0].message
-        all_expected &= (result.verdict.status.value, result.verdict.action.value) == (expected, expected_action)
-        colour = {"accept": "green", "flag": "yellow", "quarantine": "magenta"}.get(result.verdict.action.value, "red")
-        table.add_row(
-            f"{path.name}\n[dim]{what}[/]",
-            f"[{colour}]{result.verdict.status.value}\n{result.verdict.action.value}[/]",
-            _dcmsign_says(path, ca_pem),
-            note,
-        )
+    site_policy = load_policy(settings.policy_file)
+    checker = Checker(
+        checks=frozenset({Check.SIGNATURE, Check.WATERMARK}),
+        trust=store.trust_policy(),
+        site_policy=site_policy,
+        watermark_keys=tuple(store.watermark_keys()),
+    )
+
+    def check_and_record(path: Path) -> FileResult:
+        result = checker.check(path)
+        return result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
+
+    table, all_expected = _verdict_table(cases, check_and_record, out, ca_pem)
     _common.console.print(table)
     if detector:
-        from verifier.pipeline import DetectorSetup
-
-        setup = DetectorSetup(heatmap_dir=out / "heatmaps")
-        detector_checks = parse_checks("detector")
-
-        def check_pixels(path: Path) -> FileResult:
-            result = check_path(path, checks=detector_checks, policy=policy, site_policy=site_policy, detector=setup)
-            log.append(result.audit_entry(channel=Channel.CLI))
-            return result
-
-        wanted = ("MR_small_unsigned.dcm", "MR_small_lesion_injected.dcm", "gan_sample_tags_stripped.dcm")
-        shown = [(path, what) for path, what, _verdict, _action in cases if path.name in wanted]
-        model = setup.load().config
-        _common.console.print(_detector_table(shown, out, check_pixels))
-        _common.console.print(_detector_caption(model))
+        _show_detector(cases, out, store, site_policy, log)
     _common.console.print(
         "dcmsign answers OK for the file with an element added after signing; medverify names the element that no "
         "signature covers. The stripped GAN sample carries no tag that says what it is; its pixel watermark leads "

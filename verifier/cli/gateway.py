@@ -12,9 +12,10 @@ from typing import Annotated
 import typer
 
 from verifier.cli import _common, app
-from verifier.cli._net import parse_listen, server_tls_context
-from verifier.cli.signing import ChecksOption, DbOption, PolicyOption, TrustOption
+from verifier.cli._net import parse_forward, parse_listen, server_tls_context
+from verifier.cli._options import ChecksOption, DbOption, ModelOption, PolicyOption, TrustOption
 from verifier.errors import ConfigError, InputError
+from verifier.setup import open_intake
 
 __all__ = ["gateway", "gateway_ssl_context"]
 
@@ -41,9 +42,7 @@ def gateway(
         typer.Option("--allow", help="Allowed caller AE or AE@ADDRESS (repeatable; adds to gateway_allowed_callers)."),
     ] = None,
     checks: ChecksOption = None,
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Detector bundle for --checks detector (default: the setting).")
-    ] = None,
+    model: ModelOption = None,
     trust: TrustOption = None,
     policy_file: PolicyOption = None,
     db: DbOption = None,
@@ -72,15 +71,10 @@ def gateway(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every instance (to stderr).")] = False,
 ) -> int:
     """Serve until interrupted (SIGINT or SIGTERM); spooled instances are forwarded after a restart."""
-    from verifier.intake.decide import IntakeChecker
     from verifier.intake.gateway import Gateway, parse_allowed_callers
-    from verifier.intake.queue import Destination
 
     host, port = parse_listen(listen)
-    try:
-        destination = Destination.parse(forward)
-    except ValueError as exc:
-        raise InputError(f"--forward: {exc}") from None
+    destination = parse_forward(forward)
     if not ae_title or len(ae_title) > 16:
         raise InputError("--ae-title must have 1 to 16 characters")
     ssl_context = gateway_ssl_context(tls_cert, tls_key, tls_ca)
@@ -92,11 +86,9 @@ def gateway(
         )
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("medverify.intake").setLevel(logging.INFO if verbose else logging.WARNING)
-    checker = IntakeChecker.from_settings(
-        settings, checks=checks, trust_extra=trust or [], policy_file=policy_file, db=db, model=model
-    )
+    intake = open_intake(settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model)
     server = Gateway(
-        checker=checker,
+        intake=intake,
         ae_title=ae_title,
         host=host,
         port=port,
@@ -114,9 +106,9 @@ def gateway(
     try:
         server.start()
     except OSError as exc:
-        checker.close()
+        intake.close()
         raise InputError(f"cannot listen on {listen}: {exc.strerror}") from None
-    names = ", ".join(sorted(c.value for c in checker.checks))
+    names = ", ".join(sorted(c.value for c in intake.checker.checks))
     tls_note = " (DICOM TLS, client certificates required)" if tls_ca else " (DICOM TLS)" if ssl_context else ""
     _common.err_console.print(
         f"medverify gateway {ae_title} listening on {host}:{server.port}{tls_note}; forwarding to {destination}; "

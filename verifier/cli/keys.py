@@ -21,12 +21,11 @@ from provenance.keys import (
     KeyRole,
     KeyStore,
     create_passphrase_file,
-    passphrase_source,
 )
+from verifier import setup
 from verifier.cli import _common, app
-from verifier.settings import Settings
 
-__all__ = ["keys_app", "open_keystore", "passphrase_file_path"]
+__all__ = ["keys_app"]
 
 keys_app = typer.Typer(
     help=(
@@ -47,34 +46,17 @@ class OutputFormat(enum.StrEnum):
     JSON = "json"
 
 
-def passphrase_file_path(settings: Settings) -> Path:
-    """The passphrase file: the ``key_passphrase_file`` setting, else ``keys_dir/passphrase``."""
-    return settings.key_passphrase_file or settings.keys_dir / "passphrase"
-
-
-def open_keystore(settings: Settings, *, interactive: bool = True) -> KeyStore:
-    """The key store in ``settings.keys_dir``, asking for its passphrase only when a private key is needed.
-
-    The passphrase comes from ``MEDVERIFY_KEY_PASSPHRASE``, then the passphrase file (the
-    ``key_passphrase_file`` setting, else ``keys_dir/passphrase`` if it exists), then, if ``interactive`` and
-    standard input is a terminal, a prompt.
-    """
-    source = passphrase_source(passphrase_file=passphrase_file_path(settings), interactive=interactive)
-    return KeyStore(settings.keys_dir, source)
-
-
 def _store() -> KeyStore:
-    return open_keystore(_common.settings())
+    return setup.open_keystore(_common.settings())
 
 
 def _record(action: str, **details: object) -> None:
     """One audit record per key event (channel ``keys``); an unreachable database is an explicit error."""
     from verifier.audit import AuditEntry, Channel, EventKind
-    from verifier.cli.audit import open_audit_log
 
     # signer=False: a key event must not create the audit key as a side effect; checkpoints come from the
     # commands that write many records, or from `medverify audit checkpoint`.
-    log = open_audit_log(_common.settings(), signer=False)
+    log = setup.open_audit_log(_common.settings(), signer=False)
     try:
         log.append(
             AuditEntry(
@@ -122,7 +104,7 @@ def init_command(
     """Create the local CA and the default 'generator' signing key (does nothing if they exist)."""
     settings = _common.settings()
     if generate_passphrase_file:
-        path = passphrase_file_path(settings)
+        path = setup.passphrase_file_path(settings)
         if os.environ.get(PASSPHRASE_ENV):
             raise KeyStoreError(
                 f"--generate-passphrase-file conflicts with {PASSPHRASE_ENV}, which takes precedence"
@@ -142,7 +124,7 @@ def init_command(
                 f"{PASSPHRASE_ENV} or use the interactive prompt instead.",
                 highlight=False,
             )
-    store = open_keystore(settings)
+    store = setup.open_keystore(settings)
     created = store.init()
     for info in created:
         _common.console.print(f"created {_describe(info)}", highlight=False)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from verifier.cli import _common, app
+from verifier.cli._options import DbOption, ModelOption
 from verifier.errors import ConfigError, InputError
 
 __all__ = ["install_plugin", "plugin_script", "strip_json_comments"]
@@ -138,64 +139,14 @@ def _has_python_plugin(plugins: list[Any]) -> bool:
     return False
 
 
-@orthanc_app.command("install-plugin", help="Write the plugin script and its configuration into Orthanc's.")
-def install_plugin(
-    config: Annotated[Path, typer.Option("--config", help="Orthanc's configuration file (JSON, comments allowed).")],
-    script: Annotated[
-        Path | None, typer.Option("--script", help="Where to write the plugin script (default: next to --config).")
-    ] = None,
-    home: Annotated[Path | None, typer.Option("--home", help="medverify home for Orthanc (default: this one).")] = None,
-    checks: Annotated[str, typer.Option("--checks", help="Checks to run on each upload.")] = "signature",
-    quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Detector bundle for --checks detector (default: the setting).")
-    ] = None,
-    db: Annotated[str | None, typer.Option("--db", help="Audit database URL (default: the home's).")] = None,
-    allow: Annotated[
-        list[str] | None, typer.Option("--allow", help="Allowed calling AE title for C-STORE (repeatable).")
-    ] = None,
-    python_path: Annotated[
-        list[str] | None, typer.Option("--python-path", help="Extra import path first in Orthanc's Python.")
-    ] = None,
-    plugin_library: Annotated[
-        str, typer.Option("--plugin-library", help="orthanc-python's shared library.")
-    ] = DEBIAN_PYTHON_PLUGIN,
-) -> None:
-    """Edit ``--config`` (a backup is kept as ``*.medverify-backup``) and write the plugin script.
+def _load_plugin(config: Path, data: dict[str, Any], script_path: Path, plugin_library: str) -> Path:
+    """Have Orthanc load its Python plugin and run ``script_path``; return the file that names the script.
 
-    If another ``*.json`` next to it already sets ``PythonScript`` (Debian's ``python.json``), that file is
-    updated instead, since Orthanc refuses a setting defined twice.
+    ``data`` (the configuration in ``config``) gets the plugin library unless a Python plugin is already listed.
+    The script goes into ``data`` too, unless another ``*.json`` next to ``config`` already sets
+    ``PythonScript`` (Debian's ``python.json``): that file is updated now, since Orthanc refuses a setting
+    defined twice.
     """
-    from verifier.intake.gateway import parse_allowed_callers
-    from verifier.pipeline import Check, parse_checks
-
-    config = config.resolve()
-    if not config.is_file():
-        raise InputError(f"{config} is not a file (give Orthanc's main configuration file)")
-    selected = parse_checks(checks)  # refuse a typo now rather than inside Orthanc
-    allowed = parse_allowed_callers(allow or [])
-    settings = _common.settings()
-    if Check.DETECTOR in selected and model is None and settings.detector_model is None:
-        import detectors
-
-        if not (Path(detectors.__file__).parent / "checkpoints" / "detector" / "config.json").is_file():
-            raise InputError("--checks detector: no detector model (the package ships none); pass --model BUNDLE")
-    script_path = (script or config.parent / "medverify_plugin.py").resolve()
-    data = _read_config(config)
-
-    section: dict[str, Any] = {
-        "Home": str((home or settings.home).resolve()),
-        "Checks": checks,
-        "QuarantineDirectory": str(quarantine or settings.intake_quarantine_dir or settings.home / "quarantine"),
-    }
-    if model is not None:
-        section["DetectorModel"] = str(model.resolve())
-    if db or settings.db_url:
-        section["DatabaseUrl"] = db or settings.db_url
-    if allowed:
-        section["AllowedCallers"] = ",".join(str(c) for c in allowed)
-    data["MedVerify"] = section
-
     plugins = data.get("Plugins") or []
     if not isinstance(plugins, list):
         raise ConfigError(f"{config}: Plugins must be a list")
@@ -214,7 +165,65 @@ def install_plugin(
         other = _read_config(holder)
         other["PythonScript"] = str(script_path)
         _write_config(holder, other)
+    return holder
 
+
+@orthanc_app.command("install-plugin", help="Write the plugin script and its configuration into Orthanc's.")
+def install_plugin(
+    config: Annotated[Path, typer.Option("--config", help="Orthanc's configuration file (JSON, comments allowed).")],
+    script: Annotated[
+        Path | None, typer.Option("--script", help="Where to write the plugin script (default: next to --config).")
+    ] = None,
+    home: Annotated[Path | None, typer.Option("--home", help="medverify home for Orthanc (default: this one).")] = None,
+    checks: Annotated[str, typer.Option("--checks", help="Checks to run on each upload.")] = "signature",
+    quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
+    model: ModelOption = None,
+    db: DbOption = None,
+    allow: Annotated[
+        list[str] | None, typer.Option("--allow", help="Allowed calling AE title for C-STORE (repeatable).")
+    ] = None,
+    python_path: Annotated[
+        list[str] | None, typer.Option("--python-path", help="Extra import path first in Orthanc's Python.")
+    ] = None,
+    plugin_library: Annotated[
+        str, typer.Option("--plugin-library", help="orthanc-python's shared library.")
+    ] = DEBIAN_PYTHON_PLUGIN,
+) -> None:
+    """Edit ``--config`` (a backup is kept as ``*.medverify-backup``) and write the plugin script.
+
+    If another ``*.json`` next to it already sets ``PythonScript`` (Debian's ``python.json``), that file is
+    updated instead, since Orthanc refuses a setting defined twice.
+    """
+    from verifier.checker import Check, parse_checks
+    from verifier.intake.gateway import parse_allowed_callers
+
+    config = config.resolve()
+    if not config.is_file():
+        raise InputError(f"{config} is not a file (give Orthanc's main configuration file)")
+    selected = parse_checks(checks)  # refuse a typo now rather than inside Orthanc
+    allowed = parse_allowed_callers(allow or [])
+    settings = _common.settings()
+    if Check.DETECTOR in selected and model is None and settings.detector_model is None:
+        from verifier.setup import shipped_detector_bundle
+
+        if shipped_detector_bundle() is None:
+            raise InputError("--checks detector: no detector model (the package ships none); pass --model BUNDLE")
+    script_path = (script or config.parent / "medverify_plugin.py").resolve()
+    data = _read_config(config)
+
+    section: dict[str, Any] = {
+        "Home": str((home or settings.home).resolve()),
+        "Checks": checks,
+        "QuarantineDirectory": str(quarantine or settings.intake_quarantine_dir or settings.home / "quarantine"),
+    }
+    if model is not None:
+        section["DetectorModel"] = str(model.resolve())
+    if db or settings.db_url:
+        section["DatabaseUrl"] = db or settings.db_url
+    if allowed:
+        section["AllowedCallers"] = ",".join(str(c) for c in allowed)
+    data["MedVerify"] = section
+    holder = _load_plugin(config, data, script_path, plugin_library)
     script_path.parent.mkdir(parents=True, exist_ok=True)
     script_path.write_text(plugin_script(python_path), encoding="utf-8")
     _write_config(config, data)

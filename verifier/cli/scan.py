@@ -22,18 +22,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from verifier import setup
+from verifier.checker import default_workers
 from verifier.cli import _common, app
-from verifier.cli.signing import (
-    ChecksOption,
-    DbOption,
-    PolicyOption,
-    TrustOption,
-    _print_text,
-    exit_code,
-    prepare_checks,
-)
+from verifier.cli._options import ChecksOption, DbOption, PolicyOption, TrustOption, check_format
+from verifier.cli._results import FORMATS, exit_code, print_result
 from verifier.errors import InputError
-from verifier.pipeline import default_workers
 from verifier.policy import Action
 from verifier.scan import DaskExecutor, Executor, LocalExecutor, Scanner, ScanPlan, ScanSummary
 
@@ -82,25 +76,22 @@ def scan(
     Every checked file leaves one audit record (channel ``scan``) before its line is printed. A scan that was
     killed resumes when started again on the same root, and records no file twice.
     """
-    setup = prepare_checks(output_format, checks, trust, policy_file)
-    selected, settings, policy, site_policy = setup.checks, setup.settings, setup.trust, setup.site_policy
+    check_format(output_format, FORMATS)
+    settings = _common.settings()
+    checker = setup.load_checker(settings, checks, trust=trust or (), policy_file=policy_file)
     state = None
     if not no_audit:
         from verifier.audit.scanstate import ScanStateStore
-        from verifier.cli.audit import open_audit_log
 
-        state = ScanStateStore(open_audit_log(settings, db=db))
+        state = ScanStateStore(setup.open_audit_log(settings, db=db))
     elif incremental:
         raise InputError("--incremental needs the audit database; it cannot be combined with --no-audit")
 
     err = _common.err_console
     scanner = Scanner(
-        checks=selected,
-        trust=policy,
-        site_policy=site_policy,
+        checker,
         state=state,
         follow_symlinks=follow_symlinks,
-        watermark_keys=setup.watermark_keys,
         warn=lambda message: err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False),
     )
     with err.status("finding DICOM files", spinner="dots") if err.is_terminal else _nothing():
@@ -127,7 +118,7 @@ def scan(
                 elif output_format == "json":
                     collected.append(_line(result.to_dict()))
                 elif result.verdict.action is not Action.ACCEPT or result.failed:
-                    _print_text(result)
+                    print_result(result)
                 progress.advance(task)
     finally:
         executor.close()
@@ -139,7 +130,7 @@ def scan(
 
 
 def _line(d: dict[str, object]) -> dict[str, object]:
-    """A JSONL line: the pipeline's result, null-safe where a report has not run (watermark, detectors)."""
+    """A JSONL line: the checker's result, null-safe where a report has not run (watermark, detectors)."""
     d.setdefault("watermark", None)
     d.setdefault("synthetic_score", None)
     d.setdefault("tamper_score", None)

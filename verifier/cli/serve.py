@@ -6,14 +6,26 @@ import json
 import ssl
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from verifier.cli import _common, app
-from verifier.cli._net import TLS_KEY_PASSPHRASE_ENV, TLS_KEY_PASSPHRASE_FILE_ENV, parse_listen, server_tls_context
-from verifier.cli.signing import ChecksOption, DbOption, PolicyOption, TrustOption
+from verifier.cli._net import (
+    TLS_KEY_PASSPHRASE_ENV,
+    TLS_KEY_PASSPHRASE_FILE_ENV,
+    parse_forward,
+    parse_listen,
+    server_tls_context,
+)
+from verifier.cli._options import ChecksOption, DbOption, ModelOption, PolicyOption, TrustOption
 from verifier.errors import InputError
+from verifier.setup import open_intake
+
+if TYPE_CHECKING:
+    from verifier.api import ApiConfig
+    from verifier.intake.decide import Intake
+    from verifier.intake.queue import Destination
 
 __all__ = ["tls_options"]
 
@@ -29,6 +41,42 @@ def tls_options(cert: Path | None, key: Path | None, client_ca: Path | None) -> 
     return options
 
 
+def _api_config(
+    intake: Intake,
+    store_dir: Path,
+    destination: Destination | None,
+    ae_title: str,
+    *,
+    max_body_bytes: int,
+    max_concurrent: int,
+) -> ApiConfig:
+    """What the API serves with: the intake, its tokens, the STOW-RS store (cleared of what a killed server left)
+    and the forwarder to the PACS, if any."""
+    from verifier.api import ApiConfig
+    from verifier.api.storage import InstanceStore
+    from verifier.audit.tokens import TokenStore
+
+    if intake.audit_log is None:  # pragma: no cover - open_intake opens it unless audit=False
+        raise InputError("the HTTP API needs the audit log")
+    store = InstanceStore(store_dir)
+    stale = store.remove_stale()  # temporaries of uploads a killed server never recorded or never answered
+    if stale:
+        _common.err_console.print(f"removed {stale} unfinished upload(s) left by an earlier run", highlight=False)
+    forwarder = None
+    if destination is not None:
+        from verifier.intake.queue import Forwarder, Spool
+
+        forwarder = Forwarder(Spool(store.root / "spool"), destination, calling_ae_title=ae_title)
+    return ApiConfig(
+        intake=intake,
+        tokens=TokenStore(intake.audit_log),
+        store=store,
+        max_body_bytes=max_body_bytes,
+        max_concurrent=max_concurrent,
+        forward=forwarder,
+    )
+
+
 def _missing_api(exc: ModuleNotFoundError) -> InputError:
     return InputError(f"the HTTP API needs the api extra ({exc.name} is missing): pip install 'medverify[api]'")
 
@@ -40,9 +88,7 @@ def serve(
     trust: TrustOption = None,
     policy_file: PolicyOption = None,
     db: DbOption = None,
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Detector bundle for --checks detector (default: the setting).")
-    ] = None,
+    model: ModelOption = None,
     store_dir: Annotated[
         Path | None,
         typer.Option(
@@ -88,7 +134,7 @@ def serve(
     Serve HTTPS (--tls-cert/--tls-key), or plain HTTP on loopback only: tokens are bearer secrets.
     """
     try:
-        from verifier.api import ApiConfig, create_app
+        from verifier.api import create_app
     except ModuleNotFoundError as exc:
         raise _missing_api(exc) from None
     if openapi:
@@ -100,50 +146,21 @@ def serve(
         import uvicorn
     except ModuleNotFoundError as exc:
         raise _missing_api(exc) from None
-    from verifier.api.storage import InstanceStore
-    from verifier.audit.tokens import TokenStore
-    from verifier.intake.decide import IntakeChecker
-
-    destination = None
-    if forward is not None:
-        from verifier.intake.queue import Destination
-
-        try:
-            destination = Destination.parse(forward)
-        except ValueError as exc:
-            raise InputError(f"--forward: {exc}") from None
+    destination = parse_forward(forward) if forward is not None else None
     settings = _common.settings()
-    checker = IntakeChecker.from_settings(
-        settings, checks=checks, trust_extra=trust or (), policy_file=policy_file, db=db, model=model
-    )
-    checker.warm_up()  # lazy imports and first-call costs before the first request, not in it
-    if checker.audit_log is None:  # pragma: no cover - from_settings opens it unless audit=False
-        raise InputError("the HTTP API needs the audit log")
-    store = InstanceStore(store_dir or settings.home / "intake" / "stow")
-    stale = store.remove_stale()  # temporaries of uploads a killed server never recorded or never answered
-    if stale:
-        _common.err_console.print(f"removed {stale} unfinished upload(s) left by an earlier run", highlight=False)
-    forwarder = None
-    if destination is not None:
-        from verifier.intake.queue import Forwarder, Spool
-
-        forwarder = Forwarder(Spool(store.root / "spool"), destination, calling_ae_title=ae_title)
-    config = ApiConfig(
-        checker=checker,
-        tokens=TokenStore(checker.audit_log),
-        store=store,
-        max_body_bytes=int(max_body_mb * 1024**2),
-        max_concurrent=max_concurrent,
-        forward=forwarder,
-    )
+    intake = open_intake(settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model)
+    intake.warm_up()  # lazy imports and first-call costs before the first request, not in it
+    config = _api_config(intake, store_dir or settings.home / "intake" / "stow", destination, ae_title,
+                         max_body_bytes=int(max_body_mb * 1024**2), max_concurrent=max_concurrent)  # fmt: skip
     scheme = "https" if tls else "http"
     tls_note = ("TLS, client certificates required; " if tls_client_ca is not None else "TLS; ") if tls else ""
-    check_names = ", ".join(sorted(c.value for c in checker.checks))
+    check_names = ", ".join(sorted(c.value for c in intake.checker.checks))
     _common.err_console.print(
         f"medverify API on {scheme}://{listen} ({tls_note}checks: {check_names}; "
-        f"audit log {checker.audit_log.url}; STOW-RS store {config.store.root})",
+        f"audit log {config.audit_log.url}; STOW-RS store {config.store.root})",
         highlight=False,
     )
+    forwarder = config.forward
     if forwarder is not None:
         forwarder.start()  # resumes what an earlier run left in the spool
         forwarder.notify()
@@ -161,5 +178,5 @@ def serve(
     finally:
         if forwarder is not None:
             forwarder.stop()
-        checker.close()
+        intake.close()
     return 0

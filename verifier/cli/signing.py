@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -15,177 +11,26 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-import detectors
-from provenance.errors import KeyStoreError, SigningError
-from provenance.keys import KeyStore
-from provenance.models import MacAlgorithm, SignatureProfile, SignatureStatus
-from provenance.signature import sign_dataset
-from provenance.trust import TrustPolicy, load_certificates
-from provenance.watermark import WatermarkKey
+from provenance.errors import SigningError
+from provenance.models import MacAlgorithm, SignatureProfile
+from verifier import setup
+from verifier.checker import Checker, default_workers
 from verifier.cli import _common, app
-from verifier.cli.keys import open_keystore
-from verifier.errors import InputError
-from verifier.instance import Instance, UnreadableInstanceError
-from verifier.pipeline import (
-    Check,
-    DetectorSetup,
-    FileResult,
-    check_path,
-    check_paths,
-    default_workers,
-    iter_input_files,
-    parse_checks,
+from verifier.cli._options import (
+    ChecksOption,
+    DbOption,
+    HeatmapsOption,
+    ModelOption,
+    PolicyOption,
+    TrustOption,
+    check_format,
 )
-from verifier.policy import Action, Policy, load_policy
-from verifier.settings import Settings
+from verifier.cli._results import FORMATS, exit_code, print_result
+from verifier.errors import InputError
+from verifier.instance import UnreadableInstanceError, iter_input_files
+from verifier.result import FileResult
 
-__all__ = ["exit_code", "load_trust_policy"]
-
-
-_FORMATS = ("text", "json", "jsonl")
-
-
-ChecksOption = Annotated[
-    str | None,
-    typer.Option(
-        "--checks",
-        help="Comma-separated checks: signature (default), watermark (needs the key passphrase), detector "
-        "(synthetic and tamper scores from the detector model; loads torch).",
-    ),
-]
-ModelOption = Annotated[
-    Path | None,
-    typer.Option("--model", help="Detector bundle for --checks detector (default: detector_model setting, else the "
-                 "shipped bundle)."),
-]
-HeatmapsOption = Annotated[
-    Path | None, typer.Option("--heatmaps", help="With --checks detector: write a PNG heatmap per file into DIR.")
-]
-TrustOption = Annotated[
-    list[Path] | None, typer.Option("--trust", help="Extra trusted CA/signer certificate (PEM); repeatable.")
-]
-DbOption = Annotated[
-    str | None, typer.Option("--db", help="Audit database URL (default: MEDVERIFY_DB_URL, else SQLite).")
-]
-PolicyOption = Annotated[
-    Path | None, typer.Option("--policy", help="Site policy TOML (default: the policy_file setting, else built-in).")
-]
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckSetup:
-    """What verify and scan need before the first file: checks, settings, trust and site policy."""
-
-    checks: frozenset[Check]
-    settings: Settings
-    trust: TrustPolicy
-    site_policy: Policy
-    watermark_keys: tuple[WatermarkKey, ...] = ()
-    detector: DetectorSetup | None = None
-
-
-def prepare_checks(
-    output_format: str,
-    checks: str | None,
-    trust: Sequence[Path] | None,
-    policy_file: Path | None,
-    *,
-    model: Path | None = None,
-    heatmaps: Path | None = None,
-) -> CheckSetup:
-    """Validate the options shared by verify and scan and load what they name."""
-    if output_format not in _FORMATS:
-        raise InputError(f"--format must be one of {', '.join(_FORMATS)}, not {output_format!r}")
-    selected = parse_checks(checks)
-    settings = _common.settings()
-    keys: tuple[WatermarkKey, ...] = ()
-    if Check.WATERMARK in selected:
-        # The watermark keys are secrets: detection needs the key store's passphrase.
-        keys = tuple(open_keystore(settings).watermark_keys())
-        if not keys:
-            raise InputError(
-                "--checks watermark: the key store has no watermark key yet (medverify generate makes one)"
-            )
-    detector = None
-    if Check.DETECTOR in selected:
-        bundle = model or settings.detector_model
-        if bundle is not None and not (bundle / "config.json").is_file():
-            raise InputError(f"--model {bundle}: not a detector bundle (no config.json)")
-        if bundle is None and not (Path(detectors.__file__).parent / "checkpoints/detector/config.json").is_file():
-            raise InputError("no detector model: the package ships none; pass --model BUNDLE")
-        detector = DetectorSetup(model=bundle, heatmap_dir=heatmaps)
-    elif model is not None or heatmaps is not None:
-        raise InputError("--model and --heatmaps need the detector check (--checks signature,detector)")
-    return CheckSetup(
-        checks=selected,
-        settings=settings,
-        trust=load_trust_policy(settings, trust or []),
-        site_policy=load_policy(policy_file or settings.policy_file),
-        watermark_keys=keys,
-        detector=detector,
-    )
-
-
-def load_trust_policy(settings: Settings, extra: Sequence[Path] = ()) -> TrustPolicy:
-    """The key store's trust policy (local CA, trusted certificates, revocations) plus ``extra`` anchors."""
-    anchors = []
-    for path in extra:
-        try:
-            anchors.extend(load_certificates(Path(path).read_bytes()))
-        except OSError as exc:
-            raise InputError(f"cannot read trust anchor file {path}: {exc.strerror}") from exc
-    store = KeyStore(settings.keys_dir, _no_passphrase)
-    try:
-        policy = store.trust_policy()
-    except KeyStoreError:
-        if not anchors:
-            raise InputError(
-                "no trusted certificates: run `medverify keys init` (or `keys trust CERT`), or pass --trust CA.pem"
-            ) from None
-        return TrustPolicy(anchors=anchors)
-    return policy.with_extra_anchors(anchors) if anchors else policy
-
-
-def _no_passphrase() -> bytes:  # pragma: no cover - trust evaluation never needs a private key
-    raise KeyStoreError("verification does not use private keys")
-
-
-def exit_code(results: Sequence[FileResult]) -> int:
-    """ClamAV convention: 1 if something was found (the policy does not simply accept a file), else 2 if an error
-    stopped a check (unreadable input), else 0."""
-    if any(r.problem_found for r in results):
-        return 1
-    if any(r.failed for r in results):
-        return 2
-    return 0
-
-
-_ACTION_STYLE = {Action.ACCEPT: "green", Action.FLAG: "yellow", Action.QUARANTINE: "magenta", Action.REJECT: "red"}
-
-
-def _print_text(result: FileResult) -> None:
-    style = _ACTION_STYLE[result.verdict.action]
-    line = f"[{style}]{result.verdict.status.value:<19} {result.verdict.action.value:<10}[/] {escape(result.path)}"
-    sig = result.signature
-    if sig is not None and sig.signatures:
-        parts = []
-        for s in sig.signatures:
-            who = s.signer or "unknown signer"
-            role = f", role {s.role}" if s.role else ""
-            parts.append(f"{s.status.value} by {who}{role} ({s.mac_algorithm or '?'}, {len(s.covered)} elements)")
-        line += "\n    " + "\n    ".join(escape(p) for p in parts)
-    det = result.detection
-    if det is not None and det.get("synthetic_score") is not None:
-        line += (
-            f"\n    detector {escape(str(det.get('model_tag')))}: synthetic {det['synthetic_score']:.3f} "
-            f"(threshold {det.get('threshold', 0.0):.3f}), tamper {det['tamper_score']:.3f} "
-            f"(threshold {det.get('tamper_threshold', 0.0):.3f})"
-        )
-        if det.get("heatmap"):
-            line += f", heatmap {escape(str(det['heatmap']))}"
-    for reason in result.reasons:
-        line += f"\n    - {escape(reason)}"
-    _common.console.print(line, highlight=False)
+__all__: list[str] = []
 
 
 @app.command(help="Check DICOM files: digital signatures, and with --checks also watermarks and the detector model.")
@@ -210,29 +55,23 @@ def verify(
 
     Every file checked leaves one audit record (unless --no-audit), written before its result is printed.
     """
-    setup = prepare_checks(output_format, checks, trust, policy_file, model=model, heatmaps=heatmaps)
-    selected, settings, policy, site_policy = setup.checks, setup.settings, setup.trust, setup.site_policy
+    check_format(output_format, FORMATS)
+    settings = _common.settings()
+    checker = setup.load_checker(
+        settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps
+    )
     files = list(iter_input_files(paths, follow_symlinks=follow_symlinks))
     log = None
     if not no_audit:
         from verifier.audit import Channel
-        from verifier.cli.audit import open_audit_log
 
-        log = open_audit_log(settings, db=db)
+        log = setup.open_audit_log(settings, db=db)
     results: list[FileResult] = []
     show_progress = output_format == "text" and len(files) > 20 and _common.err_console.is_terminal
     with _progress(show_progress) as progress:
         task = progress.add_task("verifying", total=len(files))
         n_workers = workers or default_workers(len(files))
-        for result in check_paths(
-            files,
-            checks=selected,
-            policy=policy,
-            site_policy=site_policy,
-            workers=n_workers,
-            watermark_keys=setup.watermark_keys,
-            detector=setup.detector,
-        ):
+        for result in checker.check_all(files, workers=n_workers):
             if log is not None:
                 result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
             results.append(result)
@@ -240,7 +79,7 @@ def verify(
                 sys.stdout.write(json.dumps(result.to_dict()) + "\n")
                 sys.stdout.flush()
             elif output_format == "text":
-                _print_text(result)
+                print_result(result)
             progress.advance(task)
     if output_format == "json":
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
@@ -265,18 +104,6 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-def _write_atomic(ds_writer: Callable[[Path], None], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        ds_writer(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @app.command(help="Add a DICOM digital signature (PS3.15) with a key from the key store.")
 def sign(
     files: Annotated[list[Path], typer.Argument(help="DICOM files to sign.")],
@@ -291,14 +118,15 @@ def sign(
     mac: Annotated[str, typer.Option("--mac", help="MAC algorithm: sha256, sha384 or sha512.")] = "sha256",
 ) -> int:
     """Sign files; they are written atomically, and the signature is checked before anything is written."""
-    if (output is None) == (not in_place):
-        raise InputError("give exactly one of -o/--output and --in-place")
+    from verifier.signing import SignatureNotVerifiedError, sign_file, sign_targets
+
+    targets = sign_targets(files, output=output, in_place=in_place)
     try:
         mac_algorithm = MacAlgorithm(mac.upper())
     except ValueError:
         raise InputError(f"unknown MAC algorithm {mac!r}; use sha256, sha384 or sha512") from None
     settings = _common.settings()
-    store = open_keystore(settings)
+    store = setup.open_keystore(settings)
     signer = store.load_signing_key(key or settings.default_key)
     if signer.role.value == "generator":
         _common.err_console.print(
@@ -306,62 +134,25 @@ def sign(
             "Sign real acquisitions with an acquisition key (`medverify keys create NAME --role acquisition`).",
             highlight=False,
         )
-    policy = store.trust_policy()
-    from verifier.audit import AuditEntry, Channel, EventKind
-    from verifier.cli.audit import open_audit_log
-
-    log = open_audit_log(settings)
-    targets: list[tuple[Path, Path]] = []
-    if in_place:
-        targets = [(f, f) for f in files]
-    elif output is not None:
-        if len(files) == 1 and not output.is_dir():
-            targets = [(files[0], output)]
-        else:
-            if output.exists() and not output.is_dir():
-                raise InputError(f"{output} is not a directory (several inputs need an output directory)")
-            names = [f.name for f in files]
-            if len(set(names)) != len(names):
-                raise InputError("several inputs share a file name; sign them into separate directories")
-            targets = [(f, output / f.name) for f in files]
+    checker = Checker(trust=store.trust_policy())
+    log = setup.open_audit_log(settings)
     failures = 0
     for source, target in targets:
         try:
-            instance = Instance.from_path(source)
-            ds = instance.dataset
-            uid = sign_dataset(ds, signer, profile=profile, mac=mac_algorithm)
-            _write_atomic(ds.save_as, target)
+            signed = sign_file(
+                source, target, signer=signer, profile=profile, mac=mac_algorithm, checker=checker, log=log
+            )
         except (UnreadableInstanceError, SigningError) as exc:
             failures += 1
             _common.err_console.print(f"[red]not signed[/] {escape(str(source))}: {escape(exc.diagnostics())}")
             continue
-        check = check_path(target, checks=parse_checks("signature"), policy=policy)
-        mine = [s for s in (check.signature.signatures if check.signature is not None else ()) if s.uid == uid]
-        if not mine or mine[0].status is not SignatureStatus.VALID:
+        except SignatureNotVerifiedError as exc:
             failures += 1
-            _common.err_console.print(f"[red]signature does not verify[/] {escape(str(target))}: {check.reasons}")
+            _common.err_console.print(f"[red]signature does not verify[/] {escape(str(target))}: {exc.reasons}")
             continue
-        record = log.append(
-            AuditEntry(
-                event=EventKind.SIGN,
-                channel=Channel.CLI,
-                path=str(target),
-                sop_instance_uid=check.sop_instance_uid,
-                file_sha256=check.sha256,
-                signature_report=check.signature.to_dict() if check.signature is not None else None,
-                verdict=check.status,
-                details={
-                    "source": str(source),
-                    "key": signer.name,
-                    "profile": profile.value,
-                    "mac": mac_algorithm.value,
-                    "signature_uid": uid,
-                },
-            ).with_local_actor()
-        )
         _common.console.print(
             f"[green]signed[/] {escape(str(target))} (key {signer.name}, {profile.value}, {mac_algorithm.value}, "
-            f"{len(mine[0].covered)} elements, UID {uid}, audit #{record.id})",
+            f"{signed.covered} elements, UID {signed.signature_uid}, audit #{signed.audit_id})",
             highlight=False,
         )
     return 2 if failures else 0

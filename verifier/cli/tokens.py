@@ -19,6 +19,7 @@ from rich.table import Table
 from verifier.audit import AuditEntry, AuditLog, Channel
 from verifier.audit.tokens import TokenInfo, TokenScope, TokenStore
 from verifier.cli import _common, app
+from verifier.cli._options import DbOption
 from verifier.errors import InputError
 
 __all__ = ["tokens_app"]
@@ -29,14 +30,8 @@ tokens_app = typer.Typer(
 )
 app.add_typer(tokens_app, name="tokens")
 
-DbOption = Annotated[
-    str | None,
-    typer.Option("--db", help="Audit database URL (default: MEDVERIFY_DB_URL, else SQLite in the medverify home)."),
-]
-
-
 def _open(db: str | None) -> AuditLog:
-    from verifier.cli.audit import open_audit_log
+    from verifier.setup import open_audit_log
 
     return open_audit_log(_common.settings(), db=db)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -73,9 +73,7 @@ def train_generator(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
     import torch
 
-    from detectors.errors import DetectorsError
-    from detectors.generators import PatchSampler, create_generator
-    from detectors.generators.config import parse_overrides
+    from detectors.generators import PatchSampler
     from detectors.generators.data import corpus_frames
 
     torch.set_num_threads(threads)
@@ -83,73 +81,74 @@ def train_generator(
         raise InputError(f"--split must be train, val, test or all, not {split!r}")
     if not corpus.is_dir():
         raise InputError(f"--corpus {corpus}: not a directory")
+    target = _torch_device(device)
+    destination = out if out is not None else Path("checkpoints") / name
+    generator, config = _generator(name, config=config, seed=seed, resume=resume, overrides=overrides or [])
+    frames, description = corpus_frames(
+        corpus,
+        split=None if split == "all" else split,  # type: ignore[arg-type]
+        max_frames=max_frames,
+    )
+    total = generator.config.steps if steps is None else steps
+    _common.console.print(
+        f"training [bold]{escape(name)}[/] ({escape(config)}, {generator.parameter_count:,} parameters, "
+        f"{generator.config.image_size}px patches) on {len(frames)} frames of {description['sources']} "
+        f"sources for {total} steps{f' or {minutes:g} min' if minutes else ''}, {threads} thread(s) on {target}",
+        highlight=False,
+    )
+    start = time.perf_counter()
+    with _bar() as progress:
+        result = generator.fit(
+            PatchSampler(frames, generator.config.image_size, whole_fraction=whole),
+            steps=total,
+            seed=seed,
+            progress=_progress_report(progress, progress.add_task(name, total=total, stats="")),
+            progress_every=max(1, min(50, total // 100 or 1)),
+            data_description=description,
+            device=target,
+            time_limit_s=None if minutes is None else minutes * 60,
+        )
+    info = generator.save(destination, sampling_only=sampling_only)
+    _common.console.print(
+        f"saved {escape(str(destination))}: sha256 {info.digest}\n"
+        f"{result.steps} steps in {time.perf_counter() - start:.0f}s, final {_format_losses(dict(result.metrics))}",
+        highlight=False,
+    )
+
+
+def _torch_device(device: str) -> Any:
+    """The ``--device`` as a torch device that is there to train on."""
+    import torch
+
     try:
         target = torch.device(device)
     except RuntimeError as exc:
         raise InputError(f"--device {device!r}: {exc}") from exc
     if target.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available here")
-    destination = out if out is not None else Path("checkpoints") / name
-    try:
-        if resume is not None:
-            if overrides:
-                raise InputError("--set changes a preset; a resumed checkpoint keeps its config")
-            generator = create_generator(name, checkpoint=resume)
-            config = f"resumed {resume}"
-        else:
-            generator = create_generator(name, config=config, seed=seed, **parse_overrides(overrides or []))
-        frames, description = corpus_frames(
-            corpus,
-            split=None if split == "all" else split,  # type: ignore[arg-type]
-            max_frames=max_frames,
-        )
-        total = generator.config.steps if steps is None else steps
-        _common.console.print(
-            f"training [bold]{escape(name)}[/] ({escape(config)}, {generator.parameter_count:,} parameters, "
-            f"{generator.config.image_size}px patches) on {len(frames)} frames of {description['sources']} "
-            f"sources for {total} steps{f' or {minutes:g} min' if minutes else ''}, {threads} thread(s) on {target}",
-            highlight=False,
-        )
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeRemainingColumn(),
-            console=_common.console,
-            transient=False,
-        ) as progress:
-            task = progress.add_task(name, total=total, stats="")
-            next_line = [0.0]
+    return target
 
-            def report(p: TrainProgress) -> None:
-                stats = f"{_format_losses(dict(p.losses))}  {p.steps_per_s:.2f} steps/s"
-                progress.update(task, completed=p.step, stats=stats)
-                if not _common.console.is_terminal and (p.step >= next_line[0] or p.step == p.total_steps):
-                    next_line[0] = p.step + max(1, p.total_steps // 10)
-                    progress.console.print(f"step {p.step}/{p.total_steps} {stats} eta {p.eta_s:.0f}s", highlight=False)
 
-            every = max(1, min(50, total // 100 or 1))
-            start = time.perf_counter()
-            sampler = PatchSampler(frames, generator.config.image_size, whole_fraction=whole)
-            result = generator.fit(
-                sampler,
-                steps=total,
-                seed=seed,
-                progress=report,
-                progress_every=every,
-                data_description=description,
-                device=target,
-                time_limit_s=None if minutes is None else minutes * 60,
-            )
-        info = generator.save(destination, sampling_only=sampling_only)
-    except DetectorsError as exc:
-        raise InputError(exc.diagnostics()) from exc
-    _common.console.print(
-        f"saved {escape(str(destination))}: sha256 {info.digest}\n"
-        f"{result.steps} steps in {time.perf_counter() - start:.0f}s, final {_format_losses(dict(result.metrics))}",
-        highlight=False,
-    )
+def _generator(name: str, *, config: str, seed: int, resume: Path | None, overrides: list[str]) -> tuple[Any, str]:
+    """The generator to train (a preset with ``--set`` overrides, or a checkpoint to resume) and how it was made."""
+    from detectors.generators import create_generator
+    from detectors.generators.config import parse_overrides
+
+    if resume is None:
+        return create_generator(name, config=config, seed=seed, **parse_overrides(overrides)), config
+    if overrides:
+        raise InputError("--set changes a preset; a resumed checkpoint keeps its config")
+    return create_generator(name, checkpoint=resume), f"resumed {resume}"
+
+
+def _progress_report(progress: Progress, task: Any) -> Callable[[TrainProgress], None]:
+    """Show a generator's training progress on the bar (off a terminal, :class:`_Progress` logs it as lines)."""
+
+    def report(p: TrainProgress) -> None:
+        stats = f"{_format_losses(dict(p.losses))}  {p.steps_per_s:.2f} steps/s, eta {p.eta_s:.0f}s"
+        progress.update(task, completed=p.step, stats=stats)
+
+    return report
 
 
 @train_app.command("list")

@@ -28,8 +28,8 @@ from provenance.watermark import (
     embed,
 )
 from verifier.cli import _common, app
-from verifier.cli.keys import open_keystore
 from verifier.errors import InputError
+from verifier.setup import open_keystore
 
 __all__ = ["load_key", "read_pixels", "wm_app"]
 
@@ -173,10 +173,7 @@ def _embed(
     pixels: npt.NDArray[Any], key: WatermarkKey, payload: int, bits: int | None = None,
     window: tuple[float, float] | None = None,
 ) -> npt.NDArray[Any]:
-    try:
-        return embed(pixels, key, payload, bits_stored=bits, window=window)
-    except WatermarkError as exc:
-        raise InputError(str(exc)) from None
+    return embed(pixels, key, payload, bits_stored=bits, window=window)
 
 
 def _embed_dicom(file: Path, out: Path, key: WatermarkKey, payload: int, sign: str | None) -> int:

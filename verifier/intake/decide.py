@@ -2,16 +2,16 @@
 
 The DICOM gateway, the Orthanc plugin and the HTTP API all receive bytes from a peer and must answer at once:
 accept (store or forward), quarantine (keep aside for review) or reject (the sender sees a failure and a reason).
-:class:`IntakeChecker` holds what they share (the configured checks, the trust policy, the site policy, the audit
-log) and gives the same answer for the same file whatever the channel::
+:class:`Intake` holds what they share (the :class:`~verifier.checker.Checker` and the audit log) and gives the same
+answer for the same file whatever the channel::
 
-    checker = IntakeChecker.from_settings(settings, checks="signature")
-    decision = checker.check(data, Peer(channel=Channel.INTAKE, ae_title="CT01", address="10.0.0.5:40112"))
+    intake = setup.open_intake(settings, "signature")
+    decision = intake.check(data, Peer(channel=Channel.INTAKE, ae_title="CT01", address="10.0.0.5:40112"))
     ...  # spool, quarantine or refuse, then:
-    decision = checker.record(decision, outcome="forward-queued")   # exactly one audit record per upload
+    decision = intake.record(decision, outcome="forward-queued")   # exactly one audit record per upload
 
-:meth:`IntakeChecker.check` never raises: unreadable, malformed or oversized input and a failing check become a
-REJECT-able :class:`~verifier.pipeline.FileResult` (STYLE.md rule 11). :meth:`IntakeChecker.record` raises
+:meth:`Intake.check` never raises: unreadable, malformed or oversized input and a failing check become a
+REJECT-able :class:`~verifier.result.FileResult` (the checker is the boundary). :meth:`Intake.record` raises
 :class:`~verifier.errors.AuditError` when the record cannot be written; channels then refuse the upload (fail
 closed), because an upload nobody can account for must not be stored.
 """
@@ -23,22 +23,18 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provenance.trust import TrustPolicy
-from provenance.watermark import WatermarkKey
-from verifier.errors import is_contained_failure
-from verifier.instance import MAX_FILE_BYTES, Instance, UnreadableInstanceError
-from verifier.pipeline import Check, DetectorSetup, FileResult, check_instance, parse_checks
-from verifier.policy import DEFAULT_POLICY, Action, Policy, decide
+from verifier.checker import Checker
+from verifier.instance import Instance
+from verifier.policy import Action
+from verifier.result import FileResult
 
 if TYPE_CHECKING:
     from verifier.audit import AuditEntry, AuditLog, Channel
-    from verifier.settings import Settings
 
-__all__ = ["IntakeChecker", "IntakeDecision", "Peer", "error_comment", "safe_uid"]
+__all__ = ["Intake", "IntakeDecision", "Peer", "error_comment", "safe_uid"]
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
@@ -91,7 +87,7 @@ class IntakeDecision:
     peer: Peer
     data: bytes = dataclasses.field(repr=False)
     instance: Instance | None = None
-    #: Time spent in :meth:`IntakeChecker.check`, milliseconds.
+    #: Time spent in :meth:`Intake.check`, milliseconds.
     check_ms: float = 0.0
     audit_id: int | None = None
 
@@ -122,17 +118,15 @@ class IntakeDecision:
         first = first.removeprefix(f"{self.result.path}: ")  # input errors start with the label
         return f"{verdict.status.value}: {first}" if first else verdict.status.value
 
-    def audit_entry(self, **details: Any) -> AuditEntry:
+    def audit_entry(self, *, event: str = "intake", **details: Any) -> AuditEntry:
         """The one audit record of this upload, with the peer and what the channel did (``details['intake']``)."""
-        entry = self.result.audit_entry(channel=self.peer.channel, event="intake")
-        merged = dict(entry.details)
-        merged["intake"] = {"check_ms": round(self.check_ms, 3), "size": len(self.data), **details}
-        return dataclasses.replace(
-            entry,
+        return self.result.audit_entry(
+            channel=self.peer.channel,
+            event=event,
+            details={"intake": {"check_ms": round(self.check_ms, 3), "size": len(self.data), **details}},
             peer_ae_title=self.peer.ae_title,
             peer_address=self.peer.address,
             api_token_id=self.peer.token_id,
-            details=merged,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,91 +137,18 @@ class IntakeDecision:
         return out
 
 
-class IntakeChecker:
-    """The checks every intake channel runs, and the audit log they all write to.
+class Intake:
+    """The :class:`~verifier.checker.Checker` every intake channel checks with, and the audit log they all write to.
 
     Thread-safe: channels call :meth:`check` and :meth:`record` from several threads (one per association or
-    request); audit appends are serialised here as well as in the database.
+    request); audit appends are serialised here as well as in the database. Build one with
+    :func:`verifier.setup.open_intake`.
     """
 
-    def __init__(
-        self,
-        *,
-        checks: frozenset[Check],
-        trust: TrustPolicy,
-        site_policy: Policy = DEFAULT_POLICY,
-        watermark_keys: Sequence[WatermarkKey] = (),
-        detector: DetectorSetup | None = None,
-        audit_log: AuditLog | None = None,
-        max_bytes: int = MAX_FILE_BYTES,
-    ) -> None:
-        if not checks:
-            raise ValueError("an intake checker needs at least one check")
-        self.checks = checks
-        self.trust = trust
-        self.site_policy = site_policy
-        self.watermark_keys = tuple(watermark_keys)
-        self.detector = detector
+    def __init__(self, checker: Checker, *, audit_log: AuditLog | None = None) -> None:
+        self.checker = checker
         self.audit_log = audit_log
-        self.max_bytes = max_bytes
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        *,
-        checks: str | None = None,
-        trust_extra: Sequence[Path] = (),
-        policy_file: Path | None = None,
-        audit: bool = True,
-        db: str | None = None,
-        model: Path | None = None,
-    ) -> IntakeChecker:
-        """The checker configured as ``medverify verify`` would be (same trust policy, site policy and keys).
-
-        ``checks`` is a ``--checks`` value (default: signature); ``model`` the detector bundle of the detector check
-        (default: the ``detector_model`` setting, else the shipped bundle), loaded now. With ``audit`` the audit log
-        is opened (and created) now. Whatever is missing is an error here, so that a channel that cannot check or
-        record refuses to start rather than refusing every upload.
-        """
-        import detectors
-        from verifier.cli.keys import open_keystore
-        from verifier.cli.signing import load_trust_policy
-        from verifier.errors import InputError
-        from verifier.policy import load_policy
-
-        selected = parse_checks(checks)
-        keys: tuple[WatermarkKey, ...] = ()
-        if Check.WATERMARK in selected:
-            keys = tuple(open_keystore(settings).watermark_keys())
-            if not keys:
-                raise InputError("--checks watermark: the key store has no watermark key")
-        detector = None
-        if Check.DETECTOR in selected:
-            bundle = model or settings.detector_model
-            shipped = Path(detectors.__file__).parent / "checkpoints" / "detector" / "config.json"
-            if bundle is not None and not (bundle / "config.json").is_file():
-                raise InputError(f"detector model {bundle}: not a detector bundle (no config.json)")
-            if bundle is None and not shipped.is_file():
-                raise InputError("no detector model: the package ships none; set detector_model or pass --model")
-            detector = DetectorSetup(model=bundle)
-            detector.load()  # torch and the weights now, not in the first sender's C-STORE
-        elif model is not None:
-            raise InputError("a detector model needs the detector check (--checks signature,detector)")
-        log = None
-        if audit:
-            from verifier.cli.audit import open_audit_log
-
-            log = open_audit_log(settings, db=db)
-        return cls(
-            checks=selected,
-            trust=load_trust_policy(settings, trust_extra),
-            site_policy=load_policy(policy_file or settings.policy_file),
-            watermark_keys=keys,
-            detector=detector,
-            audit_log=log,
-        )
 
     def warm_up(self) -> None:
         """Check pydicom's bundled CT_small once (nothing recorded), so that lazy imports and first-call costs are
@@ -243,55 +164,21 @@ class IntakeChecker:
     def check(self, data: bytes, peer: Peer, *, name: str | None = None) -> IntakeDecision:
         """Check one upload; never raises (bad input gives an UNREADABLE/MALFORMED verdict, REJECT by default)."""
         start = time.perf_counter()
-        label = name or peer.describe()
-        instance: Instance | None = None
-        try:
-            if len(data) > self.max_bytes:
-                raise UnreadableInstanceError(
-                    f"{label}: {len(data)} bytes exceeds the limit of {self.max_bytes} bytes",
-                    kind="MALFORMED",
-                    sha256=hashlib.sha256(data).hexdigest(),
-                )
-            instance = Instance.from_bytes(data, path=label)
-            result = check_instance(
-                instance,
-                checks=self.checks,
-                policy=self.trust,
-                site_policy=self.site_policy,
-                watermark_keys=self.watermark_keys,
-                detector=self.detector,
-            )
-        except UnreadableInstanceError as exc:
-            result = self._failed(label, exc.kind, str(exc), exc.sha256 or hashlib.sha256(data).hexdigest(), None)
-        except BaseException as exc:  # the boundary: one decision per upload, even on a bug (or a decoder's panic)
-            if not is_contained_failure(exc):
-                raise
-            message = f"{label}: the check failed ({type(exc).__name__}: {str(exc)[:200]})"
-            uid = instance.sop_instance_uid if instance is not None else None
-            digest = instance.sha256 if instance is not None else hashlib.sha256(data).hexdigest()
-            result = self._failed(label, "MALFORMED", message, digest, uid)
+        examined = self.checker.examine(data, name=name or peer.describe())
         elapsed = (time.perf_counter() - start) * 1000.0
-        return IntakeDecision(result=result, peer=peer, data=data, instance=instance, check_ms=elapsed)
-
-    def _failed(self, label: str, kind: str, message: str, digest: str, uid: str | None) -> FileResult:
-        return FileResult(
-            path=label,
-            status=kind,
-            verdict=decide(policy=self.site_policy, input_error=(kind, message)),
-            sha256=digest,
-            sop_instance_uid=uid,
-            error=message,
+        return IntakeDecision(
+            result=examined.result, peer=peer, data=data, instance=examined.instance, check_ms=elapsed
         )
 
-    def record(self, decision: IntakeDecision, **details: Any) -> IntakeDecision:
+    def record(self, decision: IntakeDecision, *, event: str = "intake", **details: Any) -> IntakeDecision:
         """Write the upload's one audit record (with ``details`` under ``details.intake``); return it with its id.
 
-        Without an audit log (``audit=False``) nothing is written and the id stays None. Raises
+        Without an audit log nothing is written and the id stays None. Raises
         :class:`~verifier.errors.AuditError` if the database refuses the record.
         """
         if self.audit_log is None:
             return decision
-        entry = decision.audit_entry(**details)
+        entry = decision.audit_entry(event=event, **details)
         with self._lock:
             receipt = self.audit_log.append(entry)
         return dataclasses.replace(decision, audit_id=receipt.id, result=decision.result.with_audit_id(receipt.id))

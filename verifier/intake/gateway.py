@@ -1,6 +1,6 @@
 """The DICOM gateway: a Storage SCP in front of the PACS that checks every instance before it is stored.
 
-Each C-STORE runs through :class:`~verifier.intake.decide.IntakeChecker` and gets an explicit answer:
+Each C-STORE runs through :class:`~verifier.intake.decide.Intake` and gets an explicit answer:
 
 - accept / flag: spooled durably, answered *Success*, and forwarded to the PACS by the
   :class:`~verifier.intake.queue.Forwarder` (store and forward);
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from verifier.errors import ConfigError
-from verifier.intake.decide import IntakeChecker, IntakeDecision, Peer, error_comment
+from verifier.intake.decide import Intake, IntakeDecision, Peer, error_comment
 from verifier.intake.queue import Destination, Forwarder, QuarantineStore, Spool, set_no_delay
 from verifier.policy import Action
 
@@ -114,7 +114,7 @@ class Gateway:
     def __init__(
         self,
         *,
-        checker: IntakeChecker,
+        intake: Intake,
         ae_title: str,
         host: str,
         port: int,
@@ -131,7 +131,7 @@ class Gateway:
             raise ConfigError(
                 "no calling AE title is allowed to store: set gateway_allowed_callers or pass --allow AE[@ADDRESS]"
             )
-        self.checker = checker
+        self.intake = intake
         self.ae_title = ae_title
         self.host = host
         self.port = port
@@ -157,7 +157,7 @@ class Gateway:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-        self.checker.warm_up()
+        self.intake.warm_up()
         ae = AE(ae_title=self.ae_title)
         for cx in StoragePresentationContexts:
             if cx.abstract_syntax is not None:
@@ -190,7 +190,7 @@ class Gateway:
             self._server = None
         self.forwarder.stop()
         self._staging.shutdown(wait=True)
-        self.checker.close()
+        self.intake.close()
 
     # -- handlers ----------------------------------------------------------------------------------------------
 
@@ -218,7 +218,7 @@ class Gateway:
         # then renamed into the queue.
         staging = self._staging.submit(self.spool.stage, data)
         try:
-            decision = self.checker.check(data, peer)
+            decision = self.intake.check(data, peer)
             if not self._authorised(ae_title, address):
                 why = f"calling AE {ae_title} not allowed from {address}"
                 return self._refuse(decision, STATUS_NOT_AUTHORIZED, why)
@@ -294,7 +294,7 @@ class Gateway:
         return _status(code, comment)
 
     def _record(self, decision: IntakeDecision, **details: Any) -> IntakeDecision:
-        recorded = self.checker.record(decision, **details)
+        recorded = self.intake.record(decision, **details)
         with self._count_lock:
             self.counts[decision.action.value] += 1
         _log.info(

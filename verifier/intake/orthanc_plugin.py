@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from verifier.intake.decide import IntakeChecker, IntakeDecision, Peer
+from verifier.intake.decide import Intake, IntakeDecision, Peer
 from verifier.intake.gateway import STATUS_NOT_AUTHORIZED, STATUS_REFUSED, STATUS_UNREADABLE, AllowedCaller
 from verifier.intake.queue import QuarantineStore
 from verifier.policy import Action
@@ -55,17 +55,17 @@ _APPROVAL_TTL = 120.0
 
 
 class OrthancFilter:
-    """The three callbacks, bound to one :class:`IntakeChecker` and one quarantine store."""
+    """The three callbacks, bound to one :class:`Intake` and one quarantine store."""
 
     def __init__(
         self,
         orthanc: Any,
-        checker: IntakeChecker,
+        intake: Intake,
         quarantine: QuarantineStore,
         allowed: tuple[AllowedCaller, ...] = (),
     ) -> None:
         self.orthanc = orthanc
-        self.checker = checker
+        self.intake = intake
         self.quarantine = quarantine
         self.allowed = allowed
         self._approved: dict[str, float] = {}
@@ -88,7 +88,7 @@ class OrthancFilter:
         ae_title = str(instance.GetInstanceRemoteAet() or "").strip()
         peer = Peer(channel=Channel.INTAKE, ae_title=ae_title or None)
         data = instance.GetInstanceData()
-        decision = self.checker.check(data, peer)
+        decision = self.intake.check(data, peer)
         if self.allowed and not any(c.ae_title == ae_title for c in self.allowed):
             self._record(decision, outcome="refused", origin="orthanc-dicom", status=STATUS_NOT_AUTHORIZED)
             return STATUS_NOT_AUTHORIZED
@@ -140,7 +140,7 @@ class OrthancFilter:
                 {"Status": "Refused", "Message": "ZIP uploads are not checked; upload the instances one by one"},
             )
             return
-        decision = self.checker.check(body, peer)
+        decision = self.intake.check(body, peer)
         action = decision.action
         if action in (Action.ACCEPT, Action.FLAG):
             recorded = self._record(decision, outcome="stored", origin="orthanc-rest", status=200)
@@ -181,7 +181,7 @@ class OrthancFilter:
                 return keep, None  # our REST callback checked and recorded it just now
             from verifier.audit import Channel
 
-            decision = self.checker.check(data, Peer(channel=Channel.INTAKE))
+            decision = self.intake.check(data, Peer(channel=Channel.INTAKE))
             origin_name = f"orthanc-{getattr(origin, 'name', origin)}".lower()
             if decision.action in (Action.ACCEPT, Action.FLAG):
                 self._record(decision, outcome="stored", origin=origin_name)
@@ -224,7 +224,7 @@ class OrthancFilter:
             self.quarantine.put(decision.data, sha256=decision.sha256, record=record)
 
     def _record(self, decision: IntakeDecision, **details: Any) -> IntakeDecision:
-        recorded = self.checker.record(decision, **details)
+        recorded = self.intake.record(decision, **details)
         self.orthanc.LogInfo(
             f"medverify: {details.get('origin')} {decision.result.verdict.status.value} -> {details.get('outcome')} "
             f"(audit #{recorded.audit_id}, {decision.check_ms:.1f} ms)"
@@ -258,13 +258,14 @@ _SETTING_KEYS = {
 
 
 def register(orthanc: Any) -> OrthancFilter:
-    """Build the checker from the ``MedVerify`` section and register the callbacks (called by the plugin script).
+    """Build the intake from the ``MedVerify`` section and register the callbacks (called by the plugin script).
 
     Everything that can fail (configuration, trust anchors, the audit database) is done before the first callback
     is registered, so that the script's fail-closed fallback can still register its own.
     """
     from verifier.intake.gateway import parse_allowed_callers
     from verifier.settings import Settings
+    from verifier.setup import open_intake
 
     section = plugin_config(orthanc)
     env = dict(os.environ)
@@ -273,13 +274,13 @@ def register(orthanc: Any) -> OrthancFilter:
             env[name] = str(section[key])
     settings = Settings.load(env=env)
     model = Path(section["DetectorModel"]) if section.get("DetectorModel") else None
-    checker = IntakeChecker.from_settings(settings, checks=section.get("Checks") or None, model=model)
-    checker.warm_up()
+    intake = open_intake(settings, section.get("Checks") or None, model=model)
+    intake.warm_up()
     quarantine = QuarantineStore(settings.intake_quarantine_dir or settings.home / "quarantine")
     allowed = parse_allowed_callers([settings.gateway_allowed_callers])
-    plugin = OrthancFilter(orthanc, checker, quarantine, allowed)
+    plugin = OrthancFilter(orthanc, intake, quarantine, allowed)
     plugin.register()
-    names = ", ".join(sorted(c.value for c in checker.checks))
+    names = ", ".join(sorted(c.value for c in intake.checker.checks))
     orthanc.LogWarning(
         f"medverify: checking every upload (checks: {names}; quarantine: {Path(quarantine.directory)}; "
         f"allowed callers: {', '.join(map(str, allowed)) or 'as Orthanc is configured'})"

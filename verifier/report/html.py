@@ -21,8 +21,8 @@ import cv2
 import jinja2
 import numpy.typing as npt
 
-from verifier.claims.audit import AuditedFile, ClaimAudit, ClaimReport, DuplicatePair, Severity
 from verifier.claims.fingerprint import MATCH_SIDE
+from verifier.claims.models import AuditedFile, ClaimAudit, ClaimReport, DuplicatePair, Severity
 from verifier.claims.store import IndexedImage
 
 __all__ = ["render_claims_report", "write_claims_report"]
@@ -47,8 +47,7 @@ def _png(image: npt.NDArray[Any] | None) -> str | None:
 
 def _heatmap(f: AuditedFile) -> str | None:
     """The detector's heatmap PNG (written when the detector check ran with a heatmap folder), embedded."""
-    detection = f.result.detection
-    where = detection.get("heatmap") if isinstance(detection, dict) else None
+    where = f.result.heatmap
     if not where:
         return None
     image = cv2.imread(str(where), cv2.IMREAD_COLOR)

@@ -108,13 +108,13 @@ def test_an_unknown_vr_in_meta_or_identifiers_is_one_malformed_result(tag: bytes
     """Found by the fuzz harness: an unknown VR raised past the boundary (transfer syntax, SOP Instance UID)."""
     from provenance.keys import KeyStore
     from tests.testkit import TEST_KEY_PASSPHRASE
-    from verifier.pipeline import check_bytes, parse_checks
+    from verifier.checker import Checker
 
     data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
     at = data.find(tag)
     data[at + 4 : at + 6] = b"WI"
     trust = KeyStore(keystore_dir, lambda: TEST_KEY_PASSPHRASE.encode()).trust_policy()
-    result = check_bytes(bytes(data), path="upload", checks=parse_checks("signature"), policy=trust)
+    result = Checker(trust=trust).check(bytes(data), name="upload")
     assert result.status == "MALFORMED"
     assert "WI" in (result.error or "")
 
@@ -141,21 +141,23 @@ def test_a_decoder_panic_is_one_malformed_result(keystore_dir: Path) -> None:
     pytest.importorskip("rle", reason="pylibjpeg-rle (the data extra) decodes RLE")
     from provenance.keys import KeyStore
     from tests.testkit import TEST_KEY_PASSPHRASE
-    from verifier.intake.decide import IntakeChecker, Peer
-    from verifier.pipeline import check_path, parse_checks
+    from verifier.checker import Checker, parse_checks
+    from verifier.intake.decide import Intake, Peer
+    from verifier.reports import NotChecked, WatermarkNotChecked
 
     path = Path(__file__).resolve().parents[2] / "data" / "fuzz" / "rle_decoder_panic.dcm"
     store = KeyStore(keystore_dir, lambda: TEST_KEY_PASSPHRASE.encode())
-    checks = parse_checks("signature,watermark")
-    keys = [store.watermark_key()]
-    result = check_path(path, checks=checks, policy=store.trust_policy(), watermark_keys=keys)
-    assert result.watermark is not None and result.watermark["status"] == "UNDECODABLE"
-    assert "PanicException" in result.watermark["error"]
+    checker = Checker(
+        checks=parse_checks("signature,watermark"), trust=store.trust_policy(), watermark_keys=(store.watermark_key(),)
+    )
+    result = checker.check(path)
+    assert isinstance(result.watermark, WatermarkNotChecked) and result.watermark.reason is NotChecked.UNDECODABLE
+    assert result.to_dict()["watermark"]["status"] == "UNDECODABLE"
+    assert "PanicException" in result.watermark.error
     from verifier.audit import Channel
 
-    checker = IntakeChecker(checks=checks, trust=store.trust_policy(), watermark_keys=keys)
-    decision = checker.check(path.read_bytes(), Peer(channel=Channel.INTAKE))
-    assert decision.result.watermark is not None and decision.result.watermark["status"] == "UNDECODABLE"
+    decision = Intake(checker).check(path.read_bytes(), Peer(channel=Channel.INTAKE))
+    assert decision.result.watermark is not None and decision.result.to_dict()["watermark"]["status"] == "UNDECODABLE"
 
 
 def test_verify_gives_a_bomb_a_malformed_verdict_and_an_audit_record(

@@ -12,7 +12,7 @@ from testkit import run_cli
 
 from provenance.keys import KeyStore
 from verifier.errors import ConfigError
-from verifier.intake.decide import IntakeChecker, Peer, error_comment, safe_uid
+from verifier.intake.decide import Intake, Peer, error_comment, safe_uid
 from verifier.intake.gateway import parse_allowed_callers
 from verifier.intake.queue import Destination, QuarantineStore, Spool
 
@@ -70,9 +70,9 @@ def test_quarantine_names_files_by_digest(tmp_path: Path) -> None:
 
 def test_hostile_uploads_get_a_reject_decision_not_an_exception(keystore: KeyStore) -> None:
     from verifier.audit import Channel
-    from verifier.pipeline import Check
+    from verifier.checker import Checker
 
-    checker = IntakeChecker(checks=frozenset({Check.SIGNATURE}), trust=keystore.trust_policy(), max_bytes=1000)
+    checker = Intake(Checker(trust=keystore.trust_policy(), max_bytes=1000))
     peer = Peer(channel=Channel.INTAKE, ae_title="CT01", address="10.0.0.5:40000")
     for data in (b"", b"junk" * 10, b"\x00" * 128 + b"DICM" + b"\xff" * 50, b"\x00" * 2000):
         decision = checker.check(data, peer)

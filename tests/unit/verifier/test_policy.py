@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 
 from provenance.models import SignatureInfo, SignatureReport, SignatureStatus, UncoveredElement
+from provenance.watermark import WatermarkReport, WatermarkStatus
 from verifier.errors import ConfigError
 from verifier.policy import DEFAULT_POLICY, Action, Policy, VerdictStatus, decide, load_policy
+from verifier.reports import DetectionFailure
+
+if TYPE_CHECKING:
+    from detectors.models import DetectionReport
 
 
 def _sig(status: SignatureStatus, role: str | None = "acquisition") -> SignatureInfo:
@@ -18,6 +25,19 @@ def _sig(status: SignatureStatus, role: str | None = "acquisition") -> Signature
 def _report(*sigs: SignatureInfo, uncovered: int = 0, pixels: bool | None = True) -> SignatureReport:
     elements = tuple(UncoveredElement(tag=f"(0010,40{i:02d})", keyword="") for i in range(uncovered))
     return SignatureReport.combine(tuple(sigs), elements, pixels)
+
+
+def _scores(
+    synthetic: float = 0.0, threshold: float = 0.5, tamper: float = 0.0, tamper_threshold: float = 0.5
+) -> DetectionReport:
+    """A detector's report with these scores and thresholds (the rest as a one-patch image gives it)."""
+    from detectors.models import DetectionReport
+
+    return DetectionReport(
+        synthetic_score=synthetic, tamper_score=tamper, threshold=threshold, tamper_threshold=tamper_threshold,
+        model_tag="test-model", heatmap=np.zeros((1, 1), np.float32), patch_size=64, patch_positions=((0, 0),),
+        frame_shape=(64, 64),
+    )  # fmt: skip
 
 
 def test_unreadable_and_malformed_input() -> None:
@@ -59,7 +79,9 @@ def test_watermark_recovers_provenance_when_the_signature_is_gone() -> None:
     v = decide(
         policy=DEFAULT_POLICY,
         signature=_report(pixels=False),
-        watermark={"present": True, "payload": 7, "false_alarm_probability": 1e-12},
+        watermark=WatermarkReport(
+            status=WatermarkStatus.PRESENT, false_alarm_probability=1e-12, payload=7, key_id="watermark-1", score=9.0
+        ),
     )
     assert v.status is VerdictStatus.DECLARED_SYNTHETIC
     assert "recovered from watermark" in v.reasons[-1].message
@@ -67,41 +89,36 @@ def test_watermark_recovers_provenance_when_the_signature_is_gone() -> None:
 
 def test_detector_scores_against_thresholds() -> None:
     unsigned = _report(pixels=False)
-    tampered = decide(
-        policy=DEFAULT_POLICY, signature=unsigned, detector={"tamper_score": 0.9, "tamper_threshold": 0.7}
-    )
+    tampered = decide(policy=DEFAULT_POLICY, signature=unsigned, detector=_scores(tamper=0.9, tamper_threshold=0.7))
     assert tampered.status is VerdictStatus.TAMPERED
     assert "tamper score 0.900" in tampered.reasons[-1].message
-    # Without a threshold from the model or the policy a tamper score decides nothing.
-    assert decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"tamper_score": 0.9}).status is (
-        VerdictStatus.NO_EVIDENCE
-    )
-    suspected = decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"synthetic_score": 0.8, "threshold": 0.6})
+    # A head whose threshold is 1.0 (it did not separate real from fake in calibration) decides nothing.
+    disabled = _scores(tamper=0.9, tamper_threshold=1.0)
+    assert decide(policy=DEFAULT_POLICY, signature=unsigned, detector=disabled).status is VerdictStatus.NO_EVIDENCE
+    suspected = decide(policy=DEFAULT_POLICY, signature=unsigned, detector=_scores(synthetic=0.8, threshold=0.6))
     assert (suspected.status, suspected.action) == (VerdictStatus.SUSPECTED_SYNTHETIC, Action.QUARANTINE)
     assert suspected.reasons[-1].source == "detector"
     # The score at the threshold counts (at/above).
-    at = decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"synthetic_score": 0.6, "threshold": 0.6})
+    at = decide(policy=DEFAULT_POLICY, signature=unsigned, detector=_scores(synthetic=0.6, threshold=0.6))
     assert at.status is VerdictStatus.SUSPECTED_SYNTHETIC
-    below = decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"synthetic_score": 0.2, "threshold": 0.6})
+    below = decide(policy=DEFAULT_POLICY, signature=unsigned, detector=_scores(synthetic=0.2, threshold=0.6))
     assert below.status is VerdictStatus.NO_EVIDENCE
     assert "below their thresholds" in below.reasons[-1].message
-    failed = decide(policy=DEFAULT_POLICY, signature=unsigned, detector={"synthetic_score": None, "error": "no pixels"})
+    failure = DetectionFailure(model_tag="test-model", threshold=0.6, tamper_threshold=0.7, error="no pixels")
+    failed = decide(policy=DEFAULT_POLICY, signature=unsigned, detector=failure)
     assert failed.status is VerdictStatus.NO_EVIDENCE
     assert "could not be scored" in failed.reasons[-1].message
     # An acquisition signature outranks a high synthetic score; a high tamper score outranks the signature.
     signed = _report(_sig(SignatureStatus.VALID))
-    assert decide(
-        policy=DEFAULT_POLICY, signature=signed, detector={"synthetic_score": 0.99, "threshold": 0.5}
-    ).status is (VerdictStatus.AUTHENTIC)
-    assert decide(
-        policy=DEFAULT_POLICY, signature=signed, detector={"tamper_score": 0.99, "tamper_threshold": 0.5}
-    ).status is (VerdictStatus.TAMPERED)
+    high_synthetic, high_tamper = _scores(synthetic=0.99, threshold=0.5), _scores(tamper=0.99, tamper_threshold=0.5)
+    assert decide(policy=DEFAULT_POLICY, signature=signed, detector=high_synthetic).status is VerdictStatus.AUTHENTIC
+    assert decide(policy=DEFAULT_POLICY, signature=signed, detector=high_tamper).status is VerdictStatus.TAMPERED
 
 
 def test_site_policy_thresholds_override_the_model() -> None:
     unsigned = _report(pixels=False)
     strict = Policy.from_mapping({"version": "strict", "synthetic_threshold": 0.3, "tamper_threshold": 0.95})
-    report = {"synthetic_score": 0.4, "threshold": 0.6, "tamper_score": 0.9, "tamper_threshold": 0.5}
+    report = _scores(synthetic=0.4, threshold=0.6, tamper=0.9, tamper_threshold=0.5)
     assert decide(policy=strict, signature=unsigned, detector=report).status is VerdictStatus.SUSPECTED_SYNTHETIC
     assert DEFAULT_POLICY.tamper_threshold is None and DEFAULT_POLICY.synthetic_threshold is None
     assert decide(policy=DEFAULT_POLICY, signature=unsigned, detector=report).status is VerdictStatus.TAMPERED

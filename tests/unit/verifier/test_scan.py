@@ -21,9 +21,10 @@ from provenance.trust import TrustPolicy
 from verifier.audit import AuditLog
 from verifier.audit._schema import records
 from verifier.audit.scanstate import FileState, RecordedFile, ScanInProgressError, ScanStateStore
+from verifier.checker import Checker, parse_checks
 from verifier.errors import InputError
-from verifier.pipeline import FileResult, parse_checks
 from verifier.policy import DEFAULT_POLICY
+from verifier.result import FileResult
 from verifier.scan import LocalExecutor, Scanner, ScanSummary, TrustSpec, WalkStats, check_batch, walk_archive
 
 CHECKS = parse_checks(None)
@@ -152,7 +153,7 @@ def test_check_batch_gives_one_result_per_path(tmp_path: Path, trust: TrustPolic
 def scan_once(
     root: Path, trust: TrustPolicy, log: AuditLog | None, *, incremental: bool = False, workers: int = 1
 ) -> tuple[list[FileResult], Scanner, ScanSummary]:
-    scanner = Scanner(checks=CHECKS, trust=trust, state=ScanStateStore(log) if log else None, batch_size=3)
+    scanner = Scanner(Checker(checks=CHECKS, trust=trust), state=ScanStateStore(log) if log else None, batch_size=3)
     plan = scanner.plan([root], incremental=incremental)
     results = list(scanner.execute(plan, LocalExecutor(workers)))
     return results, scanner, scanner.finish(plan)
@@ -212,7 +213,7 @@ def test_crash_between_record_and_state_resumes_without_duplicates(
         store = ScanStateStore(log)
         run = store.begin_run(str(root.resolve()))
         # What a process killed after the records' commit and before the state's leaves behind:
-        first = Scanner(checks=CHECKS, trust=trust).plan([root]).roots[0].to_check[:2]
+        first = Scanner(Checker(checks=CHECKS, trust=trust)).plan([root]).roots[0].to_check[:2]
         results = check_batch([f.path for f in first], CHECKS, TrustSpec.from_policy(trust),
                               DEFAULT_POLICY)  # fmt: skip
         from verifier.audit import Channel
@@ -284,9 +285,9 @@ def test_record_writes_state_that_known_files_returns(tmp_path: Path, audit_db_u
 
 def test_incremental_without_a_database_is_refused(tmp_path: Path, trust: TrustPolicy) -> None:
     with pytest.raises(InputError, match="audit database"):
-        Scanner(checks=CHECKS, trust=trust).plan([tmp_path], incremental=True)
+        Scanner(Checker(checks=CHECKS, trust=trust)).plan([tmp_path], incremental=True)
     with pytest.raises(InputError, match="no such file"):
-        Scanner(checks=CHECKS, trust=trust).plan([tmp_path / "missing"])
+        Scanner(Checker(checks=CHECKS, trust=trust)).plan([tmp_path / "missing"])
 
 
 def test_no_audit_scan_records_nothing(tmp_path: Path, trust: TrustPolicy) -> None:
@@ -297,13 +298,14 @@ def test_no_audit_scan_records_nothing(tmp_path: Path, trust: TrustPolicy) -> No
 
 
 def test_scan_records_say_what_verify_records_say(tmp_path: Path, trust: TrustPolicy) -> None:
-    """The scan builds its entries in one step for speed; they must equal FileResult.audit_entry plus details.scan."""
+    """A scan's record is built in one step for speed (details given to audit_entry); it must equal the verify
+    record of the same result plus details.scan."""
     from verifier.audit import Channel
 
     files = make_archive(tmp_path, 1)
     [result] = check_batch([str(files[0])], CHECKS, TrustSpec.from_policy(trust), DEFAULT_POLICY)
     scan = {"run": 1, "root": str(tmp_path), "size": 1, "mtime_ns": 2}
-    fast = Scanner(checks=CHECKS, trust=trust)._entry(result, scan)
+    fast = result.audit_entry(channel=Channel.SCAN, event="scan", details={"scan": scan})
     reference = result.audit_entry(channel=Channel.SCAN, event="scan")
     expected = dataclasses.replace(reference, when=fast.when, details={**reference.details, "scan": scan})
     assert fast == expected

@@ -1,0 +1,241 @@
+"""Where a file is checked: one frozen :class:`Checker`, built once, then ``check(source)`` per file.
+
+Like sigstore's ``Verifier``, a checker holds everything a check depends on (the checks, the trust policy, the
+site policy, the watermark keys and the detector) and nothing else. The CLI, the intake channels, scans (local and
+Dask), claim audits and the API all hold one, so that a file gets the same answer wherever it arrives::
+
+    checker = setup.load_checker(settings, "signature,watermark")
+    result = checker.check(Path("image.dcm"))       # or checker.check(data, name="api:10.0.0.5/part-1")
+    result.verdict.status, result.verdict.action
+
+:meth:`Checker.check` is the one place where a file or an exception becomes a result (ARCHITECTURE.md,
+"Boundaries"): every input gives exactly one :class:`~verifier.result.FileResult`, also when it cannot be read
+(UNREADABLE, MALFORMED), and also when a check fails on a bug or a decoder's panic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from provenance.signature import verify_dataset
+from provenance.trust import TrustPolicy
+from provenance.watermark import WatermarkError, WatermarkKey
+from provenance.watermark import detect as watermark_detect
+from verifier.detection import DetectorSetup
+from verifier.errors import InputError, is_contained_failure
+from verifier.instance import MAX_FILE_BYTES, Instance, UnreadableInstanceError
+from verifier.policy import DEFAULT_POLICY, Policy, decide
+from verifier.reports import NotChecked, WatermarkNotChecked
+from verifier.result import FileResult
+
+if TYPE_CHECKING:
+    from verifier.reports import WatermarkOutcome
+
+__all__ = ["DEFAULT_CHECKS", "Check", "Checker", "Examined", "default_workers", "parse_checks"]
+
+
+class Check(enum.StrEnum):
+    """Checks that ``--checks`` selects."""
+
+    SIGNATURE = "signature"
+    #: Opt-in: detection needs the secret watermark keys (the key store's passphrase).
+    WATERMARK = "watermark"
+    #: Opt-in: the detector networks (synthetic and tamper scores). Loads torch and the model bundle, about 2 s
+    #: once per process, then tens of milliseconds per image; signature-only runs stay free of torch.
+    DETECTOR = "detector"
+
+
+#: What runs when ``--checks`` is not given.
+DEFAULT_CHECKS = frozenset({Check.SIGNATURE})
+
+
+def parse_checks(value: str | None) -> frozenset[Check]:
+    """Parse a comma-separated ``--checks`` value (default: :data:`DEFAULT_CHECKS`)."""
+    if not value:
+        return DEFAULT_CHECKS
+    out = set()
+    for part in value.split(","):
+        name = part.strip().lower()
+        if not name:
+            continue
+        try:
+            out.add(Check(name))
+        except ValueError:
+            known = ", ".join(c.value for c in Check)
+            raise InputError(f"unknown check {name!r}; available: {known}") from None
+    if not out:
+        raise InputError("--checks selects no check")
+    return frozenset(out)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Examined:
+    """A result and the instance it was read from (None when the input could not be parsed)."""
+
+    result: FileResult
+    instance: Instance | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Checker:
+    """The checks, the trust policy, the site policy, the watermark keys and the detector: what a check needs.
+
+    ``detector`` chooses the model bundle and heatmap folder of :attr:`Check.DETECTOR` (None: the shipped bundle,
+    no heatmaps); ``max_bytes`` is the largest input read. Build one with :func:`verifier.setup.load_checker`, or
+    directly where no settings are involved (tests, benchmarks).
+    """
+
+    trust: TrustPolicy
+    checks: frozenset[Check] = DEFAULT_CHECKS
+    site_policy: Policy = DEFAULT_POLICY
+    watermark_keys: tuple[WatermarkKey, ...] = ()
+    detector: DetectorSetup | None = None
+    max_bytes: int = MAX_FILE_BYTES
+
+    def __post_init__(self) -> None:
+        if not self.checks:
+            raise ValueError("a checker needs at least one check")
+        object.__setattr__(self, "checks", frozenset(self.checks))
+        object.__setattr__(self, "watermark_keys", tuple(self.watermark_keys))
+
+    def check(self, source: Path | str | bytes, *, name: str | None = None) -> FileResult:
+        """Read ``source`` (a path, or the bytes of an upload) and check it; never raises for bad input.
+
+        ``name`` labels bytes in the result and its audit record (e.g. ``api:10.0.0.5:4711/part-1``; default
+        ``<bytes>``); they are never written anywhere. A path is its own label.
+        """
+        return self.examine(source, name=name).result
+
+    def examine(self, source: Path | str | bytes, *, name: str | None = None) -> Examined:
+        """:meth:`check`, and the parsed instance for callers that read more from the file (intake channels store
+        it, claim audits read its headers and pixels). The one boundary where exceptions become results."""
+        data = source if isinstance(source, bytes) else None
+        label = str(source) if data is None else name or "<bytes>"
+        instance: Instance | None = None
+        try:
+            if data is not None:
+                instance = Instance.from_bytes(data, path=label, max_bytes=self.max_bytes)
+            else:
+                instance = Instance.from_path(Path(str(source)), max_bytes=self.max_bytes)
+            return Examined(result=self.check_instance(instance), instance=instance)
+        except UnreadableInstanceError as exc:
+            kind, message, digest, uid = exc.kind, str(exc), exc.sha256, None
+        except BaseException as exc:  # the boundary: one result per input, even on a bug (or a decoder's panic)
+            if not is_contained_failure(exc):
+                raise
+            stage = "parser" if instance is None else "check"
+            kind, message = "MALFORMED", f"{label}: the {stage} failed ({type(exc).__name__}: {str(exc)[:200]})"
+            digest = instance.sha256 if instance is not None else None
+            uid = instance.sop_instance_uid if instance is not None else None
+        if digest is None and data is not None:
+            digest = hashlib.sha256(data).hexdigest()
+        result = FileResult(
+            path=label,
+            status=kind,
+            verdict=decide(policy=self.site_policy, input_error=(kind, message)),
+            sha256=digest,
+            sop_instance_uid=uid,
+            error=message,
+        )
+        return Examined(result=result, instance=instance)
+
+    def check_instance(self, instance: Instance) -> FileResult:
+        """Run the checks on a parsed instance and decide under the site policy. Exceptions propagate: use
+        :meth:`check` unless the caller is a boundary of its own."""
+        signature = None
+        watermark = None
+        detection = None
+        heatmap = None
+        status = "CHECKED"
+        if Check.SIGNATURE in self.checks:
+            signature = verify_dataset(instance.dataset, self.trust)
+            status = signature.status.value
+        if Check.WATERMARK in self.checks and self.watermark_keys:
+            watermark = _watermark(instance, self.watermark_keys)
+        if Check.DETECTOR in self.checks:
+            detection, heatmap = (self.detector or DetectorSetup()).report(instance)
+        verdict = decide(policy=self.site_policy, signature=signature, watermark=watermark, detector=detection)
+        return FileResult(
+            path=instance.path,
+            status=status,
+            verdict=verdict,
+            sha256=instance.sha256,
+            sop_instance_uid=instance.sop_instance_uid,
+            modality=instance.modality,
+            signature=signature,
+            watermark=watermark,
+            detection=detection,
+            heatmap=heatmap,
+        )
+
+    def check_all(self, paths: Sequence[Path], *, workers: int = 1) -> Iterator[FileResult]:
+        """Check ``paths`` and yield one result per path, in order, using ``workers`` processes.
+
+        Workers are forked (this checker is inherited, not pickled); results come back in input order so that
+        output and audit records follow the command line. Each worker loads the detector model once, on its first
+        file, with one torch thread (torch is never started before the fork).
+        """
+        global _WORKER_CHECKER
+        if workers <= 1 or len(paths) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            for path in paths:
+                yield self.check(path)
+            return
+        _WORKER_CHECKER = self
+        try:
+            with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
+                yield from pool.imap(_check_in_worker, paths, chunksize=8)
+        finally:
+            _WORKER_CHECKER = None
+
+
+def _watermark(instance: Instance, keys: Sequence[WatermarkKey]) -> WatermarkOutcome:
+    """Look for our mark in the stored pixels (first frame); pixels that cannot be examined say why."""
+    import numpy as np
+
+    try:
+        pixels = np.asarray(instance.dataset.pixel_array)
+    except BaseException as exc:  # decoders raise many types (and Rust ones panic); the report says why
+        if not is_contained_failure(exc):
+            raise
+        return WatermarkNotChecked(reason=NotChecked.UNDECODABLE, error=f"{type(exc).__name__}: {str(exc)[:120]}")
+    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
+        pixels = pixels[0]
+    if pixels.ndim != 2:
+        return WatermarkNotChecked(reason=NotChecked.UNSUPPORTED, error=f"pixel array of shape {pixels.shape}")
+    try:
+        return watermark_detect(pixels, keys)
+    except WatermarkError as exc:  # e.g. float pixels with NaN, 64-bit integers: the report says why
+        return WatermarkNotChecked(reason=NotChecked.UNSUPPORTED, error=str(exc))
+
+
+_WORKER_CHECKER: Checker | None = None
+
+
+def _worker_init() -> None:
+    """In a forked worker: one torch thread. When this process had already run torch (a detector check done in
+    process before the fork), the child inherits the parent's loaded model but not its OpenMP worker threads, and
+    its first parallel region waits for them forever; with one thread torch never enters that pool."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def _check_in_worker(path: Path) -> FileResult:
+    if _WORKER_CHECKER is None:  # pragma: no cover - set before the pool forks
+        raise RuntimeError("worker state missing")
+    return _WORKER_CHECKER.check(path)
+
+
+def default_workers(n_files: int) -> int:
+    """Worker processes for ``n_files``: one for small batches, else one per core (at most 8)."""
+    if n_files < 64:
+        return 1
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))

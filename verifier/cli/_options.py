@@ -1,0 +1,67 @@
+"""The options several commands share, defined once so that they read and mean the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from verifier.errors import InputError
+
+__all__ = [
+    "ChecksOption",
+    "DbOption",
+    "HeatmapsOption",
+    "ModelOption",
+    "PolicyOption",
+    "TrustCertOption",
+    "TrustOption",
+    "check_format",
+]
+
+ChecksOption = Annotated[
+    str | None,
+    typer.Option(
+        "--checks",
+        help="Comma-separated checks: signature (default), watermark (needs the key passphrase), detector "
+        "(synthetic and tamper scores from the detector model; loads torch).",
+    ),
+]
+ModelOption = Annotated[
+    Path | None,
+    typer.Option("--model", help="Detector bundle for --checks detector (default: detector_model setting, else the "
+                 "shipped bundle)."),
+]
+HeatmapsOption = Annotated[
+    Path | None, typer.Option("--heatmaps", help="With --checks detector: write a PNG heatmap per file into DIR.")
+]
+TrustOption = Annotated[
+    list[Path] | None, typer.Option("--trust", help="Extra trusted CA/signer certificate (PEM); repeatable.")
+]
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db", help="Audit database URL (default: MEDVERIFY_DB_URL, else SQLite in the medverify home)."
+    ),
+]
+PolicyOption = Annotated[
+    Path | None, typer.Option("--policy", help="Site policy TOML (default: the policy_file setting, else built-in).")
+]
+TrustCertOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trust-cert",
+        help=(
+            "PEM certificate allowed to sign checkpoints (repeatable). "
+            "Default: the local key store's trust policy."
+        ),
+    ),
+]
+
+
+def check_format(value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of the ``allowed`` ``--format`` values, else an :class:`InputError`."""
+    if value not in allowed:
+        raise InputError(f"--format must be one of {', '.join(allowed)}, not {value!r}")
+    return value

@@ -152,7 +152,7 @@ def _patch_std(frame: npt.NDArray[np.float32], positions: Sequence[tuple[int, in
     x = np.array([q[1] for q in positions])
 
     def box(table: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        return table[y + p, x + p] - table[y, x + p] - table[y + p, x] + table[y, x]
+        return np.asarray(table[y + p, x + p] - table[y, x + p] - table[y + p, x] + table[y, x], dtype=np.float64)
 
     mean = box(sums) / (p * p)
     return np.sqrt(np.maximum(box(squares) / (p * p) - mean * mean, 0.0))

@@ -321,14 +321,12 @@ def markdown(results: dict[str, Any]) -> str:
         "blending) and stored like its source (native bit depth, or an 8-bit PNG/JPEG export), so that neither "
         "format nor size gives the label away.",
         "",
-        "![held-out real views beside their aligned fakes, edits outlined in red; below, unconditional samples]"
-        "(fakes.jpg)",
-        "",
-        "`fakes.jpg` (`--montage`): held-out real views (native MR and CT, 8-bit chest X-ray and ultrasound) and the "
-        "aligned fake of each family made from them; below, the generators' unconditional samples. Those are still "
-        "textures, not anatomy: the shipped VAE, GAN and diffusion checkpoints learned from 27 frames, and 15-25 "
-        "minutes more on this CPU on the real corpus (not shipped) did not change that. The aligned fakes carry the "
-        "training signal; unconditional samples are one family among several.",
+        "`--montage FILE` draws held-out real views (native MR and CT, 8-bit chest X-ray and ultrasound) beside the "
+        "aligned fake of each family made from them, edits outlined, and below them the generators' unconditional "
+        "samples. It stays outside git: it holds crops of the shared corpus's patients. Looked at on 2026-12-07, "
+        "the unconditional samples are still textures, not anatomy: the shipped VAE, GAN and diffusion checkpoints "
+        "learned from 27 frames, and 15-25 minutes more on this CPU on the real corpus (not shipped) did not change "
+        "that. The aligned fakes carry the training signal; unconditional samples are one family among several.",
         "",
         "## Data and terms",
         "",

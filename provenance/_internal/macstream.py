@@ -38,6 +38,7 @@ __all__ = [
     "is_signable_tag",
     "iter_signature_stream",
     "raw_sequence_items",
+    "register_private_block",
     "signature_item_stream",
 ]
 
@@ -144,8 +145,35 @@ def _raw_vr(elem: RawDataElement, ds: Dataset) -> str | None:
     return None
 
 
+#: Private blocks whose VRs medverify knows (its own): creator -> element offset -> VR (:func:`register_private_block`).
+_KNOWN_PRIVATE: dict[str, dict[int, str]] = {}
+
+
+def register_private_block(creator: str, vrs: dict[int, str]) -> None:
+    """Make the VRs of a private block of medverify's own known to the MAC stream: a tool that read the block from
+    Implicit VR without a dictionary for it (DCMTK) writes its elements as UN, but their bytes are still the values
+    that were signed, and with the VR they were signed with they hash as they did."""
+    _KNOWN_PRIVATE[creator] = dict(vrs)
+
+
+def _known_private_vr(ds: Dataset, tag: int) -> str | None:
+    """The VR of a private element of a block registered with :func:`register_private_block`, or None."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if not group % 2 or element < 0x1000 or not _KNOWN_PRIVATE:
+        return None
+    creator = ds.get_item(BaseTag((group << 16) | (element >> 8)))
+    value = creator.value if creator is not None else None
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value or "")
+    vrs = _KNOWN_PRIVATE.get(text.strip(" \x00"))
+    return vrs.get(element & 0xFF) if vrs is not None else None
+
+
 def _resolve_vr(elem: DataElement | RawDataElement, ds: Dataset) -> str:
     if isinstance(elem, RawDataElement):
+        if elem.VR == "UN":
+            known = _known_private_vr(ds, int(elem.tag))
+            if known is not None:
+                return known
         quick = _raw_vr(elem, ds)
         if quick is not None:
             return quick
@@ -189,7 +217,7 @@ def iter_element_stream(ds: Dataset, tag: int) -> Iterator[bytes | memoryview]:
         return
     raw = elem.value if isinstance(elem, RawDataElement) else None
     if isinstance(raw, bytes | bytearray | memoryview):
-        little = elem.is_little_endian
+        little = elem.is_little_endian or elem.VR == "UN"  # UN bytes are never swapped
         value = bytes(raw) if little else _swap(bytes(raw), _SWAP_WIDTH.get(vr, 1))
         undefined = elem.length == 0xFFFFFFFF
         if tag == PIXEL_DATA and undefined:

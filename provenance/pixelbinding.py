@@ -253,21 +253,20 @@ def transfer_syntax_name(transfer_syntax: str) -> str:
 
 
 def bind_pixels(ds: Dataset) -> frozenset[int] | None:
-    """Write the pixel binding of ``ds`` (in place, replacing an earlier one) and return its tags; None when ``ds``
-    has no Pixel Data. Raises ValueError (or a decoder's error) when the pixels cannot be decoded."""
+    """Write the pixel binding of ``ds`` (in place) and return its tags; None when ``ds`` has no Pixel Data. A
+    binding already there that the pixels still match is kept (the signatures over it stay intact); one they do not
+    match is replaced. Raises ValueError (or a decoder's error) when the pixels cannot be decoded."""
     if PIXEL_DATA not in ds:
         return None
     view = _pixel_view(ds)
     facts = current_facts(view)
     digest = pixel_digest(view, facts)
-    try:
-        old = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
-    except KeyError:
-        old = None
-    if old is not None:
-        for offset in _ENTRIES:
-            if old.get_tag(offset) in ds:
-                del ds[old.get_tag(offset)]
+    existing = read_binding(ds)
+    if existing is not None:
+        if not existing.facts.differences(facts) and pixel_digest(view, existing.facts) == existing.digest:
+            return existing.tags  # another signer's binding, still true: rewriting it would break its signatures
+        for tag in existing.tags:
+            del ds[tag]
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     block.add_new(_SCHEME, "LO", SCHEME)
     block.add_new(_XFER, "UI", _transfer_syntax(ds))

@@ -168,7 +168,8 @@ class SignatureReport(_NoBool):
         pixel_data_covered: bool | None,
         pixel_binding: PixelBinding | None = None,
     ) -> SignatureReport:
-        """Build the file report; its status is that of the worst signature."""
+        """Build the file report; its status is that of the worst signature, or INVALID when the pixel binding
+        shows that the pixels changed."""
         if not signatures:
             return cls(
                 status=SignatureStatus.UNSIGNED,
@@ -176,6 +177,8 @@ class SignatureReport(_NoBool):
                 reasons=("the file carries no digital signature",),
             )
         status = max((s.status for s in signatures), key=_SEVERITY.__getitem__)
+        if pixel_binding is not None and pixel_binding.status is PixelBindingStatus.MISMATCH:
+            status = SignatureStatus.INVALID  # the pixels are proven to differ from those signed
         reasons: list[str] = []
         for sig in signatures:
             if sig.status is not SignatureStatus.VALID:

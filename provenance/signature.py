@@ -150,21 +150,24 @@ def sign_dataset(
                 f"the {profile} profile requires signing {', '.join(map(tag_str, unsigned))} when present"
             )
     bound: frozenset[int] | None = None
-    if bind_pixels and tags is None:
+    if bind_pixels and tags is None and PIXEL_DATA in ds:
+        meta = getattr(ds, "file_meta", None)
+        implicit = str(getattr(meta, "TransferSyntaxUID", "")) == ImplicitVRLittleEndian
+        if meta is not None and implicit:
+            # To be written in Explicit VR: in Implicit VR, dcmsign reads the block as UN and cannot check the
+            # binding signature. A lossless change that the full signature survives (its MAC is over Explicit VR).
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
         try:
             bound = bind(ds)
         except Exception as exc:  # decoders raise many types; nothing is signed
+            if meta is not None and implicit:
+                meta.TransferSyntaxUID = ImplicitVRLittleEndian
             raise SigningError(
                 f"the pixels cannot be decoded for the pixel binding ({type(exc).__name__}: {str(exc)[:160]}); "
                 "sign without it to rely on the standard signature alone"
             ) from exc
     if bound is None:
         return _add_signature(ds, signer, chosen, mac, now)
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and str(getattr(meta, "TransferSyntaxUID", "")) == ImplicitVRLittleEndian:
-        # To be written in Explicit VR: in Implicit VR, dcmsign reads the block as UN and cannot check the binding
-        # signature. A lossless change of encoding that the full signature survives (its MAC is over Explicit VR).
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
     everything = default_tags(ds)
     # The full signature leaves the block to the binding signature: a file converted to Implicit VR keeps a full
     # signature that dcmsign can check (it reads unknown private elements as UN, which it cannot sign).

@@ -48,8 +48,9 @@ __all__ = [
     "PixelFacts",
     "RecordedBinding",
     "bind_pixels",
+    "binding_tags",
     "check_binding",
-    "is_binding_signature",
+    "digest_pixels",
     "pixel_encoding",
     "read_binding",
     "transfer_syntax_name",
@@ -233,6 +234,14 @@ def pixel_digest(ds: Dataset, facts: PixelFacts) -> str:
     return h.hexdigest()
 
 
+def digest_pixels(ds: Dataset) -> tuple[PixelFacts, str]:
+    """The facts of ``ds``'s image and the digest of its decoded pixels, as a binding records them (decoding from
+    copies: ``ds`` keeps its elements as read). Raises ValueError, or a decoder's error."""
+    view = _pixel_view(ds)
+    facts = current_facts(view)
+    return facts, pixel_digest(view, facts)
+
+
 def _transfer_syntax(ds: Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
     value = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
@@ -293,18 +302,33 @@ def _copied_value(ds: Dataset, tag: int) -> Any:
     return elem.value
 
 
+def binding_tags(ds: Dataset, elements: Iterable[int] | None = None) -> frozenset[int] | None:
+    """The tags of the binding block in ``ds`` (creator and elements, whether present or not), or None when it has
+    none. Cheap: only the creator elements of group 0011 are read, from their bytes when still raw. ``elements``:
+    the int tags of ``ds`` when the caller has them."""
+    group = PRIVATE_GROUP << 16
+    tags = elements if elements is not None else map(int, ds.keys())
+    for tag in sorted(t for t in tags if group | 0x10 <= t <= group | 0xFF):
+        elem = ds.get_item(tag)
+        value = elem.value if elem is not None else None
+        try:
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(_copied_value(ds, tag) or "")
+        except (KeyError, ValueError, TypeError):
+            continue
+        if text.strip(" \x00") == PRIVATE_CREATOR:
+            base = group | ((tag & 0xFF) << 8)
+            return frozenset({tag, *(base | o for o in _ENTRIES)})
+    return None
+
+
 def read_binding(ds: Dataset, elements: Iterable[int] | None = None) -> RecordedBinding | None:
     """The binding written in ``ds``, or None when there is none or it cannot be read. ``elements``: the int tags
     of ``ds`` when the caller has them. Nothing in ``ds`` is converted (the MAC is over the elements as read)."""
-    group = PRIVATE_GROUP << 16
-    creators = [
-        t for t in (elements if elements is not None else map(int, ds.keys())) if group | 0x10 <= t <= group | 0xFF
-    ]
-    try:
-        creator = next(t for t in sorted(creators) if str(_copied_value(ds, t) or "").strip() == PRIVATE_CREATOR)
-    except (StopIteration, KeyError, ValueError, TypeError):
+    tags = binding_tags(ds, elements)
+    if tags is None:
         return None
-    base = group | ((creator & 0xFF) << 8)
+    creator = min(tags)
+    base = (PRIVATE_GROUP << 16) | ((creator & 0xFF) << 8)
     try:
 
         def value(offset: int) -> Any:
@@ -326,15 +350,9 @@ def read_binding(ds: Dataset, elements: Iterable[int] | None = None) -> Recorded
             slope=repr(float(value(_SLOPE))) if text(_SLOPE) else "",
             intercept=repr(float(value(_INTERCEPT))) if text(_INTERCEPT) else "",
         )
-        tags = frozenset({creator, *(base | o for o in _ENTRIES)})
         return RecordedBinding(transfer_syntax=text(_XFER), facts=facts, digest=text(_DIGEST).lower(), tags=tags)
     except (KeyError, ValueError, TypeError, AttributeError):
         return None
-
-
-def is_binding_signature(covered: set[int] | frozenset[int], recorded: RecordedBinding | None) -> bool:
-    """Whether a signature that covers ``covered`` vouches for ``recorded``: it covers the whole block."""
-    return recorded is not None and recorded.tags <= covered
 
 
 def check_binding(ds: Dataset, recorded: RecordedBinding, signature_uid: str | None) -> PixelBinding:

@@ -68,9 +68,8 @@ from provenance.models import (
 )
 from provenance.pixelbinding import (
     ENCODING_TAGS,
-    RecordedBinding,
+    binding_tags,
     check_binding,
-    is_binding_signature,
     pixel_encoding,
     read_binding,
     transfer_syntax_name,
@@ -233,10 +232,10 @@ def _verify_item(
     location: str,
     at: dt.datetime,
     present: dict[int, Any],
-    recorded: RecordedBinding | None = None,
+    block: frozenset[int] | None = None,
 ) -> tuple[SignatureInfo, set[int]]:
-    """Check one signature item of the site ``ds``, whose elements by int tag are ``present``; ``recorded`` is the
-    pixel binding written in the file (top level only), which tells the transfer syntax at signing."""
+    """Check one signature item of the site ``ds``, whose elements by int tag are ``present``; ``block`` is the
+    tags of the pixel binding written in the file (top level only)."""
     info: dict[str, object] = {"location": location}
     try:
         if not isinstance(item, Dataset):
@@ -304,7 +303,7 @@ def _verify_item(
     except _Malformed as exc:
         return SignatureInfo(status=SignatureStatus.MALFORMED, reasons=(str(exc),), **info), set()  # type: ignore[arg-type]
     except (InvalidSignature, ValueError):
-        transcoded = _transcoding(ds, signed, xfer, recorded) if not missing else None
+        transcoded = _transcoding(ds, signed, xfer, block is not None) if not missing else None
         if transcoded is not None:
             return SignatureInfo(status=SignatureStatus.TRANSCODED, reasons=(transcoded,), **info), set()  # type: ignore[arg-type]
         reasons.append("the signature does not match the signed content (content or signature altered)")
@@ -316,15 +315,14 @@ def _verify_item(
     info["role"] = decision.role.value if decision.role is not None else None
     status = _TRUST_TO_STATUS[decision.status]
     covered = set(signed)
-    binding_tags = recorded.tags if recorded is not None else ()
-    info["profiles"] = _profiles(str(info["key_type"]), covered, ds, present, binding_tags)
+    info["profiles"] = _profiles(str(info["key_type"]), covered, ds, present, block or ())
     if status is not SignatureStatus.VALID:
         reasons.append(decision.reason)
     # The MAC matched: whatever the signer's trust, these elements are intact since signing.
     return SignatureInfo(status=status, reasons=tuple(reasons), **info), covered  # type: ignore[arg-type]
 
 
-def _transcoding(ds: Dataset, signed: list[int], xfer: str, recorded: RecordedBinding | None) -> str | None:
+def _transcoding(ds: Dataset, signed: list[int], xfer: str, bound: bool) -> str | None:
     """Why a signature whose MAC does not match may be over another encoding of the same pixels, or None.
 
     The encoding at signing is told by the MAC Calculation Transfer Syntax: dcmsign and medverify write the file's
@@ -334,6 +332,7 @@ def _transcoding(ds: Dataset, signed: list[int], xfer: str, recorded: RecordedBi
     if PIXEL_DATA not in signed or PIXEL_DATA not in ds:
         return None
     signed_as = xfer  # decides; the binding, where it agrees, names the syntax exactly (e.g. Implicit VR)
+    recorded = read_binding(ds) if bound else None
     if recorded is not None and pixel_encoding(recorded.transfer_syntax) == pixel_encoding(xfer):
         signed_as = recorded.transfer_syntax
     meta = getattr(ds, "file_meta", None)
@@ -433,7 +432,7 @@ def _verify_site(
     policy: TrustPolicy,
     at: dt.datetime,
     present: dict[int, Any],
-    recorded: RecordedBinding | None = None,
+    block: frozenset[int] | None = None,
 ) -> tuple[list[SignatureInfo], list[set[int]]]:
     """The signatures of one site and, for each, the elements it covers intact (empty when its MAC fails)."""
     results: list[SignatureInfo] = []
@@ -469,7 +468,7 @@ def _verify_site(
         covered.append(set())
     for item in sig_items:
         try:
-            info, item_covered = _verify_item(ds, item, mac_items, policy, location, at, present, recorded)
+            info, item_covered = _verify_item(ds, item, mac_items, policy, location, at, present, block)
         except Exception as exc:  # noqa: BLE001 - hostile input must give MALFORMED, never a traceback
             info = SignatureInfo(
                 status=SignatureStatus.MALFORMED,
@@ -492,14 +491,14 @@ def verify_dataset(ds: Dataset, policy: TrustPolicy, *, at: dt.datetime | None =
     signatures: list[SignatureInfo] = []
     top: list[tuple[SignatureInfo, set[int]]] = []
     index: dict[int, Any] | None = None
-    recorded: RecordedBinding | None = None
+    block: frozenset[int] | None = None
     for site, location in _signature_sites(ds):
         site_index = element_index(site)
         if site is ds:
-            recorded = read_binding(ds, site_index) if PIXEL_DATA in site_index else None
-        results, covered = _verify_site(site, location, policy, when, site_index, recorded if site is ds else None)
-        if site is ds and recorded is not None:
-            results = [_mark_binding(info, recorded) for info in results]
+            block = binding_tags(ds, site_index) if PIXEL_DATA in site_index else None
+        results, covered = _verify_site(site, location, policy, when, site_index, block if site is ds else None)
+        if site is ds and block is not None:
+            results = [_mark_binding(info, block) for info in results]
         signatures.extend(results)
         if site is ds:
             top, index = list(zip(results, covered, strict=True)), site_index
@@ -509,8 +508,8 @@ def verify_dataset(ds: Dataset, policy: TrustPolicy, *, at: dt.datetime | None =
     binding: PixelBinding | None = None
     if PIXEL_DATA in ds:
         pixel_covered = PIXEL_DATA in top_covered
-        if not pixel_covered and recorded is not None:
-            binding = _check_pixel_binding(ds, recorded, top)
+        if not pixel_covered and block is not None:
+            binding = _check_pixel_binding(ds, block, top)
             if binding is not None and binding.status is PixelBindingStatus.MATCH:
                 pixel_covered = True
                 top_covered |= ENCODING_TAGS
@@ -520,20 +519,22 @@ def verify_dataset(ds: Dataset, policy: TrustPolicy, *, at: dt.datetime | None =
     return SignatureReport.combine(tuple(signatures), uncovered, pixel_covered, binding)
 
 
-def _mark_binding(info: SignatureInfo, recorded: RecordedBinding) -> SignatureInfo:
+def _mark_binding(info: SignatureInfo, block: frozenset[int]) -> SignatureInfo:
     """``info``, marked when its Data Elements Signed make it a binding signature (the block, no Pixel Data)."""
     names = set(info.covered)
-    if tag_str(PIXEL_DATA) in names or not {tag_str(t) for t in recorded.tags} <= names:
+    if tag_str(PIXEL_DATA) in names or not {tag_str(t) for t in block} <= names:
         return info
     return dataclasses.replace(info, pixel_binding=True)
 
 
 def _check_pixel_binding(
-    ds: Dataset, recorded: RecordedBinding, top: list[tuple[SignatureInfo, set[int]]]
+    ds: Dataset, block: frozenset[int], top: list[tuple[SignatureInfo, set[int]]]
 ) -> PixelBinding | None:
-    """Check the pixel binding under the first top-level signature whose MAC matches and that covers it (its
-    trust is reported on the signature itself); None when no intact signature vouches for it."""
+    """Check the pixel binding under the first top-level signature whose MAC matches and that covers its block
+    (the signer's trust is reported on the signature itself); None when no intact signature vouches for it, or
+    it cannot be read."""
     for info, covered in top:
-        if covered and is_binding_signature(covered, recorded):
-            return check_binding(ds, recorded, info.uid)
+        if covered and block <= covered:
+            recorded = read_binding(ds)
+            return check_binding(ds, recorded, info.uid) if recorded is not None else None
     return None

@@ -276,7 +276,14 @@ def decide(
                     Reason("signature", f"signature by {sig.signer} is {sig.status.value}: " + "; ".join(sig.reasons))
                 )
                 floor = _escalate(floor, policy.untrusted_action)
-        if signature.uncovered:
+        if signature.uncovered and unvouched and transcoded:  # not added: only a TRANSCODED signature covers them
+            reasons.append(
+                Reason(
+                    "signature", f"{len(signature.uncovered)} element(s) covered by no signature that can be checked"
+                )
+            )
+            floor = _escalate(floor, policy.uncovered_action)
+        elif signature.uncovered:
             shown = ", ".join(f"{u.tag} {u.keyword}".strip() for u in signature.uncovered[:8])
             reasons.append(
                 Reason(

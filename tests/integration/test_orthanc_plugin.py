@@ -248,7 +248,7 @@ print(json.dumps(stored))
 
 @pytest.mark.parametrize(
     "syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.70"], ids=["jpeg-ls-lossless", "jpeg-lossless-sv1"]
-)  # (Orthanc 1.10's transcoder stores RLE uploads unchanged: it has no RLE encoder)
+)  # (RLE: Orthanc 1.10 handed the file back in Explicit VR Little Endian, not re-encoded)
 def test_signed_image_stays_authentic_through_orthanc_lossless_ingest_transcoding(
     netns: int, keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], syntax: str
 ) -> None:

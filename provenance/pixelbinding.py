@@ -212,16 +212,21 @@ def _canonical_frames(ds: Dataset, facts: PixelFacts) -> Iterator[bytes]:
     width = 1 if bits <= 8 else 2 if bits <= 16 else 4
     target = np.dtype(f"<{'i' if signed else 'u'}{width}")
     mask = (1 << bits) - 1
+    unsigned = np.dtype(f"<u{width}")
     for frame in iter_pixels(ds, as_rgb=False):
         if frame.dtype.kind == "f":
             raise ValueError("the decoded pixels are not integers")
         if frame.dtype.itemsize * 8 == bits and frame.dtype.kind == target.kind:
             values = frame  # nothing outside Bits Stored: only the byte order may need changing
         else:
-            values = frame.astype(np.int64) & mask
+            # The low ``width`` bytes (a cast wraps), then the Bits Stored, sign-extended when signed.
+            values = frame.astype(unsigned, copy=False)
+            if bits < width * 8:
+                values = values & mask
             if signed:
                 sign = 1 << (bits - 1)
-                values = (values ^ sign) - sign
+                wide = values.astype(np.int64 if width == 4 else np.int32)
+                values = np.bitwise_xor(wide, sign) - sign
         yield np.ascontiguousarray(values, dtype=target).tobytes()
 
 
@@ -313,7 +318,7 @@ def binding_tags(ds: Dataset, elements: Iterable[int] | None = None) -> frozense
         value = elem.value if elem is not None else None
         try:
             text = value.decode("latin-1") if isinstance(value, bytes) else str(_copied_value(ds, tag) or "")
-        except (KeyError, ValueError, TypeError):
+        except Exception:  # noqa: BLE001, S112 - a hostile creator element is no binding, never a traceback
             continue
         if text.strip(" \x00") == PRIVATE_CREATOR:
             base = group | ((tag & 0xFF) << 8)
@@ -351,7 +356,7 @@ def read_binding(ds: Dataset, elements: Iterable[int] | None = None) -> Recorded
             intercept=repr(float(value(_INTERCEPT))) if text(_INTERCEPT) else "",
         )
         return RecordedBinding(transfer_syntax=text(_XFER), facts=facts, digest=text(_DIGEST).lower(), tags=tags)
-    except (KeyError, ValueError, TypeError, AttributeError):
+    except Exception:  # noqa: BLE001 - pydicom raises many types for a damaged value: no readable binding
         return None
 
 
@@ -373,7 +378,7 @@ def check_binding(ds: Dataset, recorded: RecordedBinding, signature_uid: str | N
     try:
         view = _pixel_view(ds)
         facts = current_facts(view)
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged value
         return result(PixelBindingStatus.MISMATCH, f"the image attributes cannot be read now ({exc})")
     changed = recorded.facts.differences(facts)
     if changed:

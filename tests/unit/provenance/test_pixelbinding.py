@@ -20,7 +20,7 @@ from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from provenance.keys import KeyStore, SigningKey
 from provenance.models import PixelBindingStatus, SignatureReport, SignatureStatus
-from provenance.pixelbinding import read_binding
+from provenance.pixelbinding import digest_pixels, read_binding
 from provenance.signature import sign_dataset, verify_dataset
 from provenance.trust import TrustPolicy
 
@@ -195,3 +195,23 @@ def test_unbound_signature_and_unsigned_file(key: SigningKey, policy: TrustPolic
     assert report.status is SignatureStatus.TRANSCODED and report.pixel_binding is None
     assert report.pixel_data_covered is False and report.problem_found is True
     assert check(ct12(), policy).status is SignatureStatus.UNSIGNED
+
+
+@pytest.mark.parametrize("signed_pixels", [False, True], ids=["unsigned", "signed"])
+def test_digest_follows_the_documented_canonical_form(signed_pixels: bool) -> None:
+    """12 bits stored in 16, with the 4 unused high bits set: they are not part of the image (PS3.5 8.1.1) and do
+    not count; the digest is SHA-256 of the header text, then the values as little-endian 16-bit integers."""
+    import hashlib
+
+    ds = ct12()
+    stored = ds.pixel_array.astype(np.int64)
+    values = stored - 2048 if signed_pixels else stored  # within 12 bits, signed or not
+    ds.PixelRepresentation = int(signed_pixels)
+    ds.PixelData = ((values & 0x0FFF) | 0xF000).astype("<u2").tobytes()  # garbage in the unused bits
+    facts, digest = digest_pixels(ds)
+    header = (
+        "MEDVERIFY-PIXELS-1\nrows=128\ncolumns=128\nframes=1\nsamples=1\nbits_stored=12\n"
+        f"pixel_representation={int(signed_pixels)}\nphotometric=MONOCHROME2\nslope=1.0\nintercept=-1024.0\n"
+    )
+    expected = hashlib.sha256(header.encode() + values.astype("<i2" if signed_pixels else "<u2").tobytes())
+    assert (facts.bits_stored, digest) == (12, expected.hexdigest())

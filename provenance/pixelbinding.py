@@ -9,10 +9,11 @@ Stored, Pixel Representation, Photometric Interpretation, Rescale Slope and Inte
 SHA-256 of those values followed by the decoded pixel values. It then signs twice with the same key, two ordinary
 PS3.15 signatures that dcmsign verifies:
 
-- the full signature covers every element, the block and Pixel Data included;
-- the binding signature covers every element except those a lossless re-encoding rewrites
-  (:data:`ENCODING_TAGS`: Pixel Data and its offset tables, Planar Configuration, Photometric Interpretation, and
-  Derivation Description, where DCMTK's JPEG encoder notes the compression). It covers the block, so the digest.
+- the full signature covers every element but the block, Pixel Data included (without the block, so that dcmsign
+  can still check it after a conversion to Implicit VR, where it reads the unknown private elements as UN);
+- the binding signature covers the block, so the digest, and every element except those a lossless re-encoding
+  rewrites (:data:`ENCODING_TAGS`: Pixel Data and its offset tables, Planar Configuration, Photometric
+  Interpretation, and Derivation Description, where DCMTK's JPEG encoder notes the compression).
 
 A MAC cannot be checked without the bytes it was computed over, so after a re-encoding only the binding
 signature still matches; the pixels are then decoded and their digest compared with the signed one
@@ -63,8 +64,9 @@ SCHEME = "MEDVERIFY-PIXELS-1"
 PIXEL_DATA = 0x7FE00010
 PHOTOMETRIC_INTERPRETATION = 0x00280004
 DERIVATION_DESCRIPTION = 0x00082111
-#: What a lossless re-encoding may rewrite; the binding signature leaves these out. All but Derivation Description
-#: are vouched for by a matching binding (Photometric Interpretation is recorded in it).
+#: What a lossless re-encoding may rewrite; the binding signature leaves these out, and a matching binding vouches
+#: for them: Photometric Interpretation is recorded in it, the others do not change the decoded values, and
+#: Derivation Description (free text where encoders note the compression) is quoted in the binding's reason.
 ENCODING_TAGS = frozenset(
     {PIXEL_DATA, 0x7FE00001, 0x7FE00002, 0x00280006, PHOTOMETRIC_INTERPRETATION, DERIVATION_DESCRIPTION}
 )

@@ -51,7 +51,7 @@ from provenance._internal.sigitems import (
 )
 from provenance.errors import SigningError
 from provenance.models import MacAlgorithm, SignatureProfile
-from provenance.pixelbinding import ENCODING_TAGS
+from provenance.pixelbinding import ENCODING_TAGS, binding_tags
 from provenance.pixelbinding import bind_pixels as bind
 from provenance.verification import verify_dataset
 
@@ -213,9 +213,9 @@ def _add_signature(
 
 
 def strip_signatures(ds: Dataset) -> None:
-    """Remove every signature of the top level: a derived object never keeps its source's (PS3.15; ARCHITECTURE.md,
-    "Boundaries")."""
-    for tag in (MAC_PARAMETERS_SEQUENCE, DIGITAL_SIGNATURES_SEQUENCE):
+    """Remove every signature of the top level, and the pixel binding they signed: a derived object never keeps
+    its source's (PS3.15; ARCHITECTURE.md, "Boundaries")."""
+    for tag in (MAC_PARAMETERS_SEQUENCE, DIGITAL_SIGNATURES_SEQUENCE, *(binding_tags(ds) or ())):
         if tag in ds:
             del ds[tag]
 

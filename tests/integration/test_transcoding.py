@@ -177,3 +177,17 @@ def test_text_output_names_the_reencoding(signed: Path, tmp_path: Path, capsys: 
     assert stdout.startswith("AUTHENTIC")
     assert "TRANSCODED by" in stdout and "pixel binding," in stdout
     assert "re-encoded losslessly (JPEGLSLossless, signed as ExplicitVRLittleEndian)" in stdout
+
+
+@pytest.mark.parametrize(("command", "syntax"), [c[1:] for c in LOSSLESS], ids=[c[0] for c in LOSSLESS])
+def test_colour_image_reencoded_losslessly_is_authentic(
+    keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], syntax: str
+) -> None:
+    """An RGB image (pydicom's SC_rgb.dcm): the binding is over the decoded samples, whatever the encoder does
+    with the Planar Configuration or a colour transform."""
+    signed = tmp_path / "rgb-signed.dcm"
+    code, stdout, stderr = run(capsys, "sign", get_testdata_file("SC_rgb.dcm"), "-o", signed, "--key", "second")
+    assert code == 0, stdout + stderr
+    line = verify(capsys, reencode(command, signed, tmp_path / "rgb.dcm", syntax))
+    assert (line["verdict"], line["action"]) == ("AUTHENTIC", "accept"), line["reasons"]
+    assert line["signature"]["pixel_binding"]["status"] == "MATCH"  # type: ignore[index]

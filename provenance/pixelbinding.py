@@ -39,7 +39,7 @@ from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from provenance._internal.macstream import register_private_block
+from provenance._internal.privatevrs import register_private_block
 from provenance.models import PixelBinding, PixelBindingStatus
 
 __all__ = [

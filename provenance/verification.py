@@ -34,6 +34,7 @@ from provenance._internal.macstream import (
     dictionary_vr,
     element_index,
     file_bytes,
+    file_segments,
     is_signable_tag,
     raw_sequence_items,
 )
@@ -233,6 +234,7 @@ def _verify_item(
     at: dt.datetime,
     present: dict[int, Any],
     block: frozenset[int] | None = None,
+    segments: dict[int, tuple[int, int]] | None = None,
 ) -> tuple[SignatureInfo, set[int]]:
     """Check one signature item of the site ``ds``, whose elements by int tag are ``present``; ``block`` is the
     tags of the pixel binding written in the file (top level only)."""
@@ -295,7 +297,7 @@ def _verify_item(
             + ", ".join(f"{tag_str(t)} {keyword(t)}".strip() for t in missing)
         )
     try:
-        digest = mac_digest(ds, signed, item, algorithm, present, elements)
+        digest = mac_digest(ds, signed, item, algorithm, present, elements, segments)
         info["key_type"] = _check_signature(cert, signature, digest, algorithm)
     except UnsignableElementError as exc:
         reasons.append(f"a signed element cannot be encoded: {exc}")
@@ -466,9 +468,11 @@ def _verify_site(
             )
         )
         covered.append(set())
+    # Where the site's elements lie in the file, found once for all its signatures.
+    segments = file_segments(ds, present) if len(sig_items) > 1 else None
     for item in sig_items:
         try:
-            info, item_covered = _verify_item(ds, item, mac_items, policy, location, at, present, block)
+            info, item_covered = _verify_item(ds, item, mac_items, policy, location, at, present, block, segments)
         except Exception as exc:  # noqa: BLE001 - hostile input must give MALFORMED, never a traceback
             info = SignatureInfo(
                 status=SignatureStatus.MALFORMED,

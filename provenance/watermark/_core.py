@@ -239,7 +239,6 @@ def _within_limit(masked: npt.NDArray[Any], floor: npt.NDArray[Any], limit: floa
     The floor is kept as long as it fits (scaling it down with the rest would put it under the rounding step
     and erase the mark in flat regions); when the floor alone is over the limit, everything is scaled down.
     """
-
     def rms(values: npt.NDArray[Any]) -> float:
         return math.sqrt(float(np.mean(np.square(values, dtype=np.float64))))
 
@@ -356,16 +355,9 @@ def detect(
     scales = [s for s in scales if _analysable(image.shape, s)]
     if not scales:
         return WatermarkReport(
-            status=WatermarkStatus.TOO_SMALL,
-            false_alarm_probability=1.0,
-            payload=None,
-            key_id=None,
-            score=0.0,
-            details={
-                "reason": f"image too small: the mark needs at least {MIN_SIDE}x{MIN_SIDE} pixels",
-                "shape": list(image.shape),
-                "hypotheses": 0,
-            },
+            status=WatermarkStatus.TOO_SMALL, false_alarm_probability=1.0, payload=None, key_id=None, score=0.0,
+            details={"reason": f"image too small: the mark needs at least {MIN_SIDE}x{MIN_SIDE} pixels",
+                     "shape": list(image.shape), "hypotheses": 0},
         )
     x = image.astype(np.float32)
     # Every key and scale that could be tried counts, also when a match ends the search early.

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from detectors.models.base import Detector
-from detectors.models.views import View, build_views, lossy_twins, select, split_calibration
+from detectors.models.views import View, build_views, lossy_twins, scarce_group_reals, select, split_calibration
 
 __all__ = ["Recipe", "evaluation_views", "train_bundle", "training_views"]
 
@@ -44,7 +44,11 @@ class Recipe:
     #: Share of native real views that also get an 8-bit export twin (and their fakes likewise).
     exports: float = 0.3
     #: Share of native real training views that also get a lossy-stored (JPEG 2000) real twin.
-    lossy: float = 0.15
+    lossy: float = 0.5
+    #: A modality group (``CT/native``) with fewer real training views than this gets ``scarce_per_frame`` more
+    #: real crops of each of its frames, without fakes (0: none).
+    scarce_floor: int = 60
+    scarce_per_frame: int = 4
     #: Unconditional samples per real view, for the generators that sample.
     unpaired: float = 0.1
     #: DDIM steps of SDEdit (speed on a CPU).
@@ -76,7 +80,8 @@ def training_views(
     cache: str | os.PathLike[str] | None = None,
     progress: ViewProgress | None = None,
 ) -> tuple[list[View], dict[str, Any]]:
-    """Views of the corpus's train split and their fakes, plus the lossy-stored real twins."""
+    """Views of the corpus's train split and their fakes, plus the lossy-stored real twins and more real crops of
+    the scarce modality groups."""
     views, description = build_views(
         corpus, families=recipe.families, splits=("train",), view_size=recipe.view_size,
         max_per_frame=recipe.per_frame, seed=recipe.seed, unpaired_fraction=recipe.unpaired,
@@ -84,8 +89,13 @@ def training_views(
         cache=cache,
     )
     twins = lossy_twins(views, fraction=recipe.lossy, seed=recipe.seed) if recipe.lossy > 0 else []
-    description = {**description, "lossy_real_views": len(twins)}
-    return [*views, *twins], description
+    extra = scarce_group_reals(corpus, views, floor=recipe.scarce_floor, view_size=recipe.view_size,
+                               per_frame=recipe.scarce_per_frame, seed=recipe.seed,
+                               exports=recipe.exports) if recipe.scarce_floor > 0 else []
+    groups = sorted({v.group for v in extra})
+    description = {**description, "lossy_real_views": len(twins), "scarce_group_views": len(extra),
+                   "scarce_groups": groups}
+    return [*views, *twins, *extra], description
 
 
 def evaluation_views(

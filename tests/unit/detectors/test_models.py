@@ -31,6 +31,7 @@ from detectors.models import (
 )
 from detectors.models.augment import export_8bit, jpeg, launder, resize
 from detectors.models.cnn import inference_copy
+from detectors.models.ensemble import EnsembleDetector
 from detectors.models.evaluation import auc, evaluate_views, source_bootstrap_auc, within_source
 from detectors.models.training import (
     PatchStream,
@@ -403,6 +404,32 @@ def test_ensemble_weighs_each_member_on_its_own_heads() -> None:
     with pytest.raises(ModelError, match="one non-negative number per member"):
         create_detector("ensemble", preset="tiny", arch_args={"members": ["classical", "segment"],
                                                                "weights": {"synthetic": [1.0], "tamper": [1.0]}})
+
+
+def test_a_loaded_ensemble_builds_no_member_without_weight_and_saves_it_unchanged(
+    trained: dict[str, tuple[Detector, Path]], tmp_path: Path
+) -> None:
+    detector = load_bundle(trained["ensemble"][1])  # a copy: the fixture's detector stays as trained
+    assert isinstance(detector, EnsembleDetector)
+    detector.set_weights("synthetic", [0.0, 1.0])  # the tiny preset's cnn, classical (segment has no opinion)
+    saved = tmp_path / "restacked"
+    record = save_bundle(detector, saved)
+    loaded = load_bundle(saved)
+    assert isinstance(loaded, EnsembleDetector)
+    # Scoring never builds the CNN (nor imports what it needs): it weighs nothing on either head.
+    image = phantom(4, 96, 96)
+    assert loaded.detect(image).synthetic_score == pytest.approx(detector.detect(image).synthetic_score, abs=1e-6)
+    assert "cnn" not in loaded._built and "cnn" in loaded._dormant
+    # Saved again without being built, its weights are the very arrays it was loaded with.
+    again = save_bundle(loaded, tmp_path / "again")
+    assert again["digest"] == record["digest"] and again["config"]["tag"] == record["config"]["tag"]
+    # Asked for (out-of-fold stacking reads every member), it is built with those weights.
+    cnn = loaded.members["cnn"]
+    assert "cnn" in loaded._built and "cnn" not in loaded._dormant
+    expected = {k: v for k, v in detector.state_arrays().items() if k.startswith("cnn.")}
+    built = cnn.state_arrays()
+    assert expected and built.keys() == expected.keys()
+    assert all(np.array_equal(built[k], v) for k, v in expected.items())
 
 
 def test_classical_self_reference_features_measure_what_the_finest_scale_holds() -> None:

@@ -147,8 +147,8 @@ def _patch_std(frame: npt.NDArray[np.float32], positions: Sequence[tuple[int, in
     frame instead of one per patch; OpenCV builds both tables in one pass, several times faster than numpy)."""
     import cv2
 
-    sums, squares = cv2.integral2(np.ascontiguousarray(frame, dtype=np.float32), sdepth=cv2.CV_64F,
-                                  sqdepth=cv2.CV_64F)
+    tables = cv2.integral2(np.ascontiguousarray(frame, dtype=np.float32), sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
+    sums, squares = (np.asarray(t, dtype=np.float64) for t in tables)
     y = np.array([q[0] for q in positions])
     x = np.array([q[1] for q in positions])
 

@@ -130,20 +130,25 @@ def train_bundle(
     progress: FitProgress | None = None,
     on_stage: Callable[[str], None] | None = None,
     data: Mapping[str, Any] | None = None,
+    arch_args: Mapping[str, Any] | None = None,
 ) -> tuple[Detector, dict[str, Any]]:
     """An ensemble trained on ``views`` (only ``families`` of their fakes, default all) and calibrated as the
     recipe says: cross-fitted on out-of-fold scores of whole patients, members stacked and dropped by the
-    min-gain rule; or fitted on three quarters of the patients and calibrated on the rest."""
+    min-gain rule; or fitted on three quarters of the patients and calibrated on the rest. ``arch_args``
+    replace the preset's (an ensemble's members and weights: those of a shipped bundle, to retrain it
+    without a family)."""
     from detectors.models.base import create_detector
     from detectors.models.training import cross_fit_detector, train_detector
 
     chosen = select(views, families=families) if families is not None else list(views)
 
     def make() -> Detector:
-        return create_detector(recipe.arch, preset=recipe.preset, seed=recipe.seed, target_fpr=recipe.target_fpr)
+        return create_detector(recipe.arch, preset=recipe.preset, seed=recipe.seed, target_fpr=recipe.target_fpr,
+                               arch_args=dict(arch_args or {}))
 
     record_data = {**dict(data or {}), "recipe": recipe.to_dict(),
-                   **({"families": list(families)} if families is not None else {})}
+                   **({"families": list(families)} if families is not None else {}),
+                   **({"arch_args": dict(arch_args)} if arch_args else {})}
     if recipe.cross_fit:
         return cross_fit_detector(
             make, chosen, folds=recipe.cross_fit, steps=recipe.steps, batch_size=recipe.batch_size,

@@ -598,3 +598,15 @@ def test_make_fakes_stores_fakes_unless_asked_for_the_floats() -> None:
         for fake in fakes:
             on_grid = np.allclose(np.round((fake.pixels - anchor) / step) * step + anchor, fake.pixels, atol=1e-5)
             assert on_grid is store
+
+
+def test_train_bundle_takes_a_bundles_members_and_weights() -> None:
+    from detectors.models.recipe import Recipe, train_bundle
+
+    recipe = Recipe(preset="tiny", steps=4, batch_size=8, cross_fit=0, families=("vae", "tamper"))
+    chosen = {"members": ["classical", "segment"], "weights": {"synthetic": [1.0, 0.0], "tamper": [0.25, 0.75]}}
+    detector, record = train_bundle(tiny_views(8), recipe, families=["tamper"], arch_args=chosen)
+    assert isinstance(detector, EnsembleDetector) and list(detector.members) == ["classical", "segment"]
+    assert np.allclose(detector.weights, [[1.0, 0.0], [0.25, 0.75]])
+    assert record["data"]["arch_args"] == chosen and record["data"]["families"] == ["tamper"]
+    assert "vae" not in record["fit_views"] and record["fit_views"]["tamper"] > 0  # vae was left out

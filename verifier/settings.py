@@ -46,6 +46,8 @@ class Settings:
     intake_quarantine_dir: Path | None = None
     #: The DICOM gateway's store-and-forward spool; empty means ``home/spool``.
     intake_spool_dir: Path | None = None
+    #: URL that gets a JSON POST for every quarantined instance (no patient data); empty: none.
+    quarantine_webhook_url: str = ""
 
     @property
     def keys_dir(self) -> Path:

@@ -181,7 +181,10 @@ def test_served_schema_is_the_committed_one(server: Server) -> None:
     served = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
     committed = json.loads((REPO / "verifier" / "api" / "openapi.json").read_text())
     assert served == committed, "regenerate: medverify serve --openapi > verifier/api/openapi.json"
-    assert set(served["paths"]) == {"/v1/health", "/v1/verify", "/v1/audit/{record_id}", "/dicomweb/studies"}
+    assert set(served["paths"]) == {
+        "/v1/health", "/v1/verify", "/v1/audit/{record_id}", "/dicomweb/studies", "/v1/quarantine",
+        "/v1/quarantine/{entry_id}", "/v1/quarantine/{entry_id}/release", "/v1/quarantine/{entry_id}/reject",
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ tokens

@@ -25,7 +25,7 @@ import httpx
 import pydicom
 import pytest
 from intake_peers import dcmtk_tool, free_port, make_samples, sender_env, wait_port
-from testkit import TEST_KEY_PASSPHRASE
+from testkit import TEST_KEY_PASSPHRASE, jsonl, run_cli
 
 from verifier.audit import AuditLog
 
@@ -139,19 +139,15 @@ def _wait_for_files(directory: Path, count: int, timeout: float = 60.0) -> list[
     return sorted(directory.iterdir())
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
-
-
-def _token(env: dict[str, str], name: str, scope: str) -> tuple[str, str]:
-    done = _cli(env, "tokens", "create", name, "--scope", scope, "--format", "json")
-    assert done.returncode == 0, done.stderr
-    info = json.loads(done.stdout)
+def _token(capsys: pytest.CaptureFixture[str], name: str, scope: str) -> tuple[str, str]:
+    code, out, err = run_cli(capsys, "tokens", "create", name, "--scope", scope, "--format", "json")
+    assert code == 0, err
+    info = json.loads(out)
     return info["id"], info["token"]
 
 
 @pytest.fixture
-def site(signing_keystore_template: Path, tmp_path: Path) -> dict[str, Any]:
+def site(signing_keystore_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """A medverify home (test key store), the uploads, and a site policy that also quarantines MALFORMED input."""
     home = tmp_path / "home"
     home.mkdir()
@@ -168,18 +164,24 @@ def site(signing_keystore_template: Path, tmp_path: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVERIFY_")}
     env.update(MEDVERIFY_HOME=str(home), MEDVERIFY_KEY_PASSPHRASE=TEST_KEY_PASSPHRASE, OMP_NUM_THREADS="1",
                MEDVERIFY_POLICY_FILE=str(policy))  # fmt: skip
+    for name, value in env.items():  # the same home for the CLI commands the test runs in this process
+        if name.startswith("MEDVERIFY_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MEDVERIFY_CONFIG", raising=False)
     shots = Path(os.environ.get("MEDVERIFY_UI_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     return {"home": home, "samples": samples, "env": env, "shots": shots}
 
 
-def test_review_release_reject_end_to_end(site: dict[str, Any], tmp_path: Path) -> None:
+def test_review_release_reject_end_to_end(
+    site: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sync_playwright = _browser_or_skip()
     home, samples, env, shots = site["home"], site["samples"], site["env"], site["shots"]
     pacs_dir, pacs_port, gw_port, ui_port = tmp_path / "pacs", free_port(), free_port(), free_port()
     pacs_dir.mkdir()
-    reviewer_id, reviewer = _token(env, "alice-review", "review")
-    _auditor_id, auditor = _token(env, "bob-audit", "audit-read")
+    reviewer_id, reviewer = _token(capsys, "alice-review", "review")
+    _auditor_id, auditor = _token(capsys, "bob-audit", "audit-read")
     gateway = [*CLI, "gateway", "--listen", f"127.0.0.1:{gw_port}", "--forward", f"127.0.0.1:{pacs_port}:PACS",
                "--allow", "STORESCU@127.0.0.1", "--checks", "signature,watermark", "--retry-max", "0.5"]  # fmt: skip
     storescp = [dcmtk_tool("storescp"), "-aet", "PACS", "+xa", "-od", str(pacs_dir), str(pacs_port)]
@@ -192,7 +194,7 @@ def test_review_release_reject_end_to_end(site: dict[str, Any], tmp_path: Path) 
             _store(gw_port, samples[name])
         assert _send_cut_short(gw_port, samples["real"], 3000, tmp_path) == 0x0000  # kept: MALFORMED -> quarantine
         assert len(_wait_for_files(pacs_dir, 1)) == 1  # the real image went straight through
-        assert _cli(env, "audit", "checkpoint").returncode == 0  # so that the detail page can prove the records
+        assert run_cli(capsys, "audit", "checkpoint")[0] == 0  # so that the detail page can prove the records
 
         serve = [*CLI, "serve", "--listen", f"127.0.0.1:{ui_port}", "--checks", "signature"]
         stack.enter_context(_running(serve, ui_port, env, tmp_path / "serve.log"))
@@ -295,10 +297,10 @@ def test_review_release_reject_end_to_end(site: dict[str, Any], tmp_path: Path) 
                          headers={"Authorization": f"Bearer {reviewer}"})  # fmt: skip
         assert again.status_code == 409 and "rejected by token" in again.json()["detail"]
         # The CLI sees and decides the rest.
-        listed = _cli(env, "quarantine", "list", "--format", "jsonl")
-        assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [by_kind["malformed"]["id"]]
-        done = _cli(env, "quarantine", "reject", by_kind["malformed"]["id"], "-m", "broken upload")
-        assert done.returncode == 0, done.stderr
+        code, out, _err = run_cli(capsys, "quarantine", "list", "--format", "jsonl")
+        assert code == 0 and [row["id"] for row in jsonl(out)] == [by_kind["malformed"]["id"]]
+        code, _out, err = run_cli(capsys, "quarantine", "reject", by_kind["malformed"]["id"], "-m", "broken upload")
+        assert code == 0 and "rejected" in err, err
         metrics = api.get("/metrics", headers={"Authorization": f"Bearer {auditor}"}).text
         assert 'medverify_quarantine_depth{bin="intake"} 0.0' in metrics
         assert 'action="release",channel="api",event="review",verdict="DECLARED_SYNTHETIC"} 1.0' in metrics

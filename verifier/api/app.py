@@ -412,7 +412,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             )
         return JSONResponse(payload, status_code=status, media_type=DICOM_JSON)
 
-    @app.get("/metrics", responses=_ERRORS, response_class=PlainTextResponse, tags=["service"])
+    @app.get("/metrics", include_in_schema=False)  # Prometheus's text format, not part of the JSON API
     async def metrics(request: Request, token: Annotated[TokenInfo, _LOOK]) -> PlainTextResponse:
         """Prometheus metrics: audit records per event, channel, verdict and action; quarantine and spool depths."""
         body = await run_in_threadpool(render_metrics, _config(request))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -168,6 +169,13 @@ def serve(
         f"quarantine review on {scheme}://{listen}/ui/quarantine",
         highlight=False,
     )
+    if config.review is not None and config.review.detector is not None:
+        # The review pages' heatmaps need the detector (torch and the weights, seconds): load it in the background
+        # now rather than in the first reviewer's request.
+        from verifier.review.render import load_detector
+
+        detector = config.review.detector
+        threading.Thread(target=load_detector, args=(detector,), name="medverify-detector", daemon=True).start()
     forwarder = config.forward
     if forwarder is not None:
         forwarder.start()  # resumes what an earlier run left in the spool

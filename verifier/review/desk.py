@@ -293,7 +293,7 @@ class ReviewDesk:
 
     def decide(self, entry_id: str, decision: Decision, *, reviewer: Reviewer, comment: str) -> ReviewOutcome:
         """Release or reject one waiting instance (see the module's docstring for the order and the guarantees)."""
-        comment = " ".join(comment.split())
+        comment = " ".join("".join(c if c.isprintable() else " " for c in comment).split())
         if not comment:
             raise InputError("a comment is required: say why the instance is released or rejected")
         if len(comment) > MAX_COMMENT:

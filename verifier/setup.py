@@ -300,7 +300,12 @@ def open_review(
     if detector is None and (settings.detector_model is not None or shipped_detector_bundle() is not None):
         detector = DetectorSetup(model=settings.detector_model)
     trusted = checkpoint_signers(settings, None) if settings.keys_dir.is_dir() else None
-    return ReviewConfig(desk=desk, detector=detector, trusted=trusted)
+    training = None
+    if settings.training_corpus is not None and detector is not None:
+        from verifier.review.training import TrainingStore
+
+        training = TrainingStore(settings.home / "training", settings.training_corpus)
+    return ReviewConfig(desk=desk, detector=detector, trusted=trusted, training=training, settings=settings)
 
 
 def open_review_desk(

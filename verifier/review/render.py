@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,9 +21,13 @@ from verifier.instance import Instance
 
 if TYPE_CHECKING:
     from detectors.data.reader import ImageData
+    from detectors.models import DetectionReport, Detector
     from verifier.detection import DetectorSetup
 
-__all__ = ["HeaderRow", "RenderError", "frame_png", "header_rows", "heatmap_png", "open_image", "parse"]
+__all__ = [
+    "HeaderRow", "RenderError", "frame_png", "header_rows", "heatmap_png", "load_detector", "open_image", "outline_png",
+    "overlay_png", "parse",
+]  # fmt: skip
 
 #: Longest side of a frame as served (larger frames are shrunk; a review page needs no 4k pixels).
 MAX_SIDE = 1024
@@ -110,27 +115,51 @@ def frame_png(image: ImageData, index: int) -> bytes:
     return _png(_shrink(_window(image, image.frames[index])))
 
 
+_LOAD_LOCK = threading.Lock()
+
+
+def load_detector(detector: DetectorSetup) -> Detector:
+    """The detector, loaded once even when the server's warm-up and a first heatmap ask at the same time."""
+    with _LOAD_LOCK:
+        return detector.load()
+
+
 def heatmap_png(detector: DetectorSetup, instance: Instance) -> tuple[bytes, int]:
     """The detector's heatmap as a PNG with transparency (unscored pixels clear), and the frame it belongs to."""
-    import cv2
-
     from detectors.data.reader import read_image
     from detectors.errors import DetectorsError
 
     try:
         image = read_image(instance.dataset)
-        report = detector.load().detect(image)
+        report = load_detector(detector).detect(image)
     except DetectorsError as exc:
         raise RenderError(f"the detector cannot score this image: {exc.diagnostics()[:300]}") from None
+    frame = image.frame_indices[report.heatmap_frame] if report.heatmap_frame < len(image.frame_indices) else 0
+    position = image.frame_indices.index(frame) if frame in image.frame_indices else 0
+    return overlay_png(report), position
+
+
+def overlay_png(report: DetectionReport) -> bytes:
+    """The report's heatmap as a PNG with transparency: JET colours (blue low, red high), unscored pixels clear."""
+    import cv2
+
     heat = report.pixel_heatmap()
     scored = ~np.isnan(heat)
     levels = np.round(np.nan_to_num(heat, nan=0.0) * 255.0).astype(np.uint8)
     colour = cv2.applyColorMap(levels, cv2.COLORMAP_JET)
     alpha = np.where(scored, 255, 0).astype(np.uint8)
-    rgba = np.dstack([colour, alpha])
-    frame = image.frame_indices[report.heatmap_frame] if report.heatmap_frame < len(image.frame_indices) else 0
-    position = image.frame_indices.index(frame) if frame in image.frame_indices else 0
-    return _png(_shrink(rgba)), position
+    return _png(_shrink(np.dstack([colour, alpha])))
+
+
+def outline_png(mask: npt.NDArray[np.bool_]) -> bytes:
+    """The outline of ``mask`` (a tampered region) in yellow on a clear PNG, a few pixels wide."""
+    import cv2
+
+    region = np.ascontiguousarray(mask.astype(np.uint8))
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    rgba = np.zeros((*mask.shape, 4), dtype=np.uint8)
+    cv2.drawContours(rgba, contours, -1, (0, 230, 255, 255), max(1, round(max(mask.shape) / 150)))
+    return _png(_shrink(rgba))
 
 
 def header_rows(instance: Instance, limit: int = 400) -> list[HeaderRow]:

@@ -166,7 +166,8 @@ def _detail_context(review: ReviewConfig, entry: Entry, log: Any) -> dict[str, A
     """Everything the detail page shows; a file that cannot be parsed or decoded gives ``error`` instead of the
     image and header, and the rest (the verdict file and the audit record) is still shown."""
     context: dict[str, Any] = {"entry": entry.summary(), "error": None, "frames": 0, "header": [],
-                               "destination": review.desk.destination(entry)}  # fmt: skip
+                               "destination": review.desk.destination(entry),
+                               "can_release": review.desk.can_release(entry)}  # fmt: skip
     sidecar = entry.sidecar or {}
     context["reports"] = [
         (title, labelled_rows(sidecar.get(key)) if isinstance(sidecar.get(key), dict) else [])
@@ -261,7 +262,7 @@ async def quarantine_decide(
         raise HTTPException(404, detail=exc.diagnostics()) from None
     except (AlreadyDecided, ReviewError, InputError) as exc:
         return RedirectResponse(target + "?" + urllib.parse.urlencode({"problem": exc.diagnostics()}), 303)
-    done = f"{decision.past} to {outcome.destination} (audit record {outcome.audit_id})"
+    done = f"{decision.past.capitalize()}: now in {outcome.destination} (audit record {outcome.audit_id})"
     return RedirectResponse(target + "?" + urllib.parse.urlencode({"done": done}), status_code=303)
 
 
@@ -271,7 +272,10 @@ def install(app: Any) -> None:
     from fastapi.exception_handlers import http_exception_handler
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from verifier.review.train_web import train_router
+
     app.include_router(router)
+    app.include_router(train_router)
 
     async def login_needed(_request: Request, exc: Exception) -> Response:
         return login_redirect(exc.target if isinstance(exc, _LoginNeeded) else "/ui/quarantine")

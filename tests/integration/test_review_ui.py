@@ -25,6 +25,7 @@ import httpx
 import pydicom
 import pytest
 from intake_peers import dcmtk_tool, free_port, make_samples, sender_env, wait_port
+from pydicom.data import get_testdata_file
 from testkit import TEST_KEY_PASSPHRASE, jsonl, run_cli
 
 from verifier.audit import AuditLog
@@ -139,6 +140,14 @@ def _wait_for_files(directory: Path, count: int, timeout: float = 60.0) -> list[
     return sorted(directory.iterdir())
 
 
+def _wait_for_image(page: Any, selector: str, timeout: float = 60.0) -> None:
+    """Until the image has loaded (polled from here: the pages' CSP forbids the eval of wait_for_function)."""
+    deadline = time.monotonic() + timeout
+    while not page.eval_on_selector(selector, "e => e.complete && e.naturalWidth > 0"):
+        assert time.monotonic() < deadline, f"{selector} did not load"
+        time.sleep(0.2)
+
+
 def _token(capsys: pytest.CaptureFixture[str], name: str, scope: str) -> tuple[str, str]:
     code, out, err = run_cli(capsys, "tokens", "create", name, "--scope", scope, "--format", "json")
     assert code == 0, err
@@ -159,11 +168,15 @@ def site(signing_keystore_template: Path, tmp_path: Path, monkeypatch: pytest.Mo
     hostile.AccessionNumber = "ACC-0042"
     samples["hostile_names"] = tmp_path / "uploads" / "hostile_names.dcm"
     hostile.save_as(samples["hostile_names"], enforce_file_format=True)
+    corpus = tmp_path / "corpus"  # the training page's real images
+    corpus.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copyfile(get_testdata_file(name), corpus / name)
     policy = tmp_path / "policy.toml"
     policy.write_text('version = "review-test-1"\n[actions]\nMALFORMED = "quarantine"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVERIFY_")}
     env.update(MEDVERIFY_HOME=str(home), MEDVERIFY_KEY_PASSPHRASE=TEST_KEY_PASSPHRASE, OMP_NUM_THREADS="1",
-               MEDVERIFY_POLICY_FILE=str(policy))  # fmt: skip
+               MEDVERIFY_POLICY_FILE=str(policy), MEDVERIFY_TRAINING_CORPUS=str(corpus))  # fmt: skip
     for name, value in env.items():  # the same home for the CLI commands the test runs in this process
         if name.startswith("MEDVERIFY_"):
             monkeypatch.setenv(name, value)
@@ -242,8 +255,8 @@ def test_review_release_reject_end_to_end(
         page.fill("#token", reviewer)
         page.click("button[type=submit]")
         page.wait_for_url(f"**/ui/quarantine/{by_kind['generated']['id']}")
-        page.wait_for_function("document.getElementById('frame').naturalWidth > 0")
-        page.wait_for_function("document.getElementById('heat').naturalWidth > 0", timeout=120_000)
+        _wait_for_image(page, "#frame")
+        _wait_for_image(page, "#heat", timeout=120.0)
         page.focus("#opacity")
         for _ in range(3):
             page.keyboard.press("ArrowRight")
@@ -252,10 +265,11 @@ def test_review_release_reject_end_to_end(
         body = page.inner_text("body")
         assert "DECLARED_SYNTHETIC" in body and "Signature" in body and "{" not in body  # labelled, no raw JSON
         page.screenshot(path=str(shots / "02-detail-1280.png"), full_page=True)
+        assert reviewer not in page.content() and reviewer not in str(page.context.cookies())  # only a session id
         page.fill("#comment", "Generated test image, sent on purpose for the research PACS")
         page.click("text=Release to")
         page.wait_for_selector("[role=status]")
-        assert "released" in page.inner_text("[role=status]")
+        assert "Released: now in the gateway's forward queue" in page.inner_text("[role=status]")
         page.screenshot(path=str(shots / "03-released.png"))
         delivered = _wait_for_files(pacs_dir, 2)
         assert len(delivered) == 2, (tmp_path / "gateway.log").read_text()[-3000:]
@@ -289,6 +303,8 @@ def test_review_release_reject_end_to_end(
         assert page.evaluate("document.activeElement.textContent") == "Reject"
         page.keyboard.press("Enter")
         page.wait_for_selector("[role=status]")
+        assert "Rejected: now in the rejected store" in page.inner_text("[role=status]")
+        assert page.inner_text("#decision").startswith("Rejected by token")
         page.screenshot(path=str(shots / "06-rejected-768.png"), full_page=True)
         assert dialogs == []
 
@@ -306,6 +322,34 @@ def test_review_release_reject_end_to_end(
         assert 'action="release",channel="api",event="review",verdict="DECLARED_SYNTHETIC"} 1.0' in metrics
         assert api.get("/metrics").status_code == 401
 
+        # Training: the reviewer starts a session of three images; a trainee with only the link goes through it.
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.goto(f"{base}/ui/train")
+        page.fill("#n", "3")
+        page.click("text=Start (takes a few seconds)")
+        page.wait_for_url("**/ui/train?started=*", timeout=240_000)
+        session_id = page.url.rsplit("=", 1)[1]
+        trainee = browser.new_page(viewport={"width": 768, "height": 1024})  # no cookie: no token
+        trainee.goto(f"{base}/ui/train/s/{session_id}")
+        trainee.fill("#name", "Dana Trainee")
+        trainee.click("text=Start")
+        for i, answer in enumerate(("Real", "Synthetic", "Tampered")):
+            _wait_for_image(trainee, "#train-image")
+            trainee.click("#train-image", position={"x": 60, "y": 60})
+            if i == 0:
+                trainee.screenshot(path=str(shots / "07-training-question-768.png"), full_page=True)
+            trainee.click(f"button[value={answer.lower()}]")
+            trainee.wait_for_selector("#feedback")
+            assert "Truth" in trainee.inner_text("#feedback") and "The detector said" in trainee.inner_text("#feedback")
+            if i == 0:
+                trainee.screenshot(path=str(shots / "08-training-feedback-768.png"), full_page=True)
+            trainee.click("#next")
+        trainee.wait_for_selector("#results")
+        trainee.screenshot(path=str(shots / "09-training-results.png"), full_page=True)
+        page.goto(f"{base}/ui/train")
+        assert "Dana Trainee" in page.inner_text("tbody") and "3 of 3" in page.inner_text("tbody")
+        page.screenshot(path=str(shots / "10-trainer.png"), full_page=True)
+
     rejected = json.loads((home / "quarantine" / "rejected" / f"{by_kind['hostile']['sha256']}.json").read_text())
     assert rejected["arrivals"][0]["audit_id"] == rejected["audit_id"]
     assert len({a["audit_id"] for a in rejected["arrivals"]}) == 2 and rejected["accession_number"] == "ACC-0042"
@@ -316,5 +360,12 @@ def test_review_release_reject_end_to_end(
     ]  # fmt: skip
     assert reviews[0].details["review"]["comment"].startswith("Generated test image")
     assert len(hooks) == 4 and all("patient_name" not in h and h["event"] == "quarantined" for h in hooks)
+    session = json.loads((home / "training" / session_id / "session.json").read_text())
+    assert sorted(i["kind"] for i in session["items"]) == ["real", "synthetic", "tampered"]
+    assert [i["answer"] for i in session["items"]] == ["real", "synthetic", "tampered"]
+    for fake in (home / "training" / session_id).glob("item-*.dcm"):  # declared, signed, like every generated image
+        ds = pydicom.dcmread(fake)
+        assert ds.ImageType[0] == "DERIVED" and ds.DerivationCodeSequence[0].CodeValue and ds.SourceImageSequence
+        assert "DigitalSignaturesSequence" in ds
     for log_file in ("serve.log", "gateway.log"):
         assert reviewer not in (tmp_path / log_file).read_text()

@@ -283,6 +283,10 @@ class ReviewDesk:
 
     # -- deciding ----------------------------------------------------------------------------------------------
 
+    def can_release(self, entry: Entry) -> bool:
+        """Whether :meth:`decide` can release ``entry`` (not yet for what the Orthanc plugin quarantined)."""
+        return not (entry.bin.name == "intake" and entry.origin.startswith("orthanc") and self.orthanc_release is None)
+
     def destination(self, entry: Entry) -> str:
         """Where a release of ``entry`` goes, in words."""
         if entry.bin.name == "stow":
@@ -348,7 +352,8 @@ class ReviewDesk:
         if entry.origin.startswith("orthanc"):
             send = self.orthanc_release
             if send is None:
-                raise ReviewError("this server has no Orthanc to release into (serve --orthanc-url)")
+                raise ReviewError("releasing into Orthanc is not supported yet: its plugin would check the instance "
+                                  "again and quarantine it; reject it, or store the file in Orthanc by hand")
             sender: Callable[[bytes], str] = send
 
             def into_orthanc(ok: bool) -> None:

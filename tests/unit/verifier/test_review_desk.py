@@ -128,3 +128,19 @@ def test_stow_quarantine_releases_into_the_accepted_store(tmp_path: Path) -> Non
     assert outcome.destination == "the STOW-RS accepted store"
     assert stow.path_for(sha, StoreArea.ACCEPTED).read_bytes() == data
     assert not stow.path_for(sha, StoreArea.QUARANTINE).exists()
+
+
+def test_the_list_pages_and_filters(tmp_path: Path) -> None:
+    store = QuarantineStore(tmp_path / "quarantine")
+    for i, verdict in enumerate(("TAMPERED", "DECLARED_SYNTHETIC", "DECLARED_SYNTHETIC")):
+        data = b"\x00" * 128 + b"DICM" + bytes([i])
+        store.put(data, sha256=hashlib.sha256(data).hexdigest(),
+                  record=_record(i + 1, verdict=verdict, received=f"2026-01-0{i + 1}T00:00:00Z"))  # fmt: skip
+    with AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}") as log:
+        review = ReviewDesk(audit_log=log, intake_quarantine=store.directory)
+        first = review.page(limit=2)
+        assert first.total == 3 and [e.field("audit_id") for e in first.entries] == [3, 2]  # newest first
+        assert [e.field("audit_id") for e in review.page(limit=2, offset=2).entries] == [1]
+        assert review.page(verdict="TAMPERED").total == 1
+        assert review.page(since="2026-01-02", until="2026-01-02").total == 1
+        assert review.page(channel="gateway").total == 3 and review.page(channel="stow-rs").total == 0

@@ -48,6 +48,9 @@ class Settings:
     intake_spool_dir: Path | None = None
     #: URL that gets a JSON POST for every quarantined instance (no patient data); empty: none.
     quarantine_webhook_url: str = ""
+    #: Orthanc's REST URL (e.g. ``http://127.0.0.1:8042``), where a reviewer's release of what the Orthanc plugin
+    #: quarantined goes; empty: such instances can be rejected but not released.
+    orthanc_url: str = ""
     #: Real DICOM images the training page (/ui/train) draws from; empty: no training page.
     training_corpus: Path | None = None
 

@@ -321,8 +321,10 @@ def open_review_desk(
     the ``intake_quarantine_dir`` setting, else ``home/quarantine``), the gateway's spool (likewise
     ``intake_spool_dir``, else ``home/spool``) and, with ``stow_store``, the STOW-RS store."""
     from verifier.review.desk import ReviewDesk
+    from verifier.review.orthanc import orthanc_poster
 
     return ReviewDesk(
+        orthanc_release=orthanc_poster(settings.orthanc_url) if settings.orthanc_url else None,
         audit_log=audit_log,
         intake_quarantine=quarantine or settings.intake_quarantine_dir or settings.home / "quarantine",
         gateway_spool=gateway_spool or settings.intake_spool_dir or settings.home / "spool",

@@ -143,8 +143,10 @@ class OrthancFilter:
             return
         decision = self.intake.check(body, peer)
         action = decision.action
-        if action in (Action.ACCEPT, Action.FLAG):
-            recorded = self._record(decision, outcome="stored", origin="orthanc-rest", status=200)
+        released = self._take_release(decision.sha256)
+        if released or action in (Action.ACCEPT, Action.FLAG):
+            outcome = "stored-after-review" if released else "stored"
+            recorded = self._record(decision, outcome=outcome, origin="orthanc-rest", status=200)
             self._approve(decision.sha256)
             answer = self.orthanc.RestApiPost("/instances", body)
             self.orthanc.LogInfo(f"medverify: accepted REST upload (audit #{recorded.audit_id})")
@@ -207,6 +209,16 @@ class OrthancFilter:
             for key in [k for k, t in self._approved.items() if now - t > _APPROVAL_TTL]:
                 del self._approved[key]
             self._approved[sha256] = now
+
+    def _take_release(self, sha256: str) -> bool:
+        """A reviewer released exactly these bytes (``medverify quarantine release``): let them in, once."""
+        from verifier.review.orthanc import marker_path
+
+        try:
+            marker_path(self.quarantine.directory, sha256).unlink()
+        except OSError:
+            return False
+        return True
 
     def _take_approval(self, sha256: str) -> bool:
         with self._lock:

@@ -317,7 +317,11 @@ class ReviewDesk:
                     deliver(False)
                 raise
             if deliver is not None:
-                deliver(True)
+                try:
+                    deliver(True)
+                except ReviewError as exc:
+                    raise ReviewError(f"{exc.diagnostics()}; audit record {receipt.id} names this release, but the "
+                                      "instance stays in quarantine: release it again") from None  # fmt: skip
             review = {
                 "decision": decision.value, "reviewer": reviewer.label, "token_id": reviewer.token_id,
                 "comment": comment, "audit_id": receipt.id, "destination": destination,
@@ -352,18 +356,30 @@ class ReviewDesk:
         if entry.origin.startswith("orthanc"):
             send = self.orthanc_release
             if send is None:
-                raise ReviewError("releasing into Orthanc is not supported yet: its plugin would check the instance "
-                                  "again and quarantine it; reject it, or store the file in Orthanc by hand")
-            sender: Callable[[bytes], str] = send
-
-            def into_orthanc(ok: bool) -> None:
-                if ok:
-                    sender(data)
-
-            return into_orthanc
+                raise ReviewError("this server has no Orthanc to release into (set orthanc_url)")
+            return self._stage_orthanc(send, entry, data)
         if self.gateway_spool is None:
             raise ReviewError("this server does not know the gateway's spool (intake_spool_dir)")
         return self._stage_spool(self.gateway_spool, entry, data)
+
+    @staticmethod
+    def _stage_orthanc(send: Callable[[bytes], str], entry: Entry, data: bytes) -> Callable[[bool], None]:
+        """A one-use marker lets exactly these bytes through the plugin's filter; then the upload (see
+        :mod:`verifier.review.orthanc`). An upload that fails removes the marker and raises."""
+        from verifier.review.orthanc import marker_path
+
+        marker = marker_path(entry.bin.directory, entry.sha256)
+        marker.parent.mkdir(mode=0o700, exist_ok=True)
+        atomic_write(marker, entry.sha256.encode())
+
+        def finish(ok: bool) -> None:
+            try:
+                if ok:
+                    send(data)
+            finally:
+                marker.unlink(missing_ok=True)  # used by the plugin, or never to be used
+
+        return finish
 
     @staticmethod
     def _stage_spool(directory: Path, entry: Entry, data: bytes) -> Callable[[bool], None]:

@@ -70,7 +70,7 @@ def _session(request: Request) -> tuple[Session, TokenInfo]:
 
 def _render(name: str, request: Request, status: int = 200, **context: Any) -> HTMLResponse:
     html = _templates.get_template(name).render(request_path=request.url.path, **context)
-    headers = {"Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self' 'unsafe-inline'; "
+    headers = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
                "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'", "Cache-Control": "no-store",
                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}  # fmt: skip
     return HTMLResponse(html, status_code=status, headers=headers)

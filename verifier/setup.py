@@ -25,10 +25,14 @@ from verifier.policy import load_policy
 from verifier.settings import Settings
 
 if TYPE_CHECKING:  # SQLAlchemy is imported only when the audit log is opened, pydicom only when files are checked
+    from verifier.api.storage import InstanceStore
     from verifier.audit import AuditLog, CheckpointSigner, TrustedCertificates
     from verifier.checker import Checker
     from verifier.generation import GenerationKeys
     from verifier.intake.decide import Intake
+    from verifier.intake.webhook import Webhook
+    from verifier.review.config import ReviewConfig
+    from verifier.review.desk import ReviewDesk
 
 __all__ = [
     "AUDIT_KEY_NAME",
@@ -40,7 +44,10 @@ __all__ = [
     "open_generation_keys",
     "open_intake",
     "open_keystore",
+    "open_review",
+    "open_review_desk",
     "passphrase_file_path",
+    "quarantine_webhook",
     "shipped_detector_bundle",
 ]
 
@@ -259,3 +266,68 @@ def open_intake(
     if checker.detector is not None:
         checker.detector.load()  # torch and the weights now, not in the first sender's C-STORE
     return Intake(checker, audit_log=open_audit_log(settings, db=db) if audit else None)
+
+
+def quarantine_webhook(settings: Settings) -> Webhook | None:
+    """The webhook told of every quarantined instance (``quarantine_webhook_url``), or None when none is set."""
+    if not settings.quarantine_webhook_url:
+        return None
+    from verifier.intake.webhook import Webhook
+
+    return Webhook(settings.quarantine_webhook_url)
+
+
+def open_review(
+    settings: Settings,
+    intake: Intake,
+    *,
+    quarantine: Path | None = None,
+    gateway_spool: Path | None = None,
+    stow_store: InstanceStore | None = None,
+    stow_spool: Path | None = None,
+) -> ReviewConfig:
+    """What the review pages and /v1/quarantine serve with: the quarantine bins (the gateway's and Orthanc plugin's
+    directory, the STOW-RS store's), where releases go, the detector that draws heatmaps (the intake's, else the
+    configured or shipped bundle, loaded at the first heatmap), and who may sign the audit checkpoints."""
+    from verifier.detection import DetectorSetup
+    from verifier.review.config import ReviewConfig
+
+    if intake.audit_log is None:
+        raise AuditError("the quarantine review needs the audit log")
+    desk = open_review_desk(settings, intake.audit_log, quarantine=quarantine, gateway_spool=gateway_spool,
+                            stow_store=stow_store, stow_spool=stow_spool)  # fmt: skip
+    detector = intake.checker.detector
+    if detector is None and (settings.detector_model is not None or shipped_detector_bundle() is not None):
+        detector = DetectorSetup(model=settings.detector_model)
+    trusted = checkpoint_signers(settings, None) if settings.keys_dir.is_dir() else None
+    training = None
+    if settings.training_corpus is not None and detector is not None:
+        from verifier.review.training import TrainingStore
+
+        training = TrainingStore(settings.home / "training", settings.training_corpus)
+    return ReviewConfig(desk=desk, detector=detector, trusted=trusted, training=training, settings=settings)
+
+
+def open_review_desk(
+    settings: Settings,
+    audit_log: AuditLog,
+    *,
+    quarantine: Path | None = None,
+    gateway_spool: Path | None = None,
+    stow_store: InstanceStore | None = None,
+    stow_spool: Path | None = None,
+) -> ReviewDesk:
+    """The quarantine bins and where releases go: the gateway's and Orthanc plugin's quarantine directory (default:
+    the ``intake_quarantine_dir`` setting, else ``home/quarantine``), the gateway's spool (likewise
+    ``intake_spool_dir``, else ``home/spool``) and, with ``stow_store``, the STOW-RS store."""
+    from verifier.review.desk import ReviewDesk
+    from verifier.review.orthanc import orthanc_poster
+
+    return ReviewDesk(
+        orthanc_release=orthanc_poster(settings.orthanc_url) if settings.orthanc_url else None,
+        audit_log=audit_log,
+        intake_quarantine=quarantine or settings.intake_quarantine_dir or settings.home / "quarantine",
+        gateway_spool=gateway_spool or settings.intake_spool_dir or settings.home / "spool",
+        stow_store=stow_store,
+        stow_spool=stow_spool,
+    )

@@ -56,7 +56,7 @@ def _register(command: str | None = None) -> None:
     """
     modules: tuple[str, ...] = (
         "keys", "signing", "audit", "demo", "corpus", "train", "generate", "scan", "watermark",
-        "evaluate", "gateway", "orthanc", "serve", "tokens", "claims",
+        "evaluate", "gateway", "orthanc", "serve", "tokens", "claims", "quarantine",
     )  # fmt: skip
     wanted = _COMMAND_MODULES.get(command or "", command)
     if wanted in modules:

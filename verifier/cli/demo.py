@@ -335,4 +335,8 @@ def demo(
         "Claim audits (reused scans, header contradictions, synthetic images): `medverify claims sample claims`, then "
         "`medverify claims audit claims --manifest claims/claims.csv --report report.html`."
     )
+    _common.console.print(
+        "What the intake quarantines waits for review: `medverify tokens create --scope review NAME`, "
+        "`medverify serve`, then open http://127.0.0.1:8080/ui/quarantine (or `medverify quarantine list`)."
+    )
     return 0 if all_expected else 1

@@ -15,7 +15,7 @@ from verifier.cli import _common, app
 from verifier.cli._net import parse_forward, parse_listen, server_tls_context
 from verifier.cli._options import ChecksOption, DbOption, ModelOption, PolicyOption, TrustOption
 from verifier.errors import ConfigError, InputError
-from verifier.setup import open_intake
+from verifier.setup import open_intake, quarantine_webhook
 
 __all__ = ["gateway", "gateway_ssl_context"]
 
@@ -87,6 +87,7 @@ def gateway(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("medverify.intake").setLevel(logging.INFO if verbose else logging.WARNING)
     intake = open_intake(settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model)
+    webhook = quarantine_webhook(settings)
     server = Gateway(
         intake=intake,
         ae_title=ae_title,
@@ -99,6 +100,7 @@ def gateway(
         retry_max=retry_max,
         ssl_context=ssl_context,
         max_associations=max_associations,
+        on_quarantine=webhook,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -120,6 +122,8 @@ def gateway(
             pass
     finally:
         server.stop()
+        if webhook is not None:
+            webhook.close()
     counts = ", ".join(f"{n} {a}" for a, n in server.counts.items())
     _common.err_console.print(f"gateway stopped: {counts}; {len(server.spool)} left in the spool", highlight=False)
     return 0

@@ -123,10 +123,11 @@ class Checker:
             raise ValueError("a checker needs at least one check")
         if set(self.checks) & set(self.not_run):
             raise ValueError("a check cannot both run and not run")
-        if Check.WATERMARK in self.checks and not self.watermark_keys:
-            raise ValueError("the watermark check needs watermark keys; without them it is not run")
-        object.__setattr__(self, "checks", frozenset(self.checks))
-        object.__setattr__(self, "not_run", {Check(k): str(v) for k, v in sorted(self.not_run.items())})
+        checks, not_run = frozenset(self.checks), {Check(k): str(v) for k, v in self.not_run.items()}
+        if Check.WATERMARK in checks and not self.watermark_keys:
+            checks, not_run[Check.WATERMARK] = checks - {Check.WATERMARK}, "no watermark key given"
+        object.__setattr__(self, "checks", checks)
+        object.__setattr__(self, "not_run", dict(sorted(not_run.items())))
         object.__setattr__(self, "watermark_keys", tuple(self.watermark_keys))
 
     def describe(self) -> str:

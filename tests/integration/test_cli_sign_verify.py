@@ -199,7 +199,8 @@ def test_first_verify_on_a_fresh_home_needs_no_passphrase_and_reports_an_untrust
     monkeypatch.delenv("MEDVERIFY_KEY_PASSPHRASE")
     src = sample(tmp_path, "CT_small.dcm")
     ds = pydicom.dcmread(src)
-    sign_dataset(ds, KeyStore(signing_keystore_template, lambda: TEST_KEY_PASSPHRASE.encode()).load_signing_key("second"))
+    other = KeyStore(signing_keystore_template, lambda: TEST_KEY_PASSPHRASE.encode())  # not this home's CA
+    sign_dataset(ds, other.load_signing_key("second"))
     ds.save_as(src)
 
     code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", "--checks", "signature,watermark", src)

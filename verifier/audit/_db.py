@@ -164,7 +164,7 @@ def is_at_head(engine: sa.Engine) -> bool:
         return False
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+            rows: list[str] = list(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
     except exc.DBAPIError:  # no table yet: a new database
         return False
     return rows == [head]

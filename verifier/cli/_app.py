@@ -3,7 +3,6 @@ one place where errors become exit codes (see :mod:`verifier.cli`)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import click

@@ -16,7 +16,9 @@ load on a shared machine), and the median and the best wall-clock times are kept
 medverify runs as its console script (the one beside this interpreter, else on PATH, else ``python -c``), with
 the repository first on ``PYTHONPATH``. Python byte-code is cached in the work directory (``PYTHONPYCACHEPREFIX``)
 and one warm-up run of each command fills it, as ``pip install`` does when it compiles an installed package;
-``--no-bytecode-cache`` measures without (every module compiled at every start). Targets from the issue (medians):
+``--no-bytecode-cache`` measures without (every module compiled at every start). ``--baseline DIR`` also times
+the two medverify commands of another checkout (say, a worktree of the main branch) in the same interleaved runs,
+for a before/after on the same load. Targets from the issue (medians):
 ``--help`` ≤ 0.25 s, ``verify --checks signature`` ≤ 0.5 s; the script exits 1 when one is missed. Figures are
 printed and saved as JSON (default ``benchmarks/results/bench_startup.json``).
 
@@ -98,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20, help="runs per command (default 20)")
     parser.add_argument("--skip-all-checks", action="store_true", help="do not time verify with every check")
     parser.add_argument("--no-bytecode-cache", action="store_true", help="compile every module at every start")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose medverify is timed alongside")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -122,16 +125,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands["medverify verify (every check)"] = ([*mv, "verify", str(one)], 0)
         if dcmsign is not None:
             commands["dcmsign --verify"] = ([dcmsign, "--verify", "+cf", str(ca), str(one)], 0)
-        for cmd, expect in commands.values():  # warm-up: byte-code, the audit database, the page cache
-            _run(cmd, env, expect)
+        envs = {name: env for name in commands}
+        if args.baseline is not None:
+            base_env = {**env, "PYTHONPATH": str(args.baseline.resolve())}
+            for name in ("medverify --help", "medverify verify --checks signature"):
+                commands[f"baseline: {name}"] = commands[name]
+                envs[f"baseline: {name}"] = base_env
+        for name, (cmd, expect) in commands.items():  # warm-up: byte-code, the audit database, the page cache
+            _run(cmd, envs[name], expect)
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.repeat):
             for name, (cmd, expect) in commands.items():
-                times[name].append(_run(cmd, env, expect))
+                times[name].append(_run(cmd, envs[name], expect))
 
     rows: dict[str, dict[str, Any]] = {}
     print(f"\n{args.repeat} runs each, interleaved; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
-    print(f"{'':<38}{'median s':>10}{'best s':>10}{'target':>9}")
+    print(f"{'':<48}{'median s':>10}{'best s':>10}{'target':>9}")
     failed = False
     for name, runs in times.items():
         median = statistics.median(runs)
@@ -141,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows[name] = {"median_s": median, "best_s": min(runs), "runs_s": runs, "target_s": target,
                       "verdict": verdict, "command": " ".join(commands[name][0])}  # fmt: skip
         shown = "" if target is None else f"≤ {target:.2f} {verdict}"
-        print(f"{name:<38}{median:>10.3f}{min(runs):>10.3f}  {shown}")
+        print(f"{name:<48}{median:>10.3f}{min(runs):>10.3f}  {shown}")
     if "dcmsign --verify" in rows:
         ratio = rows["medverify verify --checks signature"]["median_s"] / rows["dcmsign --verify"]["median_s"]
         print(f"verify --checks signature takes {ratio:.1f}x dcmsign's time on the same file")
@@ -149,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "bench_startup",
         "repeat": args.repeat,
         "bytecode_cache": not args.no_bytecode_cache,
+        "baseline": str(args.baseline.resolve()) if args.baseline is not None else None,
         "medverify_command": " ".join(mv),
         "results": rows,
         "machine": {

@@ -107,13 +107,16 @@ class KeysCreated:
         return text
 
 
-def init_keys(settings: Settings, *, interactive: bool = False) -> KeysCreated | None:
+def init_keys(
+    settings: Settings, *, interactive: bool = False, store: KeyStore | None = None
+) -> KeysCreated | None:
     """Create the key store (local CA and the default generator key) if it does not exist yet; None if it does.
 
     Run by every command that needs keys, as the demo does. The passphrase comes from where
     :func:`open_keystore` finds it (``interactive``: a prompt when standard input is a terminal); when there is
     none, a random one is written to the passphrase file (mode 0600, next to the keys unless the
-    ``key_passphrase_file`` setting says elsewhere), so that a first run never stops to ask.
+    ``key_passphrase_file`` setting says elsewhere), so that a first run never stops to ask. ``store``: the
+    caller's own :func:`open_keystore`, so that a prompted passphrase is asked for once.
     """
     try:
         KeyStore(settings.keys_dir, _no_passphrase).ca_certificate()
@@ -130,7 +133,7 @@ def init_keys(settings: Settings, *, interactive: bool = False) -> KeysCreated |
         except KeyStoreError:  # another first use wrote it first: use its passphrase
             if not file.exists():
                 raise
-    created = open_keystore(settings, interactive=interactive).init()
+    created = (store or open_keystore(settings, interactive=interactive)).init()
     return KeysCreated(directory=settings.keys_dir, keys=tuple(created), passphrase_file=generated)
 
 
@@ -171,10 +174,10 @@ def open_generation_keys(
     and the key created on first use), the current watermark key (likewise) and the audit log."""
     from verifier.generation import GenerationKeys
 
-    created = init_keys(settings, interactive=True)
+    store = open_keystore(settings)
+    created = init_keys(settings, interactive=True, store=store)
     if created is not None and notify is not None:
         notify(created.message())
-    store = open_keystore(settings)
     info = store.ensure(key, KeyRole.GENERATOR)
     if info.role is not KeyRole.GENERATOR:
         raise InputError(f"key {key!r} has role {info.role.value}; generated images are signed by a generator key")

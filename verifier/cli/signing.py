@@ -128,10 +128,10 @@ def sign(
     except ValueError:
         raise InputError(f"unknown MAC algorithm {mac!r}; use sha256, sha384 or sha512") from None
     settings = _common.settings()
-    created = setup.init_keys(settings, interactive=True)
+    store = setup.open_keystore(settings)
+    created = setup.init_keys(settings, interactive=True, store=store)
     if created is not None:
         _common.note(created.message())
-    store = setup.open_keystore(settings)
     signer = store.load_signing_key(key or settings.default_key)
     if signer.role.value == "generator":
         _common.err_console.print(

@@ -519,6 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-logo", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--reuse", type=Path, default=None, help="Take LOGO figures from this earlier JSON.")
+    parser.add_argument("--reuse-bundle", type=Path, default=None,
+                        help="Take the bundle's figures from this earlier JSON of the same bundle (to add LOGO or "
+                             "speed without judging it again).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--model-card", type=Path, default=None, help="Also write the figures as Markdown here.")
@@ -557,8 +560,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bundle_mb": _bundle_mb(Path(bundle_dir)), "sources": sources(args.corpus),
     }
     start = time.perf_counter()
-    results["bundle"] = evaluate_views(detector, evaluation)
-    results["lossy"] = lossy_reals(detector, evaluation)
+    earlier = json.loads(args.reuse_bundle.read_text(encoding="utf-8")) if args.reuse_bundle else None
+    if earlier is not None and earlier.get("bundle", {}).get("model_tag") == detector.config.tag:
+        results["bundle"], results["lossy"] = earlier["bundle"], earlier["lossy"]
+    elif earlier is not None:
+        parser.error(f"--reuse-bundle: {args.reuse_bundle} judged another bundle than {detector.config.tag}")
+    else:
+        results["bundle"] = evaluate_views(detector, evaluation)
+        results["lossy"] = lossy_reals(detector, evaluation)
     fpr = _pct(results["bundle"]["conditions"]["clean"]["fpr"])
     _log(f"bundle judged in {time.perf_counter() - start:.0f}s: FPR {fpr}")
     if args.reuse is not None:

@@ -44,10 +44,11 @@ class Recipe:
     #: Share of native real views that also get an 8-bit export twin (and their fakes likewise).
     exports: float = 0.3
     #: Share of native real training views that also get a lossy-stored (JPEG 2000) real twin.
-    lossy: float = 0.5
+    lossy: float = 0.15
     #: A modality group (``CT/native``) with fewer real training views than this gets ``scarce_per_frame`` more
-    #: real crops of each of its frames, without fakes (0: none).
-    scarce_floor: int = 60
+    #: real crops of each of its frames, without fakes (0: none, as in the shipped bundle; 60, with ``lossy``
+    #: 0.5, was tried: see the model card's notes).
+    scarce_floor: int = 0
     scarce_per_frame: int = 4
     #: Unconditional samples per real view, for the generators that sample.
     unpaired: float = 0.1

@@ -229,10 +229,12 @@ def test_orthanc_plugin_fails_closed_when_medverify_cannot_start(
     netns: int, samples: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    """An empty home (no keys, no trust anchors): the plugin cannot check, so Orthanc must store nothing."""
-    home = tmp_path / "empty-home"
+    """A home where no key store can be made (its keys path is a file): the plugin cannot check, so Orthanc must
+    store nothing. (An empty home is no longer such a case: the key store is created on first use.)"""
+    home = tmp_path / "broken-home"
     home.mkdir()
     config = _install(capsys, monkeypatch, tmp_path, home)
+    (home / "keys").write_text("not a key store\n")
     log = tmp_path / "orthanc.log"
     with _orthanc(netns, config, log):
         status = _cstore(netns, samples["real"])

@@ -104,6 +104,9 @@ class FileVerdict(BaseModel):
     signature: dict[str, Any] | None = None
     watermark: dict[str, Any] | None = None
     policy_version: str | None = None
+    not_run: dict[str, str] = Field(
+        default_factory=dict, description="The checks asked for that could not run here (check: why)."
+    )
     error: str | None = None
     audit_id: int | None = Field(default=None, description="Id of the audit record (GET /v1/audit/{id}).")
     peer: PeerModel | None = None

@@ -156,6 +156,7 @@ def _generated_cases(keys: GenerationKeys, out: Path) -> list[_Case]:
         strip_signatures(ds)
         for tag in [t for t in ds.keys() if t.group % 2 == 1]:
             del ds[tag]
+        del ds.SyntheticData  # as a forger would: nothing in the tags says what it is any more
         stripped = out / "gan_sample_tags_stripped.dcm"
         ds.save_as(stripped)
         generated.unlink()

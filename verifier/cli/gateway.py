@@ -13,7 +13,7 @@ import typer
 
 from verifier.cli import _common, app
 from verifier.cli._net import parse_forward, parse_listen, server_tls_context
-from verifier.cli._options import ChecksOption, DbOption, ModelOption, PolicyOption, TrustOption
+from verifier.cli._options import DbOption, IntakeChecksOption, ModelOption, PolicyOption, TrustOption
 from verifier.errors import ConfigError, InputError
 from verifier.setup import open_intake, quarantine_webhook
 
@@ -41,7 +41,7 @@ def gateway(
         list[str] | None,
         typer.Option("--allow", help="Allowed caller AE or AE@ADDRESS (repeatable; adds to gateway_allowed_callers)."),
     ] = None,
-    checks: ChecksOption = None,
+    checks: IntakeChecksOption = None,
     model: ModelOption = None,
     trust: TrustOption = None,
     policy_file: PolicyOption = None,
@@ -86,7 +86,9 @@ def gateway(
         )
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("medverify.intake").setLevel(logging.INFO if verbose else logging.WARNING)
-    intake = open_intake(settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model)
+    intake = open_intake(
+        settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model, notify=_common.note
+    )
     webhook = quarantine_webhook(settings)
     server = Gateway(
         intake=intake,
@@ -110,7 +112,7 @@ def gateway(
     except OSError as exc:
         intake.close()
         raise InputError(f"cannot listen on {listen}: {exc.strerror}") from None
-    names = ", ".join(sorted(c.value for c in intake.checker.checks))
+    names = intake.checker.describe()
     tls_note = " (DICOM TLS, client certificates required)" if tls_ca else " (DICOM TLS)" if ssl_context else ""
     _common.err_console.print(
         f"medverify gateway {ae_title} listening on {host}:{server.port}{tls_note}; forwarding to {destination}; "

@@ -19,7 +19,7 @@ from verifier.cli._net import (
     parse_listen,
     server_tls_context,
 )
-from verifier.cli._options import ChecksOption, DbOption, ModelOption, PolicyOption, TrustOption
+from verifier.cli._options import DbOption, IntakeChecksOption, ModelOption, PolicyOption, TrustOption
 from verifier.errors import InputError
 from verifier.setup import open_intake, open_review, quarantine_webhook
 
@@ -92,7 +92,7 @@ def _missing_api(exc: ModuleNotFoundError) -> InputError:
 )
 def serve(
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
-    checks: ChecksOption = None,
+    checks: IntakeChecksOption = None,
     trust: TrustOption = None,
     policy_file: PolicyOption = None,
     db: DbOption = None,
@@ -156,13 +156,15 @@ def serve(
         raise _missing_api(exc) from None
     destination = parse_forward(forward) if forward is not None else None
     settings = _common.settings()
-    intake = open_intake(settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model)
+    intake = open_intake(
+        settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model, notify=_common.note
+    )
     intake.warm_up()  # lazy imports and first-call costs before the first request, not in it
     config = _api_config(intake, store_dir or settings.home / "intake" / "stow", destination, ae_title,
                          max_body_bytes=int(max_body_mb * 1024**2), max_concurrent=max_concurrent)  # fmt: skip
     scheme = "https" if tls else "http"
     tls_note = ("TLS, client certificates required; " if tls_client_ca is not None else "TLS; ") if tls else ""
-    check_names = ", ".join(sorted(c.value for c in intake.checker.checks))
+    check_names = intake.checker.describe()
     _common.err_console.print(
         f"medverify API on {scheme}://{listen} ({tls_note}checks: {check_names}; "
         f"audit log {config.audit_log.url}; STOW-RS store {config.store.root}); "

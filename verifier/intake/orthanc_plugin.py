@@ -286,7 +286,7 @@ def register(orthanc: Any) -> OrthancFilter:
             env[name] = str(section[key])
     settings = Settings.load(env=env)
     model = Path(section["DetectorModel"]) if section.get("DetectorModel") else None
-    intake = open_intake(settings, section.get("Checks") or None, model=model)
+    intake = open_intake(settings, section.get("Checks") or None, model=model, notify=orthanc.LogWarning)
     intake.warm_up()
     quarantine = QuarantineStore(
         settings.intake_quarantine_dir or settings.home / "quarantine", on_quarantine=quarantine_webhook(settings)
@@ -294,7 +294,7 @@ def register(orthanc: Any) -> OrthancFilter:
     allowed = parse_allowed_callers([settings.gateway_allowed_callers])
     plugin = OrthancFilter(orthanc, intake, quarantine, allowed)
     plugin.register()
-    names = ", ".join(sorted(c.value for c in intake.checker.checks))
+    names = intake.checker.describe()
     orthanc.LogWarning(
         f"medverify: checking every upload (checks: {names}; quarantine: {Path(quarantine.directory)}; "
         f"allowed callers: {', '.join(map(str, allowed)) or 'as Orthanc is configured'})"

@@ -191,6 +191,12 @@ def train_detector_cmd(
     sampling: Annotated[str, typer.Option(
         "--sampling", help="Training draws a fake's view uniformly ('view') or a source first ('source').")] = "view",
     seed: Annotated[int, typer.Option("--seed", help="Seed of views, weights, batches.")] = 0,
+    lossy: Annotated[float, typer.Option(
+        "--lossy", min=0.0, max=1.0, help="Share of native real views that also get a lossy-stored (JPEG 2000) "
+        "real twin.")] = 0.15,
+    scarce_floor: Annotated[int, typer.Option(
+        "--scarce-floor", min=0, help="A modality group with fewer real views than this gets 4 more real crops of "
+        "each frame, without fakes (0: none).")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = DEFAULT_THREADS,
     cache: Annotated[Path | None, typer.Option(
         "--cache", help="Folder that keeps the views and fakes made (default: the cache folder's views/).")] = None,
@@ -208,7 +214,7 @@ def train_detector_cmd(
     recipe = _recipe(Recipe, generators=generators, preset=preset, arch=arch, steps=steps, batch_size=batch_size,
                      view_size=view_size,
                      cross_fit=cross_fit, stack=not fixed_weights, min_member_gain=min_member_gain,
-                     target_fpr=target_fpr, sampling=sampling, seed=seed)
+                     target_fpr=target_fpr, sampling=sampling, seed=seed, lossy=lossy, scarce_floor=scarce_floor)
     if not corpus.is_dir():
         raise InputError(f"--corpus {corpus}: not a directory")
     start = time.perf_counter()

@@ -65,11 +65,17 @@ class Recipe:
     augment: float = 0.5
     sampling: str = "view"
     target_fpr: float = 0.01
+    #: 0: each threshold lets ``target_fpr`` of the calibration's real views through; above 0, it holds the
+    #: target in that share of resamples of whole patients (see ``threshold_at_fpr_by_source``).
+    threshold_confidence: float = 0.0
+    #: The ensemble's candidate members (empty: the preset's); stacking weighs them as ever.
+    members: tuple[str, ...] = ()
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["families"] = list(self.families)
+        data["members"] = list(self.members)
         return data
 
 
@@ -143,9 +149,14 @@ def train_bundle(
 
     chosen = select(views, families=families) if families is not None else list(views)
 
+    chosen_args = dict(arch_args or {})
+    if recipe.members and "members" not in chosen_args:  # equal weights to start; stacking refits them
+        chosen_args |= {"members": list(recipe.members),
+                        "weights": {"synthetic": [1.0] * len(recipe.members), "tamper": [1.0] * len(recipe.members)}}
+
     def make() -> Detector:
         return create_detector(recipe.arch, preset=recipe.preset, seed=recipe.seed, target_fpr=recipe.target_fpr,
-                               arch_args=dict(arch_args or {}))
+                               arch_args=chosen_args)
 
     record_data = {**dict(data or {}), "recipe": recipe.to_dict(),
                    **({"families": list(families)} if families is not None else {}),
@@ -154,10 +165,11 @@ def train_bundle(
         return cross_fit_detector(
             make, chosen, folds=recipe.cross_fit, steps=recipe.steps, batch_size=recipe.batch_size,
             seed=recipe.seed, augment=recipe.augment, progress=progress, on_stage=on_stage, data=record_data,
-            stack=recipe.stack, min_member_gain=recipe.min_member_gain, sampling=recipe.sampling)
+            stack=recipe.stack, min_member_gain=recipe.min_member_gain, sampling=recipe.sampling,
+            confidence=recipe.threshold_confidence)
     fit, calib = split_calibration(chosen, seed=recipe.seed)
     detector = make()
     record = train_detector(detector, fit, calib, steps=recipe.steps, batch_size=recipe.batch_size,
                             seed=recipe.seed, augment=recipe.augment, progress=progress, data=record_data,
-                            sampling=recipe.sampling)
+                            sampling=recipe.sampling, confidence=recipe.threshold_confidence)
     return detector, record

@@ -40,6 +40,7 @@ from detectors.models.training import (
     raw_view_scores,
     stack_weights,
     threshold_at_fpr,
+    threshold_at_fpr_by_source,
     train_detector,
 )
 from detectors.models.views import View, source_folds
@@ -201,6 +202,26 @@ def test_threshold_at_fpr() -> None:
     assert threshold_at_fpr([0.3, 0.3, 0.3], 0.01) > 0.3
     with pytest.raises(ModelError):
         threshold_at_fpr([], 0.01)
+
+
+def test_threshold_by_source_holds_the_target_over_resampled_patients() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.random(400)
+    one_each = [f"p{i}" for i in range(400)]
+    plain = threshold_at_fpr(scores, 0.01)
+    by_source = threshold_at_fpr_by_source(scores, one_each, 0.01, confidence=0.9)
+    assert by_source >= plain and float((scores >= by_source).mean()) <= 0.01
+    assert threshold_at_fpr_by_source(scores, one_each, 0.01, confidence=0.99) >= by_source
+    # One patient of forty holds the ten highest scores (2.5 % of the views): the plain rule lets four of them
+    # through; resampling patients sees that patient drawn twice or more in a tenth of the draws, when at most
+    # two of its views may pass.
+    clustered = np.concatenate([rng.random(390) * 0.9, 0.95 + rng.random(10) * 0.04])
+    patients = [f"p{i % 39}" for i in range(390)] + ["outlier"] * 10
+    assert float((clustered >= threshold_at_fpr(clustered, 0.01)).mean()) > 0.005
+    high = threshold_at_fpr_by_source(clustered, patients, 0.01, confidence=0.9)
+    assert high > threshold_at_fpr(clustered, 0.01) and int((clustered >= high).sum()) <= 2
+    with pytest.raises(ModelError, match="one source per real score"):
+        threshold_at_fpr_by_source(scores, one_each[:-1], 0.01, confidence=0.9)
 
 
 def test_laundering_keeps_range_and_mask_follows() -> None:

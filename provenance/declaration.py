@@ -2,6 +2,7 @@
 
 Standard attributes carry it wherever they exist, so that any DICOM viewer shows it:
 
+- Synthetic Data (0008,001C) ``YES``, the standard's own flag for an image that is not of a patient;
 - Image Type (0008,0008) ``DERIVED\\SECONDARY``;
 - Derivation Description (0008,2111) in words, and Derivation Code Sequence (0008,9215) with the code
   ``SYNTHETIC`` of the local coding scheme ``99MEDVERIFY`` ("Synthetic image from a generative model");
@@ -91,7 +92,11 @@ def _dt(value: dt.datetime) -> str:
 
 
 def declare_synthetic(ds: Dataset, declaration: SyntheticDeclaration) -> None:
-    """Write ``declaration`` into ``ds`` (in place), standard attributes and private block."""
+    """Write ``declaration`` into ``ds`` (in place), standard attributes and private block.
+
+    Synthetic Data (0008,001C) = YES is the standard's own flag for an image that is not of a patient: written
+    first, so that whoever signs ``ds`` afterwards covers it like the rest of the declaration."""
+    ds.SyntheticData = "YES"
     image_type = list(ds.get("ImageType", []) or [])
     third = [str(v) for v in image_type[2:]] if len(image_type) > 2 else []
     ds.ImageType = ["DERIVED", "SECONDARY", *third]

@@ -28,5 +28,7 @@ echo "== ruff"
 ruff check provenance detectors verifier tests benchmarks
 echo "== mypy"
 mypy provenance detectors verifier
+echo "== docs (mkdocs build --strict)"
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 echo "== pytest"
 python3 -m pytest -q -p no:cacheprovider "$@"

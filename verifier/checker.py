@@ -21,7 +21,7 @@ import hashlib
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,28 +39,43 @@ from verifier.result import FileResult
 if TYPE_CHECKING:
     from verifier.reports import WatermarkOutcome
 
-__all__ = ["DEFAULT_CHECKS", "Check", "Checker", "Examined", "default_workers", "parse_checks"]
+__all__ = [
+    "DEFAULT_CHECKS",
+    "INTAKE_DEFAULT_CHECKS",
+    "Check",
+    "Checker",
+    "Examined",
+    "default_workers",
+    "parse_checks",
+]
 
 
 class Check(enum.StrEnum):
     """Checks that ``--checks`` selects."""
 
     SIGNATURE = "signature"
-    #: Opt-in: detection needs the secret watermark keys (the key store's passphrase).
+    #: Needs the secret watermark keys (the key store's passphrase, and a key: ``medverify generate`` makes one).
     WATERMARK = "watermark"
-    #: Opt-in: the detector networks (synthetic and tamper scores). Loads torch and the model bundle, about 2 s
-    #: once per process, then tens of milliseconds per image; signature-only runs stay free of torch.
+    #: The detector networks (synthetic and tamper scores). Loads torch and the model bundle, about 2 s once per
+    #: process, then tens of milliseconds per image; ``--checks signature`` runs stay free of torch.
     DETECTOR = "detector"
 
 
-#: What runs when ``--checks`` is not given.
-DEFAULT_CHECKS = frozenset({Check.SIGNATURE})
+#: What ``verify``, ``scan`` and ``claims audit`` run when ``--checks`` is not given: every check. One that cannot
+#: run (no watermark key yet, no passphrase) is reported as not run, with why (:attr:`Checker.not_run`).
+DEFAULT_CHECKS = frozenset(Check)
+
+#: What the intake channels (DICOM gateway, Orthanc plugin, HTTP API) run when no checks are configured. The
+#: detector is left out until the shipped bundle meets its held-out false-positive target (the model card in
+#: ``detectors/checkpoints/detector/MODEL_CARD.md`` gives the measured rate): at intake, what it flags is
+#: quarantined. Then this becomes :data:`DEFAULT_CHECKS`.
+INTAKE_DEFAULT_CHECKS = frozenset({Check.SIGNATURE, Check.WATERMARK})
 
 
-def parse_checks(value: str | None) -> frozenset[Check]:
-    """Parse a comma-separated ``--checks`` value (default: :data:`DEFAULT_CHECKS`)."""
+def parse_checks(value: str | None, default: frozenset[Check] = DEFAULT_CHECKS) -> frozenset[Check]:
+    """Parse a comma-separated ``--checks`` value (not given: ``default``)."""
     if not value:
-        return DEFAULT_CHECKS
+        return default
     out = set()
     for part in value.split(","):
         name = part.strip().lower()
@@ -88,23 +103,48 @@ class Examined:
 class Checker:
     """The checks, the trust policy, the site policy, the watermark keys and the detector: what a check needs.
 
+    ``checks`` are the checks that run; ``not_run`` the ones asked for that cannot run here, each with why (no
+    watermark key yet, no passphrase, no detector model): every result reports them, and nothing stops.
     ``detector`` chooses the model bundle and heatmap folder of :attr:`Check.DETECTOR` (None: the shipped bundle,
     no heatmaps); ``max_bytes`` is the largest input read. Build one with :func:`verifier.setup.load_checker`, or
     directly where no settings are involved (tests, benchmarks).
     """
 
     trust: TrustPolicy
-    checks: frozenset[Check] = DEFAULT_CHECKS
+    checks: frozenset[Check] = frozenset({Check.SIGNATURE})
+    not_run: Mapping[Check, str] = dataclasses.field(default_factory=dict)
     site_policy: Policy = DEFAULT_POLICY
     watermark_keys: tuple[WatermarkKey, ...] = ()
     detector: DetectorSetup | None = None
     max_bytes: int = MAX_FILE_BYTES
 
     def __post_init__(self) -> None:
-        if not self.checks:
+        if not self.checks and not self.not_run:
             raise ValueError("a checker needs at least one check")
-        object.__setattr__(self, "checks", frozenset(self.checks))
+        if set(self.checks) & set(self.not_run):
+            raise ValueError("a check cannot both run and not run")
+        checks, not_run = frozenset(self.checks), {Check(k): str(v) for k, v in self.not_run.items()}
+        if Check.WATERMARK in checks and not self.watermark_keys:
+            checks, not_run[Check.WATERMARK] = checks - {Check.WATERMARK}, "no watermark key given"
+        object.__setattr__(self, "checks", checks)
+        object.__setattr__(self, "not_run", dict(sorted(not_run.items())))
         object.__setattr__(self, "watermark_keys", tuple(self.watermark_keys))
+
+    def describe(self) -> str:
+        """The checks that run, and those that do not with why: for start-up lines and logs."""
+        text = ", ".join(sorted(c.value for c in self.checks)) or "none"
+        for check, why in self.not_run.items():
+            text += f"; {check.value} not run: {why}"
+        return text
+
+    def without(self, check: Check, why: str) -> Checker:
+        """This checker with ``check`` not run, for ``why`` (e.g. the watermark keys must not travel)."""
+        if check not in self.checks:
+            return self
+        keys = () if check is Check.WATERMARK else self.watermark_keys
+        return dataclasses.replace(
+            self, checks=self.checks - {check}, not_run={**self.not_run, check: why}, watermark_keys=keys
+        )
 
     def check(self, source: Path | str | bytes, *, name: str | None = None) -> FileResult:
         """Read ``source`` (a path, or the bytes of an upload) and check it; never raises for bad input.
@@ -158,11 +198,19 @@ class Checker:
         if Check.SIGNATURE in self.checks:
             signature = verify_dataset(instance.dataset, self.trust)
             status = signature.status.value
-        if Check.WATERMARK in self.checks and self.watermark_keys:
+        if Check.WATERMARK in self.checks:
             watermark = _watermark(instance, self.watermark_keys)
         if Check.DETECTOR in self.checks:
             detection, heatmap = (self.detector or DetectorSetup()).report(instance)
-        verdict = decide(policy=self.site_policy, signature=signature, watermark=watermark, detector=detection)
+        not_run = {c.value: why for c, why in self.not_run.items()}
+        verdict = decide(
+            policy=self.site_policy,
+            signature=signature,
+            watermark=watermark,
+            detector=detection,
+            synthetic_data=instance.synthetic_data,
+            not_run=not_run,
+        )
         return FileResult(
             path=instance.path,
             status=status,
@@ -174,6 +222,7 @@ class Checker:
             watermark=watermark,
             detection=detection,
             heatmap=heatmap,
+            not_run=not_run,
         )
 
     def check_all(self, paths: Sequence[Path], *, workers: int = 1) -> Iterator[FileResult]:

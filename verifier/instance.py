@@ -31,6 +31,7 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_INFLATED_BYTES",
     "MAX_PIXEL_BYTES",
+    "SYNTHETIC_DATA_TAG",
     "Instance",
     "UnreadableInstanceError",
     "is_dicom_file",
@@ -104,6 +105,8 @@ def _check_truncation(ds: FileDataset, size: int, path: str, digest: str, warned
 
 _IDENTIFIERS = (("SOPInstanceUID", "UI"), ("SOPClassUID", "UI"), ("Modality", "CS"), ("PatientID", "LO"))
 _IDENTIFIER_VRS = dict(_IDENTIFIERS)
+#: Synthetic Data (0008,001C), CS, YES or NO: the standard's own flag for an image that is not of a patient.
+SYNTHETIC_DATA_TAG = 0x0008001C
 _TAGS: dict[str, int] = {
     keyword: tag
     for keyword in ("SOPInstanceUID", "SOPClassUID", "Modality", "PatientID", "Rows", "Columns", "NumberOfFrames",
@@ -294,6 +297,19 @@ class Instance:
     @property
     def modality(self) -> str | None:
         return self._text("Modality")
+
+    @property
+    def synthetic_data(self) -> bool | None:
+        """Synthetic Data (0008,001C): True for YES, False for NO, None when absent or unreadable (read tolerantly:
+        padding and case ignored; a damaged value says nothing rather than stopping the check)."""
+        elem = self.dataset.get_item(SYNTHETIC_DATA_TAG)
+        if elem is None:
+            return None
+        value = elem.value
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        text = str(value or "").strip("\x00 ").upper()
+        return True if text == "YES" else False if text == "NO" else None
 
     @classmethod
     def from_bytes(cls, data: bytes, *, path: str = "<bytes>", max_bytes: int = MAX_FILE_BYTES) -> Instance:

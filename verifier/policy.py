@@ -10,7 +10,8 @@ Decision order (first match wins):
 2. a signature whose MAC does not match, or whose structure is broken, a pixel binding whose decoded pixels
    differ from those signed, or a signed file whose Pixel Data nothing vouches for, unless it was re-encoded after
    signing (a ``TRANSCODED`` signature): ``TAMPERED``;
-3. a valid, trusted signature of a ``generator`` key covering the pixels: ``DECLARED_SYNTHETIC``;
+3. Synthetic Data (0008,001C) = YES, the standard's own declaration, signed or not, or a valid, trusted signature of
+   a ``generator`` key covering the pixels: ``DECLARED_SYNTHETIC``;
 4. our generator watermark in the pixels with no signature left: ``DECLARED_SYNTHETIC`` ("provenance recovered
    from watermark");
 5. a detector tamper score at or above the tamper threshold (the policy's ``tamper_threshold``, else the model's
@@ -28,7 +29,8 @@ intact, and with the decoded pixels equal to those signed it covers the pixels (
 
 Elements added after signing (present but covered by no signature), and signatures that are intact but whose
 signer is untrusted, revoked or expired, do not change the status; they add a reason and raise the action to at
-least the policy's ``uncovered_action`` / ``untrusted_action``.
+least the policy's ``uncovered_action`` / ``untrusted_action``. A check that was asked for but could not run (no
+watermark key yet, no detector model) adds a reason "not run: why" and changes nothing else.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class Action(enum.StrEnum):
 class Reason:
     """One reason for a verdict, tied to the report it came from."""
 
-    source: str  # "input", "signature", "watermark", "detector"
+    source: str  # "input", "declaration", "signature", "watermark", "detector"
     message: str
 
     def to_dict(self) -> dict[str, str]:
@@ -220,19 +222,24 @@ def decide(
     signature: SignatureReport | None = None,
     watermark: WatermarkOutcome | None = None,
     detector: DetectionOutcome | None = None,
+    synthetic_data: bool | None = None,
+    not_run: Mapping[str, str] | None = None,
 ) -> Verdict:
     """Combine the reports into a verdict under ``policy`` (see the module docstring for the order).
 
     ``input_error`` is ``(kind, message)`` for unreadable input. ``None`` for a report means its check did not
     run; a :class:`~verifier.reports.WatermarkNotChecked` or :class:`~verifier.reports.DetectionFailure` means it
-    ran and could not examine the image.
+    ran and could not examine the image. ``synthetic_data`` is the file's Synthetic Data (0008,001C) (True: YES);
+    ``not_run`` names the checks asked for that could not run, with why.
     """
     reasons: list[Reason] = []
     floor = Action.ACCEPT
+    skipped = dict(not_run or {})
 
     def verdict(status: VerdictStatus) -> Verdict:
         action = _escalate(policy.actions[status], floor)
-        return Verdict(status=status, action=action, reasons=tuple(reasons), policy_version=policy.version)
+        told = tuple(Reason(check, f"not run: {why}") for check, why in skipped.items())
+        return Verdict(status=status, action=action, reasons=(*reasons, *told), policy_version=policy.version)
 
     if input_error is not None:
         kind, message = input_error
@@ -294,10 +301,13 @@ def decide(
 
     valid = [s for s in intact if s.status is SignatureStatus.VALID]
     generator_sigs = [s for s in valid if s.role == "generator"]
+    if synthetic_data is True:
+        reasons.append(Reason("declaration", "Synthetic Data (0008,001C) is YES: the file declares itself synthetic"))
     if generator_sigs:
         reasons.append(
             Reason("signature", f"signed by generator key {generator_sigs[0].signer}: a declared synthetic image")
         )
+    if synthetic_data is True or generator_sigs:
         return verdict(VerdictStatus.DECLARED_SYNTHETIC)
 
     if watermark is not None and not isinstance(watermark, WatermarkNotChecked) and watermark.present:
@@ -342,7 +352,8 @@ def decide(
     if isinstance(detector, DetectionFailure):
         reasons.append(Reason("detector", f"the image could not be scored: {detector.error}"))
     elif scored is None:
-        reasons.append(Reason("detector", "no detector was run"))
+        if "detector" not in skipped:
+            reasons.append(Reason("detector", "no detector was run"))
     else:
         reasons.append(
             Reason(

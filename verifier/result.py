@@ -39,6 +39,8 @@ class FileResult:
     heatmap: str | None = None
     error: str | None = None
     audit_id: int | None = None
+    #: The checks asked for that could not run here (no watermark key yet, no detector model ...), with why.
+    not_run: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __bool__(self) -> bool:
         raise TypeError("a FileResult has no truth value; use .verdict, .problem_found or .failed")
@@ -107,7 +109,12 @@ class FileResult:
             policy_version=self.verdict.policy_version,
             verdict=self.verdict.status.value,
             action=self.verdict.action.value,
-            details={"reasons": [r.to_dict() for r in self.verdict.reasons], "error": self.error, **(details or {})},
+            details={
+                "reasons": [r.to_dict() for r in self.verdict.reasons],
+                "error": self.error,
+                **({"not_run": dict(self.not_run)} if self.not_run else {}),
+                **(details or {}),
+            },
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +135,7 @@ class FileResult:
             "tamper_score": detection.get("tamper_score") if detection is not None else None,
             "detector": _detector_summary(detection),
             "policy_version": self.verdict.policy_version,
+            "not_run": dict(self.not_run),
             "error": self.error,
             "audit_id": self.audit_id,
         }

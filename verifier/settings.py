@@ -46,6 +46,13 @@ class Settings:
     intake_quarantine_dir: Path | None = None
     #: The DICOM gateway's store-and-forward spool; empty means ``home/spool``.
     intake_spool_dir: Path | None = None
+    #: URL that gets a JSON POST for every quarantined instance (no patient data); empty: none.
+    quarantine_webhook_url: str = ""
+    #: Orthanc's REST URL (e.g. ``http://127.0.0.1:8042``), where a reviewer's release of what the Orthanc plugin
+    #: quarantined goes; empty: such instances can be rejected but not released.
+    orthanc_url: str = ""
+    #: Real DICOM images the training page (/ui/train) draws from; empty: no training page.
+    training_corpus: Path | None = None
 
     @property
     def keys_dir(self) -> Path:
@@ -102,7 +109,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             if out[name] < 1:
                 raise ConfigError("checkpoint_interval must be at least 1")
         elif name in (
-            "key_passphrase_file", "policy_file", "detector_model", "intake_quarantine_dir", "intake_spool_dir"
+            "key_passphrase_file", "policy_file", "detector_model", "intake_quarantine_dir", "intake_spool_dir",
+            "training_corpus",
         ):
             out[name] = Path(str(value)).expanduser() if value else None
         elif name == "gateway_allowed_callers" and isinstance(value, list):

@@ -69,6 +69,28 @@ def _shifted(scores: FrameScores, top: float, weight: float) -> FrameScores:
     return dataclasses.replace(scores, tamper=top, patch_frames=frames)
 
 
+class _Members(Mapping[str, "Detector"]):
+    """An ensemble's members by name, in order; a member is built when it is looked up."""
+
+    def __init__(self, owner: EnsembleDetector, names: Sequence[str]) -> None:
+        self._owner = owner
+        self._names = list(names)
+
+    def __getitem__(self, name: str) -> Detector:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._owner._member(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+
 @register_detector("ensemble")
 class EnsembleDetector(Detector):
     """Weighted raw scores of members (``weights`` per member and head; default equal)."""
@@ -104,13 +126,14 @@ class EnsembleDetector(Detector):
         preset = str(args.get("preset", "small"))
         #: Whether patch members look first where the dense pass points (bundles made before it: no).
         self.guide = bool(args.get("guide", False))
-        self.members: dict[str, Detector] = {}
-        for i, name in enumerate(names):
-            member_args = dict(args.get(name, _member_args(preset, name)))
-            member_config = dataclasses.replace(
-                config, arch=name, arch_args=member_args, calibration={}, training={}, tag="", group_offsets={}
-            )
-            self.members[name] = detector_class(name)(member_config, seed=seed + i)
+        self._seed = seed
+        self._member_args = {name: dict(args.get(name, _member_args(preset, name))) for name in names}
+        self._built: dict[str, Detector] = {}
+        #: Weights of members not built yet (a loaded bundle's members that weigh nothing on either head).
+        self._dormant: dict[str, dict[str, npt.NDArray[Any]]] = {}
+        #: The members by name, in order; built on first use, so that a member stacking gave no weight (and the
+        #: imports it needs: timm for the CNN) costs nothing when a bundle is only used to score.
+        self.members: Mapping[str, Detector] = _Members(self, names)
         per_head = _per_head(args.get("weights", [1.0] * len(names)))
         #: (2, members): the weight of each member on the synthetic (row 0) and tamper (row 1) raw score.
         self.weights = np.zeros((2, len(names)), dtype=np.float32)
@@ -118,18 +141,40 @@ class EnsembleDetector(Detector):
             weights = per_head.get(head, [])
             if len(weights) != len(names) or min(weights) < 0:
                 raise ModelError(f"ensemble weights ({head}) must be one non-negative number per member")
-            for col, member in enumerate(self.members.values()):
-                if head in member.HEADS:
+            for col, name in enumerate(names):
+                if head in detector_class(name).HEADS:
                     self.weights[row, col] = weights[col]
             if self.weights[row].sum() <= 0:
                 raise ModelError(f"no member of the ensemble has weight on the {head} head")
             self.weights[row] /= self.weights[row].sum()
+        for name in names:  # build the weighted members now: errors in their arguments surface at construction
+            if self._weighs(name):
+                self._member(name)
+
+    def _weighs(self, name: str) -> bool:
+        """Whether member ``name`` has weight on either head (only those score)."""
+        return bool(self.weights[:, list(self.members).index(name)].any())
+
+    def _member(self, name: str) -> Detector:
+        """Member ``name``, built (and given its dormant weights) on first use."""
+        member = self._built.get(name)
+        if member is None:
+            index = list(self.members).index(name)
+            member_config = dataclasses.replace(
+                self.config, arch=name, arch_args=self._member_args[name], calibration={}, training={}, tag="",
+                group_offsets={},
+            )
+            member = detector_class(name)(member_config, seed=self._seed + index)
+            if name in self._dormant:
+                member.load_state_arrays(self._dormant.pop(name))
+            self._built[name] = member
+        return member
 
     # ------------------------------------------------------------------ members and weights
 
     def head_members(self, head: str) -> list[str]:
         """The members with an opinion on ``head`` (those :meth:`set_weights` weighs)."""
-        return [name for name, member in self.members.items() if head in member.HEADS]
+        return [name for name in self.members if head in detector_class(name).HEADS]
 
     def synthetic_members(self) -> list[str]:
         return self.head_members("synthetic")
@@ -177,8 +222,10 @@ class EnsembleDetector(Detector):
         super().with_config(**changes)
         # Member arch_args are recorded so that a bundle rebuilds the same members.
         args = dict(self.config.arch_args)
-        for name, member in self.members.items():
-            args[name] = dict(member.config.arch_args)
+        for name, member in self._built.items():
+            self._member_args[name] = dict(member.config.arch_args)
+        for name in self.members:
+            args[name] = dict(self._member_args[name])
         self.config = dataclasses.replace(self.config, arch_args=args)
 
     # ------------------------------------------------------------------ scoring
@@ -193,11 +240,11 @@ class EnsembleDetector(Detector):
         self._dense_pass(frames)
         synthetic, tamper = 0.0, 0.0
         heat: tuple[float, FrameScores] | None = None
-        for col, member in enumerate(self.members.values()):
+        for col, name in enumerate(self.members):
             w_syn, w_tam = float(self.weights[0, col]), float(self.weights[1, col])
             if w_syn == 0 and w_tam == 0:
                 continue
-            scores = member.score_frames(frames)
+            scores = self._member(name).score_frames(frames)
             synthetic += w_syn * scores.synthetic
             tamper += w_tam * scores.tamper
             if w_tam > 0 and (heat is None or w_tam > heat[0]):
@@ -215,10 +262,10 @@ class EnsembleDetector(Detector):
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
         """Weighted patch logits of the patch members (what training streams look at)."""
         out = np.zeros((len(patches), 2), dtype=np.float32)
-        for col, member in enumerate(self.members.values()):
-            if member.IMAGE_LEVEL or not self.weights[:, col].any():
+        for col, name in enumerate(self.members):
+            if detector_class(name).IMAGE_LEVEL or not self.weights[:, col].any():
                 continue
-            logits, _ = member.patch_outputs(patches)
+            logits, _ = self._member(name).patch_outputs(patches)
             out += self.weights[:, col] * logits
         return out, None
 
@@ -254,13 +301,19 @@ class EnsembleDetector(Detector):
 
     def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
         out: dict[str, npt.NDArray[Any]] = {}
-        for member in self.members.values():
-            out.update(member.state_arrays())
+        for name in self.members:
+            out.update(self._dormant[name] if name in self._dormant else self._member(name).state_arrays())
         return out
 
     def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
-        for name, member in self.members.items():
-            member.load_state_arrays({k: v for k, v in arrays.items() if k.startswith(f"{name}.")})
+        """Load every member's weights; a member without weight on either head keeps them aside, unbuilt, until
+        something asks for it (:meth:`member_scores`, training, saving)."""
+        for name in self.members:
+            own = {k: v for k, v in arrays.items() if k.startswith(f"{name}.")}
+            if name in self._built or self._weighs(name):
+                self._member(name).load_state_arrays(own)
+            else:
+                self._dormant[name] = own
         known = tuple(f"{name}." for name in self.members)
         extra = [k for k in arrays if not k.startswith(known)]
         if extra:

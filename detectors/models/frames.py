@@ -144,10 +144,11 @@ def frame_patches(
 
 def _patch_std(frame: npt.NDArray[np.float32], positions: Sequence[tuple[int, int]], p: int) -> npt.NDArray[np.float64]:
     """Standard deviation of each ``p`` x ``p`` patch at ``positions``, from summed-area tables (one pass over the
-    frame instead of one per patch)."""
-    f = frame.astype(np.float64)
-    sums = np.pad(f, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    squares = np.pad(f * f, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    frame instead of one per patch; OpenCV builds both tables in one pass, several times faster than numpy)."""
+    import cv2
+
+    tables = cv2.integral2(np.ascontiguousarray(frame, dtype=np.float32), sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
+    sums, squares = (np.asarray(t, dtype=np.float64) for t in tables)
     y = np.array([q[0] for q in positions])
     x = np.array([q[1] for q in positions])
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from detectors.models.base import Detector
-from detectors.models.views import View, build_views, lossy_twins, select, split_calibration
+from detectors.models.views import View, build_views, lossy_twins, scarce_group_reals, select, split_calibration
 
 __all__ = ["Recipe", "evaluation_views", "train_bundle", "training_views"]
 
@@ -45,6 +45,11 @@ class Recipe:
     exports: float = 0.3
     #: Share of native real training views that also get a lossy-stored (JPEG 2000) real twin.
     lossy: float = 0.15
+    #: A modality group (``CT/native``) with fewer real training views than this gets ``scarce_per_frame`` more
+    #: real crops of each of its frames, without fakes (0: none, as in the shipped bundle; 60, with ``lossy``
+    #: 0.5, was tried: see the model card's notes).
+    scarce_floor: int = 0
+    scarce_per_frame: int = 4
     #: Unconditional samples per real view, for the generators that sample.
     unpaired: float = 0.1
     #: DDIM steps of SDEdit (speed on a CPU).
@@ -60,11 +65,17 @@ class Recipe:
     augment: float = 0.5
     sampling: str = "view"
     target_fpr: float = 0.01
+    #: 0: each threshold lets ``target_fpr`` of the calibration's real views through; above 0, it holds the
+    #: target in that share of resamples of whole patients (see ``threshold_at_fpr_by_source``).
+    threshold_confidence: float = 0.0
+    #: The ensemble's candidate members (empty: the preset's); stacking weighs them as ever.
+    members: tuple[str, ...] = ()
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["families"] = list(self.families)
+        data["members"] = list(self.members)
         return data
 
 
@@ -76,7 +87,8 @@ def training_views(
     cache: str | os.PathLike[str] | None = None,
     progress: ViewProgress | None = None,
 ) -> tuple[list[View], dict[str, Any]]:
-    """Views of the corpus's train split and their fakes, plus the lossy-stored real twins."""
+    """Views of the corpus's train split and their fakes, plus the lossy-stored real twins and more real crops of
+    the scarce modality groups."""
     views, description = build_views(
         corpus, families=recipe.families, splits=("train",), view_size=recipe.view_size,
         max_per_frame=recipe.per_frame, seed=recipe.seed, unpaired_fraction=recipe.unpaired,
@@ -84,8 +96,13 @@ def training_views(
         cache=cache,
     )
     twins = lossy_twins(views, fraction=recipe.lossy, seed=recipe.seed) if recipe.lossy > 0 else []
-    description = {**description, "lossy_real_views": len(twins)}
-    return [*views, *twins], description
+    extra = scarce_group_reals(corpus, views, floor=recipe.scarce_floor, view_size=recipe.view_size,
+                               per_frame=recipe.scarce_per_frame, seed=recipe.seed,
+                               exports=recipe.exports) if recipe.scarce_floor > 0 else []
+    groups = sorted({v.group for v in extra})
+    description = {**description, "lossy_real_views": len(twins), "scarce_group_views": len(extra),
+                   "scarce_groups": groups}
+    return [*views, *twins, *extra], description
 
 
 def evaluation_views(
@@ -120,28 +137,39 @@ def train_bundle(
     progress: FitProgress | None = None,
     on_stage: Callable[[str], None] | None = None,
     data: Mapping[str, Any] | None = None,
+    arch_args: Mapping[str, Any] | None = None,
 ) -> tuple[Detector, dict[str, Any]]:
     """An ensemble trained on ``views`` (only ``families`` of their fakes, default all) and calibrated as the
     recipe says: cross-fitted on out-of-fold scores of whole patients, members stacked and dropped by the
-    min-gain rule; or fitted on three quarters of the patients and calibrated on the rest."""
+    min-gain rule; or fitted on three quarters of the patients and calibrated on the rest. ``arch_args``
+    replace the preset's (an ensemble's members and weights: those of a shipped bundle, to retrain it
+    without a family)."""
     from detectors.models.base import create_detector
     from detectors.models.training import cross_fit_detector, train_detector
 
     chosen = select(views, families=families) if families is not None else list(views)
 
+    chosen_args = dict(arch_args or {})
+    if recipe.members and "members" not in chosen_args:  # equal weights to start; stacking refits them
+        chosen_args |= {"members": list(recipe.members),
+                        "weights": {"synthetic": [1.0] * len(recipe.members), "tamper": [1.0] * len(recipe.members)}}
+
     def make() -> Detector:
-        return create_detector(recipe.arch, preset=recipe.preset, seed=recipe.seed, target_fpr=recipe.target_fpr)
+        return create_detector(recipe.arch, preset=recipe.preset, seed=recipe.seed, target_fpr=recipe.target_fpr,
+                               arch_args=chosen_args)
 
     record_data = {**dict(data or {}), "recipe": recipe.to_dict(),
-                   **({"families": list(families)} if families is not None else {})}
+                   **({"families": list(families)} if families is not None else {}),
+                   **({"arch_args": dict(arch_args)} if arch_args else {})}
     if recipe.cross_fit:
         return cross_fit_detector(
             make, chosen, folds=recipe.cross_fit, steps=recipe.steps, batch_size=recipe.batch_size,
             seed=recipe.seed, augment=recipe.augment, progress=progress, on_stage=on_stage, data=record_data,
-            stack=recipe.stack, min_member_gain=recipe.min_member_gain, sampling=recipe.sampling)
+            stack=recipe.stack, min_member_gain=recipe.min_member_gain, sampling=recipe.sampling,
+            confidence=recipe.threshold_confidence)
     fit, calib = split_calibration(chosen, seed=recipe.seed)
     detector = make()
     record = train_detector(detector, fit, calib, steps=recipe.steps, batch_size=recipe.batch_size,
                             seed=recipe.seed, augment=recipe.augment, progress=progress, data=record_data,
-                            sampling=recipe.sampling)
+                            sampling=recipe.sampling, confidence=recipe.threshold_confidence)
     return detector, record

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ __all__ = [
     "make_fakes",
     "modality_group",
     "real_views",
+    "scarce_group_reals",
     "select",
     "source_folds",
     "split_calibration",
@@ -146,10 +148,11 @@ def real_views(
     exclude_modalities: Iterable[str] = (),
     max_frames: int | None = 4,
     exports: float = 0.0,
+    min_per_frame: int = 1,
 ) -> list[View]:
-    """Crops of the normalised frames of ``splits`` (all when None): about one per 4 view areas, 1..max, from at
-    most ``max_frames`` evenly spaced frames of each image (a cine loop is one image, not 80); and for ``exports``
-    of the native views an 8-bit export twin (see the module docstring)."""
+    """Crops of the normalised frames of ``splits`` (all when None): about one per 4 view areas, ``min_per_frame``
+    to ``max_per_frame``, from at most ``max_frames`` evenly spaced frames of each image (a cine loop is one image,
+    not 80); and for ``exports`` of the native views an 8-bit export twin (see the module docstring)."""
     wanted = set(splits) if splits is not None else None
     only = {m.upper() for m in modalities} if modalities is not None else None
     excluded = {m.upper() for m in exclude_modalities}
@@ -166,7 +169,7 @@ def real_views(
             if min(h, w) < 16 or pixels.std() < 0.01:
                 continue
             crop_h, crop_w = min(view_size, h), min(view_size, w)
-            count = int(np.clip(round(h * w / (4 * view_size * view_size)), 1, max_per_frame))
+            count = int(np.clip(round(h * w / (4 * view_size * view_size)), min_per_frame, max_per_frame))
             rng = np.random.default_rng(_seed(seed, entry.sha256, frame.frame_index))
             form = entry.form
             codec = "" if form == "native" else ("jpeg" + str(int(rng.choice(_JPEG_QUALITIES))) if entry.lossy
@@ -181,6 +184,28 @@ def real_views(
                                       modality=modality, split=entry.split, kind="real", form="8bit", codec=twin,
                                       method="export"))
     return views
+
+
+def scarce_group_reals(
+    corpus: str | os.PathLike[str] | Corpus,
+    views: Sequence[View],
+    *,
+    floor: int,
+    splits: Iterable[Split] = ("train",),
+    view_size: int = 256,
+    per_frame: int = 4,
+    seed: int = 0,
+    exports: float = 0.0,
+) -> list[View]:
+    """More real crops (``per_frame`` of every frame, drawn anew) of the modality groups that have fewer than
+    ``floor`` real views among ``views`` (CT, US, NM in a corpus where MR and chest X-rays dominate). They are
+    real only, made without fakes: the one-class member needs enough real views of a group to model it on its
+    own instead of on the pooled form, and calibration enough of them to give the group its own offset."""
+    counts = Counter(v.group for v in views if v.is_real and not v.method)
+    source = corpus if isinstance(corpus, Corpus) else Corpus.load(corpus)
+    extra = real_views(source, splits, view_size=view_size, min_per_frame=per_frame, max_per_frame=per_frame,
+                       seed=_seed(seed, "scarce"), exports=exports)
+    return [dataclasses.replace(v, method=v.method or "extra crop") for v in extra if counts[v.group] < floor]
 
 
 def lossy_twins(views: Sequence[View], *, fraction: float, seed: int = 0) -> list[View]:

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -133,6 +132,8 @@ def _stored_range(dtype: np.dtype[np.generic], bits_stored: int | None) -> tuple
 
 
 def _blur(image: npt.NDArray[Any], sigma: float) -> npt.NDArray[Any]:
+    import cv2  # imported where used: OpenCV costs a signature-only verification a third of its start-up
+
     blurred: npt.NDArray[Any] = cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     return blurred
 
@@ -212,6 +213,8 @@ def _amplitude(
     residual = x - _blur(x, _WHITEN_SIGMA)
     # Local activity, eroded so that an edge's contrast does not raise the mark in the flat tissue beside it.
     activity = np.sqrt(_blur(residual * residual, _MASK_SIGMA))
+    import cv2
+
     activity = _blur(cv2.erode(activity, np.ones((_MASK_ERODE, _MASK_ERODE), np.uint8)), _MASK_SIGMA)
     # The typical activity of the textured part (flat background, often most of an ultrasound or CT image,
     # would drag a plain median to zero).
@@ -279,6 +282,8 @@ def _folded_chip_field(x: npt.NDArray[Any], scale: float) -> FloatArray:
         height, width = x.shape
     new_h, new_w = round(height / scale), round(width / scale)
     if (new_h, new_w) != (height, width):
+        import cv2
+
         interpolation = cv2.INTER_AREA if scale > 1 else cv2.INTER_CUBIC
         x = cv2.resize(x, (new_w, new_h), interpolation=interpolation)
     white = _whitened(x)

@@ -72,7 +72,8 @@ def make_samples(home: Path, out: Path) -> dict[str, Path]:
 
     ``real`` (pydicom's CT_small, unsigned), ``signed_real`` (the same, signed by the acquisition key ``second``),
     ``generated`` (512x512, signed by the generator key ``rsa`` and watermarked, as ``medverify generate`` writes
-    it), ``unsigned_synthetic`` (the generated file with its signature stripped; the watermark remains) and
+    it), ``unsigned_synthetic`` (the generated file with its signature and its Synthetic Data flag stripped; the
+    watermark remains) and
     ``tampered`` (the signed real image with pixels changed after signing).
     """
     from provenance.declaration import SyntheticDeclaration
@@ -125,6 +126,7 @@ def make_samples(home: Path, out: Path) -> dict[str, Path]:
         )
     ds = pydicom.dcmread(samples["generated"])
     strip_signatures(ds)
+    del ds.SyntheticData  # as a forger would: the watermark is what is left to find it by
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     samples["unsigned_synthetic"] = out / "unsigned_synthetic.dcm"
     ds.save_as(samples["unsigned_synthetic"], enforce_file_format=True)

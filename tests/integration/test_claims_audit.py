@@ -88,7 +88,8 @@ def claim_set(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     (root / "synthetic").mkdir(parents=True)
     shutil.copy(generated, root / "synthetic" / "generated.dcm")
     p4 = _patient("P-4004", "DOE^JOHN", "M", "19750303", "CHEST")
-    relabelled_copy(generated, root / "stripped" / "scan.dcm", p4 | {"ImageType": ["ORIGINAL", "PRIMARY"]})
+    relabelled_copy(generated, root / "stripped" / "scan.dcm",
+                    p4 | {"ImageType": ["ORIGINAL", "PRIMARY"], "SyntheticData": None})  # fmt: skip
     # Headers that contradict the claim: another patient, acquired after the claim date, another body part.
     p5 = _patient("P-9999", "SMITH^ANNA", "F", "19900101", "HEAD", date="20240402")
     relabelled_copy(_sample("CT_small.dcm"), root / "headers" / "head.dcm", p5)
@@ -130,11 +131,12 @@ def test_claim_audit_findings_report_and_package(
         assert claims[mine]["severity"] == "high"
 
     # The generated image is declared synthetic by its signature; the copy stripped of its signature and
-    # relabelled as a patient's scan is found as the same image (its pixels are identical).
+    # relabelled as a patient's scan is found by its watermark (every check runs by default), and as the same
+    # image (its pixels are identical).
     assert "declared_synthetic" in _kinds(claims["synthetic"])
     stripped = claims["stripped"]
     assert stripped["files"][0]["status"] == "UNSIGNED"  # type: ignore[index]
-    assert {"synthetic_copy", "reused_image"} <= _kinds(stripped)
+    assert {"declared_synthetic", "reused_image"} <= _kinds(stripped)
     assert "reused_image" in _kinds(claims["synthetic"])
 
     # Headers against the claim.
@@ -175,6 +177,13 @@ def test_claim_audit_findings_report_and_package(
     generated_cert = _generator_certificate(next((tmp_path / "gen").glob("*.dcm")))
     code, out, _err = run_cli(capsys, "claims", "verify-package", package, "--trust-cert", generated_cert)
     assert code == 1 and "UNTRUSTED" in out
+
+    # Without the watermark check the stripped copy passes on its own, and is still caught as the copy of an
+    # image that is declared synthetic.
+    code, out, err = run_cli(capsys, "claims", "audit", root, "--manifest", manifest, "--checks", "signature",
+                             "--format", "jsonl")  # fmt: skip
+    assert code == 1, err
+    assert {"synthetic_copy", "reused_image"} <= _kinds(_by_claim(out)["stripped"])
 
 
 def _generator_certificate(dicom: Path) -> Path:

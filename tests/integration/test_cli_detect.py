@@ -148,11 +148,11 @@ def test_verify_with_detector(
     assert "no pixel data" in line["detector"]["error"]
     assert any("could not be scored" in r for r in line["reasons"])
     # Signature-only output keeps the fields, empty.
-    code, out, _err = run_cli(capsys, "verify", ct, "-f", "jsonl", "--no-audit")
+    code, out, _err = run_cli(capsys, "verify", ct, "--checks", "signature", "-f", "jsonl", "--no-audit")
     (line,) = jsonl(out)
     assert line["synthetic_score"] is None and line["detector"] is None
     # --model without the detector check is refused with a clear error.
-    code, _out, err = run_cli(capsys, "verify", ct, "--model", bundle, "--no-audit")
+    code, _out, err = run_cli(capsys, "verify", ct, "--checks", "signature", "--model", bundle, "--no-audit")
     assert code == 2 and "detector check" in err
 
 

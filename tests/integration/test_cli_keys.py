@@ -126,14 +126,18 @@ def test_wrong_passphrase_exits_2_without_echoing_it(
     assert "not-the-right-one-8Jx" not in out + err
 
 
-def test_init_without_any_passphrase_fails_clearly(
+def test_init_without_any_passphrase_and_no_terminal_writes_a_passphrase_file(
     home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """`keys init </dev/null` works like any first use: a random passphrase in a 0600 file, said on stderr."""
     monkeypatch.delenv("MEDVERIFY_KEY_PASSPHRASE")
-    code, _, err = run(capsys, "keys", "init")
-    assert code == 2
-    assert "MEDVERIFY_KEY_PASSPHRASE" in err and "--generate-passphrase-file" in err
-    assert not (home / "keys" / "ca").exists()
+    code, out, err = run(capsys, "keys", "init")
+    assert code == 0, err
+    path = home / "keys" / "passphrase"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert str(path) in err and "MEDVERIFY_KEY_PASSPHRASE" in err and "created generator" in out
+    assert path.read_text().strip() not in out + err
+    assert run(capsys, "keys", "create", "scanner", "--role", "acquisition")[0] == 0  # later commands find it
 
 
 def test_init_generate_passphrase_file(

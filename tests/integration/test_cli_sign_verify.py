@@ -185,10 +185,37 @@ def test_bad_arguments_exit_two(keyed_home: Path, tmp_path: Path, capsys: pytest
     assert run(capsys, "verify", "--checks", "signature", "--format", "jsonl", src)[0] == 0
 
 
-def test_verify_without_any_trust_is_an_error(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, stdout, stderr = run(capsys, "verify", sample(tmp_path, "CT_small.dcm"))
-    assert code == 2
-    assert "keys init" in stdout + stderr or "--trust" in stdout + stderr
+def test_first_verify_on_a_fresh_home_needs_no_passphrase_and_reports_an_untrusted_signer(
+    home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    signing_keystore_template: Path,
+) -> None:
+    """What a new user meets: no keys, no passphrase, a file signed by someone else's key."""
+    from testkit import TEST_KEY_PASSPHRASE
+
+    from provenance.keys import KeyStore
+    from provenance.signature import sign_dataset
+
+    monkeypatch.delenv("MEDVERIFY_KEY_PASSPHRASE")
+    src = sample(tmp_path, "CT_small.dcm")
+    ds = pydicom.dcmread(src)
+    other = KeyStore(signing_keystore_template, lambda: TEST_KEY_PASSPHRASE.encode())  # not this home's CA
+    sign_dataset(ds, other.load_signing_key("second"))
+    ds.save_as(src)
+
+    code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", "--checks", "signature,watermark", src)
+    assert code == 1, stdout + stderr  # something found (an untrusted signer), not an error
+    (line,) = jsonl(stdout)
+    assert line["signature"]["status"] == "UNTRUSTED_SIGNER" and line["action"] == "flag"
+    assert "no watermark key yet" in line["not_run"]["watermark"]
+    assert any(r.startswith("watermark: not run: no watermark key yet") for r in line["reasons"])
+    assert f"created the key store {home / 'keys'}" in stderr and "passphrase" in stderr
+    assert (home / "keys" / "passphrase").stat().st_mode & 0o777 == 0o600
+
+    code, stdout, stderr = run(capsys, "verify", "--format", "jsonl", "--checks", "signature", src)
+    assert code == 1 and "created the key store" not in stderr  # said once
 
 
 def test_directory_scan_finds_dicom_by_content(

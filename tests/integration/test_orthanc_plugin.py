@@ -8,6 +8,7 @@ loopback exists; the senders join that namespace with ``nsenter``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -180,6 +181,13 @@ def test_orthanc_plugin_refuses_fakes_over_cstore_and_rest(
         sent = ("real", "generated", "unsigned_synthetic", "tampered")
         cstore = {name: _cstore(netns, samples[name]) for name in sent}
         rest, stored = _rest(netns, [samples["signed_real"], samples["generated"], samples["tampered"], garbage])
+        # A reviewer releases the generated image quarantined over REST: it goes into Orthanc past the filter.
+        monkeypatch.setenv("MEDVERIFY_ORTHANC_URL", f"http://127.0.0.1:{HTTP_PORT}")
+        released_id = "intake-" + hashlib.sha256(samples["generated"].read_bytes()).hexdigest()
+        cli = [sys.executable, "-c", "from verifier.cli import app_main; app_main()"]
+        release = _in_netns(netns, *cli, "quarantine", "release", released_id, "-m", "research image, for Orthanc")
+        assert release.returncode == 0, release.stderr[-2000:]
+        _, stored_after = _rest(netns, [])
 
     # C-STORE: the real image is stored; fakes get a failure status (quarantined 0xC003, rejected 0xC001).
     assert cstore["real"] == "0x0000: Success", log.read_text()[-3000:]
@@ -196,20 +204,24 @@ def test_orthanc_plugin_refuses_fakes_over_cstore_and_rest(
     # Exactly the two genuine images are in Orthanc.
     expected = {str(pydicom.dcmread(samples[n]).SOPInstanceUID) for n in ("real", "signed_real")}
     assert set(stored) == expected
+    assert set(stored_after) == expected | {str(pydicom.dcmread(samples["generated"]).SOPInstanceUID)}
 
     # Named by content: the generated image over C-STORE (re-encoded by storescu, with Orthanc's file meta) and
     # over REST (the file as is) are two contents; plus the unsigned synthetic one.
-    assert len(list((home / "quarantine").glob("*.dcm"))) == 3
+    assert len(list((home / "quarantine").glob("*.dcm"))) == 2  # and the released one in released/
+    assert (home / "quarantine" / "released" / f"{released_id.removeprefix('intake-')}.dcm").is_file()
+    assert not list((home / "quarantine" / "released").glob("*.orthanc"))  # the one-use marker was used
     for verdict_file in (home / "quarantine").glob("*.json"):
         record = json.loads(verdict_file.read_text())
         assert record["verdict"] == "DECLARED_SYNTHETIC" and isinstance(record["audit_id"], int)
     with AuditLog.open(f"sqlite:///{home / 'audit.db'}") as audit:
         records = [r.entry for r in audit.query(channel="intake")]
-    assert len(records) == 8  # one per upload: 4 over C-STORE, 4 over REST
+    assert len(records) == 9  # one per upload: 4 over C-STORE, 4 over REST, and the released one
     dicom = [r for r in records if r.details["intake"]["origin"] == "orthanc-dicom"]
     assert len(dicom) == 4 and all(r.peer_ae_title == "STORESCU" for r in dicom)
     assert sorted(r.details["intake"]["outcome"] for r in records) == [
         "quarantined", "quarantined", "quarantined", "refused", "refused", "refused", "stored", "stored",
+        "stored-after-review",
     ]  # fmt: skip
 
 
@@ -217,10 +229,12 @@ def test_orthanc_plugin_fails_closed_when_medverify_cannot_start(
     netns: int, samples: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    """An empty home (no keys, no trust anchors): the plugin cannot check, so Orthanc must store nothing."""
-    home = tmp_path / "empty-home"
+    """A home where no key store can be made (its keys path is a file): the plugin cannot check, so Orthanc must
+    store nothing. (An empty home is no longer such a case: the key store is created on first use.)"""
+    home = tmp_path / "broken-home"
     home.mkdir()
     config = _install(capsys, monkeypatch, tmp_path, home)
+    (home / "keys").write_text("not a key store\n")
     log = tmp_path / "orthanc.log"
     with _orthanc(netns, config, log):
         status = _cstore(netns, samples["real"])

@@ -81,7 +81,7 @@ def test_stripped_file_with_our_mark_is_declared_synthetic_from_the_watermark(
     assert line["verdict"] == "DECLARED_SYNTHETIC" and code == 1
     assert any("recovered from watermark" in reason for reason in line["reasons"])
     # Without the watermark check the same file shows no evidence.
-    assert main(["verify", "--no-audit", "--format", "jsonl", str(path)]) == 0
+    assert main(["verify", "--no-audit", "--format", "jsonl", "--checks", "signature", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["verdict"] == "NO_EVIDENCE"
 
 
@@ -123,6 +123,8 @@ def test_every_generated_image_carries_a_mark_that_reads_back_after_stripping(
         strip_signatures(ds)
         for tag in [t for t in ds.keys() if t.group % 2 == 1]:  # the private declaration goes too
             del ds[tag]
+        assert ds.SyntheticData == "YES"
+        del ds.SyntheticData  # and the standard flag: only the pixels are left to say what it is
         stripped = tmp_path / f"stripped-{path.name}"
         ds.save_as(stripped)
         assert main(["verify", "--format", "jsonl", "--checks", "signature,watermark", str(stripped)]) == 1

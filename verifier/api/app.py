@@ -20,12 +20,15 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from verifier.api.metrics import render_metrics
 from verifier.api.multipart import DICOM, BodyError, MediaType, Part, parse_media_type, split_body
+from verifier.api.review import quarantine_router
 from verifier.api.storage import InstanceStore
 from verifier.api.stow import DICOM_JSON, StoreOutcome, store_decision, stow_response
 from verifier.audit import AuditLog, Channel
@@ -33,6 +36,8 @@ from verifier.audit.tokens import AuthStatus, TokenInfo, TokenScope, TokenStore
 from verifier.errors import AuditError
 from verifier.intake.decide import Intake, Peer
 from verifier.intake.queue import Forwarder
+from verifier.review.config import ReviewConfig
+from verifier.review.web import install as install_review_pages
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ApiConfig", "create_app"]
 
@@ -58,6 +63,10 @@ class ApiConfig:
     max_concurrent: int = 4
     #: Forwards what STOW-RS stores to a PACS (C-STORE, durable spool); None keeps it in ``store`` only.
     forward: Forwarder | None = None
+    #: The quarantine review (pages under /ui, /v1/quarantine); None: neither is served.
+    review: ReviewConfig | None = None
+    #: Told of every instance STOW-RS quarantines (the quarantine webhook).
+    on_quarantine: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def audit_log(self) -> AuditLog:
@@ -95,6 +104,9 @@ class FileVerdict(BaseModel):
     signature: dict[str, Any] | None = None
     watermark: dict[str, Any] | None = None
     policy_version: str | None = None
+    not_run: dict[str, str] = Field(
+        default_factory=dict, description="The checks asked for that could not run here (check: why)."
+    )
     error: str | None = None
     audit_id: int | None = Field(default=None, description="Id of the audit record (GET /v1/audit/{id}).")
     peer: PeerModel | None = None
@@ -191,8 +203,8 @@ def _config(request: Request) -> ApiConfig:
     return config
 
 
-def _require(scope: TokenScope) -> Callable[..., Awaitable[TokenInfo]]:
-    """A dependency that admits a valid token whose scope allows ``scope`` (admin allows all)."""
+def _require(scope: TokenScope, *, also: tuple[TokenScope, ...] = ()) -> Callable[..., Awaitable[TokenInfo]]:
+    """A dependency that admits a valid token whose scope allows ``scope`` (admin allows all) or is in ``also``."""
 
     async def check(
         request: Request,
@@ -213,7 +225,7 @@ def _require(scope: TokenScope) -> Callable[..., Awaitable[TokenInfo]]:
             )
             challenge = "Bearer" if presented is None else 'Bearer error="invalid_token"'
             raise HTTPException(401, detail=detail, headers={"WWW-Authenticate": challenge})
-        if not result.token.scope.allows(scope):
+        if not (result.token.scope.allows(scope) or result.token.scope in also):
             raise HTTPException(
                 403, detail=f"the API token has scope {result.token.scope.value}; this route needs {scope.value}"
             )
@@ -225,6 +237,9 @@ def _require(scope: TokenScope) -> Callable[..., Awaitable[TokenInfo]]:
 #: Route parameters that admit a token of the named scope (module level: FastAPI resolves them by name).
 VerifyToken = Annotated[TokenInfo, Depends(_require(TokenScope.VERIFY))]
 AuditReadToken = Annotated[TokenInfo, Depends(_require(TokenScope.AUDIT_READ))]
+#: Who may look at the quarantine (review, audit-read, admin) and who may release or reject (review, admin).
+_LOOK = Depends(_require(TokenScope.REVIEW, also=(TokenScope.AUDIT_READ,)))
+_ACT = Depends(_require(TokenScope.REVIEW))
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -284,7 +299,8 @@ def _stow_parts(config: ApiConfig, parts: list[Part], peer: Peer, tags: dict[str
     outcomes: list[StoreOutcome] = []
     for part in parts:
         decision = config.intake.check(part.data, peer, name=_label(peer, part))
-        outcomes.append(store_decision(config.intake, config.store, decision, forward=config.forward, **tags))
+        outcomes.append(store_decision(config.intake, config.store, decision, forward=config.forward,
+                                       on_quarantine=config.on_quarantine, **tags))  # fmt: skip
     if not any(o.stored for o in outcomes) and any(o.unrecorded for o in outcomes):
         # Nothing kept and the audit log is what failed: the service is unavailable, not the instances refused.
         raise HTTPException(503, detail="audit database unavailable: no instance was stored (retry later)")
@@ -399,6 +415,14 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             )
         return JSONResponse(payload, status_code=status, media_type=DICOM_JSON)
 
+    @app.get("/metrics", include_in_schema=False)  # Prometheus's text format, not part of the JSON API
+    async def metrics(request: Request, token: Annotated[TokenInfo, _LOOK]) -> PlainTextResponse:
+        """Prometheus metrics: audit records per event, channel, verdict and action; quarantine and spool depths."""
+        body = await run_in_threadpool(render_metrics, _config(request))
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(quarantine_router(_LOOK, _ACT, _ERRORS))
+    install_review_pages(app)
     return app
 
 

@@ -19,7 +19,10 @@ except 507 (Insufficient Storage) when none was stored and the store refused one
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -28,7 +31,8 @@ from pydicom.sequence import Sequence
 from verifier.api.storage import InstanceStore, StoreArea
 from verifier.errors import AuditError
 from verifier.intake.decide import Intake, IntakeDecision
-from verifier.intake.queue import Forwarder
+from verifier.intake.queue import Forwarder, atomic_write
+from verifier.intake.sidecar import directory_lock, merge_sidecar, read_sidecar, sidecar_record
 from verifier.policy import Action
 
 __all__ = [
@@ -68,12 +72,14 @@ def store_decision(
     decision: IntakeDecision,
     *,
     forward: Forwarder | None = None,
+    on_quarantine: Callable[[dict[str, Any]], None] | None = None,
     **tags: str,
 ) -> StoreOutcome:
     """Store or refuse one checked instance and write its one audit record (``details.intake``, plus ``tags``).
 
     With ``forward``, a stored instance is also queued to the PACS (the gateway's durable spool and forwarder),
-    after its record is written: a failed record never lets an instance through.
+    after its record is written: a failed record never lets an instance through. A quarantined instance gets a
+    verdict file beside it (:mod:`verifier.intake.sidecar`) and ``on_quarantine`` is called with its record.
     """
     action = decision.action
     area = {Action.ACCEPT: StoreArea.ACCEPTED, Action.FLAG: StoreArea.ACCEPTED}.get(action)
@@ -110,6 +116,8 @@ def store_decision(
             staged.discard()
             _log.error("recorded %s (audit id %s) but could not store it: %s", decision.sha256, decision.audit_id, exc)
             return StoreOutcome(decision=decision, stored=False, failure_reason=OUT_OF_RESOURCES)
+        if area is StoreArea.QUARANTINE:
+            _keep_sidecar(staged.path, decision, on_quarantine)
     if forward is not None and area is StoreArea.ACCEPTED:
         try:
             forward.spool.put(decision.data, sha256=decision.sha256)
@@ -117,6 +125,24 @@ def store_decision(
         except OSError as exc:  # the instance stays stored in accepted/; only its forwarding is lost
             _log.error("stored %s but could not queue it for %s: %s", decision.sha256, forward.destination, exc)
     return StoreOutcome(decision=decision, stored=area is StoreArea.ACCEPTED, failure_reason=failure)
+
+
+def _keep_sidecar(
+    path: Path, decision: IntakeDecision, on_quarantine: Callable[[dict[str, Any]], None] | None
+) -> None:
+    """Add this arrival to the quarantined instance's verdict file, then tell ``on_quarantine``."""
+    record = sidecar_record(decision, origin="stow-rs")
+    try:
+        with directory_lock(path.parent):
+            merged = merge_sidecar(read_sidecar(path.with_suffix(".json")), record)
+            atomic_write(path.with_suffix(".json"), json.dumps(merged, indent=2, sort_keys=True).encode())
+    except OSError as exc:  # the instance and its record are kept; only the review summary is missing
+        _log.error("quarantined %s but could not write its verdict file: %s", decision.sha256, exc)
+    if on_quarantine is not None:
+        try:
+            on_quarantine(record)
+        except Exception:  # noqa: BLE001 - telling someone never fails the upload
+            _log.exception("quarantine notification failed")
 
 
 def _reference(outcome: StoreOutcome) -> Dataset:

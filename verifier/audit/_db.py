@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,38 @@ def head_revision() -> str:
     if head is None:
         raise AuditError("the audit migrations are missing from this installation")
     return head
+
+
+def _file_head() -> str | None:
+    """The head revision read from the migration files (the one revision no other names as its parent), or None
+    when that is not clear-cut; cheap, unlike alembic's import, which costs more than checking a file."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        revision = re.search(r'^revision = "([^"]+)"$', text, re.MULTILINE)
+        parent = re.search(r'^down_revision = "([^"]+)"$', text, re.MULTILINE)
+        if revision is None:
+            return None
+        revisions.add(revision.group(1))
+        if parent is not None:
+            parents.add(parent.group(1))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def is_at_head(engine: sa.Engine) -> bool:
+    """Whether the database is already at the newest migration, checked without importing alembic (the common
+    case of every command that opens the log); False when unsure, and the caller asks alembic."""
+    head = _file_head()
+    if head is None:
+        return False
+    try:
+        with engine.connect() as conn:
+            rows: list[str] = list(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
+    except exc.DBAPIError:  # no table yet: a new database
+        return False
+    return rows == [head]
 
 
 def current_revision(engine: sa.Engine) -> str | None:

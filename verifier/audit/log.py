@@ -199,7 +199,7 @@ class AuditLog:
         engine = _db.make_engine(url)
         with _db.db_errors(url):
             if migrate:
-                if _db.current_revision(engine) != _db.head_revision():
+                if not _db.is_at_head(engine) and _db.current_revision(engine) != _db.head_revision():
                     _db.upgrade(engine)
             else:
                 with engine.connect():

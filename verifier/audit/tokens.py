@@ -55,10 +55,17 @@ class TokenScope(StrEnum):
 
     VERIFY = "verify"
     AUDIT_READ = "audit-read"
+    #: Look at the quarantine and release or reject what is in it (the review pages and /v1/quarantine).
+    REVIEW = "review"
     ADMIN = "admin"
 
     def allows(self, needed: TokenScope) -> bool:
         return self is TokenScope.ADMIN or self is needed
+
+    @property
+    def can_look(self) -> bool:
+        """May see the quarantine (review pages, /v1/quarantine): review, audit-read and admin tokens."""
+        return self in (TokenScope.REVIEW, TokenScope.AUDIT_READ, TokenScope.ADMIN)
 
 
 class ApiTokenRow(Base):

@@ -1,109 +1,53 @@
 """The ``medverify`` command.
 
-Subcommands live one module per concept (``keys``, ``sign``, ``verify``, ``audit`` ...) and are registered here.
-:func:`main` is the one place where errors become exit codes (ClamAV convention): 0 nothing found, 1 something
-found, 2 an error stopped the work (:class:`~verifier.errors.MedverifyError`, the root every package's errors are
-mapped to by :func:`~verifier.errors.application_errors`).
+Subcommands live one module per concept (``keys``, ``sign``, ``verify``, ``audit`` ...), listed with their help in
+:mod:`verifier.cli._commands`. A command's module is imported, and registers its commands on :data:`app`, only when
+one of its commands runs; ``medverify --help`` is printed from that table without importing typer at all, because
+start-up time matters for a tool that scripts run once per file. :func:`main` is the one place where errors become
+exit codes (ClamAV convention): 0 nothing found, 1 something found, 2 an error stopped the work
+(:class:`~verifier.errors.MedverifyError`, the root every package's errors are mapped to by
+:func:`~verifier.errors.application_errors`).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import click
-import typer
+from verifier.cli._commands import root_help
 
-from verifier.cli import _common
-from verifier.errors import MedverifyError, application_errors
+if TYPE_CHECKING:
+    import typer
+
+    app: typer.Typer
 
 __all__ = ["app", "app_main", "main"]
 
-app = typer.Typer(
-    name="medverify",
-    help="Tell whether medical images are genuine: signatures, watermarks, detectors, tamper-evident audit.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 
+def __getattr__(name: str) -> Any:
+    # ``app`` (the typer application the command modules register on) is built on first use, not on import.
+    if name == "app":
+        from verifier.cli._app import app
 
-def _version(value: bool) -> None:
-    if value:
-        from importlib.metadata import version
-
-        _common.console.print(f"medverify {version('medverify')}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-) -> None:
-    # A callback keeps ``app`` a command group even when only one command module is imported (see _register).
-    """Tell whether medical images are genuine: signatures, watermarks, detectors, tamper-evident audit."""
-
-
-#: Commands whose module is not named after them.
-_COMMAND_MODULES = {"verify": "signing", "sign": "signing", "db": "audit"}
-
-
-def _register(command: str | None = None) -> None:
-    """Import the command modules, which register their commands on ``app``.
-
-    With ``command`` given, only the module of that command is imported: start-up time matters for a tool that
-    is run once per file by scripts, and some modules pull in SQLAlchemy or torch.
-    """
-    modules: tuple[str, ...] = (
-        "keys", "signing", "audit", "demo", "corpus", "train", "generate", "scan", "watermark",
-        "evaluate", "gateway", "orthanc", "serve", "tokens", "claims",
-    )  # fmt: skip
-    wanted = _COMMAND_MODULES.get(command or "", command)
-    if wanted in modules:
-        modules = (wanted,)
-    for optional in modules:
-        try:
-            __import__(f"verifier.cli.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"verifier.cli.{optional}":
-                raise
-
-
-def _command_of(args: Sequence[str]) -> str | None:
-    for arg in args:
-        if not arg.startswith("-"):
-            return arg
-        return None
-    return None
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` and return the exit code instead of exiting."""
     args = list(sys.argv[1:] if argv is None else argv)
-    _register(_command_of(args))
-    try:
-        with application_errors():
-            result = app(args=args, prog_name="medverify", standalone_mode=False)
-    except MedverifyError as exc:
-        _common.err_console.print(f"[bold red]error:[/] {exc.diagnostics()}", highlight=False)
-        return 2
-    except (click.exceptions.Exit, typer.Exit) as exc:
-        return int(exc.exit_code)
-    except (click.exceptions.Abort, typer.Abort):
-        _common.err_console.print("aborted")
-        return 2
-    except (click.ClickException, typer.TyperException) as exc:
-        # typer 0.29 vendors click: its usage errors are typer.TyperException subclasses with show().
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:  # pragma: no cover
-            _common.err_console.print(f"error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        _common.err_console.print("interrupted")
-        return 130
-    return int(result) if isinstance(result, int) else 0
+    if args in ([], ["--help"]):
+        sys.stdout.write(root_help())
+        return 0
+    if args == ["--version"]:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"medverify {version('medverify')}\n")
+        return 0
+    from verifier.cli._app import run
+
+    return run(args)
 
 
 def app_main() -> None:

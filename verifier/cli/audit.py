@@ -212,7 +212,7 @@ def verify_command(
 ) -> int:
     """Recompute the whole log; exit 1, naming the first bad record, if a record was edited or moved."""
     settings = _common.settings()
-    trusted = checkpoint_signers(settings, trust_cert)
+    trusted = checkpoint_signers(settings, trust_cert, create=True, notify=_common.note)
     with open_audit_log(settings, db=db, signer=False) as log:
         result = log.verify(trusted=trusted)
     if fmt is ReportFormat.JSON:

@@ -81,7 +81,8 @@ def audit_command(
 ) -> int:
     """Audit claims; every image leaves an audit record, every claim a summary record, every image an index row."""
     with contextlib.ExitStack() as stack:
-        if heatmaps is None and (report is not None or package is not None) and "detector" in (checks or "").lower():
+        detector = checks is None or "detector" in checks.lower()
+        if heatmaps is None and (report is not None or package is not None) and detector:
             # The report embeds the detector's heatmaps: write them to a folder that goes away afterwards.
             heatmaps = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medverify-heatmaps-")))
         return _audit(directory, manifest, report, package, output_format, checks, trust, db, policy_file,
@@ -108,8 +109,9 @@ def _audit(
     check_format(output_format, FORMATS)
     settings = _common.settings()
     checker = setup.load_checker(
-        settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps
-    )
+        settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps,
+        notify=_common.note,
+    )  # fmt: skip
     claims = load_claims(directory, manifest, follow_symlinks=follow_symlinks)
     n_files = sum(len(c.files) for c in claims)
     signer = None

@@ -156,6 +156,7 @@ def _generated_cases(keys: GenerationKeys, out: Path) -> list[_Case]:
         strip_signatures(ds)
         for tag in [t for t in ds.keys() if t.group % 2 == 1]:
             del ds[tag]
+        del ds.SyntheticData  # as a forger would: nothing in the tags says what it is any more
         stripped = out / "gan_sample_tags_stripped.dcm"
         ds.save_as(stripped)
         generated.unlink()
@@ -334,5 +335,9 @@ def demo(
     _common.console.print(
         "Claim audits (reused scans, header contradictions, synthetic images): `medverify claims sample claims`, then "
         "`medverify claims audit claims --manifest claims/claims.csv --report report.html`."
+    )
+    _common.console.print(
+        "What the intake quarantines waits for review: `medverify tokens create --scope review NAME`, "
+        "`medverify serve`, then open http://127.0.0.1:8080/ui/quarantine (or `medverify quarantine list`)."
     )
     return 0 if all_expected else 1

@@ -13,9 +13,9 @@ import typer
 
 from verifier.cli import _common, app
 from verifier.cli._net import parse_forward, parse_listen, server_tls_context
-from verifier.cli._options import ChecksOption, DbOption, ModelOption, PolicyOption, TrustOption
+from verifier.cli._options import DbOption, IntakeChecksOption, ModelOption, PolicyOption, TrustOption
 from verifier.errors import ConfigError, InputError
-from verifier.setup import open_intake
+from verifier.setup import open_intake, quarantine_webhook
 
 __all__ = ["gateway", "gateway_ssl_context"]
 
@@ -41,7 +41,7 @@ def gateway(
         list[str] | None,
         typer.Option("--allow", help="Allowed caller AE or AE@ADDRESS (repeatable; adds to gateway_allowed_callers)."),
     ] = None,
-    checks: ChecksOption = None,
+    checks: IntakeChecksOption = None,
     model: ModelOption = None,
     trust: TrustOption = None,
     policy_file: PolicyOption = None,
@@ -86,7 +86,10 @@ def gateway(
         )
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("medverify.intake").setLevel(logging.INFO if verbose else logging.WARNING)
-    intake = open_intake(settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model)
+    intake = open_intake(
+        settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model, notify=_common.note
+    )
+    webhook = quarantine_webhook(settings)
     server = Gateway(
         intake=intake,
         ae_title=ae_title,
@@ -99,6 +102,7 @@ def gateway(
         retry_max=retry_max,
         ssl_context=ssl_context,
         max_associations=max_associations,
+        on_quarantine=webhook,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -108,7 +112,7 @@ def gateway(
     except OSError as exc:
         intake.close()
         raise InputError(f"cannot listen on {listen}: {exc.strerror}") from None
-    names = ", ".join(sorted(c.value for c in intake.checker.checks))
+    names = intake.checker.describe()
     tls_note = " (DICOM TLS, client certificates required)" if tls_ca else " (DICOM TLS)" if ssl_context else ""
     _common.err_console.print(
         f"medverify gateway {ae_title} listening on {host}:{server.port}{tls_note}; forwarding to {destination}; "
@@ -120,6 +124,8 @@ def gateway(
             pass
     finally:
         server.stop()
+        if webhook is not None:
+            webhook.close()
     counts = ", ".join(f"{n} {a}" for a, n in server.counts.items())
     _common.err_console.print(f"gateway stopped: {counts}; {len(server.spool)} left in the spool", highlight=False)
     return 0

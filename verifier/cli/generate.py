@@ -44,7 +44,7 @@ def generate(
     from verifier.synthetic import MODALITIES
 
     model = load_generator(generator, checkpoint=checkpoint, seed=seed)
-    keys = setup.open_generation_keys(_common.settings(), key)
+    keys = setup.open_generation_keys(_common.settings(), key, notify=_common.note)
     paired = PairedSource.from_file(source) if source is not None else None
     modality = (modality or (paired.modality if paired is not None else None) or "MR").upper()
     if modality not in MODALITIES:

@@ -24,6 +24,7 @@ from provenance.keys import (
 )
 from verifier import setup
 from verifier.cli import _common, app
+from verifier.settings import Settings
 
 __all__ = ["keys_app"]
 
@@ -101,38 +102,45 @@ def init_command(
         ),
     ] = False,
 ) -> None:
-    """Create the local CA and the default 'generator' signing key (does nothing if they exist)."""
+    """Create the local CA and the default 'generator' signing key (does nothing if they exist).
+
+    The passphrase comes from MEDVERIFY_KEY_PASSPHRASE, the passphrase file, or a prompt on a terminal; with none
+    of them (a script, a service), a random one is written to the passphrase file, as any first use does.
+    """
     settings = _common.settings()
     if generate_passphrase_file:
-        path = setup.passphrase_file_path(settings)
-        if os.environ.get(PASSPHRASE_ENV):
-            raise KeyStoreError(
-                f"--generate-passphrase-file conflicts with {PASSPHRASE_ENV}, which takes precedence"
-            )
-        if path.exists():
-            _common.err_console.print(f"passphrase file {path} already exists; using it")
-        elif (settings.keys_dir / "ca").exists():
-            raise KeyStoreError(
-                f"the key store {settings.keys_dir} already exists; "
-                "a new passphrase would not decrypt its keys"
-            )
-        else:
-            create_passphrase_file(path)
-            _common.err_console.print(
-                f"[bold yellow]warning:[/] wrote a new key passphrase to {path}; it now lives next to the "
-                f"keys, so anyone who can read that directory can use them. In production set "
-                f"{PASSPHRASE_ENV} or use the interactive prompt instead.",
-                highlight=False,
-            )
-    store = setup.open_keystore(settings)
-    created = store.init()
-    for info in created:
+        _generate_passphrase_file(settings)
+    created = setup.init_keys(settings, interactive=True)
+    if created is not None and created.passphrase_file is not None:
+        _common.note(created.message())
+    for info in created.keys if created is not None else ():
         _common.console.print(f"created {_describe(info)}", highlight=False)
         _record("created", **_info_details(info))
-    if not created:
+    if created is None:
         _common.console.print(f"key store {settings.keys_dir} is already initialised", highlight=False)
+    store = setup.open_keystore(settings)
     ca = store.ca_certificate()
     _common.console.print(f"local CA: {ca.subject.rfc4514_string()}", highlight=False)
+
+
+def _generate_passphrase_file(settings: Settings) -> None:
+    path = setup.passphrase_file_path(settings)
+    if os.environ.get(PASSPHRASE_ENV):
+        raise KeyStoreError(f"--generate-passphrase-file conflicts with {PASSPHRASE_ENV}, which takes precedence")
+    if path.exists():
+        _common.err_console.print(f"passphrase file {path} already exists; using it")
+    elif (settings.keys_dir / "ca").exists():
+        raise KeyStoreError(
+            f"the key store {settings.keys_dir} already exists; a new passphrase would not decrypt its keys"
+        )
+    else:
+        create_passphrase_file(path)
+        _common.err_console.print(
+            f"[bold yellow]warning:[/] wrote a new key passphrase to {path}; it now lives next to the "
+            f"keys, so anyone who can read that directory can use them. In production set "
+            f"{PASSPHRASE_ENV} or use the interactive prompt instead.",
+            highlight=False,
+        )
 
 
 @keys_app.command("create")

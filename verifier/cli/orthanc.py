@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from verifier.cli import _common, app
-from verifier.cli._options import DbOption, ModelOption
+from verifier.cli._options import DbOption, IntakeChecksOption, ModelOption
 from verifier.errors import ConfigError, InputError
 
 __all__ = ["install_plugin", "plugin_script", "strip_json_comments"]
@@ -175,7 +175,7 @@ def install_plugin(
         Path | None, typer.Option("--script", help="Where to write the plugin script (default: next to --config).")
     ] = None,
     home: Annotated[Path | None, typer.Option("--home", help="medverify home for Orthanc (default: this one).")] = None,
-    checks: Annotated[str, typer.Option("--checks", help="Checks to run on each upload.")] = "signature",
+    checks: IntakeChecksOption = None,
     quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
     model: ModelOption = None,
     db: DbOption = None,
@@ -194,13 +194,13 @@ def install_plugin(
     If another ``*.json`` next to it already sets ``PythonScript`` (Debian's ``python.json``), that file is
     updated instead, since Orthanc refuses a setting defined twice.
     """
-    from verifier.checker import Check, parse_checks
+    from verifier.checker import INTAKE_DEFAULT_CHECKS, Check, parse_checks
     from verifier.intake.gateway import parse_allowed_callers
 
     config = config.resolve()
     if not config.is_file():
         raise InputError(f"{config} is not a file (give Orthanc's main configuration file)")
-    selected = parse_checks(checks)  # refuse a typo now rather than inside Orthanc
+    selected = parse_checks(checks, INTAKE_DEFAULT_CHECKS)  # refuse a typo now rather than inside Orthanc
     allowed = parse_allowed_callers(allow or [])
     settings = _common.settings()
     if Check.DETECTOR in selected and model is None and settings.detector_model is None:
@@ -213,9 +213,10 @@ def install_plugin(
 
     section: dict[str, Any] = {
         "Home": str((home or settings.home).resolve()),
-        "Checks": checks,
         "QuarantineDirectory": str(quarantine or settings.intake_quarantine_dir or settings.home / "quarantine"),
     }
+    if checks:  # else the plugin runs the intake default of the medverify it runs with
+        section["Checks"] = ",".join(sorted(c.value for c in selected))
     if model is not None:
         section["DetectorModel"] = str(model.resolve())
     if db or settings.db_url:
@@ -231,7 +232,8 @@ def install_plugin(
     _common.console.print(
         f"updated {config}" + (f" and {holder} (PythonScript)" if holder != config else ""), highlight=False
     )
+    names = ", ".join(sorted(c.value for c in selected))
     _common.console.print(
-        f"Orthanc will check every upload ({checks}) with medverify home {section['Home']}; restart Orthanc.",
+        f"Orthanc will check every upload ({names}) with medverify home {section['Home']}; restart Orthanc.",
         highlight=False,
     )

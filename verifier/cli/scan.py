@@ -78,7 +78,9 @@ def scan(
     """
     check_format(output_format, FORMATS)
     settings = _common.settings()
-    checker = setup.load_checker(settings, checks, trust=trust or (), policy_file=policy_file)
+    checker = setup.load_checker(
+        settings, checks, trust=trust or (), policy_file=policy_file, notify=_common.note
+    )
     state = None
     if not no_audit:
         from verifier.audit.scanstate import ScanStateStore

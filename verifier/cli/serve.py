@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,9 +19,9 @@ from verifier.cli._net import (
     parse_listen,
     server_tls_context,
 )
-from verifier.cli._options import ChecksOption, DbOption, ModelOption, PolicyOption, TrustOption
+from verifier.cli._options import DbOption, IntakeChecksOption, ModelOption, PolicyOption, TrustOption
 from verifier.errors import InputError
-from verifier.setup import open_intake
+from verifier.setup import open_intake, open_review, quarantine_webhook
 
 if TYPE_CHECKING:
     from verifier.api import ApiConfig
@@ -67,6 +68,8 @@ def _api_config(
         from verifier.intake.queue import Forwarder, Spool
 
         forwarder = Forwarder(Spool(store.root / "spool"), destination, calling_ae_title=ae_title)
+    settings = _common.settings()
+    spool = forwarder.spool.directory if forwarder is not None else None
     return ApiConfig(
         intake=intake,
         tokens=TokenStore(intake.audit_log),
@@ -74,6 +77,8 @@ def _api_config(
         max_body_bytes=max_body_bytes,
         max_concurrent=max_concurrent,
         forward=forwarder,
+        review=open_review(settings, intake, stow_store=store, stow_spool=spool),
+        on_quarantine=quarantine_webhook(settings),
     )
 
 
@@ -81,10 +86,13 @@ def _missing_api(exc: ModuleNotFoundError) -> InputError:
     return InputError(f"the HTTP API needs the api extra ({exc.name} is missing): pip install 'medverify[api]'")
 
 
-@app.command(help="Serve the HTTP API: POST /v1/verify, GET /v1/audit/{id}, STOW-RS POST /dicomweb/studies.")
+@app.command(
+    help="Serve the HTTP API (POST /v1/verify, GET /v1/audit/{id}, STOW-RS POST /dicomweb/studies, /v1/quarantine, "
+    "/metrics) and the quarantine review pages (/ui/quarantine)."
+)
 def serve(
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
-    checks: ChecksOption = None,
+    checks: IntakeChecksOption = None,
     trust: TrustOption = None,
     policy_file: PolicyOption = None,
     db: DbOption = None,
@@ -148,18 +156,28 @@ def serve(
         raise _missing_api(exc) from None
     destination = parse_forward(forward) if forward is not None else None
     settings = _common.settings()
-    intake = open_intake(settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model)
+    intake = open_intake(
+        settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model, notify=_common.note
+    )
     intake.warm_up()  # lazy imports and first-call costs before the first request, not in it
     config = _api_config(intake, store_dir or settings.home / "intake" / "stow", destination, ae_title,
                          max_body_bytes=int(max_body_mb * 1024**2), max_concurrent=max_concurrent)  # fmt: skip
     scheme = "https" if tls else "http"
     tls_note = ("TLS, client certificates required; " if tls_client_ca is not None else "TLS; ") if tls else ""
-    check_names = ", ".join(sorted(c.value for c in intake.checker.checks))
+    check_names = intake.checker.describe()
     _common.err_console.print(
         f"medverify API on {scheme}://{listen} ({tls_note}checks: {check_names}; "
-        f"audit log {config.audit_log.url}; STOW-RS store {config.store.root})",
+        f"audit log {config.audit_log.url}; STOW-RS store {config.store.root}); "
+        f"quarantine review on {scheme}://{listen}/ui/quarantine",
         highlight=False,
     )
+    if config.review is not None and config.review.detector is not None:
+        # The review pages' heatmaps need the detector (torch and the weights, seconds): load it in the background
+        # now rather than in the first reviewer's request.
+        from verifier.review.render import load_detector
+
+        detector = config.review.detector
+        threading.Thread(target=load_detector, args=(detector,), name="medverify-detector", daemon=True).start()
     forwarder = config.forward
     if forwarder is not None:
         forwarder.start()  # resumes what an earlier run left in the spool

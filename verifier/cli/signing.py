@@ -41,7 +41,7 @@ PixelBindingOption = Annotated[
 ]
 
 
-@app.command(help="Check DICOM files: digital signatures, and with --checks also watermarks and the detector model.")
+@app.command(help="Check DICOM files: digital signatures, the watermark and the detector model (--checks narrows).")
 def verify(
     paths: Annotated[list[Path], typer.Argument(help="DICOM files, or directories searched for DICOM files.")],
     output_format: Annotated[
@@ -61,13 +61,15 @@ def verify(
 ) -> int:
     """Verify files. Exit code 0: nothing found; 1: a problem found; 2: an error stopped a check.
 
+    Every check runs unless --checks narrows them; one that cannot run here is reported as "not run" with why.
     Every file checked leaves one audit record (unless --no-audit), written before its result is printed.
     """
     check_format(output_format, FORMATS)
     settings = _common.settings()
     checker = setup.load_checker(
-        settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps
-    )
+        settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps,
+        notify=_common.note,
+    )  # fmt: skip
     files = list(iter_input_files(paths, follow_symlinks=follow_symlinks))
     log = None
     if not no_audit:
@@ -136,6 +138,9 @@ def sign(
         raise InputError(f"unknown MAC algorithm {mac!r}; use sha256, sha384 or sha512") from None
     settings = _common.settings()
     store = setup.open_keystore(settings)
+    created = setup.init_keys(settings, interactive=True, store=store)
+    if created is not None:
+        _common.note(created.message())
     signer = store.load_signing_key(key or settings.default_key)
     if signer.role.value == "generator":
         _common.err_console.print(

@@ -50,7 +50,7 @@ def _record(log: AuditLog, action: str, info: TokenInfo) -> int:
 def create(
     name: Annotated[str, typer.Argument(help="What the token is for (e.g. 'orthanc-intake').")],
     scope: Annotated[
-        TokenScope, typer.Option("--scope", help="verify, audit-read or admin (admin may do everything).")
+        TokenScope, typer.Option("--scope", help="verify, audit-read, review or admin (admin may do everything).")
     ],
     expires_days: Annotated[
         float | None, typer.Option("--expires-days", min=0, help="Lifetime in days (default: until revoked).")

@@ -191,6 +191,18 @@ def train_detector_cmd(
     sampling: Annotated[str, typer.Option(
         "--sampling", help="Training draws a fake's view uniformly ('view') or a source first ('source').")] = "view",
     seed: Annotated[int, typer.Option("--seed", help="Seed of views, weights, batches.")] = 0,
+    lossy: Annotated[float, typer.Option(
+        "--lossy", min=0.0, max=1.0, help="Share of native real views that also get a lossy-stored (JPEG 2000) "
+        "real twin.")] = 0.15,
+    scarce_floor: Annotated[int, typer.Option(
+        "--scarce-floor", min=0, help="A modality group with fewer real views than this gets 4 more real crops of "
+        "each frame, without fakes (0: none).")] = 0,
+    threshold_confidence: Annotated[float, typer.Option(
+        "--threshold-confidence", min=0.0, max=0.999, help="0: a threshold lets --target-fpr of the calibration's "
+        "real views through; above 0, it holds --target-fpr in that share of resamples of whole patients.")] = 0.0,
+    members: Annotated[str, typer.Option(
+        "--members", help="With --arch ensemble: its candidate members, comma-separated (default: the preset's: "
+        "oneclass, physics, classical, cnn, segment).")] = "",
     threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = DEFAULT_THREADS,
     cache: Annotated[Path | None, typer.Option(
         "--cache", help="Folder that keeps the views and fakes made (default: the cache folder's views/).")] = None,
@@ -208,7 +220,9 @@ def train_detector_cmd(
     recipe = _recipe(Recipe, generators=generators, preset=preset, arch=arch, steps=steps, batch_size=batch_size,
                      view_size=view_size,
                      cross_fit=cross_fit, stack=not fixed_weights, min_member_gain=min_member_gain,
-                     target_fpr=target_fpr, sampling=sampling, seed=seed)
+                     target_fpr=target_fpr, sampling=sampling, seed=seed, lossy=lossy, scarce_floor=scarce_floor,
+                     threshold_confidence=threshold_confidence,
+                     members=tuple(m.strip() for m in members.split(",") if m.strip()))
     if not corpus.is_dir():
         raise InputError(f"--corpus {corpus}: not a directory")
     start = time.perf_counter()
@@ -251,6 +265,12 @@ def _recipe(cls: Any, *, generators: str, **values: Any) -> Any:
         raise InputError("--cross-fit needs at least 2 folds (0 turns it off)")
     if not 0 < values["target_fpr"] < 1:
         raise InputError("--target-fpr must be between 0 and 1")
+    from detectors.models import list_detectors
+
+    unknown_members = [m for m in values.get("members", ()) if m not in list_detectors() or m == "ensemble"]
+    if unknown_members:
+        raise InputError(f"--members: unknown member {', '.join(unknown_members)}; choose from "
+                         f"{', '.join(d for d in list_detectors() if d != 'ensemble')}")
     if values["sampling"] not in SAMPLING:
         raise InputError(f"--sampling must be one of {', '.join(SAMPLING)}, not {values['sampling']!r}")
     return cls(families=families, **values)

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import ipaddress
 import logging
 import ssl
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from verifier.errors import ConfigError
 from verifier.intake.decide import Intake, IntakeDecision, Peer, error_comment
 from verifier.intake.queue import Destination, Forwarder, QuarantineStore, Spool, set_no_delay
+from verifier.intake.sidecar import sidecar_record
 from verifier.policy import Action
 
 if TYPE_CHECKING:
@@ -126,6 +126,7 @@ class Gateway:
         retry_max: float = 60.0,
         ssl_context: ssl.SSLContext | None = None,
         max_associations: int = 64,
+        on_quarantine: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if not allowed:
             raise ConfigError(
@@ -141,7 +142,7 @@ class Gateway:
         #: Concurrent associations accepted (pynetdicom's default is 10); more are rejected as transient.
         self.max_associations = max_associations
         self.spool = Spool(spool_dir)
-        self.quarantine = QuarantineStore(quarantine_dir)
+        self.quarantine = QuarantineStore(quarantine_dir, on_quarantine=on_quarantine)
         self.forwarder = Forwarder(
             self.spool, forward, calling_ae_title=ae_title, retry_initial=retry_initial, retry_max=retry_max
         )
@@ -271,7 +272,7 @@ class Gateway:
             except Exception:  # noqa: BLE001 - as in _forward: nothing kept, a status the sender may retry
                 _log.exception("audit record failed; refused an instance from %s", decision.peer.describe())
                 return _status(STATUS_INTERNAL, "medverify audit log unavailable")
-            record = {**recorded.to_dict(), "received": dt.datetime.now(dt.UTC).isoformat(), "gateway": self.ae_title}
+            record = sidecar_record(recorded, origin="gateway", gateway=self.ae_title)
             try:
                 self.quarantine.commit(staged, sha256=decision.sha256, record=record)
             except OSError as exc:  # recorded as quarantined but not kept: a second record says so

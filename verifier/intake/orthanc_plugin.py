@@ -40,6 +40,7 @@ from typing import Any
 from verifier.intake.decide import Intake, IntakeDecision, Peer
 from verifier.intake.gateway import STATUS_NOT_AUTHORIZED, STATUS_REFUSED, STATUS_UNREADABLE, AllowedCaller
 from verifier.intake.queue import QuarantineStore
+from verifier.intake.sidecar import sidecar_record
 from verifier.policy import Action
 
 __all__ = ["CONFIG_SECTION", "STATUS_QUARANTINED", "OrthancFilter", "register"]
@@ -142,8 +143,10 @@ class OrthancFilter:
             return
         decision = self.intake.check(body, peer)
         action = decision.action
-        if action in (Action.ACCEPT, Action.FLAG):
-            recorded = self._record(decision, outcome="stored", origin="orthanc-rest", status=200)
+        released = self._take_release(decision.sha256)
+        if released or action in (Action.ACCEPT, Action.FLAG):
+            outcome = "stored-after-review" if released else "stored"
+            recorded = self._record(decision, outcome=outcome, origin="orthanc-rest", status=200)
             self._approve(decision.sha256)
             answer = self.orthanc.RestApiPost("/instances", body)
             self.orthanc.LogInfo(f"medverify: accepted REST upload (audit #{recorded.audit_id})")
@@ -188,7 +191,8 @@ class OrthancFilter:
                 return keep, None
             if decision.action is Action.QUARANTINE:
                 name = self._quarantine(decision, origin_name)
-                self._record(decision, outcome="quarantined", origin=origin_name, quarantine_file=name)
+                recorded = self._record(decision, outcome="quarantined", origin=origin_name, quarantine_file=name)
+                self._name_record(decision, recorded, origin_name)
             else:
                 self._record(decision, outcome="discarded", origin=origin_name)
             return discard, None
@@ -206,22 +210,29 @@ class OrthancFilter:
                 del self._approved[key]
             self._approved[sha256] = now
 
+    def _take_release(self, sha256: str) -> bool:
+        """A reviewer released exactly these bytes (``medverify quarantine release``): let them in, once."""
+        from verifier.review.orthanc import marker_path
+
+        try:
+            marker_path(self.quarantine.directory, sha256).unlink()
+        except OSError:
+            return False
+        return True
+
     def _take_approval(self, sha256: str) -> bool:
         with self._lock:
             when = self._approved.pop(sha256, None)
         return when is not None and time.monotonic() - when <= _APPROVAL_TTL
 
     def _quarantine(self, decision: IntakeDecision, origin: str) -> str:
-        received = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record = {**decision.to_dict(), "origin": origin, "received": received}
+        record = sidecar_record(decision, origin=origin)
         return self.quarantine.put(decision.data, sha256=decision.sha256, record=record).name
 
     def _name_record(self, decision: IntakeDecision, recorded: IntakeDecision, origin: str) -> None:
-        """Add the audit id to a quarantined instance's verdict file (the copy itself is already kept)."""
+        """Add the audit id to this arrival in the verdict file (the copy itself is already kept)."""
         with contextlib.suppress(OSError):
-            received = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            record = {**decision.to_dict(), "origin": origin, "received": received, "audit_id": recorded.audit_id}
-            self.quarantine.put(decision.data, sha256=decision.sha256, record=record)
+            self.quarantine.put(decision.data, sha256=decision.sha256, record=sidecar_record(recorded, origin=origin))
 
     def _record(self, decision: IntakeDecision, **details: Any) -> IntakeDecision:
         recorded = self.intake.record(decision, **details)
@@ -254,6 +265,7 @@ _SETTING_KEYS = {
     "KeyPassphraseFile": "MEDVERIFY_KEY_PASSPHRASE_FILE",
     "AllowedCallers": "MEDVERIFY_GATEWAY_ALLOWED_CALLERS",
     "QuarantineDirectory": "MEDVERIFY_INTAKE_QUARANTINE_DIR",
+    "QuarantineWebhook": "MEDVERIFY_QUARANTINE_WEBHOOK_URL",
 }
 
 
@@ -265,7 +277,7 @@ def register(orthanc: Any) -> OrthancFilter:
     """
     from verifier.intake.gateway import parse_allowed_callers
     from verifier.settings import Settings
-    from verifier.setup import open_intake
+    from verifier.setup import open_intake, quarantine_webhook
 
     section = plugin_config(orthanc)
     env = dict(os.environ)
@@ -274,13 +286,15 @@ def register(orthanc: Any) -> OrthancFilter:
             env[name] = str(section[key])
     settings = Settings.load(env=env)
     model = Path(section["DetectorModel"]) if section.get("DetectorModel") else None
-    intake = open_intake(settings, section.get("Checks") or None, model=model)
+    intake = open_intake(settings, section.get("Checks") or None, model=model, notify=orthanc.LogWarning)
     intake.warm_up()
-    quarantine = QuarantineStore(settings.intake_quarantine_dir or settings.home / "quarantine")
+    quarantine = QuarantineStore(
+        settings.intake_quarantine_dir or settings.home / "quarantine", on_quarantine=quarantine_webhook(settings)
+    )
     allowed = parse_allowed_callers([settings.gateway_allowed_callers])
     plugin = OrthancFilter(orthanc, intake, quarantine, allowed)
     plugin.register()
-    names = ", ".join(sorted(c.value for c in intake.checker.checks))
+    names = intake.checker.describe()
     orthanc.LogWarning(
         f"medverify: checking every upload (checks: {names}; quarantine: {Path(quarantine.directory)}; "
         f"allowed callers: {', '.join(map(str, allowed)) or 'as Orthanc is configured'})"

@@ -23,9 +23,11 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from verifier.intake.sidecar import directory_lock, merge_sidecar, read_sidecar
 
 __all__ = ["Destination", "Forwarder", "QuarantineStore", "Spool", "atomic_write", "set_no_delay"]
 
@@ -90,12 +92,14 @@ class Destination:
 class Spool:
     """The durable queue of accepted instances waiting to be forwarded (``*.dcm`` files in one directory)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, owner: bool = True) -> None:
+        """``owner``: this process runs the spool's gateway, so temporaries left by a crash are removed; another
+        process that only adds to it (a reviewer releasing an instance) must not touch the gateway's staged files."""
         self.directory = Path(directory)
         self.failed_dir = self.directory / "failed"
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.failed_dir.mkdir(exist_ok=True, mode=0o700)
-        for stale in self.directory.glob(".incoming-*.tmp"):  # a crash between write and rename
+        for stale in self.directory.glob(".incoming-*.tmp") if owner else ():  # a crash between write and rename
             stale.unlink(missing_ok=True)
         self._counter = itertools.count()
         self._lock = threading.Lock()
@@ -162,11 +166,13 @@ class Spool:
 class QuarantineStore:
     """Instances kept aside for review: ``<sha256>.dcm`` and ``<sha256>.json`` (verdict, reasons, sender)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, on_quarantine: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale in self.directory.glob(".incoming-*.tmp"):  # a crash between write and rename
             stale.unlink(missing_ok=True)
+        #: Called after each arrival is kept (the quarantine webhook), never raising into the channel.
+        self.on_quarantine = on_quarantine
 
     def path_for(self, sha256: str) -> Path:
         return self.directory / f"{sha256}.dcm"
@@ -186,27 +192,44 @@ class QuarantineStore:
 
     def commit(self, staged: Path, *, sha256: str, record: dict[str, Any]) -> Path:
         """Keep a staged copy as ``<sha256>.dcm`` (the same content kept before: the staged copy is dropped) and
-        write its verdict file; return the kept file."""
+        add this arrival to its verdict file (see :mod:`verifier.intake.sidecar`); return the kept file."""
         path = self.path_for(sha256)
-        try:
-            if path.exists():
+        with directory_lock(self.directory):
+            try:
+                if path.exists():
+                    staged.unlink(missing_ok=True)
+                else:
+                    os.replace(staged, path)
+                    _fsync_dir(self.directory)
+            except BaseException:
                 staged.unlink(missing_ok=True)
-            else:
-                os.replace(staged, path)
-                _fsync_dir(self.directory)
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-        atomic_write(path.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True).encode())
+                raise
+            self._add_arrival(path, record)
+        self._notify(record)
         return path
 
     def put(self, data: bytes, *, sha256: str, record: dict[str, Any]) -> Path:
-        """Keep ``data`` and its verdict; the same content twice is kept once (its latest verdict)."""
+        """Keep ``data`` and add this arrival to its verdict file; the same content twice is kept once."""
         path = self.directory / f"{sha256}.dcm"
-        if not path.exists():
-            atomic_write(path, data)
-        atomic_write(path.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True).encode())
+        with directory_lock(self.directory):
+            if not path.exists():
+                atomic_write(path, data)
+            self._add_arrival(path, record)
+        if record.get("audit_id") is not None:  # the Orthanc plugin writes twice: tell once, with the record
+            self._notify(record)
         return path
+
+    @staticmethod
+    def _add_arrival(path: Path, record: dict[str, Any]) -> None:
+        merged = merge_sidecar(read_sidecar(path.with_suffix(".json")), record)
+        atomic_write(path.with_suffix(".json"), json.dumps(merged, indent=2, sort_keys=True).encode())
+
+    def _notify(self, record: dict[str, Any]) -> None:
+        if self.on_quarantine is not None:
+            try:
+                self.on_quarantine(record)
+            except Exception:  # noqa: BLE001 - telling someone must never undo or fail the quarantine
+                _log.exception("quarantine notification failed")
 
     @staticmethod
     def discard(staged: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,6 +73,7 @@ def check_batch(
     site_policy: Policy,
     watermark_keys: Sequence[WatermarkKey] = (),
     detector: DetectorSetup | None = None,
+    not_run: Mapping[Check, str] | None = None,
 ) -> list[FileResult]:
     """Check ``paths`` where this runs (a Dask worker): one result per path, never an exception per file.
 
@@ -83,8 +84,9 @@ def check_batch(
     if policy is None:
         policy = _WORKER_POLICIES[key] = trust.to_policy()
     checker = Checker(
-        checks=checks, trust=policy, site_policy=site_policy, watermark_keys=tuple(watermark_keys), detector=detector
-    )
+        checks=checks, not_run=dict(not_run or {}), trust=policy, site_policy=site_policy,
+        watermark_keys=tuple(watermark_keys), detector=detector,
+    )  # fmt: skip
     return [checker.check(p) for p in paths]
 
 
@@ -151,13 +153,15 @@ class DaskExecutor:
 
     def map(self, paths: Sequence[str], checker: Checker) -> Iterator[FileResult]:
         distributed: Any = importlib.import_module("distributed")
-        watermark_keys = checker.watermark_keys
-        if watermark_keys and self._cluster is None and not self._client.scheduler.address.startswith("tls://"):
+        tls = self._client.scheduler.address.startswith("tls://")
+        if checker.watermark_keys and self._cluster is None and not tls:
             # Watermark keys are secrets: they may travel only to a local cluster or over TLS.
-            raise InputError(
-                "the watermark check sends the secret watermark keys to the Dask workers: use --dask local or a "
-                "tls:// scheduler address, or leave watermark out of --checks"
+            checker = checker.without(
+                Check.WATERMARK,
+                "the watermark keys are secrets and travel to Dask workers only over TLS (a tls:// scheduler "
+                "address) or to --dask local",
             )
+        watermark_keys = checker.watermark_keys
         spec = TrustSpec.from_policy(checker.trust)
         [spec_future] = self._client.scatter([spec], broadcast=True)
         keys_future = None
@@ -175,7 +179,7 @@ class DaskExecutor:
             queue.add(
                 self._client.submit(
                     check_batch, batch, checker.checks, spec_future, checker.site_policy, keys_future or (),
-                    checker.detector, pure=False,
+                    checker.detector, dict(checker.not_run), pure=False,
                 )
             )
             return True

@@ -213,3 +213,26 @@ def test_csv_manifest_groups_by_patient_and_study_and_records_terms(
     assert {e.sha256: (e.source_id, e.split) for e in grown.entries if e.sha256 in before} == before
     new = next(e for e in grown.entries if e.sha256 not in before)
     assert (new.source_id, new.split) == (dicoms[0].source_id, dicoms[0].split)
+
+
+def test_scarce_modality_groups_get_more_real_crops_and_no_fakes(tree: Path, tmp_path: Path) -> None:
+    from collections import Counter
+
+    from detectors.models.views import real_views, scarce_group_reals
+
+    corpus = build_corpus([tree], tmp_path / "c").corpus
+    every = real_views(corpus, ["train"], view_size=32, max_per_frame=1)
+    views = [v for v in every if v.group != "CT/native"] + [v for v in every if v.group == "CT/native"][:1]
+    counts = Counter(v.group for v in views)
+    floor = 2
+    extra = scarce_group_reals(corpus, views, floor=floor, view_size=32, per_frame=3, seed=0)
+    scarce = {g for g, n in counts.items() if n < floor}
+    assert "CT/native" in scarce and scarce != set(counts)  # a group with enough views gets none
+    assert {v.group for v in extra} == scarce
+    assert all(v.is_real and v.split == "train" and v.method == "extra crop" and v.partner is None for v in extra)
+    # Each frame of a CT (128 px) gives three crops, spread out: not the same pixels thrice.
+    ct = [v for v in extra if v.group == "CT/native"]
+    assert ct and set(Counter(v.source_id for v in ct).values()) == {3}
+    first = [v for v in ct if v.source_id == ct[0].source_id]
+    assert not np.array_equal(first[0].pixels, first[1].pixels)
+    assert scarce_group_reals(corpus, views, floor=0, view_size=32, seed=0) == []

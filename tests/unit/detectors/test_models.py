@@ -31,6 +31,7 @@ from detectors.models import (
 )
 from detectors.models.augment import export_8bit, jpeg, launder, resize
 from detectors.models.cnn import inference_copy
+from detectors.models.ensemble import EnsembleDetector
 from detectors.models.evaluation import auc, evaluate_views, source_bootstrap_auc, within_source
 from detectors.models.training import (
     PatchStream,
@@ -39,6 +40,7 @@ from detectors.models.training import (
     raw_view_scores,
     stack_weights,
     threshold_at_fpr,
+    threshold_at_fpr_by_source,
     train_detector,
 )
 from detectors.models.views import View, source_folds
@@ -200,6 +202,26 @@ def test_threshold_at_fpr() -> None:
     assert threshold_at_fpr([0.3, 0.3, 0.3], 0.01) > 0.3
     with pytest.raises(ModelError):
         threshold_at_fpr([], 0.01)
+
+
+def test_threshold_by_source_holds_the_target_over_resampled_patients() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.random(400)
+    one_each = [f"p{i}" for i in range(400)]
+    plain = threshold_at_fpr(scores, 0.01)
+    by_source = threshold_at_fpr_by_source(scores, one_each, 0.01, confidence=0.9)
+    assert by_source >= plain and float((scores >= by_source).mean()) <= 0.01
+    assert threshold_at_fpr_by_source(scores, one_each, 0.01, confidence=0.99) >= by_source
+    # One patient of forty holds the ten highest scores (2.5 % of the views): the plain rule lets four of them
+    # through; resampling patients sees that patient drawn twice or more in a tenth of the draws, when at most
+    # two of its views may pass.
+    clustered = np.concatenate([rng.random(390) * 0.9, 0.95 + rng.random(10) * 0.04])
+    patients = [f"p{i % 39}" for i in range(390)] + ["outlier"] * 10
+    assert float((clustered >= threshold_at_fpr(clustered, 0.01)).mean()) > 0.005
+    high = threshold_at_fpr_by_source(clustered, patients, 0.01, confidence=0.9)
+    assert high > threshold_at_fpr(clustered, 0.01) and int((clustered >= high).sum()) <= 2
+    with pytest.raises(ModelError, match="one source per real score"):
+        threshold_at_fpr_by_source(scores, one_each[:-1], 0.01, confidence=0.9)
 
 
 def test_laundering_keeps_range_and_mask_follows() -> None:
@@ -405,6 +427,32 @@ def test_ensemble_weighs_each_member_on_its_own_heads() -> None:
                                                                "weights": {"synthetic": [1.0], "tamper": [1.0]}})
 
 
+def test_a_loaded_ensemble_builds_no_member_without_weight_and_saves_it_unchanged(
+    trained: dict[str, tuple[Detector, Path]], tmp_path: Path
+) -> None:
+    detector = load_bundle(trained["ensemble"][1])  # a copy: the fixture's detector stays as trained
+    assert isinstance(detector, EnsembleDetector)
+    detector.set_weights("synthetic", [0.0, 1.0])  # the tiny preset's cnn, classical (segment has no opinion)
+    saved = tmp_path / "restacked"
+    record = save_bundle(detector, saved)
+    loaded = load_bundle(saved)
+    assert isinstance(loaded, EnsembleDetector)
+    # Scoring never builds the CNN (nor imports what it needs): it weighs nothing on either head.
+    image = phantom(4, 96, 96)
+    assert loaded.detect(image).synthetic_score == pytest.approx(detector.detect(image).synthetic_score, abs=1e-6)
+    assert "cnn" not in loaded._built and "cnn" in loaded._dormant
+    # Saved again without being built, its weights are the very arrays it was loaded with.
+    again = save_bundle(loaded, tmp_path / "again")
+    assert again["digest"] == record["digest"] and again["config"]["tag"] == record["config"]["tag"]
+    # Asked for (out-of-fold stacking reads every member), it is built with those weights.
+    cnn = loaded.members["cnn"]
+    assert "cnn" in loaded._built and "cnn" not in loaded._dormant
+    expected = {k: v for k, v in detector.state_arrays().items() if k.startswith("cnn.")}
+    built = cnn.state_arrays()
+    assert expected and built.keys() == expected.keys()
+    assert all(np.array_equal(built[k], v) for k, v in expected.items())
+
+
 def test_classical_self_reference_features_measure_what_the_finest_scale_holds() -> None:
     """The self-reference half is the change of each feature when the patch loses its finest scale: large for a
     patch with acquisition noise, small for a smooth (generated-looking) one. Bundles made before it load without."""
@@ -571,3 +619,15 @@ def test_make_fakes_stores_fakes_unless_asked_for_the_floats() -> None:
         for fake in fakes:
             on_grid = np.allclose(np.round((fake.pixels - anchor) / step) * step + anchor, fake.pixels, atol=1e-5)
             assert on_grid is store
+
+
+def test_train_bundle_takes_a_bundles_members_and_weights() -> None:
+    from detectors.models.recipe import Recipe, train_bundle
+
+    recipe = Recipe(preset="tiny", steps=4, batch_size=8, cross_fit=0, families=("vae", "tamper"))
+    chosen = {"members": ["classical", "segment"], "weights": {"synthetic": [1.0, 0.0], "tamper": [0.25, 0.75]}}
+    detector, record = train_bundle(tiny_views(8), recipe, families=["tamper"], arch_args=chosen)
+    assert isinstance(detector, EnsembleDetector) and list(detector.members) == ["classical", "segment"]
+    assert np.allclose(detector.weights, [[1.0, 0.0], [0.25, 0.75]])
+    assert record["data"]["arch_args"] == chosen and record["data"]["families"] == ["tamper"]
+    assert "vae" not in record["fit_views"] and record["fit_views"]["tamper"] > 0  # vae was left out

@@ -82,6 +82,18 @@ def test_a_failing_check_is_a_malformed_result_that_keeps_the_instance(keystore:
     assert broken.examine(b"junk").instance is None
 
 
+def test_synthetic_data_yes_makes_an_unsigned_file_declared_synthetic(checker: Checker, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(CT_SMALL)
+    ds.SyntheticData = "YES"
+    ds.save_as(tmp_path / "flagged.dcm")
+    result = checker.check(tmp_path / "flagged.dcm")
+    assert result.verdict.status is VerdictStatus.DECLARED_SYNTHETIC and result.status == "UNSIGNED"
+    assert "declaration: Synthetic Data (0008,001C) is YES: the file declares itself synthetic" in result.reasons
+    ds.SyntheticData = "NO"
+    ds.save_as(tmp_path / "real.dcm")
+    assert checker.check(tmp_path / "real.dcm").verdict.status is VerdictStatus.NO_EVIDENCE
+
+
 def test_a_checker_is_frozen_and_needs_a_check(checker: Checker) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         checker.checks = frozenset({Check.WATERMARK})  # type: ignore[misc]

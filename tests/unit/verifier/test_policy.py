@@ -213,3 +213,26 @@ def test_policy_file_overrides_and_is_strict(tmp_path: Path) -> None:
 def test_verdict_has_no_truth_value() -> None:
     with pytest.raises(TypeError):
         bool(decide(policy=DEFAULT_POLICY, input_error=("UNREADABLE", "x")))
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "acquisition-signed"])
+def test_synthetic_data_yes_declares_the_image_synthetic_signed_or_not(signed: bool) -> None:
+    signature = _report(_sig(SignatureStatus.VALID)) if signed else _report(pixels=None)
+    v = decide(policy=DEFAULT_POLICY, signature=signature, synthetic_data=True)
+    assert (v.status, v.action) == (VerdictStatus.DECLARED_SYNTHETIC, Action.QUARANTINE)
+    assert any(r.source == "declaration" and "Synthetic Data (0008,001C) is YES" in r.message for r in v.reasons)
+    assert decide(policy=DEFAULT_POLICY, signature=signature, synthetic_data=False).status is not (
+        VerdictStatus.DECLARED_SYNTHETIC
+    )
+
+
+def test_synthetic_data_does_not_hide_tampering() -> None:
+    v = decide(policy=DEFAULT_POLICY, signature=_report(_sig(SignatureStatus.INVALID)), synthetic_data=True)
+    assert v.status is VerdictStatus.TAMPERED
+
+
+def test_a_check_that_did_not_run_is_a_reason_and_changes_nothing_else() -> None:
+    base = decide(policy=DEFAULT_POLICY, signature=_report(pixels=None))
+    told = decide(policy=DEFAULT_POLICY, signature=_report(pixels=None), not_run={"watermark": "no key yet"})
+    assert (told.status, told.action) == (base.status, base.action)
+    assert told.reasons[-1].source == "watermark" and told.reasons[-1].message == "not run: no key yet"

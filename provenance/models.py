@@ -9,6 +9,8 @@ from typing import Any
 
 __all__ = [
     "MacAlgorithm",
+    "PixelBinding",
+    "PixelBindingStatus",
     "SignatureInfo",
     "SignatureProfile",
     "SignatureReport",
@@ -27,18 +29,34 @@ class SignatureStatus(enum.StrEnum):
     REVOKED = "REVOKED"
     EXPIRED = "EXPIRED"
     MALFORMED = "MALFORMED"
+    #: The MAC does not match, and the Pixel Data is no longer in the encoding it was signed in: the file was
+    #: re-encoded after signing (e.g. by a PACS that compresses), and the signature covers the original encoding.
+    #: Neither intact nor proven altered; a pixel binding (:class:`PixelBinding`) may still vouch for the pixels.
+    TRANSCODED = "TRANSCODED"
 
 
 # The file's status is that of its worst signature, in this order.
 _SEVERITY = {
-    SignatureStatus.INVALID: 6,
-    SignatureStatus.MALFORMED: 5,
-    SignatureStatus.REVOKED: 4,
-    SignatureStatus.EXPIRED: 3,
-    SignatureStatus.UNTRUSTED_SIGNER: 2,
+    SignatureStatus.INVALID: 7,
+    SignatureStatus.MALFORMED: 6,
+    SignatureStatus.REVOKED: 5,
+    SignatureStatus.EXPIRED: 4,
+    SignatureStatus.UNTRUSTED_SIGNER: 3,
+    SignatureStatus.TRANSCODED: 2,
     SignatureStatus.VALID: 1,
     SignatureStatus.UNSIGNED: 0,
 }
+
+
+class PixelBindingStatus(enum.StrEnum):
+    """Outcome of checking the signed digest of the decoded pixel values against the pixels of the file now."""
+
+    #: The decoded pixels (and Rows, Columns, Bits Stored, Photometric Interpretation, rescale) are those signed.
+    MATCH = "MATCH"
+    #: They differ: a pixel, a dimension or the rescale changed, or a lossy re-encoding changed the values.
+    MISMATCH = "MISMATCH"
+    #: The pixels of the file now cannot be decoded (no decoder for its transfer syntax, or damaged data).
+    UNDECODABLE = "UNDECODABLE"
 
 
 class SignatureProfile(enum.StrEnum):
@@ -95,6 +113,9 @@ class SignatureInfo(_NoBool):
     profiles: tuple[str, ...] = ()
     covered: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
+    #: Whether this is a binding signature: one over a pixel binding and everything but the pixel encoding
+    #: (:mod:`provenance.pixelbinding`), made beside a full signature by the same key.
+    pixel_binding: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -107,13 +128,36 @@ class SignatureInfo(_NoBool):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class PixelBinding(_NoBool):
+    """What checking a signed pixel binding found: it is checked only where no intact signature covers the Pixel
+    Data as it is now encoded (after a re-encoding), and only under a signature whose MAC matches."""
+
+    status: PixelBindingStatus
+    #: The Digital Signature UID of the intact signature that covers the binding.
+    signature_uid: str | None
+    #: Transfer syntax at signing (recorded in the binding) and now, as UIDs.
+    signed_transfer_syntax: str
+    transfer_syntax: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["status"] = self.status.value
+        return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SignatureReport(_NoBool):
     """Every signature of one file, and the present elements that no valid signature covers."""
 
     status: SignatureStatus
     signatures: tuple[SignatureInfo, ...] = ()
     uncovered: tuple[UncoveredElement, ...] = ()
+    #: Whether the Pixel Data as it is now is vouched for: covered by an intact signature, or decoded and found
+    #: equal to a signed pixel binding (``pixel_binding`` then says so). None without Pixel Data.
     pixel_data_covered: bool | None = None
+    #: The signed pixel binding's check, where it was needed (the Pixel Data re-encoded since signing).
+    pixel_binding: PixelBinding | None = None
     reasons: tuple[str, ...] = ()
 
     @classmethod
@@ -122,8 +166,10 @@ class SignatureReport(_NoBool):
         signatures: tuple[SignatureInfo, ...],
         uncovered: tuple[UncoveredElement, ...],
         pixel_data_covered: bool | None,
+        pixel_binding: PixelBinding | None = None,
     ) -> SignatureReport:
-        """Build the file report; its status is that of the worst signature."""
+        """Build the file report; its status is that of the worst signature, or INVALID when the pixel binding
+        shows that the pixels changed."""
         if not signatures:
             return cls(
                 status=SignatureStatus.UNSIGNED,
@@ -131,11 +177,15 @@ class SignatureReport(_NoBool):
                 reasons=("the file carries no digital signature",),
             )
         status = max((s.status for s in signatures), key=_SEVERITY.__getitem__)
+        if pixel_binding is not None and pixel_binding.status is PixelBindingStatus.MISMATCH:
+            status = SignatureStatus.INVALID  # the pixels are proven to differ from those signed
         reasons: list[str] = []
         for sig in signatures:
             if sig.status is not SignatureStatus.VALID:
                 where = f" in {sig.location}" if sig.location else ""
                 reasons.extend(f"signature {sig.uid or '?'}{where}: {r}" for r in sig.reasons)
+        if pixel_binding is not None:
+            reasons.append(f"pixel binding {pixel_binding.status.value}: {pixel_binding.reason}")
         if pixel_data_covered is False:
             reasons.append("Pixel Data is not covered by any intact signature")
         if uncovered:
@@ -147,6 +197,7 @@ class SignatureReport(_NoBool):
             signatures=signatures,
             uncovered=uncovered,
             pixel_data_covered=pixel_data_covered,
+            pixel_binding=pixel_binding,
             reasons=tuple(reasons),
         )
 
@@ -163,7 +214,14 @@ class SignatureReport(_NoBool):
         """Whether the signatures show a problem: one not valid, or a signed file with uncovered content."""
         if self.status is SignatureStatus.UNSIGNED:
             return False
-        return self.status is not SignatureStatus.VALID or bool(self.uncovered) or self.pixel_data_covered is False
+        if self.uncovered or self.pixel_data_covered is False:
+            return True
+        # A signature over the original encoding is no problem when the signed pixel binding vouches for the pixels.
+        vouched = self.pixel_binding is not None and self.pixel_binding.status is PixelBindingStatus.MATCH
+        return any(
+            s.status is not SignatureStatus.VALID and not (vouched and s.status is SignatureStatus.TRANSCODED)
+            for s in self.signatures
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,5 +230,6 @@ class SignatureReport(_NoBool):
             "signatures": [s.to_dict() for s in self.signatures],
             "uncovered": [u.to_dict() for u in self.uncovered],
             "pixel_data_covered": self.pixel_data_covered,
+            "pixel_binding": self.pixel_binding.to_dict() if self.pixel_binding is not None else None,
             "reasons": list(self.reasons),
         }

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from provenance._internal.macstream import (
     DIGITAL_SIGNATURES_SEQUENCE,
@@ -51,6 +51,8 @@ from provenance._internal.sigitems import (
 )
 from provenance.errors import SigningError
 from provenance.models import MacAlgorithm, SignatureProfile
+from provenance.pixelbinding import ENCODING_TAGS, binding_tags
+from provenance.pixelbinding import bind_pixels as bind
 from provenance.verification import verify_dataset
 
 __all__ = ["SignerLike", "sign_dataset", "strip_signatures", "verify_dataset"]
@@ -106,12 +108,20 @@ def sign_dataset(
     mac: MacAlgorithm = MacAlgorithm.SHA256,
     tags: Sequence[int] | None = None,
     now: dt.datetime | None = None,
+    bind_pixels: bool = True,
 ) -> str:
     """Add a digital signature to ``ds`` (in place) and return its Digital Signature UID.
 
     ``tags`` selects the elements to sign (default: every signable element present, as dcmsign does). Existing
     signatures are kept, so several may coexist. RSA keys work with every profile; ECDSA only with ``none``,
     the combinations that dcmsign 3.6.7 accepts.
+
+    With ``bind_pixels`` (the default) and no ``tags``, an image also gets a pixel binding
+    (:mod:`provenance.pixelbinding`): a signed digest of its decoded pixels, in a private block, and a second
+    signature by the same key over everything but the pixel encoding, so that the signature outlives a lossless
+    re-encoding. Pixels that cannot be decoded raise :class:`SigningError` (sign with ``bind_pixels=False``). An
+    Implicit VR Little Endian data set is then set to be written as Explicit VR Little Endian, so that dcmsign
+    can check the private block's signature too.
     """
     key = signer.private_key
     if mac not in _SIGNING_MACS:
@@ -139,7 +149,39 @@ def sign_dataset(
             raise SigningError(
                 f"the {profile} profile requires signing {', '.join(map(tag_str, unsigned))} when present"
             )
+    bound: frozenset[int] | None = None
+    if bind_pixels and tags is None and PIXEL_DATA in ds:
+        meta = getattr(ds, "file_meta", None)
+        implicit = str(getattr(meta, "TransferSyntaxUID", "")) == ImplicitVRLittleEndian
+        if meta is not None and implicit:
+            # To be written in Explicit VR: in Implicit VR, dcmsign reads the block as UN and cannot check the
+            # binding signature. A lossless change that the full signature survives (its MAC is over Explicit VR).
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        try:
+            bound = bind(ds)
+        except Exception as exc:  # decoders raise many types; nothing is signed
+            if meta is not None and implicit:
+                meta.TransferSyntaxUID = ImplicitVRLittleEndian
+            raise SigningError(
+                f"the pixels cannot be decoded for the pixel binding ({type(exc).__name__}: {str(exc)[:160]}); "
+                "sign without it to rely on the standard signature alone"
+            ) from exc
+    if bound is None:
+        return _add_signature(ds, signer, chosen, mac, now)
+    everything = default_tags(ds)
+    # The full signature leaves the block to the binding signature: a file converted to Implicit VR keeps a full
+    # signature that dcmsign can check (it reads unknown private elements as UN, which it cannot sign).
+    uid = _add_signature(ds, signer, [t for t in everything if t not in bound], mac, now)
+    # The binding signature: the block, and everything but what a lossless re-encoding rewrites.
+    _add_signature(ds, signer, [t for t in everything if t not in ENCODING_TAGS], mac, now)
+    return uid
 
+
+def _add_signature(
+    ds: Dataset, signer: SignerLike, chosen: list[int], mac: MacAlgorithm, now: dt.datetime | None
+) -> str:
+    """Append a signature item over ``chosen`` and its MAC Parameters item; return its Digital Signature UID."""
+    key = signer.private_key
     mac_id = _next_mac_id(ds)
     item = Dataset()
     item.add_new(MAC_ID, "US", mac_id)
@@ -171,9 +213,9 @@ def sign_dataset(
 
 
 def strip_signatures(ds: Dataset) -> None:
-    """Remove every signature of the top level: a derived object never keeps its source's (PS3.15; ARCHITECTURE.md,
-    "Boundaries")."""
-    for tag in (MAC_PARAMETERS_SEQUENCE, DIGITAL_SIGNATURES_SEQUENCE):
+    """Remove every signature of the top level, and the pixel binding they signed: a derived object never keeps
+    its source's (PS3.15; ARCHITECTURE.md, "Boundaries")."""
+    for tag in (MAC_PARAMETERS_SEQUENCE, DIGITAL_SIGNATURES_SEQUENCE, *(binding_tags(ds) or ())):
         if tag in ds:
             del ds[tag]
 

@@ -8,6 +8,7 @@ after an unsigned element is added; medverify says which. Hostile input gives MA
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hmac
@@ -33,6 +34,7 @@ from provenance._internal.macstream import (
     dictionary_vr,
     element_index,
     file_bytes,
+    file_segments,
     is_signable_tag,
     raw_sequence_items,
 )
@@ -57,11 +59,21 @@ from provenance._internal.sigitems import (
 )
 from provenance.models import (
     MacAlgorithm,
+    PixelBinding,
+    PixelBindingStatus,
     SignatureInfo,
     SignatureProfile,
     SignatureReport,
     SignatureStatus,
     UncoveredElement,
+)
+from provenance.pixelbinding import (
+    ENCODING_TAGS,
+    binding_tags,
+    check_binding,
+    pixel_encoding,
+    read_binding,
+    transfer_syntax_name,
 )
 from provenance.trust import TrustPolicy, TrustStatus, fingerprint_sha256
 
@@ -185,8 +197,11 @@ def _certificate(der: bytes) -> tuple[x509.Certificate, str, str, str]:
     return cert, cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), fingerprint_sha256(cert)
 
 
-def _profiles(key_type: str | None, covered: set[int], ds: Dataset, present: Collection[int]) -> tuple[str, ...]:
-    """The PS3.15 profiles this signature satisfies (none is recorded in the file; they are inferred)."""
+def _profiles(
+    key_type: str | None, covered: set[int], ds: Dataset, present: Collection[int], binding: Collection[int] = ()
+) -> tuple[str, ...]:
+    """The PS3.15 profiles this signature satisfies (none is recorded in the file; they are inferred). The pixel
+    binding's block (``binding``), which its own signature covers, does not count against Authorization."""
     if key_type != "rsa":
         return ()
     out = [SignatureProfile.BASE.value]
@@ -195,7 +210,7 @@ def _profiles(key_type: str | None, covered: set[int], ds: Dataset, present: Col
         out.append(SignatureProfile.CREATOR.value)
         # Authorization: every element dcmsign would sign by default is covered. Only the present signable
         # elements that this signature leaves out need a closer look (those of VR UN are not signed by default).
-        left_out = {t for t in present if t not in covered and is_signable_tag(t)}
+        left_out = {t for t in present if t not in covered and t not in binding and is_signable_tag(t)}
         if not left_out or not left_out.intersection(default_tags(ds, only=left_out)):
             out.append(SignatureProfile.AUTHORIZATION.value)
     return tuple(out)
@@ -218,8 +233,11 @@ def _verify_item(
     location: str,
     at: dt.datetime,
     present: dict[int, Any],
+    block: frozenset[int] | None = None,
+    segments: dict[int, tuple[int, int]] | None = None,
 ) -> tuple[SignatureInfo, set[int]]:
-    """Check one signature item of the site ``ds``, whose elements by int tag are ``present``."""
+    """Check one signature item of the site ``ds``, whose elements by int tag are ``present``; ``block`` is the
+    tags of the pixel binding written in the file (top level only)."""
     info: dict[str, object] = {"location": location}
     try:
         if not isinstance(item, Dataset):
@@ -279,7 +297,7 @@ def _verify_item(
             + ", ".join(f"{tag_str(t)} {keyword(t)}".strip() for t in missing)
         )
     try:
-        digest = mac_digest(ds, signed, item, algorithm, present, elements)
+        digest = mac_digest(ds, signed, item, algorithm, present, elements, segments)
         info["key_type"] = _check_signature(cert, signature, digest, algorithm)
     except UnsignableElementError as exc:
         reasons.append(f"a signed element cannot be encoded: {exc}")
@@ -287,6 +305,9 @@ def _verify_item(
     except _Malformed as exc:
         return SignatureInfo(status=SignatureStatus.MALFORMED, reasons=(str(exc),), **info), set()  # type: ignore[arg-type]
     except (InvalidSignature, ValueError):
+        transcoded = _transcoding(ds, signed, xfer, block is not None) if not missing else None
+        if transcoded is not None:
+            return SignatureInfo(status=SignatureStatus.TRANSCODED, reasons=(transcoded,), **info), set()  # type: ignore[arg-type]
         reasons.append("the signature does not match the signed content (content or signature altered)")
         return SignatureInfo(status=SignatureStatus.INVALID, reasons=tuple(reasons), **info), set()  # type: ignore[arg-type]
     if missing:  # pragma: no cover - a missing element always changes the MAC
@@ -296,11 +317,34 @@ def _verify_item(
     info["role"] = decision.role.value if decision.role is not None else None
     status = _TRUST_TO_STATUS[decision.status]
     covered = set(signed)
-    info["profiles"] = _profiles(str(info["key_type"]), covered, ds, present)
+    info["profiles"] = _profiles(str(info["key_type"]), covered, ds, present, block or ())
     if status is not SignatureStatus.VALID:
         reasons.append(decision.reason)
     # The MAC matched: whatever the signer's trust, these elements are intact since signing.
     return SignatureInfo(status=status, reasons=tuple(reasons), **info), covered  # type: ignore[arg-type]
+
+
+def _transcoding(ds: Dataset, signed: list[int], xfer: str, bound: bool) -> str | None:
+    """Why a signature whose MAC does not match may be over another encoding of the same pixels, or None.
+
+    The encoding at signing is told by the MAC Calculation Transfer Syntax: dcmsign and medverify write the file's
+    own syntax for encapsulated Pixel Data, Explicit VR Little Endian otherwise. Neither it nor the pixel binding
+    (which names the syntax exactly) is proof here: this only says why the MAC cannot be checked.
+    """
+    if PIXEL_DATA not in signed or PIXEL_DATA not in ds:
+        return None
+    signed_as = xfer  # decides; the binding, where it agrees, names the syntax exactly (e.g. Implicit VR)
+    recorded = read_binding(ds) if bound else None
+    if recorded is not None and pixel_encoding(recorded.transfer_syntax) == pixel_encoding(xfer):
+        signed_as = recorded.transfer_syntax
+    meta = getattr(ds, "file_meta", None)
+    now = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+    if not now or pixel_encoding(now) == pixel_encoding(signed_as):
+        return None
+    return (
+        f"re-encoded after signing ({transfer_syntax_name(signed_as)} at signing, {transfer_syntax_name(now)} now); "
+        "the signature covers the original encoding"
+    )
 
 
 def _is_sequence(elem: DataElement | RawDataElement, tag: int) -> bool:
@@ -385,10 +429,16 @@ def _sequence_items(ds: Dataset, tag: int) -> list[Any]:
 
 
 def _verify_site(
-    ds: Dataset, location: str, policy: TrustPolicy, at: dt.datetime, present: dict[int, Any]
-) -> tuple[list[SignatureInfo], set[int]]:
+    ds: Dataset,
+    location: str,
+    policy: TrustPolicy,
+    at: dt.datetime,
+    present: dict[int, Any],
+    block: frozenset[int] | None = None,
+) -> tuple[list[SignatureInfo], list[set[int]]]:
+    """The signatures of one site and, for each, the elements it covers intact (empty when its MAC fails)."""
     results: list[SignatureInfo] = []
-    covered: set[int] = set()
+    covered: list[set[int]] = []
     try:
         sig_items = _sequence_items(ds, DIGITAL_SIGNATURES_SEQUENCE)
         mac_list = _sequence_items(ds, MAC_PARAMETERS_SEQUENCE)
@@ -399,7 +449,7 @@ def _verify_site(
                 location=location,
                 reasons=(f"the signature sequences cannot be parsed: {type(exc).__name__}",),
             )
-        ], covered
+        ], [set()]
     mac_items: dict[int, tuple[Dataset, dict[int, Any]]] = {}
     for params in mac_list:
         if not isinstance(params, Dataset):
@@ -417,9 +467,12 @@ def _verify_site(
                 reasons=("a MAC Parameters Sequence is present without any Digital Signatures Sequence item",),
             )
         )
+        covered.append(set())
+    # Where the site's elements lie in the file, found once for all its signatures.
+    segments = file_segments(ds, present) if len(sig_items) > 1 else None
     for item in sig_items:
         try:
-            info, item_covered = _verify_item(ds, item, mac_items, policy, location, at, present)
+            info, item_covered = _verify_item(ds, item, mac_items, policy, location, at, present, block, segments)
         except Exception as exc:  # noqa: BLE001 - hostile input must give MALFORMED, never a traceback
             info = SignatureInfo(
                 status=SignatureStatus.MALFORMED,
@@ -428,7 +481,7 @@ def _verify_site(
             )
             item_covered = set()
         results.append(info)
-        covered |= item_covered
+        covered.append(item_covered)
     return results, covered
 
 
@@ -440,19 +493,52 @@ def verify_dataset(ds: Dataset, policy: TrustPolicy, *, at: dt.datetime | None =
     """
     when = at or dt.datetime.now(dt.UTC)
     signatures: list[SignatureInfo] = []
-    top_covered: set[int] = set()
+    top: list[tuple[SignatureInfo, set[int]]] = []
     index: dict[int, Any] | None = None
+    block: frozenset[int] | None = None
     for site, location in _signature_sites(ds):
         site_index = element_index(site)
-        results, covered = _verify_site(site, location, policy, when, site_index)
+        if site is ds:
+            block = binding_tags(ds, site_index) if PIXEL_DATA in site_index else None
+        results, covered = _verify_site(site, location, policy, when, site_index, block if site is ds else None)
+        if site is ds and block is not None:
+            results = [_mark_binding(info, block) for info in results]
         signatures.extend(results)
         if site is ds:
-            top_covered, index = covered, site_index
+            top, index = list(zip(results, covered, strict=True)), site_index
+    top_covered: set[int] = set().union(*(c for _, c in top))
     uncovered: tuple[UncoveredElement, ...] = ()
     pixel_covered: bool | None = None
+    binding: PixelBinding | None = None
+    if PIXEL_DATA in ds:
+        pixel_covered = PIXEL_DATA in top_covered
+        if not pixel_covered and block is not None:
+            binding = _check_pixel_binding(ds, block, top)
+            if binding is not None and binding.status is PixelBindingStatus.MATCH:
+                pixel_covered = True
+                top_covered |= ENCODING_TAGS
     if signatures:
         left_out = (index if index is not None else element_index(ds)).keys() - top_covered
         uncovered = tuple(_uncovered(t) for t in sorted(left_out) if is_signable_tag(t))
-    if PIXEL_DATA in ds:
-        pixel_covered = PIXEL_DATA in top_covered
-    return SignatureReport.combine(tuple(signatures), uncovered, pixel_covered)
+    return SignatureReport.combine(tuple(signatures), uncovered, pixel_covered, binding)
+
+
+def _mark_binding(info: SignatureInfo, block: frozenset[int]) -> SignatureInfo:
+    """``info``, marked when its Data Elements Signed make it a binding signature (the block, no Pixel Data)."""
+    names = set(info.covered)
+    if tag_str(PIXEL_DATA) in names or not {tag_str(t) for t in block} <= names:
+        return info
+    return dataclasses.replace(info, pixel_binding=True)
+
+
+def _check_pixel_binding(
+    ds: Dataset, block: frozenset[int], top: list[tuple[SignatureInfo, set[int]]]
+) -> PixelBinding | None:
+    """Check the pixel binding under the first top-level signature whose MAC matches and that covers its block
+    (the signer's trust is reported on the signature itself); None when no intact signature vouches for it, or
+    it cannot be read."""
+    for info, covered in top:
+        if covered and block <= covered:
+            recorded = read_binding(ds)
+            return check_binding(ds, recorded, info.uid) if recorded is not None else None
+    return None

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # One torch thread per process and no OpenMP spin-waiting: on 2 shared cores spinning makes torch 10-20x slower.
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=1
 
-SYSTEM_PACKAGES=(dcmtk postgresql dicom3tools openssl chromium orthanc orthanc-python)
+SYSTEM_PACKAGES=(dcmtk libgdcm-tools postgresql dicom3tools openssl chromium orthanc orthanc-python)
 if [ "${MEDVERIFY_SKIP_APT:-0}" != "1" ]; then
   missing=()
   for pkg in "${SYSTEM_PACKAGES[@]}"; do

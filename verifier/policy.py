@@ -7,8 +7,9 @@ from. The site policy (TOML) maps the verdict to an action; its ``version`` is r
 Decision order (first match wins):
 
 1. the input could not be read: ``UNREADABLE`` / ``MALFORMED``;
-2. a signature whose MAC does not match, or whose structure is broken, or a signed file whose Pixel Data no
-   intact signature covers: ``TAMPERED``;
+2. a signature whose MAC does not match, or whose structure is broken, a pixel binding whose decoded pixels
+   differ from those signed, or a signed file whose Pixel Data nothing vouches for, unless it was re-encoded after
+   signing (a ``TRANSCODED`` signature): ``TAMPERED``;
 3. Synthetic Data (0008,001C) = YES, the standard's own declaration, signed or not, or a valid, trusted signature of
    a ``generator`` key covering the pixels: ``DECLARED_SYNTHETIC``;
 4. our generator watermark in the pixels with no signature left: ``DECLARED_SYNTHETIC`` ("provenance recovered
@@ -18,7 +19,13 @@ Decision order (first match wins):
 6. a valid, trusted signature of an ``acquisition`` key covering the pixels: ``AUTHENTIC``;
 7. a synthetic score at or above the synthetic threshold (the policy's ``synthetic_threshold``, else the model's
    own): ``SUSPECTED_SYNTHETIC``;
-8. otherwise ``NO_EVIDENCE``.
+8. a signature over an earlier encoding of the pixels (``TRANSCODED``) with no pixel binding that vouches for the
+   pixels now (a dcmsign signature has none; or they cannot be decoded): ``TRANSCODED``, flagged by default;
+9. otherwise ``NO_EVIDENCE``.
+
+A signature ``TRANSCODED`` whose file's pixel binding matches (medverify signed it; the pixels were re-encoded
+losslessly since) counts for nothing by itself: the binding signature, over everything but the pixel encoding, is
+intact, and with the decoded pixels equal to those signed it covers the pixels (steps 3 and 6).
 
 Elements added after signing (present but covered by no signature), and signatures that are intact but whose
 signer is untrusted, revoked or expired, do not change the status; they add a reason and raise the action to at
@@ -35,7 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provenance.models import SignatureInfo, SignatureReport, SignatureStatus
+from provenance.models import PixelBindingStatus, SignatureInfo, SignatureReport, SignatureStatus
 from verifier.errors import ConfigError
 from verifier.reports import DetectionFailure, WatermarkNotChecked
 
@@ -54,6 +61,9 @@ class VerdictStatus(enum.StrEnum):
     NO_EVIDENCE = "NO_EVIDENCE"
     UNREADABLE = "UNREADABLE"
     MALFORMED = "MALFORMED"
+    #: Signed, then re-encoded: the signature covers an earlier encoding of the pixels and nothing vouches for the
+    #: pixels now (no pixel binding, or one that cannot be checked). Neither proven authentic nor altered.
+    TRANSCODED = "TRANSCODED"
 
 
 class Action(enum.StrEnum):
@@ -159,7 +169,7 @@ class Policy:
 
 
 #: The documented default: accept what is proven authentic or shows no evidence, quarantine synthetic images,
-#: reject tampered and unreadable files.
+#: reject tampered and unreadable files, flag signed files re-encoded since signing that nothing vouches for.
 DEFAULT_POLICY = Policy(
     version="medverify-default-1",
     actions={
@@ -170,6 +180,7 @@ DEFAULT_POLICY = Policy(
         VerdictStatus.NO_EVIDENCE: Action.ACCEPT,
         VerdictStatus.UNREADABLE: Action.REJECT,
         VerdictStatus.MALFORMED: Action.REJECT,
+        VerdictStatus.TRANSCODED: Action.FLAG,
     },
 )
 
@@ -236,26 +247,50 @@ def decide(
         return verdict(VerdictStatus.MALFORMED if kind == "MALFORMED" else VerdictStatus.UNREADABLE)
 
     intact: tuple[SignatureInfo, ...] = ()
+    unvouched = False
     if signature is not None:
         broken = [s for s in signature.signatures if s.status in (SignatureStatus.INVALID, SignatureStatus.MALFORMED)]
         for sig in broken:
             reasons.append(
                 Reason("signature", f"signature {sig.uid or '?'} is {sig.status.value}: " + "; ".join(sig.reasons))
             )
-        if signature.signatures and signature.pixel_data_covered is False:
+        binding = signature.pixel_binding
+        mismatch = binding is not None and binding.status is PixelBindingStatus.MISMATCH
+        if binding is not None:
+            reasons.append(Reason("signature", f"pixel binding {binding.status.value}: {binding.reason}"))
+        vouched = binding is not None and binding.status is PixelBindingStatus.MATCH
+        transcoded = [s for s in signature.signatures if s.status is SignatureStatus.TRANSCODED]
+        unvouched = bool(signature.signatures) and signature.pixel_data_covered is False
+        if unvouched and not transcoded:
             reasons.append(
                 Reason("signature", "the file is signed but its Pixel Data is covered by no intact signature")
             )
-        if broken or (signature.signatures and signature.pixel_data_covered is False):
+        if broken or mismatch or (unvouched and not transcoded):
             return verdict(VerdictStatus.TAMPERED)
-        intact = signature.signatures
+        if not vouched:
+            for sig in transcoded:
+                reasons.append(
+                    Reason("signature", f"signature {sig.uid or '?'} is TRANSCODED: " + "; ".join(sig.reasons))
+                )
+        if unvouched and binding is None:
+            reasons.append(Reason("signature", "no pixel binding to check (the signer made none)"))
+        # Intact signatures still vouch for the header (a generator's declaration), but for the pixels only when
+        # nothing is unvouched.
+        intact = tuple(s for s in signature.signatures if s.status is not SignatureStatus.TRANSCODED)
         for sig in intact:
             if sig.status is not SignatureStatus.VALID:
                 reasons.append(
                     Reason("signature", f"signature by {sig.signer} is {sig.status.value}: " + "; ".join(sig.reasons))
                 )
                 floor = _escalate(floor, policy.untrusted_action)
-        if signature.uncovered:
+        if signature.uncovered and unvouched and transcoded:  # not added: only a TRANSCODED signature covers them
+            reasons.append(
+                Reason(
+                    "signature", f"{len(signature.uncovered)} element(s) covered by no signature that can be checked"
+                )
+            )
+            floor = _escalate(floor, policy.uncovered_action)
+        elif signature.uncovered:
             shown = ", ".join(f"{u.tag} {u.keyword}".strip() for u in signature.uncovered[:8])
             reasons.append(
                 Reason(
@@ -294,7 +329,7 @@ def decide(
         return verdict(VerdictStatus.TAMPERED)
 
     acquisition = [s for s in valid if s.role in ("acquisition", None)]
-    if acquisition:
+    if acquisition and not unvouched:
         reasons.insert(0, Reason("signature", f"valid signature by {acquisition[0].signer} covering the pixels"))
         return verdict(VerdictStatus.AUTHENTIC)
 
@@ -308,6 +343,9 @@ def decide(
             )
         )
         return verdict(VerdictStatus.SUSPECTED_SYNTHETIC)
+
+    if unvouched:  # a TRANSCODED signature, and nothing vouches for the pixels now
+        return verdict(VerdictStatus.TRANSCODED)
 
     if signature is not None and not signature.signatures:
         reasons.append(Reason("signature", "no digital signature"))

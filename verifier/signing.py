@@ -45,6 +45,8 @@ class SignedFile:
     #: How many elements the signature covers.
     covered: int
     audit_id: int
+    #: Whether a pixel binding (a signed digest of the decoded pixels, with its own signature) was made.
+    pixel_binding: bool = False
 
 
 def sign_targets(files: Sequence[Path], *, output: Path | None, in_place: bool) -> list[tuple[Path, Path]]:
@@ -73,6 +75,7 @@ def sign_file(
     mac: MacAlgorithm,
     checker: Checker,
     log: AuditLog,
+    bind_pixels: bool = True,
 ) -> SignedFile:
     """Sign ``source`` into ``target``, check the new signature with ``checker`` and record it in ``log``.
 
@@ -83,11 +86,16 @@ def sign_file(
     from verifier.audit import AuditEntry, Channel, EventKind
 
     ds = Instance.from_path(source).dataset
-    uid = sign_dataset(ds, signer, profile=profile, mac=mac)
+    uid = sign_dataset(ds, signer, profile=profile, mac=mac, bind_pixels=bind_pixels)
     _write_atomic(ds.save_as, target)
     check = checker.check(target)
-    mine = [s for s in (check.signature.signatures if check.signature is not None else ()) if s.uid == uid]
+    signatures = check.signature.signatures if check.signature is not None else ()
+    mine = [s for s in signatures if s.uid == uid]
     if not mine or mine[0].status is not SignatureStatus.VALID:
+        raise SignatureNotVerifiedError(target, check.reasons)
+    # The binding signature comes right after the full one; it must verify too.
+    binding = [s for s in signatures[signatures.index(mine[0]) + 1 :] if s.pixel_binding][:1]
+    if binding and binding[0].status is not SignatureStatus.VALID:
         raise SignatureNotVerifiedError(target, check.reasons)
     record = log.append(
         AuditEntry(
@@ -104,10 +112,18 @@ def sign_file(
                 "profile": profile.value,
                 "mac": mac.value,
                 "signature_uid": uid,
+                "pixel_binding_signature_uid": binding[0].uid if binding else None,
             },
         ).with_local_actor()
     )
-    return SignedFile(source=source, target=target, signature_uid=uid, covered=len(mine[0].covered), audit_id=record.id)
+    return SignedFile(
+        source=source,
+        target=target,
+        signature_uid=uid,
+        covered=len(mine[0].covered),
+        audit_id=record.id,
+        pixel_binding=bool(binding),
+    )
 
 
 def _write_atomic(ds_writer: Callable[[Path], None], target: Path) -> None:

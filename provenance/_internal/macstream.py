@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import io
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -28,6 +28,8 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
+from provenance._internal.privatevrs import known_private_vr
+
 __all__ = [
     "DIGITAL_SIGNATURES_SEQUENCE",
     "MAC_PARAMETERS_SEQUENCE",
@@ -35,6 +37,7 @@ __all__ = [
     "dictionary_vr",
     "element_index",
     "file_bytes",
+    "file_segments",
     "is_signable_tag",
     "iter_signature_stream",
     "raw_sequence_items",
@@ -146,6 +149,8 @@ def _raw_vr(elem: RawDataElement, ds: Dataset) -> str | None:
 
 def _resolve_vr(elem: DataElement | RawDataElement, ds: Dataset) -> str:
     if isinstance(elem, RawDataElement):
+        if elem.VR == "UN" and (known := known_private_vr(ds, int(elem.tag))) is not None:
+            return known
         quick = _raw_vr(elem, ds)
         if quick is not None:
             return quick
@@ -189,7 +194,7 @@ def iter_element_stream(ds: Dataset, tag: int) -> Iterator[bytes | memoryview]:
         return
     raw = elem.value if isinstance(elem, RawDataElement) else None
     if isinstance(raw, bytes | bytearray | memoryview):
-        little = elem.is_little_endian
+        little = elem.is_little_endian or elem.VR == "UN"  # UN bytes are never swapped
         value = bytes(raw) if little else _swap(bytes(raw), _SWAP_WIDTH.get(vr, 1))
         undefined = elem.length == 0xFFFFFFFF
         if tag == PIXEL_DATA and undefined:
@@ -283,62 +288,76 @@ def file_bytes(ds: Dataset) -> bytes | None:
     return buffer.getvalue()  # the bytes the file was read from, not a copy
 
 
+def file_segments(ds: Dataset, elements: dict[int, Any] | None = None) -> dict[int, tuple[int, int]]:
+    """By int tag, (start, end) in :func:`file_bytes` of each top-level element whose bytes there, header included,
+    are its signature format; made once, it serves every signature over ``ds`` (medverify files carry two)."""
+    data = file_bytes(ds)
+    if data is None:
+        return {}
+    out: dict[int, tuple[int, int]] = {}
+    for tag, elem in (elements if elements is not None else element_index(ds)).items():
+        if type(elem) is not RawDataElement:
+            continue
+        _tag, vr, length, value, tell, implicit, little, _raw, _buffered = elem
+        if value is None and not length:
+            value = b""  # pydicom reads an empty value of an Implicit VR file as None
+        # Explicit VR little endian, a VR kept as read, an even length the value has; the long VRs' reserved bytes 0.
+        if implicit or not little or vr not in _FAST_VRS or length & 1 or not isinstance(value, bytes):
+            continue
+        long = vr in _LONG_VRS
+        if len(value) == length and (not long or data.startswith(b"\x00\x00", tell - 6)):
+            out[tag] = (tell - (12 if long else 8), tell + length)
+    return out
+
+
 def iter_signature_stream(
-    ds: Dataset, tags: Iterable[int], *, elements: dict[int, Any] | None = None
+    ds: Dataset,
+    tags: Iterable[int],
+    *,
+    elements: dict[int, Any] | None = None,
+    segments: dict[int, tuple[int, int]] | None = None,
 ) -> Iterator[bytes | memoryview]:
     """The MAC byte stream of the data elements ``tags`` of ``ds``, in ascending tag order.
 
     Tags not present in ``ds`` are skipped: a deleted element changes the stream and so breaks the MAC.
-    ``elements`` is ``ds``'s elements as read by int tag, when the caller has them.
+    ``elements`` is ``ds``'s elements as read by int tag, and ``segments`` their :func:`file_segments`, when the
+    caller has them.
     """
-    # Fastest path: an element still raw from an explicit VR little endian file, of a VR whose bytes are their
-    # signature-format value, with an even defined length, is hashed as the very bytes of the file that pydicom
-    # read it from (its header there is the MAC's header); adjacent ones form one slice of the file.
-    # Fast path: the same elements of a data set without its file (a sequence item) are hashed as a header packed
-    # in one call and the value as read; small ones are batched into one buffer. Everything else (sequences,
-    # implicit or big-endian sources, ambiguous VRs, values built in memory) goes through iter_element_stream.
+    # Fastest: an element of ``segments`` is hashed as the bytes of the file (adjacent ones as one slice). Fast:
+    # such elements without a file (a sequence item) as a packed header and the value, batched. Everything else
+    # (sequences, implicit or big-endian sources, ambiguous VRs, values built in memory): iter_element_stream.
     data = file_bytes(ds)
     view = memoryview(data if data is not None else b"")
     buf = bytearray()
     run_start = run_end = -1  # the slice of ``view`` not yet yielded
     if elements is None:
         elements = element_index(ds)
+    if segments is None:
+        segments = file_segments(ds, elements) if data is not None else {}
     get = elements.get
+    segment = segments.get
     for tag in sorted(set(tags)):
+        found = segment(tag)
+        if found is not None:
+            start, end = found
+            if start != run_end:
+                if run_end >= 0:
+                    yield view[run_start:run_end]
+                elif buf:  # elements before it that took the buffered path
+                    yield bytes(buf)
+                    buf.clear()
+                run_start = start
+            run_end = end
+            continue
         elem = get(tag)
         if elem is None:
             continue
         if type(elem) is RawDataElement:
-            _tag, vr, length, value, tell, implicit, little, _raw, _buffered = elem
+            _tag, vr, length, value, _tell, _implicit, _little, _raw, _buffered = elem
             if value is None and not length:
                 value = b""  # pydicom reads an empty value of an Implicit VR file as None
-            # pydicom keeps an explicit VR as read only when it is a known VR (else it is None or unknown), and
-            # reads a 12-byte header for exactly the long VRs; their reserved bytes it skips, and the MAC zeroes.
-            if (
-                data is not None
-                and not implicit
-                and little
-                and vr in _FAST_VRS
-                and not length & 1
-                and isinstance(value, bytes)
-                and len(value) == length
-            ):
-                if vr in _LONG_VRS:
-                    start = tell - 12
-                    long_ok = data.startswith(b"\x00\x00", start + 6)
-                else:
-                    start = tell - 8
-                    long_ok = True
-                if long_ok:
-                    if start != run_end:
-                        if run_end >= 0:
-                            yield view[run_start:run_end]
-                        run_start = start
-                    run_end = tell + length
-                    continue
         else:
-            value = elem.value
-            vr = elem.VR
+            value, vr = elem.value, elem.VR
         if run_end >= 0:
             yield view[run_start:run_end]
             run_start = run_end = -1
@@ -578,9 +597,3 @@ def signature_item_stream(item: Dataset, *, elements: dict[int, Any] | None = No
         elements = element_index(item)
     tags = [t for t in elements if t not in _ITEM_EXCLUDED]
     yield from iter_signature_stream(item, tags, elements=elements)
-
-
-def feed(update: Callable[[bytes | memoryview], object], chunks: Iterable[bytes | memoryview]) -> None:
-    """Feed ``chunks`` to a hash's ``update``."""
-    for chunk in chunks:
-        update(chunk)

@@ -93,11 +93,13 @@ def mac_digest(
     algorithm: MacAlgorithm,
     elements: dict[int, Any] | None = None,
     item_elements: dict[int, Any] | None = None,
+    segments: dict[int, tuple[int, int]] | None = None,
 ) -> bytes:
     """The MAC of ``tags`` of ``ds`` and the signature ``item``; ``elements`` / ``item_elements`` are their
-    elements by int tag (:func:`element_index`) when the caller has them."""
+    elements by int tag (:func:`element_index`) and ``segments`` ``ds``'s :func:`file_segments`, when the caller
+    has them."""
     h = hashlib.new(_HASHLIB_NAME[algorithm])
-    for chunk in iter_signature_stream(ds, tags, elements=elements):
+    for chunk in iter_signature_stream(ds, tags, elements=elements, segments=segments):
         h.update(chunk)
     for chunk in signature_item_stream(item, elements=item_elements):
         h.update(chunk)

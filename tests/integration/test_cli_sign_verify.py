@@ -53,9 +53,10 @@ def test_init_sign_and_verify(home: Path, tmp_path: Path, capsys: pytest.Capture
     assert line["sop_instance_uid"] == str(pydicom.dcmread(src).SOPInstanceUID)
     assert line["signature"]["status"] == "VALID"
     assert "CN=generator" in line["signature"]["signer"]
-    (sig,) = line["signature"]["signatures"]
-    assert sig["status"] == "VALID" and sig["mac_algorithm"] == "SHA256"
-    assert line["signature"]["reasons"] == []
+    sig, binding = line["signature"]["signatures"]  # the full signature, and the pixel binding's
+    assert sig["status"] == "VALID" and sig["mac_algorithm"] == "SHA256" and sig["pixel_binding"] is False
+    assert binding["status"] == "VALID" and binding["pixel_binding"] is True
+    assert line["signature"]["reasons"] == [] and line["signature"]["pixel_binding"] is None
 
 
 def test_sign_in_place_and_options(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,8 +72,9 @@ def test_sign_in_place_and_options(keyed_home: Path, tmp_path: Path, capsys: pyt
     assert code == 0  # an acquisition key: AUTHENTIC, accepted
     (line,) = jsonl(stdout)
     assert (line["verdict"], line["action"]) == ("AUTHENTIC", "accept")
-    (sig,) = line["signature"]["signatures"]
+    sig, binding = line["signature"]["signatures"]
     assert "CN=second" in sig["signer"] and "creator" in sig["profiles"]
+    assert binding["signer"] == sig["signer"] and binding["pixel_binding"] is True
 
 
 def test_sign_refusals(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

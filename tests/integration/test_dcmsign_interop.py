@@ -220,7 +220,15 @@ def test_medverify_signature_survives_transcoding(
     assert report.status is SignatureStatus.VALID, report.reasons
     assert report.problem_found is False
     passed, output = dcmsign_verify(converted, medverify_ca)
-    assert passed, output
+    if option != "+ti":
+        assert passed, output
+        return
+    # A known limit of dcmsign: in Implicit VR it reads medverify's private pixel-binding block as UN, which it
+    # cannot sign; it still checks the full signature (which leaves the block out), and medverify checks both.
+    full, binding = output.split("Signature #2")
+    assert "Verification : OK" in full, output
+    assert "not signable" in binding, output
+    assert [s.pixel_binding for s in report.signatures] == [False, True]
 
 
 @pytest.mark.parametrize(("option", "syntax"), TRANSCODINGS, ids=[t[0] for t in TRANSCODINGS])

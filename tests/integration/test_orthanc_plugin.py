@@ -243,3 +243,59 @@ def test_orthanc_plugin_fails_closed_when_medverify_cannot_start(
     assert rest["signed_real"][0] == 503 and "every upload is refused" in rest["signed_real"][1]
     assert stored == []
     assert "every upload is refused" in log.read_text()
+
+
+# ------------------------------------------------------------------------------------- a PACS that re-encodes
+
+#: Inside the namespace: POST the file to /instances, then save what Orthanc gives back to the second path.
+_ROUND_TRIP = """
+import json, sys, urllib.request
+base = "http://127.0.0.1:%d" % int(sys.argv[1])
+request = urllib.request.Request(base + "/instances", data=open(sys.argv[2], "rb").read(), method="POST")
+with urllib.request.urlopen(request, timeout=60) as answer:
+    stored = json.load(answer)
+with urllib.request.urlopen(base + "/instances/%s/file" % stored["ID"], timeout=60) as answer:
+    open(sys.argv[3], "wb").write(answer.read())
+print(json.dumps(stored))
+"""
+
+
+@pytest.mark.parametrize(
+    "syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.70"], ids=["jpeg-ls-lossless", "jpeg-lossless-sv1"]
+)  # (RLE: Orthanc 1.10 handed the file back in Explicit VR Little Endian, not re-encoded)
+def test_signed_image_stays_authentic_through_orthanc_lossless_ingest_transcoding(
+    netns: int, keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], syntax: str
+) -> None:
+    """Orthanc, set to compress its storage and to re-encode every upload losslessly (IngestTranscoding), hands
+    back a medverify-signed image in another transfer syntax: it must verify AUTHENTIC by the pixel binding."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from testkit import jsonl
+
+    signed, back = tmp_path / "signed.dcm", tmp_path / "from-orthanc.dcm"
+    code, out, err = run_cli(capsys, "sign", get_testdata_file("CT_small.dcm"), "-o", signed, "--key", "second")
+    assert code == 0, out + err
+    storage = tmp_path / "orthanc" / "storage"
+    config = tmp_path / "orthanc" / "orthanc.json"
+    config.parent.mkdir()
+    config.write_text(
+        json.dumps(
+            {
+                "Name": "medverify-transcoding", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+                "HttpPort": HTTP_PORT, "DicomPort": DICOM_PORT, "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False, "Plugins": [], "StorageCompression": True, "IngestTranscoding": syntax,
+            }
+        )
+    )  # fmt: skip
+    log = tmp_path / "orthanc.log"
+    with _orthanc(netns, config, log):
+        done = _in_netns(netns, sys.executable, "-c", _ROUND_TRIP, str(HTTP_PORT), str(signed), str(back))
+    assert done.returncode == 0, done.stderr[-2000:] + log.read_text(errors="replace")[-2000:]
+    assert pydicom.dcmread(back, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+
+    code, out, err = run_cli(capsys, "verify", "--format", "jsonl", back)
+    (line,) = jsonl(out)
+    assert (code, line["verdict"], line["action"]) == (0, "AUTHENTIC", "accept"), line["reasons"]
+    assert [s["status"] for s in line["signature"]["signatures"]] == ["TRANSCODED", "VALID"]
+    assert line["signature"]["pixel_binding"]["status"] == "MATCH"
+    assert line["signature"]["pixel_binding"]["transfer_syntax"] == syntax

@@ -38,7 +38,8 @@ def print_result(result: FileResult) -> None:
         for s in sig.signatures:
             who = s.signer or "unknown signer"
             role = f", role {s.role}" if s.role else ""
-            parts.append(f"{s.status.value} by {who}{role} ({s.mac_algorithm or '?'}, {len(s.covered)} elements)")
+            what = "pixel binding, " if s.pixel_binding else ""
+            parts.append(f"{s.status.value} by {who}{role} ({s.mac_algorithm or '?'}, {what}{len(s.covered)} elements)")
         line += "\n    " + "\n    ".join(escape(p) for p in parts)
     det = result.detection_dict()
     if det is not None and det.get("synthetic_score") is not None:

@@ -32,6 +32,14 @@ from verifier.result import FileResult
 
 __all__: list[str] = []
 
+PixelBindingOption = Annotated[
+    bool,
+    typer.Option(
+        help="Also sign a digest of the decoded pixels (a private block and a second signature), so that the "
+        "signature still vouches for the pixels after a lossless re-encoding (RLE, JPEG-LS, JPEG 2000 ...)."
+    ),
+]
+
 
 @app.command(help="Check DICOM files: digital signatures, the watermark and the detector model (--checks narrows).")
 def verify(
@@ -118,6 +126,7 @@ def sign(
         SignatureProfile, typer.Option("--profile", help="PS3.15 signature profile.", case_sensitive=False)
     ] = SignatureProfile.NONE,
     mac: Annotated[str, typer.Option("--mac", help="MAC algorithm: sha256, sha384 or sha512.")] = "sha256",
+    pixel_binding: PixelBindingOption = True,
 ) -> int:
     """Sign files; they are written atomically, and the signature is checked before anything is written."""
     from verifier.signing import SignatureNotVerifiedError, sign_file, sign_targets
@@ -145,8 +154,9 @@ def sign(
     for source, target in targets:
         try:
             signed = sign_file(
-                source, target, signer=signer, profile=profile, mac=mac_algorithm, checker=checker, log=log
-            )
+                source, target, signer=signer, profile=profile, mac=mac_algorithm, checker=checker, log=log,
+                bind_pixels=pixel_binding,
+            )  # fmt: skip
         except (UnreadableInstanceError, SigningError) as exc:
             failures += 1
             _common.err_console.print(f"[red]not signed[/] {escape(str(source))}: {escape(exc.diagnostics())}")
@@ -157,7 +167,8 @@ def sign(
             continue
         _common.console.print(
             f"[green]signed[/] {escape(str(target))} (key {signer.name}, {profile.value}, {mac_algorithm.value}, "
-            f"{signed.covered} elements, UID {signed.signature_uid}, audit #{signed.audit_id})",
+            f"{signed.covered} elements, UID {signed.signature_uid}, "
+            f"{'pixel binding, ' if signed.pixel_binding else ''}audit #{signed.audit_id})",
             highlight=False,
         )
     return 2 if failures else 0

@@ -22,6 +22,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from provenance.errors import SigningError
 from provenance.keys import KeyStore, SigningKey
 from provenance.models import MacAlgorithm, SignatureProfile, SignatureReport, SignatureStatus
+from provenance.pixelbinding import read_binding
 from provenance.signature import sign_dataset, strip_signatures, verify_dataset
 from provenance.trust import TrustPolicy
 
@@ -144,12 +145,17 @@ def test_rsa_round_trip_covers_everything(
     assert report.pixel_data_covered is True
     assert report.uncovered == ()
     assert report.reasons == ()
-    (sig,) = report.signatures
-    assert sig.status is SignatureStatus.VALID
-    assert sig.mac_algorithm == mac.value
+    # The full signature, and the pixel binding's: together they cover everything; the full one the pixels.
+    sig, binding = report.signatures
+    assert sig.status is SignatureStatus.VALID and binding.status is SignatureStatus.VALID
+    assert (sig.pixel_binding, binding.pixel_binding) == (False, True)
+    assert sig.mac_algorithm == mac.value == binding.mac_algorithm
     assert sig.key_type == "rsa"
-    assert set(sig.covered) == signable_tags(ds)
-    assert _tag(PIXEL_DATA) in sig.covered
+    assert set(sig.covered) | set(binding.covered) == signable_tags(ds)
+    recorded = read_binding(ds)
+    assert recorded is not None
+    assert {_tag(t) for t in recorded.tags} == set(binding.covered) - set(sig.covered)
+    assert _tag(PIXEL_DATA) in sig.covered and _tag(PIXEL_DATA) not in binding.covered
     assert sig.signer is not None and "CN=rsa" in sig.signer
     assert str(ds[MAC_PARAMETERS].value[0][MAC_ALGORITHM].value) == mac.value
     if profile is not SignatureProfile.NONE:
@@ -190,7 +196,8 @@ def test_round_trip_other_encodings(tmp_path: Path, rsa_key: SigningKey, policy:
     report = check(ds, policy)
     assert report.status is SignatureStatus.VALID, report.reasons
     assert report.uncovered == ()
-    assert set(report.signatures[0].covered) == signable_tags(ds)
+    assert set().union(*(s.covered for s in report.signatures)) == signable_tags(ds)
+    assert [s.pixel_binding for s in report.signatures] == ([False, True] if PIXEL_DATA in ds else [False])
 
 
 def test_unsigned_file(ct_path: Path, policy: TrustPolicy) -> None:
@@ -278,7 +285,7 @@ def test_tampering_on_disk(
     change: Callable[[FileDataset], None],
     expected: SignatureStatus,
 ) -> None:
-    sign_file(ct_path, rsa_key)
+    sign_file(ct_path, rsa_key, bind_pixels=False)  # the standard signature alone (the binding: test_pixelbinding)
     assert check(reread(ct_path), policy).status is SignatureStatus.VALID
     ds = edit_file(ct_path, change)
     report = check(ds, policy)
@@ -462,9 +469,9 @@ def test_expired_certificate(ct_path: Path, rsa_key: SigningKey, policy: TrustPo
 def test_two_signatures_coexist(
     ct_path: Path, rsa_key: SigningKey, ecdsa_key: SigningKey, second_key: SigningKey, policy: TrustPolicy
 ) -> None:
-    sign_file(ct_path, rsa_key, mac=MacAlgorithm.SHA384)
-    sign_file(ct_path, ecdsa_key)
-    sign_file(ct_path, second_key, profile=SignatureProfile.AUTHORIZATION)
+    sign_file(ct_path, rsa_key, mac=MacAlgorithm.SHA384, bind_pixels=False)
+    sign_file(ct_path, ecdsa_key, bind_pixels=False)
+    sign_file(ct_path, second_key, profile=SignatureProfile.AUTHORIZATION, bind_pixels=False)
     ds = reread(ct_path)
     assert len(ds[DIGITAL_SIGNATURES].value) == 3 and len(ds[MAC_PARAMETERS].value) == 3
     report = check(ds, policy)

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from provenance.models import SignatureInfo, SignatureReport, SignatureStatus, UncoveredElement
+from provenance.models import (
+    PixelBinding,
+    PixelBindingStatus,
+    SignatureInfo,
+    SignatureReport,
+    SignatureStatus,
+    UncoveredElement,
+)
 from provenance.watermark import WatermarkReport, WatermarkStatus
 from verifier.errors import ConfigError
 from verifier.policy import DEFAULT_POLICY, Action, Policy, VerdictStatus, decide, load_policy
@@ -22,9 +29,17 @@ def _sig(status: SignatureStatus, role: str | None = "acquisition") -> Signature
     return SignatureInfo(status=status, uid="2.25.1", signer="CN=x", role=role, reasons=("why",))
 
 
-def _report(*sigs: SignatureInfo, uncovered: int = 0, pixels: bool | None = True) -> SignatureReport:
+def _report(
+    *sigs: SignatureInfo, uncovered: int = 0, pixels: bool | None = True, binding: PixelBindingStatus | None = None
+) -> SignatureReport:
     elements = tuple(UncoveredElement(tag=f"(0010,40{i:02d})", keyword="") for i in range(uncovered))
-    return SignatureReport.combine(tuple(sigs), elements, pixels)
+    found = None
+    if binding is not None:
+        found = PixelBinding(
+            status=binding, signature_uid="2.25.2", signed_transfer_syntax="1.2.840.10008.1.2.1",
+            transfer_syntax="1.2.840.10008.1.2.5", reason=f"binding {binding.value.lower()}",
+        )  # fmt: skip
+    return SignatureReport.combine(tuple(sigs), elements, pixels, found)
 
 
 def _scores(
@@ -57,6 +72,56 @@ def test_broken_signature_is_tampered_even_next_to_a_valid_one(broken: Signature
 def test_signed_file_with_uncovered_pixels_is_tampered() -> None:
     v = decide(policy=DEFAULT_POLICY, signature=_report(_sig(SignatureStatus.VALID), pixels=False))
     assert v.status is VerdictStatus.TAMPERED
+
+
+def test_transcoded_without_a_pixel_binding_is_flagged_not_tampered() -> None:
+    """A dcmsign signature over an earlier encoding: nothing vouches for the pixels, nothing shows them changed."""
+    v = decide(policy=DEFAULT_POLICY, signature=_report(_sig(SignatureStatus.TRANSCODED), pixels=False))
+    assert (v.status, v.action) == (VerdictStatus.TRANSCODED, Action.FLAG)
+    assert any("TRANSCODED" in r.message for r in v.reasons)
+    assert any("no pixel binding" in r.message for r in v.reasons)
+    # A site may decide otherwise; a detector's tamper score still wins.
+    strict = Policy.from_mapping({"version": "strict-1", "actions": {"TRANSCODED": "quarantine"}})
+    assert decide(policy=strict, signature=_report(_sig(SignatureStatus.TRANSCODED), pixels=False)).action is (
+        Action.QUARANTINE
+    )
+    tampered = decide(
+        policy=DEFAULT_POLICY,
+        signature=_report(_sig(SignatureStatus.TRANSCODED), pixels=False),
+        detector=_scores(tamper=0.9),
+    )
+    assert tampered.status is VerdictStatus.TAMPERED
+
+
+def test_transcoded_with_a_matching_pixel_binding_is_authentic() -> None:
+    report = _report(
+        _sig(SignatureStatus.TRANSCODED), _sig(SignatureStatus.VALID), pixels=True, binding=PixelBindingStatus.MATCH
+    )
+    assert report.problem_found is False
+    v = decide(policy=DEFAULT_POLICY, signature=report)
+    assert (v.status, v.action) == (VerdictStatus.AUTHENTIC, Action.ACCEPT)
+    assert [r.message for r in v.reasons][:2] == [
+        "valid signature by CN=x covering the pixels",
+        "pixel binding MATCH: binding match",
+    ]
+    generator = _report(
+        _sig(SignatureStatus.TRANSCODED, "generator"), _sig(SignatureStatus.VALID, "generator"), pixels=True,
+        binding=PixelBindingStatus.MATCH,
+    )  # fmt: skip
+    assert decide(policy=DEFAULT_POLICY, signature=generator).status is VerdictStatus.DECLARED_SYNTHETIC
+
+
+def test_transcoded_with_a_differing_or_undecodable_pixel_binding() -> None:
+    sigs = (_sig(SignatureStatus.TRANSCODED), _sig(SignatureStatus.VALID))
+    mismatch = _report(*sigs, pixels=False, binding=PixelBindingStatus.MISMATCH)
+    assert mismatch.status is SignatureStatus.INVALID  # the pixels are proven to differ
+    v = decide(policy=DEFAULT_POLICY, signature=mismatch)
+    assert (v.status, v.action) == (VerdictStatus.TAMPERED, Action.REJECT)
+    assert any("pixel binding MISMATCH" in r.message for r in v.reasons)
+    # Undecodable: the intact binding signature vouches for the header, not for the pixels.
+    v = decide(policy=DEFAULT_POLICY, signature=_report(*sigs, pixels=False, binding=PixelBindingStatus.UNDECODABLE))
+    assert (v.status, v.action) == (VerdictStatus.TRANSCODED, Action.FLAG)
+    assert any("pixel binding UNDECODABLE" in r.message for r in v.reasons)
 
 
 def test_roles_decide_authentic_or_declared_synthetic() -> None:

@@ -571,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fpr = _pct(results["bundle"]["conditions"]["clean"]["fpr"])
     _log(f"bundle judged in {time.perf_counter() - start:.0f}s: FPR {fpr}")
     if args.reuse is not None:
-        results["logo"] = json.loads(args.reuse.read_text(encoding="utf-8")).get("logo")
+        earlier_logo = json.loads(args.reuse.read_text(encoding="utf-8"))
+        results["logo"], results["logo_members"] = earlier_logo.get("logo"), earlier_logo.get("logo_members")
     elif not args.skip_logo:
         train, _ = training_views(args.corpus, recipe, checkpoints=args.generator_checkpoints, cache=args.cache)
         wanted = [f.strip() for f in args.logo_families.split(",") if f.strip()] or list(recipe.families)

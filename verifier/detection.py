@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,14 +33,15 @@ class DetectorSetup:
         key = str(self.model or "")
         if key not in _DETECTORS:
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            import torch
-
             from detectors.models import load_bundle
 
-            # One torch thread, in workers and in a single process alike: the detector's batches of small patches
-            # ran half as fast with two threads as with one on the 2-core machine (bench_scan, one worker).
-            torch.set_num_threads(1)
             _DETECTORS[key] = load_bundle(self.model)
+            # One torch thread, in workers and in a single process alike: the detector's batches of small patches
+            # ran half as fast with two threads as with one on the 2-core machine (bench_scan, one worker). Torch
+            # is only there when the bundle has a member that needs it (the shipped one has none).
+            torch = sys.modules.get("torch")
+            if torch is not None:
+                torch.set_num_threads(1)
         return _DETECTORS[key]
 
     def report(self, instance: Instance) -> tuple[DetectionOutcome, str | None]:

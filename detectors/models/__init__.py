@@ -10,17 +10,16 @@ One registry and one factory::
     report.synthetic_score, report.threshold, report.tamper_score, report.heatmap
 
 Training: :func:`detectors.models.training.train_detector` on views from :mod:`detectors.models.views`;
-evaluation: :mod:`detectors.models.evaluation`. ``torch`` is imported by the CNN and segmentation members only.
+evaluation: :mod:`detectors.models.evaluation`. ``torch`` is imported by the CNN and segmentation members only,
+whose modules load when a bundle or a caller first asks for them (:func:`detector_class`).
 """
 
 from __future__ import annotations
 
 from detectors.models import classical as _classical
-from detectors.models import cnn as _cnn
 from detectors.models import copymove as _copymove
 from detectors.models import ensemble as _ensemble
 from detectors.models import oneclass as _oneclass
-from detectors.models import segment as _segment
 from detectors.models.base import (
     DetectionReport,
     Detector,
@@ -40,7 +39,7 @@ from detectors.models.base import (
 from detectors.models.bundle import DEFAULT_BUNDLE, load_bundle, read_bundle_config, save_bundle
 from detectors.models.heatmap import render_heatmap
 
-del _classical, _cnn, _copymove, _ensemble, _oneclass, _segment
+del _classical, _copymove, _ensemble, _oneclass
 
 __all__ = [
     "DEFAULT_BUNDLE",

@@ -284,12 +284,21 @@ def register_detector(name: str) -> Callable[[D], D]:
     return decorate
 
 
+#: Members whose module imports torch, registered when first asked for: a bundle without them (the shipped one)
+#: scores images without importing torch, which is most of a command's start-up.
+_LAZY_MODULES = {"cnn": "detectors.models.cnn", "segment": "detectors.models.segment"}
+
+
 def list_detectors() -> list[str]:
-    """The registered detector names, sorted."""
-    return sorted(_REGISTRY)
+    """The registered detector names (with those registered on first use), sorted."""
+    return sorted(set(_REGISTRY) | set(_LAZY_MODULES))
 
 
 def detector_class(name: str) -> type[Detector]:
+    if name not in _REGISTRY and name in _LAZY_MODULES:
+        import importlib
+
+        importlib.import_module(_LAZY_MODULES[name])
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -67,8 +67,9 @@ class Recipe:
     target_fpr: float = 0.01
     #: 0: each threshold lets ``target_fpr`` of the calibration's real views through; above 0, it holds the
     #: target in that share of resamples of whole patients (see ``threshold_at_fpr_by_source``).
-    threshold_confidence: float = 0.0
-    #: The ensemble's candidate members (empty: the preset's); stacking weighs them as ever.
+    threshold_confidence: float = 0.9
+    #: The ensemble's candidate members (empty: the preset's); stacking weighs them as ever. The shipped bundle
+    #: was made with ``oneclass, physics, classical``: the members that earned weight when all five competed.
     members: tuple[str, ...] = ()
     seed: int = 0
 

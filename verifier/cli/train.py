@@ -199,7 +199,7 @@ def train_detector_cmd(
         "each frame, without fakes (0: none).")] = 0,
     threshold_confidence: Annotated[float, typer.Option(
         "--threshold-confidence", min=0.0, max=0.999, help="0: a threshold lets --target-fpr of the calibration's "
-        "real views through; above 0, it holds --target-fpr in that share of resamples of whole patients.")] = 0.0,
+        "real views through; above 0, it holds --target-fpr in that share of resamples of whole patients.")] = 0.9,
     members: Annotated[str, typer.Option(
         "--members", help="With --arch ensemble: its candidate members, comma-separated (default: the preset's: "
         "oneclass, physics, classical, cnn, segment).")] = "",

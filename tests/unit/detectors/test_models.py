@@ -631,3 +631,21 @@ def test_train_bundle_takes_a_bundles_members_and_weights() -> None:
     assert np.allclose(detector.weights, [[1.0, 0.0], [0.25, 0.75]])
     assert record["data"]["arch_args"] == chosen and record["data"]["families"] == ["tamper"]
     assert "vae" not in record["fit_views"] and record["fit_views"]["tamper"] > 0  # vae was left out
+
+
+def test_the_shipped_bundle_scores_without_importing_torch() -> None:
+    """Torch is most of a command's start-up; the shipped bundle's weighted members are numpy models, so loading
+    it and scoring an image must not import it (the CNN and segmentation modules load only when asked for)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from detectors.models import load_bundle, list_detectors\n"
+            "d = load_bundle()\n"
+            "r = d.detect(np.random.default_rng(0).random((128, 128), dtype=np.float32))\n"
+            "assert 0.0 <= r.synthetic_score <= 1.0\n"
+            "assert {'cnn', 'segment'} <= set(list_detectors())\n"
+            "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

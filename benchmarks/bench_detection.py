@@ -329,8 +329,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"An ensemble of small detectors trained here from scratch on a CPU (no pretrained weights): members "
         f"{', '.join(config['members'])}, their scores stacked per head (synthetic, tamper) by a logistic regression "
         f"fitted on out-of-fold scores of whole patients ({config['cross_fit']} folds). Thresholds are set for "
-        f"{config['target_fpr'] * 100:g} % false positives on out-of-fold real patients: synthetic "
-        f"{_num(b['threshold'])}, tamper {_num(b['tamper_threshold'])}. Bundle size {results['bundle_mb']:.1f} MB.",
+        f"{config['target_fpr'] * 100:g} % false positives on out-of-fold real patients"
+        + (f" (held in {config['threshold_confidence']:.0%} of bootstrap draws of whole patients)"
+           if config.get("threshold_confidence") else "")
+        + f": synthetic {_num(b['threshold'])}, tamper {_num(b['tamper_threshold'])}. Bundle size "
+        f"{results['bundle_mb']:.1f} MB.",
         "",
         "Its fakes come from the project's own generators (`detectors/checkpoints/`): families "
         f"{', '.join(config['families'])}. Each fake is aligned with a real view (same crop; SDEdit-style for the "
@@ -556,7 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "corpus": args.corpus.name, "manifest_sha256": manifest_sha, "evaluation": description,
         "config": {"members": list(detector.config.arch_args.get("members", [])),
                    "weights": detector.config.arch_args.get("weights"), "cross_fit": recipe.cross_fit,
-                   "target_fpr": recipe.target_fpr, "families": list(recipe.families)},
+                   "target_fpr": recipe.target_fpr, "families": list(recipe.families),
+                   "threshold_confidence": recipe.threshold_confidence if "threshold_confidence" in recipe_values
+                   else 0.0},
         "bundle_mb": _bundle_mb(Path(bundle_dir)), "sources": sources(args.corpus),
     }
     start = time.perf_counter()

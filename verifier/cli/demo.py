@@ -6,6 +6,7 @@ everything and prints what medverify found (and, where DCMTK is installed, what 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -248,6 +249,8 @@ def _detector_caption(model: DetectorConfig) -> str:
     where = ("the out-of-fold scores it was calibrated on" if calibrated.get("cross_fit")
              else "the sources held out for its calibration")
     gate = calibrated.get("min_auc", 0.8)
+    share = re.search(r"in (\d+%) of resamples of whole patients", str(calibrated.get("threshold_rule", "")))
+    held = f" in {share.group(1)} of draws of whole patients" if share else ""
     text = f"Scores are calibrated probabilities / the bundle's thresholds (model {model.tag}). "
     if len(disabled) == 2:
         text += (f"Its thresholds are 1.0: on {where} neither head separated real from fake at AUC {gate}, so it flags "
@@ -255,9 +258,9 @@ def _detector_caption(model: DetectorConfig) -> str:
     elif disabled:
         text += (f"Its {disabled[0]} threshold is 1.0: on {where} that head did not separate real from fake at AUC "
                  f"{gate}, so it never flags; the other is set so that at most {model.target_fpr:.0%} of the real "
-                 "calibration images reach it. ")
+                 f"calibration images reach it{held}. ")
     else:
-        text += f"Each is set so that at most {model.target_fpr:.0%} of the real calibration images reach it. "
+        text += f"Each is set so that at most {model.target_fpr:.0%} of the real calibration images reach it{held}. "
     return text + ("Compare the heatmap of the injected lesion with the file. "
                    "Figures: detectors/checkpoints/detector/MODEL_CARD.md.")
 

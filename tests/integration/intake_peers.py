@@ -131,3 +131,27 @@ def make_samples(home: Path, out: Path) -> dict[str, Path]:
     samples["unsigned_synthetic"] = out / "unsigned_synthetic.dcm"
     ds.save_as(samples["unsigned_synthetic"], enforce_file_format=True)
     return samples
+
+
+def send_cut_short(port: int, source: Path, keep: int, tmp_path: Path) -> tuple[int, str]:
+    """Send ``source`` with its data set cut after ``keep`` bytes: pynetdicom sends a file's data set as raw
+    bytes (no DCMTK tool sends a broken data set)."""
+    from pynetdicom import AE, _config
+    from pynetdicom.dsutils import split_dataset
+
+    meta, offset = split_dataset(source)
+    broken = tmp_path / "cut.dcm"
+    broken.write_bytes(source.read_bytes()[: offset + keep])
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        ae = AE(ae_title="STORESCU")
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])
+        assoc = ae.associate("127.0.0.1", port, ae_title="MEDVERIFY")
+        assert assoc.is_established
+        try:
+            rsp = assoc.send_c_store(broken)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    return int(rsp.Status), str(rsp.get("ErrorComment", "") or "")

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from intake_peers import dataset_bytes, dcmtk_tool, free_port, make_samples, sender_env, wait_port
+from intake_peers import (
+    dataset_bytes,
+    dcmtk_tool,
+    free_port,
+    make_samples,
+    send_cut_short,
+    sender_env,
+    wait_port,
+)
 from testkit import TEST_KEY_PASSPHRASE
 
 from verifier.audit import AuditLog
@@ -130,30 +138,6 @@ def _wait_for_files(directory: Path, count: int, timeout: float = 30.0) -> list[
     return complete()
 
 
-def _send_cut_short(port: int, source: Path, keep: int, tmp_path: Path) -> tuple[int, str]:
-    """Send ``source`` with its data set cut after ``keep`` bytes: pynetdicom sends a file's data set as raw
-    bytes (no DCMTK tool sends a broken data set)."""
-    from pynetdicom import AE, _config
-    from pynetdicom.dsutils import split_dataset
-
-    meta, offset = split_dataset(source)
-    broken = tmp_path / "cut.dcm"
-    broken.write_bytes(source.read_bytes()[: offset + keep])
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        ae = AE(ae_title="STORESCU")
-        ae.add_requested_context(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])
-        assoc = ae.associate("127.0.0.1", port, ae_title="MEDVERIFY")
-        assert assoc.is_established
-        try:
-            rsp = assoc.send_c_store(broken)
-        finally:
-            assoc.release()
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
-    return int(rsp.Status), str(rsp.get("ErrorComment", "") or "")
-
-
 def test_gateway_forwards_real_images_and_stops_fakes(
     home: Path, samples: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -181,7 +165,7 @@ def test_gateway_forwards_real_images_and_stops_fakes(
         assert code != 0 and "Calling AE Title Not Recognized" in output, output[-1500:]
 
         # A malformed data set (cut short) gets a failure status and a reason, not a crash.
-        status, comment = _send_cut_short(gw_port, samples["real"], 3000, tmp_path)
+        status, comment = send_cut_short(gw_port, samples["real"], 3000, tmp_path)
         assert status == 0xC002, (hex(status), comment)
         assert "MALFORMED" in comment
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import httpx
 import pydicom
 import pytest
-from intake_peers import dcmtk_tool, free_port, make_samples, sender_env, wait_port
+from intake_peers import dcmtk_tool, free_port, make_samples, send_cut_short, sender_env, wait_port
 from pydicom.data import get_testdata_file
 from testkit import TEST_KEY_PASSPHRASE, jsonl, run_cli
 
@@ -106,29 +106,6 @@ def _store(port: int, path: Path) -> str:
     return proc.stdout
 
 
-def _send_cut_short(port: int, source: Path, keep: int, tmp_path: Path) -> int:
-    """A malformed data set (cut short), sent as raw bytes by pynetdicom: no DCMTK tool sends one."""
-    from pynetdicom import AE, _config
-    from pynetdicom.dsutils import split_dataset
-
-    meta, offset = split_dataset(source)
-    broken = tmp_path / "cut.dcm"
-    broken.write_bytes(source.read_bytes()[: offset + keep])
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        ae = AE(ae_title="STORESCU")
-        ae.add_requested_context(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])
-        assoc = ae.associate("127.0.0.1", port, ae_title="MEDVERIFY")
-        assert assoc.is_established
-        try:
-            status = int(assoc.send_c_store(broken).Status)
-        finally:
-            assoc.release()
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
-    return status
-
-
 def _wait_for_files(directory: Path, count: int, timeout: float = 60.0) -> list[Path]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -205,7 +182,7 @@ def test_review_release_reject_end_to_end(
         stack.enter_context(_running(gateway, gw_port, gw_env, tmp_path / "gateway.log"))
         for name in ("real", "generated", "hostile_names", "hostile_names"):  # the last one twice: two arrivals
             _store(gw_port, samples[name])
-        assert _send_cut_short(gw_port, samples["real"], 3000, tmp_path) == 0x0000  # kept: MALFORMED -> quarantine
+        assert send_cut_short(gw_port, samples["real"], 3000, tmp_path)[0] == 0x0000  # kept: MALFORMED -> quarantine
         assert len(_wait_for_files(pacs_dir, 1)) == 1  # the real image went straight through
         assert run_cli(capsys, "audit", "checkpoint")[0] == 0  # so that the detail page can prove the records
 

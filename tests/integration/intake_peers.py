@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -50,6 +51,16 @@ def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen[bytes] | 
                 return
         time.sleep(0.1)
     pytest.fail(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Stop a server the test started: SIGTERM (its clean shutdown), then SIGKILL if it does not exit in time."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def dataset_bytes(path: Path) -> bytes:

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from intake_peers import (
     make_samples,
     send_cut_short,
     sender_env,
+    stop_process,
     wait_port,
 )
 from testkit import TEST_KEY_PASSPHRASE
@@ -77,12 +77,7 @@ def _running(cmd: list[str], port: int, env: dict[str, str] | None = None, log: 
             raise
         yield
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if log is not None and out is not subprocess.DEVNULL:
             out.close()  # type: ignore[union-attr]
 

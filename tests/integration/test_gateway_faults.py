@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -42,7 +41,7 @@ from typing import Any
 import pydicom
 import pytest
 from fixtures_faults import TLS_KEY_PASSPHRASE, Pg
-from intake_peers import dcmtk_tool, free_port, sender_env, wait_port
+from intake_peers import dcmtk_tool, free_port, sender_env, stop_process, wait_port
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from testkit import TEST_KEY_PASSPHRASE
@@ -109,12 +108,7 @@ class GatewayProcess:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
 
     def __enter__(self) -> GatewayProcess:
         self.start()

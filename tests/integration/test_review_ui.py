@@ -12,7 +12,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +23,15 @@ from typing import Any, ClassVar
 import httpx
 import pydicom
 import pytest
-from intake_peers import dcmtk_tool, free_port, make_samples, send_cut_short, sender_env, wait_port
+from intake_peers import (
+    dcmtk_tool,
+    free_port,
+    make_samples,
+    send_cut_short,
+    sender_env,
+    stop_process,
+    wait_port,
+)
 from pydicom.data import get_testdata_file
 from testkit import TEST_KEY_PASSPHRASE, jsonl, run_cli
 
@@ -63,12 +70,7 @@ def _running(cmd: list[str], port: int, env: dict[str, str], log: Path) -> Itera
                 raise
             yield proc
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 class _Hooks(http.server.BaseHTTPRequestHandler):

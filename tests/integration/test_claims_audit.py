@@ -325,7 +325,7 @@ def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pyte
             assert not REPR.search(text), REPR.search(text)
             assert "passed" not in text.lower()
             checks = page.locator("#checks").inner_text()
-            assert "signature: examined all 4 image(s)" in checks
+            assert "signature: examined all 4 images" in checks
             assert "watermark: not run" in checks and "detector: not run" in checks
             legend = page.locator("#legend")
             assert legend.is_visible()

@@ -208,17 +208,17 @@ class CheckCoverage:
         return self.images > 0 and self.examined == self.images
 
     def sentence(self) -> str:
-        """``watermark: examined 3 of 4 images (1: pixels cannot be decoded)`` and the like."""
+        """``watermark: examined 3 of 4 image(s); not the others: pixels cannot be decoded`` and the like."""
         if not self.asked:
-            return f"{self.check}: not run (not asked for)"
+            return f"{self.check}: not run: not asked for"
         why = "; ".join(
             f"{n} image(s): {reason}" if n != self.images else reason for reason, n in self.not_examined.items()
         )
         if not self.ran:
-            return f"{self.check}: not run ({why or 'no image to examine'})"
+            return f"{self.check}: not run: {why or 'no image to examine'}"
         if self.complete:
-            return f"{self.check}: examined all {self.images} image(s)"
-        return f"{self.check}: examined {self.examined} of {self.images} image(s) ({why})"
+            return f"{self.check}: examined {'the image' if self.images == 1 else f'all {self.images} images'}"
+        return f"{self.check}: examined {self.examined} of {self.images} image(s); not the others: {why}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"check": self.check, "asked": self.asked, "examined": self.examined, "images": self.images,

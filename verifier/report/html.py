@@ -182,7 +182,9 @@ def _finding_view(f: Finding, pairs: list[dict[str, Any]], files: dict[str, dict
                             and other in (p["a"]["path"], p["b"]["path"])), None)  # fmt: skip
     elif f.kind in _IMAGE_KINDS and f.files and f.files[0] in files:
         view = files[f.files[0]]
-        out["image"] = {"name": view["name"], "thumbnail": view["thumbnail"], "heatmap": view["heatmap"]}
+        # The heatmap is evidence only where the detector decided; beside a watermark finding it would mislead.
+        heatmap = view["heatmap"] if "detector scores" in f.evidence.get("caught_by", ()) else None
+        out["image"] = {"name": view["name"], "thumbnail": view["thumbnail"], "heatmap": heatmap}
     return out
 
 

@@ -376,6 +376,18 @@ def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: p
     # CLM-1002's "knee" is MR2_UNCR, a shoulder by its own StudyDescription; CLM-1003's copy lost that header.
     assert _kinds(claims["CLM-1002"]) == {"reused_image", "body_part_description"}
     assert _kinds(claims["CLM-1003"]) == {"reused_image"}
+
+    # The same audit as a spreadsheet: one row a finding, the evidence in words, a row for a claim without any.
+    code, out, err = run_cli(capsys, "claims", "audit", root, "--manifest", manifest, "--checks", "signature",
+                             "--format", "csv")  # fmt: skip
+    assert code == 1, err
+    rows = list(csv.DictReader(out.splitlines()))
+    assert {r["kind"] for r in rows if r["claim_id"] == "CLM-1002"} == {"reused_image", "body_part_description"}
+    (shoulder,) = [r for r in rows if r["kind"] == "body_part_description"]
+    assert "names the shoulder" in shoulder["evidence"] and shoulder["files"].endswith("knee.dcm")
+    assert all(r["evidence"] and not REPR.search(r["evidence"]) for r in rows)
+    code, _out, err = run_cli(capsys, "claims", "audit", root, "--include-images")
+    assert code == 2 and "give --package too" in err
     assert {"date_after_claim", "body_part_mismatch", "patient_mismatch"} == _kinds(claims["CLM-1004"])
 
     (tmp_path / "folders" / "EMPTY").mkdir(parents=True)

@@ -47,7 +47,7 @@ from verifier.policy import Action, VerdictStatus
 if TYPE_CHECKING:  # SQLAlchemy is imported only when a database is used
     from verifier.audit import AuditLog
 
-__all__ = ["ClaimsAuditor"]
+__all__ = ["DETECTOR_SOURCE", "ClaimsAuditor"]
 
 _THUMB_SIDE = 256
 _DETECTOR_VERDICTS = (VerdictStatus.TAMPERED, VerdictStatus.SUSPECTED_SYNTHETIC)
@@ -71,9 +71,11 @@ def _display(frame: npt.NDArray[np.float32], window: tuple[float, float] | None,
     return view
 
 
+#: What the detector is called in a verdict finding's ``caught_by`` (the report puts its heatmap beside such).
+DETECTOR_SOURCE = "detector scores"
 #: What each reason source of a verdict is called in a finding ("found by its ...").
 _SOURCE_NAMES = {"declaration": "synthetic declaration", "signature": "signature", "watermark": "watermark",
-                 "detector": "detector scores", "input": "file structure"}  # fmt: skip
+                 "detector": DETECTOR_SOURCE, "input": "file structure"}  # fmt: skip
 
 
 def _verdict_evidence(f: AuditedFile) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import cv2
 import jinja2
 import numpy.typing as npt
 
+from verifier.claims.audit import DETECTOR_SOURCE
 from verifier.claims.fingerprint import MATCH_SIDE
 from verifier.claims.models import (
     CHECK_NAMES,
@@ -183,7 +184,7 @@ def _finding_view(f: Finding, pairs: list[dict[str, Any]], files: dict[str, dict
     elif f.kind in _IMAGE_KINDS and f.files and f.files[0] in files:
         view = files[f.files[0]]
         # The heatmap is evidence only where the detector decided; beside a watermark finding it would mislead.
-        heatmap = view["heatmap"] if "detector scores" in f.evidence.get("caught_by", ()) else None
+        heatmap = view["heatmap"] if DETECTOR_SOURCE in f.evidence.get("caught_by", ()) else None
         out["image"] = {"name": view["name"], "thumbnail": view["thumbnail"], "heatmap": heatmap}
     return out
 

@@ -95,7 +95,8 @@ def _sha256(data: bytes) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WrittenPackage:
-    """What :func:`write_package` wrote: where, how many entries, and the images it could not include, and why."""
+    """What :func:`write_package` wrote: where, how many entries the manifest lists (as `verify-package` counts
+    them), and the images it could not include, and why."""
 
     path: Path
     entries: int
@@ -182,7 +183,7 @@ def write_package(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return WrittenPackage(path=path, entries=len(contents) + 2, problems=tuple(problems))
+    return WrittenPackage(path=path, entries=len(contents), problems=tuple(problems))
 
 
 def verify_package(path: Path, *, trusted: TrustedCertificates) -> PackageVerification:

@@ -7,20 +7,20 @@ signature and relabelled as a patient scan (found by the watermark); a claim who
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
+import os
 import re
 import shutil
-import subprocess
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from testkit import jsonl, require_tool, run_cli
+from testkit import jsonl, run_cli
 
 from detectors.data import sample_dicom_files
 from verifier.claims.samples import relabelled_copy, reused_copy
@@ -114,7 +114,7 @@ def test_claim_audit_findings_report_and_package(
     root, manifest = claim_set
     report, package = tmp_path / "report.html", tmp_path / "evidence.zip"
     code, out, err = run_cli(capsys, "claims", "audit", root, "--manifest", manifest, "--report", report,
-                             "--package", package, "--format", "jsonl")  # fmt: skip
+                             "--package", package, "--include-images", "--format", "jsonl")  # fmt: skip
     assert code == 1, err
     claims = _by_claim(out)
     assert set(claims) == {"clean", "source", "reuse", "synthetic", "stripped", "headers"}
@@ -137,6 +137,12 @@ def test_claim_audit_findings_report_and_package(
     stripped = claims["stripped"]
     assert stripped["files"][0]["status"] == "UNSIGNED"  # type: ignore[index]
     assert {"declared_synthetic", "reused_image"} <= _kinds(stripped)
+    # Each says how it was found: the generated file declares itself, the stripped copy was caught by its mark.
+    (honest,) = [f for f in claims["synthetic"]["findings"] if f["kind"] == "declared_synthetic"]  # type: ignore[union-attr,index]
+    (caught,) = [f for f in stripped["findings"] if f["kind"] == "declared_synthetic"]  # type: ignore[union-attr,index]
+    assert "caught by its watermark" in caught["message"] and "declared" not in caught["message"]
+    assert caught["evidence_text"].startswith("scan.dcm was caught by its watermark")
+    assert "declared by its own synthetic declaration" in honest["message"]
     assert "reused_image" in _kinds(claims["synthetic"])
 
     # Headers against the claim.
@@ -163,6 +169,15 @@ def test_claim_audit_findings_report_and_package(
     manifest_json = json.loads(entries["MANIFEST.json"])
     assert {f["path"] for f in manifest_json["audited_files"]} >= {str(root / "clean" / "chest.dcm")}
     assert all(re.fullmatch(r"[0-9a-f]{64}", f["sha256"]) for f in manifest_json["audited_files"])
+    # Every image is in it (--include-images), byte for byte, with a thumbnail that decodes.
+    for f in manifest_json["audited_files"]:
+        assert entries[f["image"]] == Path(f["path"]).read_bytes()
+        thumb = cv2.imdecode(np.frombuffer(entries[f["thumbnail"]], np.uint8), cv2.IMREAD_UNCHANGED)
+        assert thumb is not None and max(thumb.shape[:2]) <= 256
+    image_entry = manifest_json["audited_files"][0]["image"]
+    _rezip(tmp_path / "swapped.zip", entries | {image_entry: entries[image_entry] + b"\0"})
+    code, out, _err = run_cli(capsys, "claims", "verify-package", tmp_path / "swapped.zip")
+    assert code == 1 and f"{image_entry} was changed" in out
 
     findings = json.loads(entries["findings.json"])
     findings["claims"][0]["findings"] = []
@@ -215,8 +230,8 @@ def test_reuse_found_against_earlier_audits(
     relabelled_copy(
         _sample("RG1_UNCR.dcm"), first / "C-100" / "chest.dcm", _patient("A1", "A^B", "F", "19600101", "CHEST")
     )
-    relabelled_copy(
-        _sample("MR2_UNCR.dcm"), first / "C-101" / "knee.dcm", _patient("A2", "C^D", "M", "19610101", "KNEE")
+    relabelled_copy(  # MR2_UNCR is a shoulder (its StudyDescription says so)
+        _sample("MR2_UNCR.dcm"), first / "C-101" / "shoulder.dcm", _patient("A2", "C^D", "M", "19610101", "SHOULDER")
     )
     code, _out, err = run_cli(capsys, "claims", "audit", first, "--format", "jsonl")
     assert code == 0, err
@@ -242,41 +257,104 @@ def test_reuse_found_against_earlier_audits(
     assert [f["other_claim"] for f in again["C-100"]["findings"]] == ["C-200"]  # type: ignore[index,union-attr]
 
 
-def test_report_renders_in_headless_chromium(
-    keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The report renders in Chromium without console errors; a screenshot is taken and is not blank."""
-    chromium = require_tool("chromium")
-    warnings.simplefilter("ignore")
-    root = tmp_path / "claims"
-    relabelled_copy(_sample("MR2_UNCR.dcm"), root / "K-1" / "knee.dcm", _patient("K1", "A^A", "M", "19600101", "KNEE"))
-    reused_copy(
-        _sample("MR2_UNCR.dcm"), root / "K-2" / "knee.dcm", _patient("K2", "B^B", "F", "19610101", "KNEE"), seed=1
-    )
-    relabelled_copy(_sample("CT_small.dcm"), root / "K-3" / "ct.dcm", _patient("K3", "C^C", "F", "19620101", "HEAD"))
-    report = tmp_path / "report.html"
-    code, _out, err = run_cli(capsys, "claims", "audit", root, "--report", report)
-    assert code == 1, err
-    html = report.read_text()
-    sources = re.findall(r'src="([^"]+)"', html)
-    assert len(sources) >= 5  # three thumbnails and a side-by-side pair
-    for src in sources:
-        assert src.startswith("data:image/png;base64,")
-        decoded = cv2.imdecode(np.frombuffer(base64.b64decode(src.split(",", 1)[1]), np.uint8), cv2.IMREAD_UNCHANGED)
-        assert decoded is not None and decoded.size > 0
+CHROMIUM = "/usr/bin/chromium"
+#: What a Python representation leaks into a page: dict and list literals, True/False/None after "=" or ":".
+REPR = re.compile(r"\{'|\['|'\]|'\}|=(True|False|None)\b|: (True|False|None)\b|<[a-zA-Z_.]+ object at")
 
-    shot = tmp_path / "report.png"
-    proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-         "--window-size=1280,2000", f"--screenshot={shot}", report.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line or "Refused to" in line]
-    assert console == [], console
-    image = cv2.imread(str(shot), cv2.IMREAD_GRAYSCALE)
-    assert image is not None and image.shape[1] == 1280
-    assert float(image.std()) > 10  # rendered content, not a blank page
+
+def _playwright() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ModuleNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("playwright is required in CI")
+        pytest.skip("playwright is not installed")
+    if not os.access(CHROMIUM, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is required in CI")
+        pytest.skip("chromium is not installed")
+    return sync_playwright
+
+
+def _side_by_side(page: Any, selector: str) -> None:
+    """The images under ``selector`` are loaded and shown in one row, left to right, not overlapping."""
+    images = page.locator(selector)
+    assert images.count() == 2, selector
+    boxes = [images.nth(i).bounding_box() for i in range(2)]
+    assert all(b is not None and b["width"] > 50 and b["height"] > 50 for b in boxes), boxes
+    assert abs(boxes[0]["y"] - boxes[1]["y"]) < 5 and boxes[1]["x"] >= boxes[0]["x"] + boxes[0]["width"], boxes
+    assert images.evaluate_all("els => els.every(i => i.complete && i.naturalWidth > 0)")
+
+
+def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The report as an analyst sees it in Chromium (Playwright, Debian's /usr/bin/chromium): the checks that ran
+    at the top, a legend, sentences instead of Python objects, every image loaded, a reused pair side by side, a
+    detector finding beside its heatmap, and no "passed" for checks that did not run. Screenshots go to
+    $MEDVERIFY_REPORT_SCREENSHOTS (else the test's folder)."""
+    sync_playwright = _playwright()
+    warnings.simplefilter("ignore")
+    shots = Path(os.environ.get("MEDVERIFY_REPORT_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    root = tmp_path / "claims"
+    code, _out, err = run_cli(capsys, "claims", "sample", root)
+    assert code == 0, err
+    # Only the signature check: the report must not say the images passed the watermark or the detector.
+    report = tmp_path / "report.html"
+    code, _out, err = run_cli(capsys, "claims", "audit", root, "--manifest", root / "claims.csv", "--checks",
+                              "signature", "--report", report)  # fmt: skip
+    assert code == 1, err
+    # A detector finding with its heatmap: a policy whose synthetic threshold every score meets.
+    policy = tmp_path / "policy.toml"
+    policy.write_text('version = "report-test-1"\nsynthetic_threshold = 0.0\n')
+    relabelled_copy(_sample("MR_small.dcm"), tmp_path / "det" / "D-1" / "mr.dcm",
+                    _patient("D1", "A^A", "F", "19600101", "HEAD"))  # fmt: skip
+    detector_report = tmp_path / "detector.html"
+    code, _out, err = run_cli(capsys, "claims", "audit", tmp_path / "det", "--checks", "signature,detector",
+                              "--policy", policy, "--report", detector_report)  # fmt: skip
+    assert code == 1, err
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(report.as_uri())
+            text = page.locator("body").inner_text()
+            assert not REPR.search(text), REPR.search(text)
+            assert "passed" not in text.lower()
+            checks = page.locator("#checks").inner_text()
+            assert "signature: examined all 4 images" in checks
+            assert "watermark: not run" in checks and "detector: not run" in checks
+            legend = page.locator("#legend")
+            assert legend.is_visible()
+            for word in ("DECLARED_SYNTHETIC", "SUSPECTED_SYNTHETIC", "NO_EVIDENCE", "quarantine", "reject", "high"):
+                assert word in legend.inner_text()
+            assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+            assert page.evaluate("document.images.length") >= 6
+            clean = page.locator("#claim-CLM-1001").inner_text()
+            assert "No findings from what ran (signature, reuse, header rules)" in clean
+            assert "Not run, so not evidence either way: watermark, detector" in clean
+            knee = page.locator("#claim-CLM-1002")
+            assert "names the shoulder" in knee.inner_text()
+            _side_by_side(page, "#claim-CLM-1002 .pair-figures img")
+            page.screenshot(path=str(shots / "claims-report-top.png"))
+            knee.screenshot(path=str(shots / "claims-report-reuse-pair.png"))
+            page.screenshot(path=str(shots / "claims-report-full.png"), full_page=True)
+
+            page.goto(detector_report.as_uri())
+            finding = page.locator("#claim-D-1 tr", has_text="suspected synthetic")
+            assert "threshold 0.000" in finding.inner_text() and "detector heatmap" in finding.inner_text()
+            _side_by_side(page, "#claim-D-1 .image-figures img")
+            assert not REPR.search(page.locator("body").inner_text())
+            finding.screenshot(path=str(shots / "claims-report-heatmap.png"))
+            assert problems == [], problems
+        finally:
+            browser.close()
+    for name in ("claims-report-top.png", "claims-report-reuse-pair.png", "claims-report-heatmap.png"):
+        shot = cv2.imread(str(shots / name), cv2.IMREAD_GRAYSCALE)
+        assert shot is not None and float(shot.std()) > 10  # rendered content, not a blank page
 
 
 def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -295,7 +373,21 @@ def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: p
     claims = _by_claim(out)
     assert [f["kind"] for f in claims["CLM-1001"]["findings"]] == ["unreadable"]  # type: ignore[index,union-attr]
     assert [f["kind"] for f in claims["CLM-1006"]["findings"]] == ["unreadable"]  # type: ignore[index,union-attr]
-    assert _kinds(claims["CLM-1002"]) == _kinds(claims["CLM-1003"]) == {"reused_image"}
+    # CLM-1002's "knee" is MR2_UNCR, a shoulder by its own StudyDescription; CLM-1003's copy lost that header.
+    assert _kinds(claims["CLM-1002"]) == {"reused_image", "body_part_description"}
+    assert _kinds(claims["CLM-1003"]) == {"reused_image"}
+
+    # The same audit as a spreadsheet: one row a finding, the evidence in words, a row for a claim without any.
+    code, out, err = run_cli(capsys, "claims", "audit", root, "--manifest", manifest, "--checks", "signature",
+                             "--format", "csv")  # fmt: skip
+    assert code == 1, err
+    rows = list(csv.DictReader(out.splitlines()))
+    assert {r["kind"] for r in rows if r["claim_id"] == "CLM-1002"} == {"reused_image", "body_part_description"}
+    (shoulder,) = [r for r in rows if r["kind"] == "body_part_description"]
+    assert "names the shoulder" in shoulder["evidence"] and shoulder["files"].endswith("knee.dcm")
+    assert all(r["evidence"] and not REPR.search(r["evidence"]) for r in rows)
+    code, _out, err = run_cli(capsys, "claims", "audit", root, "--include-images")
+    assert code == 2 and "give --package too" in err
     assert {"date_after_claim", "body_part_mismatch", "patient_mismatch"} == _kinds(claims["CLM-1004"])
 
     (tmp_path / "folders" / "EMPTY").mkdir(parents=True)

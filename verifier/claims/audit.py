@@ -47,9 +47,10 @@ from verifier.policy import Action, VerdictStatus
 if TYPE_CHECKING:  # SQLAlchemy is imported only when a database is used
     from verifier.audit import AuditLog
 
-__all__ = ["ClaimsAuditor"]
+__all__ = ["DETECTOR_SOURCE", "ClaimsAuditor"]
 
 _THUMB_SIDE = 256
+_DETECTOR_VERDICTS = (VerdictStatus.TAMPERED, VerdictStatus.SUSPECTED_SYNTHETIC)
 
 
 def _display(frame: npt.NDArray[np.float32], window: tuple[float, float] | None, monochrome1: bool) -> Any:
@@ -68,6 +69,36 @@ def _display(frame: npt.NDArray[np.float32], window: tuple[float, float] | None,
     if factor < 1:
         view = cv2.resize(view, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
     return view
+
+
+#: What the detector is called in a verdict finding's ``caught_by`` (the report puts its heatmap beside such).
+DETECTOR_SOURCE = "detector scores"
+#: What each reason source of a verdict is called in a finding ("found by its ...").
+_SOURCE_NAMES = {"declaration": "synthetic declaration", "signature": "signature", "watermark": "watermark",
+                 "detector": DETECTOR_SOURCE, "input": "file structure"}  # fmt: skip
+
+
+def _verdict_evidence(f: AuditedFile) -> dict[str, Any]:
+    """A verdict finding's evidence: the verdict, the action, the reasons and what they came from, and the
+    detector's scores against its thresholds when it scored the image."""
+    v = f.result.verdict
+    told = [r for r in v.reasons if not r.message.startswith("not run:")]
+    if told and told[-1].source == "detector" and v.status in _DETECTOR_VERDICTS:
+        decisive = told[-1:]  # the policy's last reason decided (verifier.policy.decide)
+    else:
+        decisive = [r for r in told if r.source != "detector"] or told
+    caught_by = list(dict.fromkeys(_SOURCE_NAMES.get(r.source, r.source) for r in decisive))
+    evidence: dict[str, Any] = {
+        "verdict": v.status.value,
+        "action": v.action.value,
+        "reasons": list(f.result.reasons),
+        "caught_by": caught_by,
+    }
+    detection = f.result.detection_dict()
+    if detection is not None and detection.get("synthetic_score") is not None:
+        keys = ("synthetic_score", "threshold", "tamper_score", "tamper_threshold", "model_tag")
+        evidence["detector"] = {k: detection[k] for k in keys if k in detection}
+    return evidence
 
 
 class ClaimsAuditor:
@@ -157,6 +188,8 @@ class ClaimsAuditor:
             indexed_before=indexed_before,
             policy_version=self._checker.site_policy.version,
             checks=tuple(sorted(c.value for c in self._checker.checks)),
+            not_run={c.value: why for c, why in self._checker.not_run.items()},
+            policy_actions={s.value: a.value for s, a in self._checker.site_policy.actions.items()},
         )
 
     def _record_files(self, reports: Sequence[ClaimReport]) -> None:
@@ -206,26 +239,29 @@ class ClaimsAuditor:
             out.append(Finding(kind="no_images", severity=Severity.MEDIUM, message="the claim has no DICOM images"))
         for f in report.files:
             v = f.result.verdict
-            reasons = list(f.result.reasons)
-            evidence: dict[str, Any] = {"verdict": v.status.value, "action": v.action.value, "reasons": reasons}
+            evidence = _verdict_evidence(f)
             if v.status in (VerdictStatus.TAMPERED, VerdictStatus.SUSPECTED_SYNTHETIC):
                 word = "tampered" if v.status is VerdictStatus.TAMPERED else "suspected synthetic"
                 out.append(
                     Finding(
                         kind=v.status.value.lower(),
                         severity=Severity.HIGH,
-                        message=f"{Path(f.path).name}: {word}",
+                        message=f"{Path(f.path).name}: {word} (found by its {' and '.join(evidence['caught_by'])})",
                         files=(f.path,),
                         evidence=evidence,
                     )
                 )
             elif v.status is VerdictStatus.DECLARED_SYNTHETIC:
+                # What says so matters to the analyst: a file that declares itself synthetic was at least honest; a
+                # stripped copy caught by its watermark was made to pass for a patient scan.
+                by_mark = evidence["caught_by"] == ["watermark"]
+                how = ("caught by its watermark (its signature and synthetic declaration are gone)" if by_mark
+                       else "declared by its own " + " and ".join(evidence["caught_by"]))  # fmt: skip
                 out.append(
                     Finding(
                         kind="declared_synthetic",
                         severity=Severity.HIGH,
-                        message=f"{Path(f.path).name}: a synthetic image (declared by its provenance) "
-                        "submitted as a patient scan",
+                        message=f"{Path(f.path).name}: a synthetic image, {how}, submitted as a patient scan",
                         files=(f.path,),
                         evidence=evidence,
                     )
@@ -257,6 +293,7 @@ class ClaimsAuditor:
                         severity=Severity.LOW,
                         message=f"{Path(f.path).name}: image not compared ({f.pixel_error})",
                         files=(f.path,),
+                        evidence={"error": f.pixel_error},
                     )
                 )
         return out  # fmt: skip

@@ -11,7 +11,16 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-__all__ = ["HeaderFacts", "age_years", "normalise_body_part", "parse_da"]
+__all__ = [
+    "DESCRIPTION_REGIONS",
+    "HeaderFacts",
+    "age_years",
+    "description_regions",
+    "known_region",
+    "normalise_body_part",
+    "parse_da",
+    "regions_agree",
+]
 
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
 #: Body-part spellings that mean the same region (DICOM PS3.16 CID 4031 terms and common free text).
@@ -30,6 +39,30 @@ _BODY_SYNONYMS = {
     "HAND": "HAND",
     "WRIST": "WRIST",
 }
+#: Words of a study, series or protocol description that name a body region, and the region (as
+#: :func:`normalise_body_part` spells Body Part Examined) each names. Only words that name one region without doubt
+#: are listed; a description naming none of them says nothing. Edit here: the header rule
+#: :func:`verifier.claims.rules.body_part_description` reads this table and nothing else.
+DESCRIPTION_REGIONS: dict[str, str] = {
+    "HEAD": "HEAD", "BRAIN": "HEAD", "SKULL": "HEAD", "CRANIAL": "HEAD", "CEREBRAL": "HEAD",
+    "NECK": "NECK", "CERVICAL": "CSPINE", "CSPINE": "CSPINE", "C-SPINE": "CSPINE",
+    "CHEST": "CHEST", "THORAX": "CHEST", "THORACIC": "CHEST", "LUNG": "CHEST", "LUNGS": "CHEST",
+    "HEART": "HEART", "CARDIAC": "HEART", "BREAST": "BREAST", "MAMMO": "BREAST", "MAMMOGRAPHY": "BREAST",
+    "ABDOMEN": "ABDOMEN", "ABDOMINAL": "ABDOMEN", "ABD": "ABDOMEN", "LIVER": "ABDOMEN", "KIDNEY": "ABDOMEN",
+    "PELVIS": "PELVIS", "PELVIC": "PELVIS", "LUMBAR": "LSPINE", "LSPINE": "LSPINE", "L-SPINE": "LSPINE",
+    "SPINE": "SPINE",
+    "SHOULDER": "SHOULDER", "ELBOW": "ELBOW", "WRIST": "WRIST", "HAND": "HAND", "FINGER": "HAND",
+    "HIP": "HIP", "KNEE": "KNEE", "ANKLE": "ANKLE", "FOOT": "FOOT",
+}  # fmt: skip
+#: Regions that contain others: a description naming the container agrees with any of its parts, and the reverse
+#: (SPINE and LSPINE, CHEST and HEART, EXTREMITY and KNEE).
+_REGION_PARTS: dict[str, frozenset[str]] = {
+    "SPINE": frozenset({"CSPINE", "TSPINE", "LSPINE", "SSPINE"}),
+    "CHEST": frozenset({"HEART", "BREAST", "TSPINE"}),
+    "ABDOMEN": frozenset({"LSPINE"}),
+    "HEAD": frozenset({"NECK"}),
+    "EXTREMITY": frozenset({"SHOULDER", "ELBOW", "WRIST", "HAND", "HIP", "KNEE", "ANKLE", "FOOT", "ARM", "LEG"}),
+}
 #: Elements whose absence in a patient image suggests the header was stripped.
 IDENTITY_ELEMENTS = ("PatientID", "PatientName", "StudyDate", "StudyInstanceUID", "Modality")
 
@@ -40,6 +73,27 @@ def normalise_body_part(value: str | None) -> str | None:
         return None
     text = re.sub(r"[\s_]+", "", str(value).strip().upper())
     return _BODY_SYNONYMS.get(text, text) or None
+
+
+def description_regions(text: str | None) -> tuple[str, ...]:
+    """The body regions (see :data:`DESCRIPTION_REGIONS`) that the words of a description name, in order."""
+    out: list[str] = []
+    for word in re.split(r"[^A-Za-z-]+", (text or "").upper()):
+        region = DESCRIPTION_REGIONS.get(word.strip("-"))
+        if region is not None and region not in out:
+            out.append(region)
+    return tuple(out)
+
+
+def regions_agree(a: str, b: str) -> bool:
+    """Whether body regions ``a`` and ``b`` (normalised) can describe the same image: equal, or one contains the
+    other."""
+    return a == b or b in _REGION_PARTS.get(a, ()) or a in _REGION_PARTS.get(b, ())
+
+
+def known_region(region: str | None) -> bool:
+    """Whether :data:`DESCRIPTION_REGIONS` knows ``region`` well enough to say what contradicts it."""
+    return region is not None and (region in _REGION_PARTS or region in DESCRIPTION_REGIONS.values())
 
 
 def parse_da(value: Any) -> dt.date | None:
@@ -84,6 +138,8 @@ class HeaderFacts:
     patient_age: float | None = None
     body_part: str | None = None
     study_description: str | None = None
+    series_description: str | None = None
+    protocol_name: str | None = None
     study_date: dt.date | None = None
     #: Every acquisition-related date in the header (study, series, acquisition, content), by keyword.
     dates: dict[str, dt.date] = dataclasses.field(default_factory=dict)
@@ -115,6 +171,8 @@ class HeaderFacts:
             patient_age=age_years(_text(ds, "PatientAge")),
             body_part=normalise_body_part(_text(ds, "BodyPartExamined")),
             study_description=_text(ds, "StudyDescription"),
+            series_description=_text(ds, "SeriesDescription"),
+            protocol_name=_text(ds, "ProtocolName"),
             study_date=dates.get("StudyDate"),
             dates=dates,
             study_instance_uid=_text(ds, "StudyInstanceUID"),
@@ -145,6 +203,12 @@ class HeaderFacts:
 
     def equipment_label(self) -> str:
         return " ".join(self.equipment.get(k, "") for k in ("Manufacturer", "ManufacturerModelName")).strip()
+
+    def descriptions(self) -> dict[str, str]:
+        """The header's free-text descriptions of what was imaged, by what a reader calls them."""
+        named = {"study description": self.study_description, "series description": self.series_description,
+                 "protocol name": self.protocol_name}  # fmt: skip
+        return {k: v for k, v in named.items() if v}
 
     def body_part_matches(self, claimed: str) -> bool | None:
         """Whether the header supports ``claimed``; ``None`` when it says nothing about the body part."""

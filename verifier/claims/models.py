@@ -19,7 +19,17 @@ from verifier.claims.store import IndexedImage
 from verifier.errors import InputError
 from verifier.result import FileResult
 
-__all__ = ["AuditedFile", "ClaimAudit", "ClaimInfo", "ClaimReport", "DuplicatePair", "Finding", "Severity"]
+__all__ = [
+    "AuditedFile",
+    "CheckCoverage",
+    "ClaimAudit",
+    "ClaimInfo",
+    "ClaimReport",
+    "DuplicatePair",
+    "Finding",
+    "Severity",
+    "why_not_examined",
+]
 
 
 class Severity(enum.StrEnum):
@@ -44,6 +54,13 @@ class Finding:
     other_claim: str | None = None
     evidence: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def evidence_text(self) -> str:
+        """The evidence in plain language (:mod:`verifier.claims.evidence`)."""
+        from verifier.claims.evidence import explain
+
+        return explain(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -51,6 +68,7 @@ class Finding:
             "message": self.message,
             "files": list(self.files),
             "other_claim": self.other_claim,
+            "evidence_text": self.evidence_text,
             "evidence": dict(self.evidence),
         }
 
@@ -162,6 +180,68 @@ class DuplicatePair:
     confirmation: Confirmation | None = None
 
 
+#: The checks a claim audit can run on each image, in the order a report states them.
+CHECK_NAMES = ("signature", "watermark", "detector")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckCoverage:
+    """Whether one check ran in an audit, and on how many of its images: what a report states at the top, so that
+    no image is said to have passed a check that did not look at it."""
+
+    check: str
+    #: Asked for (``--checks``, every check by default).
+    asked: bool
+    #: Images the check examined.
+    examined: int
+    #: Images in the audit.
+    images: int
+    #: Why it did not examine the others (the reason, and how many images), e.g. "no watermark key given".
+    not_examined: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ran(self) -> bool:
+        return self.examined > 0
+
+    @property
+    def complete(self) -> bool:
+        return self.images > 0 and self.examined == self.images
+
+    def sentence(self) -> str:
+        """``watermark: examined 3 of 4 image(s); not the others: pixels cannot be decoded`` and the like."""
+        if not self.asked:
+            return f"{self.check}: not run: not asked for"
+        why = "; ".join(
+            f"{n} image(s): {reason}" if n != self.images else reason for reason, n in self.not_examined.items()
+        )
+        if not self.ran:
+            return f"{self.check}: not run: {why or 'no image to examine'}"
+        if self.complete:
+            return f"{self.check}: examined {'the image' if self.images == 1 else f'all {self.images} images'}"
+        return f"{self.check}: examined {self.examined} of {self.images} image(s); not the others: {why}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "asked": self.asked, "examined": self.examined, "images": self.images,
+                "not_examined": dict(self.not_examined), "summary": self.sentence()}  # fmt: skip
+
+
+def why_not_examined(check: str, f: AuditedFile) -> str | None:
+    """None when ``check`` examined ``f``, else why not."""
+    from verifier.reports import DetectionFailure, WatermarkNotChecked
+
+    r = f.result
+    if r.failed:
+        return "the file could not be read"
+    if check in r.not_run:
+        return str(r.not_run[check])
+    outcome: Any = {"signature": r.signature, "watermark": r.watermark, "detector": r.detection}[check]
+    if outcome is None:
+        return "not asked for"
+    if isinstance(outcome, WatermarkNotChecked | DetectionFailure):
+        return outcome.error
+    return None
+
+
 @dataclasses.dataclass(kw_only=True, eq=False)
 class ClaimAudit:
     """The outcome of one ``claims audit`` run."""
@@ -173,10 +253,32 @@ class ClaimAudit:
     indexed_before: int | None
     policy_version: str
     checks: tuple[str, ...]
+    #: Checks asked for that could not run here, with why (no watermark key yet, no detector model ...).
+    not_run: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The site policy's action for each verdict (for the report's legend).
+    policy_actions: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def files(self) -> int:
         return sum(len(c.files) for c in self.claims)
+
+    def coverage(self) -> list[CheckCoverage]:
+        """For each check, whether it was asked for and which images it examined (and why not the others)."""
+        files = [f for c in self.claims for f in c.files]
+        out = []
+        for check in CHECK_NAMES:
+            asked = check in self.checks or check in self.not_run
+            why: dict[str, int] = {}
+            examined = 0
+            for f in files:
+                reason = why_not_examined(check, f) if asked else "not asked for"
+                if reason is None:
+                    examined += 1
+                else:
+                    why[reason] = why.get(reason, 0) + 1
+            out.append(CheckCoverage(check=check, asked=asked, examined=examined, images=len(files),
+                                     not_examined=why))  # fmt: skip
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -186,5 +288,7 @@ class ClaimAudit:
             "images_indexed_before": self.indexed_before,
             "policy_version": self.policy_version,
             "checks": list(self.checks),
+            "not_run": dict(self.not_run),
+            "coverage": [c.to_dict() for c in self.coverage()],
             "claims": [c.to_dict() for c in self.claims],
         }

@@ -1,11 +1,18 @@
-"""Evidence packages: the report, every finding as JSON and the SHA-256 of every file, signed with the audit key.
+"""Evidence packages: the report, every finding as JSON, a thumbnail and the SHA-256 of every image (and, asked
+for, the images themselves), signed with the audit key.
 
 A package is a ZIP file::
 
-    report.html      the self-contained HTML report
-    findings.json    the whole audit (claims, findings, per-file results) as JSON
-    MANIFEST.json    format, creation time, the SHA-256 of the two files above and of every audited image
+    report.html                  the self-contained HTML report
+    findings.json                the whole audit (claims, findings, per-file results) as JSON
+    thumbnails/<claim>/<n>-<file>.png   what each image shows (8-bit, at most 256 pixels a side)
+    images/<claim>/<n>-<file>    the audited file itself, byte for byte (``include_images=True`` only)
+    MANIFEST.json    format, creation time, the SHA-256 of every entry above and of every audited image, and
+                     which entries belong to which image
     MANIFEST.sig     the audit key's signature over the exact bytes of MANIFEST.json, and its certificate
+
+An image is put in the package only when its bytes still have the SHA-256 the audit found; one that changed
+since (or went away) is left out and said so.
 
 The signature is made like the audit log's checkpoints (:mod:`verifier.audit.checkpoint`: ECDSA/RSA with
 SHA-256, or Ed25519). :func:`verify_package` checks that the signature matches, that the signer is trusted for
@@ -23,6 +30,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -43,7 +51,7 @@ from verifier.audit.checkpoint import (
 from verifier.claims.models import ClaimAudit
 from verifier.errors import InputError
 
-__all__ = ["PackageStatus", "PackageVerification", "verify_package", "write_package"]
+__all__ = ["PackageStatus", "PackageVerification", "WrittenPackage", "verify_package", "write_package"]
 
 PACKAGE_FORMAT = "medverify-claims-package/v1"
 SIGNATURE_FORMAT = "medverify-claims-package-signature/v1"
@@ -85,20 +93,74 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_package(path: Path, audit: ClaimAudit, report_html: str, signer: CheckpointSigner) -> Path:
-    """Write the signed evidence package of ``audit`` to ``path`` (atomically)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WrittenPackage:
+    """What :func:`write_package` wrote: where, how many entries the manifest lists (as `verify-package` counts
+    them), and the images it could not include, and why."""
+
+    path: Path
+    entries: int
+    problems: tuple[str, ...] = ()
+
+
+def _entry_name(claim_id: str, n: int, path: str) -> str:
+    """A safe ZIP entry stem for the ``n``-th image of ``claim_id`` (no folders, no dots at the start)."""
+    return f"{_safe(claim_id)}/{n:03d}-{_safe(Path(path).name)}"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip(".") or "_"
+
+
+def _thumbnail_png(image: Any) -> bytes | None:
+    if image is None:
+        return None
+    import cv2
+
+    ok, buf = cv2.imencode(".png", image)
+    return bytes(buf.tobytes()) if ok else None
+
+
+def write_package(
+    path: Path, audit: ClaimAudit, report_html: str, signer: CheckpointSigner, *, include_images: bool = False
+) -> WrittenPackage:
+    """Write the signed evidence package of ``audit`` to ``path`` (atomically): with every image's thumbnail, and
+    with the image files themselves when ``include_images``."""
     findings = json.dumps(audit.to_dict(), indent=2, sort_keys=True, default=str).encode("utf-8")
     report = report_html.encode("utf-8")
+    contents: dict[str, bytes] = {"report.html": report, "findings.json": findings}
+    audited: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for c in audit.claims:
+        for n, f in enumerate(c.files, 1):
+            stem = _entry_name(c.claim_id, n, f.path)
+            while f"thumbnails/{stem}.png" in contents or f"images/{stem}" in contents:  # ids equal once made safe
+                stem += "_"
+            row: dict[str, Any] = {"claim_id": f.claim_id, "path": f.path, "sha256": f.result.sha256,
+                                   "audit_record": f.record_id, "thumbnail": None, "image": None}  # fmt: skip
+            thumb = _thumbnail_png(f.thumbnail)
+            if thumb is not None:
+                row["thumbnail"] = f"thumbnails/{stem}.png"
+                contents[row["thumbnail"]] = thumb
+            if include_images:
+                try:
+                    data = Path(f.path).read_bytes()
+                except OSError as exc:
+                    problems.append(f"{f.path}: not included, cannot read it now ({exc.strerror})")
+                else:
+                    if f.result.sha256 is not None and _sha256(data) == f.result.sha256:
+                        row["image"] = f"images/{stem}"
+                        contents[row["image"]] = data
+                    else:
+                        problems.append(f"{f.path}: not included, it changed since it was audited")
+            audited.append(row)
     manifest = {
         "format": PACKAGE_FORMAT,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "entries": {"report.html": _sha256(report), "findings.json": _sha256(findings)},
-        "audited_files": [
-            {"claim_id": f.claim_id, "path": f.path, "sha256": f.result.sha256, "audit_record": f.record_id}
-            for c in audit.claims
-            for f in c.files
-        ],
+        "entries": {name: _sha256(data) for name, data in contents.items()},
+        "audited_files": audited,
         "claims": {c.claim_id: {"severity": c.severity.value, "audit_record": c.record_id} for c in audit.claims},
+        "images_included": include_images,
     }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
     signature = {
@@ -113,15 +175,15 @@ def write_package(path: Path, audit: ClaimAudit, report_html: str, signer: Check
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr("report.html", report)
-            zf.writestr("findings.json", findings)
+            for name, data in contents.items():
+                zf.writestr(name, data)
             zf.writestr(MANIFEST, manifest_bytes)
             zf.writestr(SIGNATURE, json.dumps(signature, indent=2).encode("utf-8"))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return WrittenPackage(path=path, entries=len(contents), problems=tuple(problems))
 
 
 def verify_package(path: Path, *, trusted: TrustedCertificates) -> PackageVerification:
@@ -182,6 +244,10 @@ def _check(contents: dict[str, bytes], trusted: TrustedCertificates) -> PackageV
             problems.append(f"{name} is listed but missing")
         elif _sha256(contents[name]) != digest:
             problems.append(f"{name} was changed (SHA-256 {_sha256(contents[name])[:16]}…, listed {digest[:16]}…)")
+    for row in manifest.get("audited_files") or []:
+        image = row.get("image") if isinstance(row, dict) else None
+        if image and entries.get(image) != row.get("sha256"):
+            problems.append(f"{image} is not the image that was audited (its SHA-256 differs from the audit's)")
     extra = sorted(set(contents) - set(entries) - {MANIFEST, SIGNATURE})
     problems += [f"{name} was added (not in the manifest)" for name in extra]
     if problems:

@@ -12,7 +12,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from verifier.claims.headers import HeaderFacts, distinct, normalise_body_part
+from verifier.claims.headers import (
+    HeaderFacts,
+    description_regions,
+    distinct,
+    known_region,
+    normalise_body_part,
+    regions_agree,
+)
 from verifier.claims.models import AuditedFile, ClaimInfo, ClaimReport, Finding, Severity
 
 __all__ = ["DATE_TOLERANCE_DAYS", "HEADER_RULES", "ClaimHeaders", "header_findings"]
@@ -84,18 +91,20 @@ def sex_inconsistent(c: ClaimHeaders) -> Iterator[Finding]:
     """The images give more than one sex."""
     sexes = distinct([h.patient_sex for _, h in c.images])
     if len(sexes) > 1:
+        per_file = {Path(f.path).name: h.patient_sex for f, h in c.images if h.patient_sex}
         yield _finding("sex_inconsistent", Severity.MEDIUM, f"the images give different sexes: {', '.join(sexes)}",
-                       c.files)  # fmt: skip
+                       c.files, sexes=per_file)  # fmt: skip
 
 
 def sex_mismatch(c: ClaimHeaders) -> Iterator[Finding]:
     """Images whose sex (M or F) is not the claimed one."""
     claimed = c.info.patient_sex
     if claimed in ("M", "F"):
-        wrong = [f for f, h in c.images if h.patient_sex in ("M", "F") and h.patient_sex != claimed]
+        wrong = [(f, h) for f, h in c.images if h.patient_sex in ("M", "F") and h.patient_sex != claimed]
         if wrong:
             yield _finding("sex_mismatch", Severity.MEDIUM,
-                           f"the claim gives sex {claimed}, {len(wrong)} image(s) say otherwise", wrong)  # fmt: skip
+                           f"the claim gives sex {claimed}, {len(wrong)} image(s) say otherwise", [f for f, _ in wrong],
+                           claimed=claimed, sexes={Path(f.path).name: h.patient_sex for f, h in wrong})  # fmt: skip
 
 
 def _implied_births(c: ClaimHeaders) -> list[tuple[float, AuditedFile]]:
@@ -109,14 +118,20 @@ def _implied_births(c: ClaimHeaders) -> list[tuple[float, AuditedFile]]:
     return births
 
 
+def _as_date(years: float) -> str:
+    """An implied birth date (in the years of :func:`_implied_births`) as an ISO date."""
+    return dt.date.fromordinal(max(1, round(years * 365.25))).isoformat()
+
+
 def age_inconsistent(c: ClaimHeaders) -> Iterator[Finding]:
     """The images' ages or birth dates do not belong to one person (more than two years apart)."""
     births = _implied_births(c)
     if births and max(b for b, _ in births) - min(b for b, _ in births) > 2.0:
+        spread = max(b for b, _ in births) - min(b for b, _ in births)
         yield _finding("age_inconsistent", Severity.MEDIUM,
                        "the images' ages / birth dates do not belong to one person (they differ by "
-                       f"{max(b for b, _ in births) - min(b for b, _ in births):.1f} years)",
-                       [f for _b, f in births])  # fmt: skip
+                       f"{spread:.1f} years)", [f for _b, f in births], spread_years=round(spread, 1),
+                       implied_birth={Path(f.path).name: _as_date(b) for b, f in births})  # fmt: skip
 
 
 def age_mismatch(c: ClaimHeaders) -> Iterator[Finding]:
@@ -124,11 +139,13 @@ def age_mismatch(c: ClaimHeaders) -> Iterator[Finding]:
     births = _implied_births(c)
     if c.info.patient_birth_date is not None and births:
         claimed = c.info.patient_birth_date.toordinal() / 365.25
-        wrong = [f for b, f in births if abs(b - claimed) > 1.0]
+        wrong = [(b, f) for b, f in births if abs(b - claimed) > 1.0]
         if wrong:
             yield _finding("age_mismatch", Severity.MEDIUM,
                            f"{len(wrong)} image(s) give an age that does not match the claimed birth date "
-                           f"{c.info.patient_birth_date.isoformat()}", wrong)  # fmt: skip
+                           f"{c.info.patient_birth_date.isoformat()}", [f for _b, f in wrong],
+                           claimed_birth_date=c.info.patient_birth_date.isoformat(),
+                           implied_birth={Path(f.path).name: _as_date(b) for b, f in wrong})  # fmt: skip
 
 
 def body_part_mismatch(c: ClaimHeaders) -> Iterator[Finding]:
@@ -140,7 +157,33 @@ def body_part_mismatch(c: ClaimHeaders) -> Iterator[Finding]:
             seen = distinct([h.body_part for _, h in wrong])
             yield _finding("body_part_mismatch", Severity.MEDIUM,
                            f"the claim is for {normalise_body_part(claimed)}, {len(wrong)} image(s) show "
-                           f"{', '.join(seen)}", [f for f, _ in wrong], claimed=claimed, found=seen)  # fmt: skip
+                           f"{', '.join(seen)}", [f for f, _ in wrong], claimed=claimed, found=seen,
+                           body_parts={Path(f.path).name: h.body_part for f, h in wrong})  # fmt: skip
+
+
+def body_part_description(c: ClaimHeaders) -> Iterator[Finding]:
+    """Images whose Body Part Examined contradicts their own study or series description or protocol name (a knee
+    in the body part, a shoulder in the description): one of them was rewritten. The words that name a region are
+    :data:`verifier.claims.headers.DESCRIPTION_REGIONS`."""
+    per_file: dict[str, dict[str, str]] = {}
+    wrong = []
+    for f, h in c.images:
+        part = h.body_part
+        if part is None or not known_region(part):
+            continue
+        for field, text in h.descriptions().items():
+            regions = description_regions(text)
+            if regions and not any(regions_agree(part, r) for r in regions):
+                per_file[Path(f.path).name] = {"body_part": part, "field": field, "description": text,
+                                               "regions": ", ".join(regions)}  # fmt: skip
+                wrong.append(f)
+                break
+    if wrong:
+        shown = "; ".join(f"{name}: {e['body_part']}, {e['field']} \"{e['description']}\""
+                          for name, e in per_file.items())  # fmt: skip
+        yield _finding("body_part_description", Severity.MEDIUM,
+                       f"the body part of {len(wrong)} image(s) contradicts their own description ({shown})", wrong,
+                       images=per_file)  # fmt: skip
 
 
 def _after_claim(c: ClaimHeaders, claim_date: dt.date) -> list[tuple[AuditedFile, HeaderFacts]]:
@@ -171,7 +214,9 @@ def date_mismatch(c: ClaimHeaders) -> Iterator[Finding]:
         oldest = min(d for _, d in old)
         yield _finding("date_mismatch", Severity.MEDIUM,
                        f"{len(old)} image(s) are from studies more than {c.tolerance_days} days before the claimed "
-                       f"date {claim_date.isoformat()} (oldest {oldest.isoformat()})", [f for f, _ in old])  # fmt: skip
+                       f"date {claim_date.isoformat()} (oldest {oldest.isoformat()})", [f for f, _ in old],
+                       claim_date=claim_date.isoformat(), tolerance_days=c.tolerance_days,
+                       study_dates={Path(f.path).name: d.isoformat() for f, d in old})  # fmt: skip
 
 
 def equipment_inconsistent(c: ClaimHeaders) -> Iterator[Finding]:
@@ -198,6 +243,7 @@ HEADER_RULES: tuple[Rule, ...] = (
     age_inconsistent,
     age_mismatch,
     body_part_mismatch,
+    body_part_description,
     date_after_claim,
     date_mismatch,
     equipment_inconsistent,

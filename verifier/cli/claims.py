@@ -1,5 +1,9 @@
 """``medverify claims audit`` and ``medverify claims verify-package``: claim audits and their evidence packages.
 
+``--format text`` states the checks that ran, then each finding with its evidence in plain language; ``json`` and
+``jsonl`` carry the same sentence (``evidence_text``) beside the structured evidence; ``csv`` is one row a finding
+(a claim without findings gets one row saying so) for a spreadsheet.
+
 Exit codes (ClamAV convention): ``audit`` 0 no claim has findings, 1 at least one has, 2 an error stopped the
 audit; ``verify-package`` 0 the package is intact and signed by a trusted audit key, 1 it is not, 2 an error.
 """
@@ -7,6 +11,7 @@ audit; ``verify-package`` 0 the package is intact and signed by a trusted audit 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import sys
 import tempfile
@@ -63,10 +68,22 @@ def audit_command(
     report: Annotated[Path | None, typer.Option("--report", help="Write the HTML evidence report here.")] = None,
     package: Annotated[
         Path | None,
-        typer.Option("--package", help="Write a signed evidence package (ZIP: report, findings, SHA-256s) here."),
+        typer.Option(
+            "--package",
+            help="Write a signed evidence package here (ZIP: report, findings, thumbnails, every image's SHA-256).",
+        ),
     ] = None,
+    include_images: Annotated[
+        bool,
+        typer.Option("--include-images", help="Put the audited image files themselves in the evidence package."),
+    ] = False,
     output_format: Annotated[
-        str, typer.Option("--format", "-f", help="Output: text, json (the whole audit) or jsonl (one line a claim).")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Output: text, json (the whole audit), jsonl (one line a claim), csv (one row a finding).",
+        ),
     ] = "text",
     checks: ChecksOption = None,
     trust: TrustOption = None,
@@ -85,8 +102,10 @@ def audit_command(
         if heatmaps is None and (report is not None or package is not None) and detector:
             # The report embeds the detector's heatmaps: write them to a folder that goes away afterwards.
             heatmaps = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medverify-heatmaps-")))
+        if include_images and package is None:
+            raise InputError("--include-images puts the images in the evidence package: give --package too")
         return _audit(directory, manifest, report, package, output_format, checks, trust, db, policy_file,
-                      date_tolerance, follow_symlinks, model, heatmaps)  # fmt: skip
+                      date_tolerance, follow_symlinks, model, heatmaps, include_images)  # fmt: skip
 
 
 def _audit(
@@ -103,10 +122,11 @@ def _audit(
     follow_symlinks: bool,
     model: Path | None,
     heatmaps: Path | None,
+    include_images: bool = False,
 ) -> int:
     from verifier.claims import ClaimsAuditor, load_claims
 
-    check_format(output_format, FORMATS)
+    check_format(output_format, (*FORMATS, "csv"))
     settings = _common.settings()
     checker = setup.load_checker(
         settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps,
@@ -137,14 +157,20 @@ def _audit(
     if package is not None and signer is not None and html is not None:
         from verifier.claims.package import write_package
 
-        write_package(package, result, html, signer)
-        err.print(f"evidence package: {escape(str(package))} (signed with the audit key)", highlight=False)
+        written = write_package(package, result, html, signer, include_images=include_images)
+        what = "thumbnails and images" if include_images else "thumbnails"
+        err.print(f"evidence package: {escape(str(written.path))} ({written.entries} entries with {what}; signed "
+                  "with the audit key)", highlight=False)  # fmt: skip
+        for problem in written.problems:
+            err.print(f"  note: {escape(problem)}", highlight=False)
 
     if output_format == "jsonl":
         for claim in result.claims:
             sys.stdout.write(json.dumps(claim.to_dict(), default=str) + "\n")
     elif output_format == "json":
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    elif output_format == "csv":
+        _print_csv(result)
     else:
         _print_text(result)
     rate = result.files / result.seconds if result.seconds > 0 else 0.0
@@ -165,7 +191,33 @@ def _write_text(path: Path, text: str) -> None:
         raise InputError(f"cannot write {path}: {exc.strerror}") from exc
 
 
+#: The columns of ``--format csv``: one row a finding.
+CSV_COLUMNS = ("claim_id", "claim_severity", "severity", "kind", "finding", "evidence", "files", "other_claim")
+
+
+def _print_csv(result: ClaimAudit) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    ran = _checks_line(result)
+    for c in result.claims:
+        if not c.findings:
+            writer.writerow([c.claim_id, c.severity.value, "none", "", "no findings", f"No findings from: {ran}.",
+                             "; ".join(f.path for f in c.files), ""])  # fmt: skip
+        for f in c.findings:
+            writer.writerow([c.claim_id, c.severity.value, f.severity.value, f.kind, f.message, f.evidence_text,
+                             "; ".join(f.files), f.other_claim or ""])  # fmt: skip
+
+
+def _checks_line(result: ClaimAudit) -> str:
+    """What was looked at: each check's coverage, the reuse comparison and the header rules."""
+    earlier = (f"compared with each other and with {result.indexed_before} image(s) of earlier audits"
+               if result.indexed_before is not None else "compared with each other (no earlier audits)")  # fmt: skip
+    return "; ".join([*(c.sentence() for c in result.coverage()), f"reuse: {earlier}", "header rules: all"])
+
+
 def _print_text(result: ClaimAudit) -> None:
+    out = _common.console
+    out.print(f"checks: {escape(_checks_line(result))}", highlight=False, soft_wrap=True)
     table = Table(title="claims", title_justify="left")
     table.add_column("claim")
     table.add_column("severity")
@@ -174,7 +226,6 @@ def _print_text(result: ClaimAudit) -> None:
     for c in result.claims:
         style = _SEVERITY_STYLE[c.severity.value]
         table.add_row(escape(c.claim_id), f"[{style}]{c.severity.value}[/]", str(len(c.files)), str(len(c.findings)))
-    out = _common.console
     out.print(table)
     for c in result.claims:
         if not c.findings:
@@ -183,6 +234,12 @@ def _print_text(result: ClaimAudit) -> None:
         for f in c.findings:
             style = _SEVERITY_STYLE[f.severity.value]
             out.print(f"  [{style}]{f.severity.value:<6}[/] {f.kind:<20} {escape(f.message)}", highlight=False)
+            out.print(f"         {escape(f.evidence_text)}", highlight=False, style="dim")
+    out.print(
+        "severity: high = the claim cannot stand as filed; medium = a contradiction to explain; low = worth a look. "
+        "The HTML report (--report) has the legend of verdicts and actions, thumbnails and heatmaps.",
+        highlight=False,
+    )
 
 
 @claims_app.command("sample", help="Write a small claim set (and claims.csv) from the installed sample images.")

@@ -1,4 +1,8 @@
-"""The claim-audit report: a summary per claim with its severity, then the evidence.
+"""The claim-audit report: the checks that ran, a legend, a summary per claim with its severity, then the evidence.
+
+Each finding shows its evidence in plain language (:mod:`verifier.claims.evidence`) and, where there is one, the
+picture that proves it: the two images of a reused pair side by side, or an image beside the detector's heatmap.
+A claim without findings says which checks found nothing, never that an image "passed" a check that did not run.
 
 The file is self-contained (no scripts, no external style sheets, fonts or images): thumbnails, detector heatmaps
 and duplicate pairs are PNG data URIs, so the report can be mailed, archived and opened offline, and its SHA-256
@@ -21,13 +25,27 @@ import cv2
 import jinja2
 import numpy.typing as npt
 
+from verifier.claims.audit import DETECTOR_SOURCE
 from verifier.claims.fingerprint import MATCH_SIDE
-from verifier.claims.models import AuditedFile, ClaimAudit, ClaimReport, DuplicatePair, Severity
+from verifier.claims.models import (
+    CHECK_NAMES,
+    AuditedFile,
+    ClaimAudit,
+    ClaimReport,
+    DuplicatePair,
+    Finding,
+    Severity,
+    why_not_examined,
+)
 from verifier.claims.store import IndexedImage
+from verifier.report.legend import ACTION_MEANINGS, SEVERITY_MEANINGS, VERDICT_MEANINGS
 
 __all__ = ["render_claims_report", "write_claims_report"]
 
 _THUMB_SIDE = 256
+#: Findings whose proof is a pair of images, and those whose proof is the image and the detector's heatmap.
+_PAIR_KINDS = frozenset({"reused_image", "duplicate_in_claim", "synthetic_copy"})
+_IMAGE_KINDS = frozenset({"tampered", "suspected_synthetic", "declared_synthetic"})
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("verifier.report", "templates"),
@@ -66,7 +84,9 @@ def _file_view(f: AuditedFile) -> dict[str, Any]:
     signatures = [s.to_dict() for s in sig.signatures] if sig is not None else []
     uncovered = [f"{u.tag} {u.keyword}".strip() for u in sig.uncovered] if sig is not None else []
     header = f.facts
+    wm = f.result.watermark
     return {
+        "checks": _file_checks(f),
         "name": Path(f.path).name,
         "path": f.path,
         "anchor": f"file-{f.record_id or id(f)}",
@@ -79,7 +99,7 @@ def _file_view(f: AuditedFile) -> dict[str, Any]:
         "modality": d["modality"],
         "synthetic_score": d.get("synthetic_score"),
         "tamper_score": d.get("tamper_score"),
-        "watermark": d.get("watermark"),
+        "watermark": None if wm is None else d.get("watermark"),
         "signatures": signatures,
         "uncovered": uncovered[:20],
         "thumbnail": _png(f.thumbnail),
@@ -97,6 +117,26 @@ def _file_view(f: AuditedFile) -> dict[str, Any]:
             "Study UID": header.study_instance_uid or "—",
         },
     }
+
+
+def _file_checks(f: AuditedFile) -> list[dict[str, str]]:
+    """What each check said of this image, in words; "not run" and why for those that did not look."""
+    r = f.result
+    out = []
+    for check in CHECK_NAMES:
+        why = why_not_examined(check, f)
+        if why is not None:
+            out.append({"check": check, "said": f"not run: {why}", "ran": "no"})
+            continue
+        if check == "signature" and r.signature is not None:
+            said = r.status if r.signature.signatures else "no signature"
+        elif check == "watermark":
+            said = "present" if getattr(r.watermark, "present", False) else "absent"
+        else:
+            d = r.detection_dict() or {}
+            said = f"synthetic {d['synthetic_score']:.3f}, tamper {d['tamper_score']:.3f}"
+        out.append({"check": check, "said": said, "ran": "yes"})
+    return out
 
 
 def _other_view(b: AuditedFile | IndexedImage) -> dict[str, Any]:
@@ -131,21 +171,44 @@ def _pair_view(p: DuplicatePair, claim_id: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _claim_view(c: ClaimReport, pairs: list[DuplicatePair]) -> dict[str, Any]:
+def _finding_view(f: Finding, pairs: list[dict[str, Any]], files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The finding as the report shows it: its words, and the pictures that prove it."""
+    out = f.to_dict()
+    out["pair"] = None
+    out["image"] = None
+    if f.kind in _PAIR_KINDS:
+        other = f.evidence.get("other_path")
+        mine = set(f.files)
+        out["pair"] = next((p for p in pairs if (p["a"]["path"] in mine or p["b"]["path"] in mine)
+                            and other in (p["a"]["path"], p["b"]["path"])), None)  # fmt: skip
+    elif f.kind in _IMAGE_KINDS and f.files and f.files[0] in files:
+        view = files[f.files[0]]
+        # The heatmap is evidence only where the detector decided; beside a watermark finding it would mislead.
+        heatmap = view["heatmap"] if DETECTOR_SOURCE in f.evidence.get("caught_by", ()) else None
+        out["image"] = {"name": view["name"], "thumbnail": view["thumbnail"], "heatmap": heatmap}
+    return out
+
+
+def _claim_view(c: ClaimReport, pairs: list[DuplicatePair], ran: list[str], not_run: list[str]) -> dict[str, Any]:
     mine = [
         p for p in pairs if p.a.claim_id == c.claim_id or (isinstance(p.b, AuditedFile) and p.b.claim_id == c.claim_id)
     ]
     info = {k: v for k, v in c.info.to_dict().items() if v and k != "claim_id"}
+    files = [_file_view(f) for f in c.files]
+    pair_views = [_pair_view(p, c.claim_id) for p in mine]
+    by_path = {v["path"]: v for v in files}
     return {
         "id": c.claim_id,
         "anchor": "claim-" + "".join(ch if ch.isalnum() else "-" for ch in c.claim_id),
         "severity": c.severity.value,
         "info": info,
-        "findings": [f.to_dict() for f in c.findings],
+        "findings": [_finding_view(f, pair_views, by_path) for f in c.findings],
         "counts": {s.value: sum(1 for f in c.findings if f.severity is s) for s in Severity if s is not Severity.NONE},
-        "files": [_file_view(f) for f in c.files],
-        "pairs": [_pair_view(p, c.claim_id) for p in mine],
+        "files": files,
+        "pairs": pair_views,
         "record_id": c.record_id,
+        "ran": ran,
+        "not_run": not_run,
     }  # fmt: skip
 
 
@@ -158,12 +221,23 @@ def render_claims_report(
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
         tool = "medverify"
     claims = sorted(audit.claims, key=lambda c: (-c.severity.rank, c.claim_id))
+    coverage = audit.coverage()
+    ran = [c.check for c in coverage if c.ran]
+    not_run = [c.check for c in coverage if not c.ran]
     return _ENV.get_template("claims_report.html.j2").render(
         title=title,
         tool=tool,
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         audit=audit.to_dict() | {"files": audit.files},
-        claims=[_claim_view(c, audit.pairs) for c in claims],
+        coverage=coverage,
+        legend={
+            "severities": [
+                (s.value, SEVERITY_MEANINGS[s]) for s in (Severity.HIGH, Severity.MEDIUM, Severity.LOW, Severity.NONE)
+            ],
+            "verdicts": [(v.value, VERDICT_MEANINGS[v], audit.policy_actions.get(v.value)) for v in VERDICT_MEANINGS],
+            "actions": [(a.value, ACTION_MEANINGS[a]) for a in ACTION_MEANINGS],
+        },
+        claims=[_claim_view(c, audit.pairs, ran, not_run) for c in claims],
         totals={s.value: sum(1 for c in audit.claims if c.severity is s) for s in Severity},
         extra=dict(extra or {}),
     )

@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 
 from provenance.trust import TrustPolicy
 from verifier.checker import Checker
-from verifier.claims.headers import HeaderFacts
+from verifier.claims.headers import HeaderFacts, description_regions
 from verifier.claims.models import AuditedFile, ClaimInfo, ClaimReport, Severity
 from verifier.claims.rules import HEADER_RULES, ClaimHeaders, header_findings
 
@@ -73,6 +73,8 @@ CLAIMED = {"patient_id": "P1", "patient_sex": "M", "patient_birth_date": BORN,
         ("age_inconsistent", Severity.MEDIUM, _set(PatientBirthDate="19800101"), {}),
         ("age_mismatch", Severity.MEDIUM, _set(PatientBirthDate="19800101"), {"patient_birth_date": BORN}),
         ("body_part_mismatch", Severity.MEDIUM, _set(BodyPartExamined="KNEE"), {"body_part": "chest"}),
+        ("body_part_description", Severity.MEDIUM, _set(BodyPartExamined="KNEE", StudyDescription="SHOULDER"), {}),
+        ("body_part_description", Severity.MEDIUM, _set(SeriesDescription="Brain axial T1"), {}),
         ("date_after_claim", Severity.HIGH, _set(StudyDate="20240320"), {"claim_date": dt.date(2024, 3, 10)}),
         ("date_mismatch", Severity.MEDIUM, _set(StudyDate="20230101"), {"claim_date": dt.date(2024, 3, 10)}),
         ("equipment_inconsistent", Severity.LOW, _set(Manufacturer="SIEMENS"), {}),
@@ -90,7 +92,31 @@ def test_each_rule_finds_its_contradiction(
 def test_a_consistent_claim_has_no_header_finding(tmp_path: Path) -> None:
     files = [_image(tmp_path, f"f{i}.dcm") for i in range(3)]
     assert header_findings(_claim(*files, **CLAIMED)) == []
-    assert len(HEADER_RULES) == 11
+    assert len(HEADER_RULES) == 12
+
+
+@pytest.mark.parametrize(
+    ("body_part", "description"),
+    [
+        ("CHEST", "THORAX"),  # synonyms
+        ("CHEST", "CT chest abdomen pelvis"),  # one of several regions named
+        ("LSPINE", "SPINE routine"),  # a region and its container
+        ("KNEE", "T1W/SE/1024"),  # a description that names no region says nothing
+        ("LEG", "KNEE"),  # a body part the table does not know is not judged
+    ],
+)
+def test_a_description_that_agrees_is_no_finding(tmp_path: Path, body_part: str, description: str) -> None:
+    odd = _image(tmp_path, "odd.dcm", _set(BodyPartExamined=body_part, StudyDescription=description))
+    assert [f.kind for f in header_findings(_claim(odd))] == []
+
+
+def test_the_sample_shoulder_labelled_knee_is_found() -> None:
+    """pydicom's MR2_UNCR (StudyDescription SHOULDER) with Body Part Examined KNEE, as `claims sample` writes it."""
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.StudyDescription, ds.BodyPartExamined = "SHOULDER", "KNEE"
+    facts = HeaderFacts.from_dataset(ds)
+    assert facts.descriptions() == {"study description": "SHOULDER"}
+    assert description_regions("L-SPINE / Shoulder, left") == ("LSPINE", "SHOULDER")
 
 
 def test_rules_read_only_images_with_headers(tmp_path: Path) -> None:

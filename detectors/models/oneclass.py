@@ -18,8 +18,15 @@ It never sees a fake, so no generator is "seen" or "unseen" to it. A group with 
 Its tamper score is the largest :func:`~detectors.models.physics.tile_anomaly` of the image (the tile whose
 noise departs most from the rest of its own frame), and that anomaly, tile by tile, is its heatmap.
 
-``physics`` reads the same features but is supervised: a standardised logistic regression of fake against real
-views (the families it was trained on), as a second opinion that stacking weighs against the others.
+``physics`` reads the same features but is supervised: a logistic regression of fake against real views (the
+families it was trained on), as a second opinion that stacking weighs against the others. With ``two_sided``
+(the ``small`` preset) it reads each feature as its *departure* from the real images of the image's own group,
+in either direction: the absolute robust z-score against the group's real training images (median and spread,
+with the same fall-back to the form's and then everyone's as the one-class member). A regression on signed
+features learns the direction of the families it saw ("smoother than real"), and a generator that departs the
+other way (a GAN's excess fine-scale energy) then scores as *more* real than real: left out of training, the GAN
+family scored AUC 0.25. On departures it learns which features move, not which way, and the same family left out
+scores 0.89 (``benchmarks/bench_detection.py``).
 
 Both are image-level members: they score a whole frame at once (:meth:`Detector.score_frames`), not patches.
 """
@@ -104,14 +111,45 @@ class _GroupModel:
         from sklearn.covariance import LedoitWolf
 
         estimator = LedoitWolf().fit(vectors)
-        centre = np.median(vectors, axis=0)
-        spread = 1.4826 * np.median(np.abs(vectors - centre), axis=0) + 1e-3
+        centre, spread = _robust_centre(vectors)
         model = cls(estimator.location_.astype(np.float64), estimator.precision_.astype(np.float64), centre, spread,
                     np.array([0.0, 1.0, 0.0, 1.0]))
         raw = np.array([model.distances(v) for v in vectors])
         med = np.median(raw, axis=0)
         mad = 1.4826 * np.median(np.abs(raw - med), axis=0) + 1e-3
         return dataclasses.replace(model, norms=np.array([med[0], mad[0], med[1], mad[1]]))
+
+
+def _robust_centre(vectors: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Median and spread (1.4826 MAD, floored) of each feature over ``vectors`` (N, F)."""
+    centre = np.median(vectors, axis=0)
+    return centre, 1.4826 * np.median(np.abs(vectors - centre), axis=0) + 1e-3
+
+
+def _group_rows(groups: Sequence[str], min_group: int) -> dict[str, npt.NDArray[np.int64]]:
+    """The rows of each model name a group's images fall to: ``all``, each form (``native``, ``8bit``) and each
+    group (``MR/native``), leaving out names (but ``all``) with fewer than ``min_group`` rows."""
+    names = ["all", *sorted({g.split("/", 1)[1] for g in groups if "/" in g}), *sorted(set(groups))]
+    out: dict[str, npt.NDArray[np.int64]] = {}
+    for name in names:
+        if name == "all":
+            rows = np.arange(len(groups))
+        elif "/" in name:
+            rows = np.array([i for i, g in enumerate(groups) if g == name], dtype=np.int64)
+        else:
+            rows = np.array([i for i, g in enumerate(groups) if g.endswith("/" + name)], dtype=np.int64)
+        if name == "all" or len(rows) >= min_group:
+            out[name] = rows
+    return out
+
+
+def _fallback(models: Mapping[str, Any], group: str) -> Any:
+    """The model of ``group``, else of its form, else of everything (None if there is none)."""
+    form = group.split("/", 1)[1] if "/" in group else ""
+    for name in (group, form, "all"):
+        if name in models:
+            return models[name]
+    return None
 
 
 def _image_vector(frames: FrameSet) -> npt.NDArray[np.float64]:
@@ -154,11 +192,8 @@ class OneClassDetector(Detector):
         self.models: dict[str, _GroupModel] = {}
 
     def _model_for(self, group: str) -> _GroupModel | None:
-        form = group.split("/", 1)[1] if "/" in group else ""
-        for name in (group, form, "all"):
-            if name in self.models:
-                return self.models[name]
-        return None
+        model: _GroupModel | None = _fallback(self.models, group)
+        return model
 
     def score_frames(self, frames: FrameSet) -> FrameScores:
         scores = _tamper_map(frames)
@@ -184,16 +219,7 @@ class OneClassDetector(Detector):
         groups = [im.group for im in reals]
         self.models = {}
         metrics: dict[str, float] = {"real_images": float(len(reals))}
-        names = ["all", *sorted({g.split("/", 1)[1] for g in groups if "/" in g}), *sorted(set(groups))]
-        for name in names:
-            if name == "all":
-                rows = np.arange(len(reals))
-            elif "/" in name:
-                rows = np.array([i for i, g in enumerate(groups) if g == name])
-            else:
-                rows = np.array([i for i, g in enumerate(groups) if g.endswith("/" + name)])
-            if name != "all" and len(rows) < self.min_group:
-                continue
+        for name, rows in _group_rows(groups, self.min_group).items():
             self.models[name] = _GroupModel.fit(vectors[rows])
             metrics[f"n[{name}]"] = float(len(rows))
         if progress is not None:
@@ -214,24 +240,43 @@ class OneClassDetector(Detector):
 
 @register_detector("physics")
 class PhysicsDetector(Detector):
-    """A logistic regression of fake against real on the physics features and the modality group."""
+    """A logistic regression of fake against real on the physics features (signed, or with ``two_sided`` their
+    departures from the real images of the image's group)."""
 
     IMAGE_LEVEL: ClassVar[bool] = True
     HEADS: ClassVar[tuple[str, ...]] = ("synthetic",)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"patch_size": 32, "max_patches": 8, "arch_args": {"C": 1.0}},
-        "small": {"patch_size": 64, "max_patches": 32, "arch_args": {"C": 0.3}},
+        "tiny": {"patch_size": 32, "max_patches": 8, "arch_args": {"C": 1.0, "two_sided": True, "min_group": 4}},
+        "small": {"patch_size": 64, "max_patches": 32,
+                  "arch_args": {"C": 0.03, "two_sided": True, "min_group": 30}},
     }
+    #: Departures are clipped here (robust z units): one wild feature must not decide alone.
+    CLIP: ClassVar[float] = 20.0
 
     def __init__(self, config: DetectorConfig, *, seed: int = 0) -> None:
         super().__init__(config, seed=seed)
+        self.two_sided = bool(config.arch_args.get("two_sided", False))
+        self.min_group = int(config.arch_args.get("min_group", 30))
         self.mean = np.zeros(_N)
         self.scale = np.ones(_N)
         self.coef = np.zeros(_N)
         self.intercept = 0.0
+        #: ``two_sided``: (centre, spread) of the real training images' features per group, form and ``all``.
+        self.reference: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = {}
+
+    def _inputs(self, vector: npt.NDArray[np.float64], group: str) -> npt.NDArray[np.float64]:
+        """What the regression reads of one image's feature vector: the vector, or its clipped absolute
+        departure from its group's real images."""
+        if not self.two_sided:
+            return vector
+        reference = _fallback(self.reference, group)
+        if reference is None:
+            raise ModelError("the physics member has no reference of real images")
+        centre, spread = reference
+        return np.asarray(np.minimum(np.abs((vector - centre) / spread), self.CLIP), np.float64)
 
     def score_frames(self, frames: FrameSet) -> FrameScores:
-        z = (_image_vector(frames) - self.mean) / self.scale
+        z = (self._inputs(_image_vector(frames), frames.group) - self.mean) / self.scale
         return FrameScores(synthetic=float(z @ self.coef + self.intercept), tamper=0.0, best_frame=0,
                            patches=_tiles_scored(frames))
 
@@ -244,14 +289,23 @@ class PhysicsDetector(Detector):
 
     def fit_images(self, images: Sequence[TrainingImage], *, seed: int = 0,
                    progress: FitProgress | None = None) -> dict[str, float]:
-        """Fit on the real and synthetic images among ``images`` (balanced classes)."""
+        """Fit on the real and synthetic images among ``images`` (balanced classes); with ``two_sided`` the
+        references are the real ones among them."""
         from sklearn.linear_model import LogisticRegression
 
         chosen = [im for im in images if im.label in (0, 1)]
         labels = np.array([im.label for im in chosen])
         if len(np.unique(labels)) < 2:
             raise ModelError("the physics member needs real and synthetic training images")
-        x = np.stack([_image_vector(FrameSet.of(im.pixels, self.config, group=im.group)) for im in chosen])
+        vectors = np.stack([_image_vector(FrameSet.of(im.pixels, self.config, group=im.group)) for im in chosen])
+        groups = [im.group for im in chosen]
+        if self.two_sided:
+            real_rows = np.flatnonzero(labels == 0)
+            real_groups = [groups[i] for i in real_rows]
+            self.reference = {name: _robust_centre(vectors[real_rows[rows]])
+                              for name, rows in _group_rows(real_groups, self.min_group).items()}
+            self.with_config(arch_args={**dict(self.config.arch_args), "groups": sorted(self.reference)})
+        x = np.stack([self._inputs(v, g) for v, g in zip(vectors, groups, strict=True)])
         self.mean = x.mean(axis=0)
         self.scale = x.std(axis=0) + 1e-6
         z = (x - self.mean) / self.scale
@@ -266,15 +320,26 @@ class PhysicsDetector(Detector):
         return metrics
 
     def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
-        return {"physics.mean": self.mean, "physics.scale": self.scale, "physics.coef": self.coef,
-                "physics.intercept": np.array([self.intercept])}
+        out = {"physics.mean": self.mean, "physics.scale": self.scale, "physics.coef": self.coef,
+               "physics.intercept": np.array([self.intercept])}
+        for name, (centre, spread) in self.reference.items():
+            out[f"physics.reference.{name}.centre"] = centre
+            out[f"physics.reference.{name}.spread"] = spread
+        return out
 
     def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         try:
             mean, scale = np.asarray(arrays["physics.mean"]), np.asarray(arrays["physics.scale"])
             coef, intercept = np.asarray(arrays["physics.coef"]), np.asarray(arrays["physics.intercept"])
+            reference = {str(name): (np.asarray(arrays[f"physics.reference.{name}.centre"], np.float64),
+                                     np.asarray(arrays[f"physics.reference.{name}.spread"], np.float64))
+                         for name in (self.config.arch_args.get("groups", []) if self.two_sided else [])}
         except KeyError as exc:
             raise ModelError(f"physics weights lack {exc}") from None
         if mean.shape != (_N,) or coef.shape != (_N,) or not (scale > 0).all():
             raise ModelError("physics weights do not fit the feature set")
+        if self.two_sided and ("all" not in reference or any(
+                c.shape != (_N,) or s.shape != (_N,) or not (s > 0).all() for c, s in reference.values())):
+            raise ModelError("physics weights lack a fitting reference of real images")
         self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, float(intercept[0])
+        self.reference = reference

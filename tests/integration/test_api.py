@@ -182,7 +182,8 @@ def test_served_schema_is_the_committed_one(server: Server) -> None:
     committed = json.loads((REPO / "verifier" / "api" / "openapi.json").read_text())
     assert served == committed, "regenerate: medverify serve --openapi > verifier/api/openapi.json"
     assert set(served["paths"]) == {
-        "/v1/health", "/v1/verify", "/v1/audit/{record_id}", "/dicomweb/studies", "/v1/quarantine",
+        "/v1/health", "/v1/verify", "/v1/audit", "/v1/audit/verify", "/v1/audit/{record_id}", "/dicomweb/studies",
+        "/v1/quarantine",
         "/v1/quarantine/{entry_id}", "/v1/quarantine/{entry_id}/release", "/v1/quarantine/{entry_id}/reject",
     }  # fmt: skip
 
@@ -284,6 +285,54 @@ def test_verify_one_file_and_read_its_audit_record(server: Server, files: dict[s
     missing = httpx.get(f"{server.url}/v1/audit/{10**12}", headers=server.auth("audit-read"), timeout=10)
     assert missing.status_code == 404
     assert httpx.get(f"{server.url}/v1/audit/x", headers=server.auth("audit-read"), timeout=10).status_code == 422
+
+
+def test_search_and_verify_the_audit_log(server: Server, files: dict[str, bytes]) -> None:
+    """GET /v1/audit searches newest first, a page at a time; GET /v1/audit/verify recomputes the log; both need
+    audit-read (or admin), like GET /v1/audit/{id}."""
+    for _ in range(3):
+        assert post(server, "/v1/verify", "verify", content=files["real"], headers=DICOM).status_code == 200
+    url = f"{server.url}/v1/audit"
+    reader = server.auth("audit-read")
+    assert httpx.get(url, headers=server.auth("verify"), timeout=10).status_code == 403
+    assert httpx.get(url, timeout=10).status_code == 401
+    assert httpx.get(f"{url}/verify", headers=server.auth("verify"), timeout=10).status_code == 403
+
+    query = {"verdict": "no_evidence", "action": "accept", "limit": 2}
+    first = httpx.get(url, params=query, headers=reader, timeout=10)
+    assert first.status_code == 200, first.text
+    page = first.json()
+    total = page["total"]
+    assert total >= 3 and len(page["records"]) == 2 and page["offset"] == 0 and page["next_cursor"]
+    ids = [r["id"] for r in page["records"]]
+    assert ids == sorted(ids, reverse=True) and ids[0] == server.audit_size()  # the newest record comes first
+    assert all((r["verdict"], r["action"]) == ("NO_EVIDENCE", "accept") for r in page["records"])
+    seen = list(ids)
+    cursor = page["next_cursor"]
+    while cursor:
+        more = httpx.get(url, params={"verdict": "NO_EVIDENCE", "action": "accept", "limit": 2, "cursor": cursor},
+                         headers=reader, timeout=10).json()  # fmt: skip
+        assert more["offset"] == len(seen) and more["total"] == total
+        seen += [r["id"] for r in more["records"]]
+        cursor = more["next_cursor"]
+    assert len(seen) == total == len(set(seen)) and seen == sorted(seen, reverse=True)
+
+    since = page["records"][0]["when"]
+    only_newest = httpx.get(url, params={"since": since, "channel": "api"}, headers=reader, timeout=10).json()
+    assert [r["id"] for r in only_newest["records"]] == [ids[0]]
+    assert httpx.get(url, params={"until": "2000-01-01"}, headers=reader, timeout=10).json()["total"] == 0
+
+    typo = httpx.get(url, params={"verdict": "TAMPERD"}, headers=reader, timeout=10)
+    assert typo.status_code == 400 and "did you mean TAMPERED" in typo.json()["detail"]
+    assert "NO_EVIDENCE" in typo.json()["detail"]
+    for bad in ({"action": "nothing"}, {"channel": "mail"}, {"since": "yesterday"}, {"cursor": "abc"}):
+        assert httpx.get(url, params=bad, headers=reader, timeout=10).status_code == 400, bad
+    assert httpx.get(url, params={"limit": 0}, headers=reader, timeout=10).status_code == 422
+
+    verified = httpx.get(f"{url}/verify", headers=server.auth("admin"), timeout=60)
+    assert verified.status_code == 200, verified.text
+    result = verified.json()
+    assert result["status"] == "valid" and result["records_checked"] == result["tree_size"] >= total
 
 
 def test_verify_several_files_in_multipart_bodies(server: Server, files: dict[str, bytes]) -> None:

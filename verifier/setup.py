@@ -63,6 +63,7 @@ __all__ = [
     "open_review",
     "open_review_desk",
     "passphrase_file_path",
+    "private_home",
     "quarantine_webhook",
     "shipped_detector_bundle",
 ]
@@ -125,6 +126,7 @@ def init_keys(
     ``key_passphrase_file`` setting says elsewhere), so that a first run never stops to ask. ``store``: the
     caller's own :func:`open_keystore`, so that a prompted passphrase is asked for once.
     """
+    private_home(settings)
     try:
         KeyStore(settings.keys_dir, _no_passphrase).ca_certificate()
         return None
@@ -142,6 +144,16 @@ def init_keys(
                 raise
     created = (store or open_keystore(settings, interactive=interactive)).init()
     return KeysCreated(directory=settings.keys_dir, keys=tuple(created), passphrase_file=generated)
+
+
+def private_home(settings: Settings) -> None:
+    """Create the medverify home (keys, audit database, spool, quarantine) readable by its owner only (0700).
+    An existing home is left as it is: an administrator may have set its mode on purpose."""
+    try:
+        if not settings.home.exists():
+            settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the medverify home {settings.home}: {exc.strerror}") from exc
 
 
 def _first_use(settings: Settings, notify: Notify | None) -> None:
@@ -222,6 +234,7 @@ def open_audit_log(
     """
     from verifier.audit import AuditLog
 
+    private_home(settings)
     checkpoint_signer: CheckpointSigner | None = None
     if signer is not False:
         try:

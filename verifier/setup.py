@@ -382,6 +382,7 @@ def open_intake(
     db: str | None = None,
     audit: bool = True,
     notify: Notify | None = None,
+    reload_channel: str | None = None,
 ) -> Intake:
     """What the intake channels (DICOM gateway, Orthanc plugin, HTTP API) check and record with.
 
@@ -390,6 +391,9 @@ def open_intake(
     detector is opt-in at intake until it meets its false-positive target). The detector model, if any, is loaded
     now, and with ``audit`` the audit log is opened (and created) now: whatever is missing is an error here, so that
     a channel that cannot check or record refuses to start rather than every upload.
+
+    ``reload_channel`` (``api``, ``intake``): take changes of the trust store, revocations and site policy in while
+    running, each recorded on that channel (:class:`~verifier.intake.reload.CheckerReloader`).
     """
     from verifier.checker import INTAKE_DEFAULT_CHECKS
     from verifier.intake.decide import Intake
@@ -400,7 +404,16 @@ def open_intake(
     )  # fmt: skip
     if checker.detector is not None:
         checker.detector.load()  # torch and the weights now, not in the first sender's C-STORE
-    return Intake(checker, audit_log=open_audit_log(settings, db=db) if audit else None)
+    audit_log = open_audit_log(settings, db=db) if audit else None
+    reloader = None
+    if reload_channel is not None:
+        from verifier.audit import Channel
+        from verifier.intake.reload import CheckerReloader
+
+        reloader = CheckerReloader(
+            settings, trust=trust, policy_file=policy_file, audit_log=audit_log, channel=Channel(reload_channel)
+        )
+    return Intake(checker, audit_log=audit_log, reloader=reloader)
 
 
 def quarantine_webhook(settings: Settings) -> Webhook | None:

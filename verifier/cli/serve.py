@@ -159,8 +159,12 @@ def serve(
     destination = parse_forward(forward) if forward is not None else None
     settings = _common.settings()
     intake = open_intake(
-        settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model, notify=_common.note
-    )
+        settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model, notify=_common.note,
+        reload_channel="api",
+    )  # fmt: skip
+    from verifier.intake.reload import reload_on_sighup
+
+    reload_on_sighup(intake)
     intake.warm_up()  # lazy imports and first-call costs before the first request, not in it
     config = _api_config(intake, store_dir or settings.home / "intake" / "stow", destination, ae_title,
                          max_body_bytes=int(max_body_mb * 1024**2), max_concurrent=max_concurrent)  # fmt: skip

@@ -86,7 +86,7 @@ def test_list_is_newest_first_paged_filtered_and_says_what_it_shows(
     code, out, _ = run_cli(capsys, "audit", "list", "--format", "jsonl", "--uid", "1.2.3.1")
     assert [json.loads(line)["id"] for line in out.splitlines()] == [12]
     code, out, err = run_cli(capsys, "audit", "list", "--format", "jsonl", "--until", "2000-01-01")
-    assert (code, out) == (0, "") and "0 matching" in err
+    assert (code, out) == (0, "") and "no record matches" in err
     code, out, _ = run_cli(capsys, "audit", "list", "--format", "json", "--since", "2000-01-01", "--path", "/archive/*")
     payload = json.loads(out)
     assert payload["total"] == 2 and [r["id"] for r in payload["records"]] == [12, 11]

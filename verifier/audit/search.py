@@ -115,8 +115,10 @@ class AuditPage:
     def describe(self) -> str:
         """``records 1-50 of 1234 matching, newest first (page 1 of 25)``, for people."""
         order = "newest first" if self.newest_first else "oldest first"
+        if not self.total:
+            return "no record matches"
         if not self.records:
-            return f"no record on this page; {self.total} matching, {order}"
+            return f"no record on page {self.page}; {self.total} matching, {order}"
         return (
             f"records {self.first}-{self.last} of {self.total} matching, {order} (page {self.page} of {self.pages})"
         )

@@ -179,8 +179,8 @@ def _announce(plan: ScanPlan) -> None:
         err.print(f"resuming unfinished scan run #{run_id}", highlight=False)
     parts = [f"{plan.to_check} file(s) to check"]
     if plan.rejudged:
-        why = ", ".join(plan.judge_changes) or "what judged them changed"
-        parts[0] += f" ({plan.rejudged} unchanged but judged before by other {why})"
+        why = ", ".join(plan.judge_changes) or "what judges them"
+        parts[0] += f" ({plan.rejudged} unchanged, checked again: {why} changed)"
     if plan.content_changed:
         parts[0] += f" ({plan.content_changed} with the same size and mtime but new content)"
     if plan.skipped_done:
@@ -233,12 +233,12 @@ def _print_summary(summary: ScanSummary, where: str, *, new_only: bool = False) 
     extra: list[tuple[str, str]] = []
     if summary.rejudged:
         changed = ", ".join(summary.judge_changes)
-        extra.append(("checked again: judged by other", f"{summary.rejudged} ({escape(changed)})"))
+        extra.append(("unchanged, checked again", f"{summary.rejudged} ({escape(changed)} changed)"))
     if summary.content_changed:
         extra.append(("checked again: new content", str(summary.content_changed)))
     if summary.skipped_unchanged or summary.skipped_done:
         extra += [(f"not checked: verdict {v}", str(n)) for v, n in summary.carried_verdicts.items()]
-        scope = "checked now only (--new-only)" if new_only else "checked + not checked"
+        scope = "--new-only: checked now" if new_only else "checked + not checked"
         extra.append((f"not accepted ({scope})", str(summary.problems if new_only else summary.current_problems)))
         extra.append((f"unreadable ({scope})", str(summary.failed if new_only else summary.current_failed)))
     if summary.gone:

@@ -17,7 +17,7 @@ import datetime as dt
 import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -30,6 +30,7 @@ from verifier.errors import AuditError
 
 __all__ = [
     "FileState",
+    "KnownFile",
     "RecordedFile",
     "ScanInProgressError",
     "ScanRun",
@@ -93,8 +94,7 @@ class ScanInProgressError(AuditError):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FileState:
     """What a file looked like when it was checked (its stat, and the SHA-256 the check computed), what judged it
-    (a :attr:`verifier.judge.Judge.digest`) and the verdict and action it got. ``record_id`` and ``run_id`` are
-    filled in when the state is read back (:meth:`ScanStateStore.known_files`)."""
+    (a :attr:`verifier.judge.Judge.digest`) and the verdict and action it got."""
 
     size: int
     mtime_ns: int
@@ -102,8 +102,20 @@ class FileState:
     judge: str | None = None
     verdict: str | None = None
     action: str | None = None
-    record_id: int | None = None
-    run_id: int | None = None
+
+
+class KnownFile(NamedTuple):
+    """The recorded state of a file as :meth:`ScanStateStore.known_files` reads it back, with the audit record and
+    the run that wrote it (a tuple: an archive has millions of them, read at the start of every scan)."""
+
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    judge: str | None
+    verdict: str | None
+    action: str | None
+    record_id: int
+    run_id: int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -245,7 +257,7 @@ class ScanStateStore:
 
     # -- files -----------------------------------------------------------------------------------------------
 
-    def known_files(self, root: str) -> dict[str, FileState]:
+    def known_files(self, root: str) -> dict[str, KnownFile]:
         """The last recorded state of every file under ``root``."""
         stmt = sa.select(
             scan_files.c.path,
@@ -259,19 +271,7 @@ class ScanStateStore:
             scan_files.c.last_run_id,
         ).where(scan_files.c.root == root)
         with _db.db_errors(self._url), _db.read_transaction(self._engine) as conn:
-            return {
-                r.path: FileState(
-                    size=r.size,
-                    mtime_ns=r.mtime_ns,
-                    sha256=r.sha256,
-                    judge=r.judge,
-                    verdict=r.verdict,
-                    action=r.action,
-                    record_id=r.last_record_id,
-                    run_id=r.last_run_id,
-                )
-                for r in conn.execution_options(yield_per=10_000).execute(stmt)
-            }
+            return {r[0]: KnownFile._make(r[1:]) for r in conn.execution_options(yield_per=10_000).execute(stmt)}
 
     def run_judges(self, run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         """The judge parts each of ``run_ids`` recorded (runs from before migration 0005 have none)."""

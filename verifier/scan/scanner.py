@@ -21,12 +21,13 @@ from verifier.scan.executors import Executor
 from verifier.scan.walk import ScanFile, WalkStats, Warn, walk_archive
 
 if TYPE_CHECKING:
-    from verifier.audit.scanstate import FileState, ScanRun, ScanStateStore
+    from verifier.audit.scanstate import KnownFile, ScanRun, ScanStateStore
 
 __all__ = ["CarriedFile", "ScanPlan", "ScanSummary", "Scanner"]
 
 #: Verdicts of a check that could not be done (the file could not be read): exit code 2, not 1.
 _FAILED_VERDICTS = frozenset({"UNREADABLE", "MALFORMED"})
+_ACCEPT = Action.ACCEPT.value
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -70,17 +71,23 @@ class _RootPlan:
     #: Files recorded under this root by an earlier scan that are no longer there.
     gone: int = 0
     counts: Counter[str] = dataclasses.field(default_factory=Counter)
-    #: The last verdicts of the files not checked now (unchanged, or recorded by the resumed run).
-    carried: Counter[str] = dataclasses.field(default_factory=Counter)
+    #: The last (verdict, action) of the files not checked now (unchanged, or recorded by the resumed run).
+    carried: Counter[tuple[str | None, str | None]] = dataclasses.field(default_factory=Counter)
     carried_failing: list[CarriedFile] = dataclasses.field(default_factory=list)
 
-    def carry(self, path: str, last: FileState) -> None:
-        self.carried[f"verdict:{last.verdict or 'unknown'}"] += 1
-        self.carried[f"action:{last.action or 'unknown'}"] += 1
-        if last.verdict in _FAILED_VERDICTS or (last.action or Action.ACCEPT.value) != Action.ACCEPT.value:
-            self.carried_failing.append(
-                CarriedFile(path=path, verdict=last.verdict, action=last.action, audit_id=last.record_id)
-            )
+    def carry(self, path: str, last: KnownFile) -> None:
+        verdict, action = last.verdict, last.action
+        self.carried[verdict, action] += 1
+        if (action is not None and action != _ACCEPT) or verdict in _FAILED_VERDICTS:
+            self.carried_failing.append(CarriedFile(path=path, verdict=verdict, action=action, audit_id=last.record_id))
+
+    def carried_counts(self) -> Counter[str]:
+        """``verdict:X`` and ``action:Y`` counts of the files not checked now."""
+        out: Counter[str] = Counter()
+        for (verdict, action), n in self.carried.items():
+            out[f"verdict:{verdict or 'unknown'}"] += n
+            out[f"action:{action or 'unknown'}"] += n
+        return out
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -237,7 +244,7 @@ class Scanner:
         for root_str, root in unique.items():
             run = self.state.begin_run(root_str, self.judge.to_dict()) if self.state is not None else None
             done = run.done if run is not None else {}
-            known: dict[str, FileState] = (
+            known: dict[str, KnownFile] = (
                 self.state.known_files(root_str) if self.state is not None and (incremental or done) else {}
             )
             earlier: dict[int, Judge | None] = {}
@@ -257,10 +264,9 @@ class Scanner:
                 if last is not None and last.size == f.size and last.mtime_ns == f.mtime_ns:
                     if last.judge != digest:
                         rp.rejudged += 1
-                        if last.run_id is not None and last.run_id not in earlier:
+                        if last.run_id not in earlier:
                             earlier.update(self._judges_of([last.run_id], known))
-                        previous = earlier.get(last.run_id) if last.run_id is not None else None
-                        rp.judge_changes.update(self.judge.changes(previous))
+                        rp.judge_changes.update(self.judge.changes(earlier.get(last.run_id)))
                     elif rehash and _sha256_of(f.path) != last.sha256:
                         rp.content_changed += 1
                     else:
@@ -277,11 +283,11 @@ class Scanner:
             plans.append(rp)
         return ScanPlan(roots=plans, walk=walk, incremental=incremental, judge=self.judge)
 
-    def _judges_of(self, run_ids: list[int], known: dict[str, FileState]) -> dict[int, Judge | None]:
+    def _judges_of(self, run_ids: list[int], known: dict[str, KnownFile]) -> dict[int, Judge | None]:
         """The judges of earlier runs, all of those ``known`` names fetched at once (on the first need)."""
         if self.state is None:  # pragma: no cover - plan() reads no state without a store
             return {}
-        wanted = set(run_ids) | {s.run_id for s in known.values() if s.run_id is not None}
+        wanted = set(run_ids) | {s.run_id for s in known.values()}
         found = self.state.run_judges(wanted)
         return {run_id: Judge.from_dict(found.get(run_id)) for run_id in wanted}
 
@@ -349,7 +355,7 @@ class Scanner:
         carried: Counter[str] = Counter()
         failed = problems = 0
         for rp in plan.roots:
-            carried.update(rp.carried)
+            carried.update(rp.carried_counts())
             for key, n in rp.counts.items():
                 if key.startswith("verdict:"):
                     verdicts[key.removeprefix("verdict:")] += n
@@ -374,8 +380,8 @@ class Scanner:
                         "judge_changes": dict(rp.judge_changes),
                         "content_changed": rp.content_changed,
                         "gone": rp.gone,
-                        "carried_verdicts": _prefixed(rp.carried, "verdict:"),
-                        "carried_actions": _prefixed(rp.carried, "action:"),
+                        "carried_verdicts": _prefixed(rp.carried_counts(), "verdict:"),
+                        "carried_actions": _prefixed(rp.carried_counts(), "action:"),
                         "still_failing": len(rp.carried_failing),
                     },
                 )

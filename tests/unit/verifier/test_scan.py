@@ -20,7 +20,7 @@ from provenance.keys import KeyStore
 from provenance.trust import TrustPolicy
 from verifier.audit import AuditLog
 from verifier.audit._schema import records
-from verifier.audit.scanstate import FileState, RecordedFile, ScanInProgressError, ScanStateStore
+from verifier.audit.scanstate import FileState, KnownFile, RecordedFile, ScanInProgressError, ScanStateStore
 from verifier.checker import Checker, parse_checks
 from verifier.errors import InputError
 from verifier.policy import DEFAULT_POLICY
@@ -278,7 +278,9 @@ def test_record_writes_state_that_known_files_returns(tmp_path: Path, audit_db_u
         with pytest.raises(ValueError, match=r"lacks details\.scan"):
             store.record(run, [RecordedFile(path="/arc/a", entry=dataclasses.replace(entry, details={}), state=state)])
         [record_id] = store.record(run, [RecordedFile(path="/arc/a", entry=entry, state=state)])
-        assert store.known_files("/arc") == {"/arc/a": dataclasses.replace(state, record_id=record_id, run_id=run.id)}
+        assert store.known_files("/arc") == {
+            "/arc/a": KnownFile(10, 20, "0" * 64, None, None, None, record_id=record_id, run_id=run.id)
+        }
         assert store.known_files("/other") == {}
         bigger = dataclasses.replace(state, size=11)
         entry = dataclasses.replace(entry, details={"scan": store.scan_details(run, bigger)})

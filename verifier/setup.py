@@ -63,6 +63,7 @@ __all__ = [
     "open_review",
     "open_review_desk",
     "passphrase_file_path",
+    "private_home",
     "quarantine_webhook",
     "shipped_detector_bundle",
 ]
@@ -125,6 +126,7 @@ def init_keys(
     ``key_passphrase_file`` setting says elsewhere), so that a first run never stops to ask. ``store``: the
     caller's own :func:`open_keystore`, so that a prompted passphrase is asked for once.
     """
+    private_home(settings)
     try:
         KeyStore(settings.keys_dir, _no_passphrase).ca_certificate()
         return None
@@ -142,6 +144,16 @@ def init_keys(
                 raise
     created = (store or open_keystore(settings, interactive=interactive)).init()
     return KeysCreated(directory=settings.keys_dir, keys=tuple(created), passphrase_file=generated)
+
+
+def private_home(settings: Settings) -> None:
+    """Create the medverify home (keys, audit database, spool, quarantine) readable by its owner only (0700).
+    An existing home is left as it is: an administrator may have set its mode on purpose."""
+    try:
+        if not settings.home.exists():
+            settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the medverify home {settings.home}: {exc.strerror}") from exc
 
 
 def _first_use(settings: Settings, notify: Notify | None) -> None:
@@ -222,6 +234,7 @@ def open_audit_log(
     """
     from verifier.audit import AuditLog
 
+    private_home(settings)
     checkpoint_signer: CheckpointSigner | None = None
     if signer is not False:
         try:
@@ -369,6 +382,7 @@ def open_intake(
     db: str | None = None,
     audit: bool = True,
     notify: Notify | None = None,
+    reload_channel: str | None = None,
 ) -> Intake:
     """What the intake channels (DICOM gateway, Orthanc plugin, HTTP API) check and record with.
 
@@ -377,6 +391,9 @@ def open_intake(
     detector is opt-in at intake until it meets its false-positive target). The detector model, if any, is loaded
     now, and with ``audit`` the audit log is opened (and created) now: whatever is missing is an error here, so that
     a channel that cannot check or record refuses to start rather than every upload.
+
+    ``reload_channel`` (``api``, ``intake``): take changes of the trust store, revocations and site policy in while
+    running, each recorded on that channel (:class:`~verifier.intake.reload.CheckerReloader`).
     """
     from verifier.checker import INTAKE_DEFAULT_CHECKS
     from verifier.intake.decide import Intake
@@ -387,7 +404,16 @@ def open_intake(
     )  # fmt: skip
     if checker.detector is not None:
         checker.detector.load()  # torch and the weights now, not in the first sender's C-STORE
-    return Intake(checker, audit_log=open_audit_log(settings, db=db) if audit else None)
+    audit_log = open_audit_log(settings, db=db) if audit else None
+    reloader = None
+    if reload_channel is not None:
+        from verifier.audit import Channel
+        from verifier.intake.reload import CheckerReloader
+
+        reloader = CheckerReloader(
+            settings, trust=trust, policy_file=policy_file, audit_log=audit_log, channel=Channel(reload_channel)
+        )
+    return Intake(checker, audit_log=audit_log, reloader=reloader)
 
 
 def quarantine_webhook(settings: Settings) -> Webhook | None:

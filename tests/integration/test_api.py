@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from provenance.declaration import SyntheticDeclaration
 from provenance.keys import KeyStore
 from provenance.signature import sign_dataset
 from verifier.audit import AuditLog
+from verifier.audit.search import AuditQuery, search
 from verifier.synthetic import build_synthetic_dataset, write_synthetic
 
 MAX_BODY_MB = 1.0
@@ -43,6 +45,7 @@ class Server:
     home: Path
     env: dict[str, str]
     tokens: dict[str, tuple[str, str]]  # scope -> (id, token)
+    pid: int = 0  # of the running server
 
     def audit_size(self) -> int:
         with AuditLog.open(f"sqlite:///{self.home / 'audit.db'}", migrate=False) as log:
@@ -92,6 +95,7 @@ def serving(srv: Server, *args: str) -> Iterator[Server]:
          f"127.0.0.1:{port}", *args],
         env=srv.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
     )  # fmt: skip
+    srv.pid = proc.pid
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -182,7 +186,8 @@ def test_served_schema_is_the_committed_one(server: Server) -> None:
     committed = json.loads((REPO / "verifier" / "api" / "openapi.json").read_text())
     assert served == committed, "regenerate: medverify serve --openapi > verifier/api/openapi.json"
     assert set(served["paths"]) == {
-        "/v1/health", "/v1/verify", "/v1/audit/{record_id}", "/dicomweb/studies", "/v1/quarantine",
+        "/v1/health", "/v1/verify", "/v1/audit", "/v1/audit/verify", "/v1/audit/{record_id}", "/dicomweb/studies",
+        "/v1/quarantine",
         "/v1/quarantine/{entry_id}", "/v1/quarantine/{entry_id}/release", "/v1/quarantine/{entry_id}/reject",
     }  # fmt: skip
 
@@ -284,6 +289,54 @@ def test_verify_one_file_and_read_its_audit_record(server: Server, files: dict[s
     missing = httpx.get(f"{server.url}/v1/audit/{10**12}", headers=server.auth("audit-read"), timeout=10)
     assert missing.status_code == 404
     assert httpx.get(f"{server.url}/v1/audit/x", headers=server.auth("audit-read"), timeout=10).status_code == 422
+
+
+def test_search_and_verify_the_audit_log(server: Server, files: dict[str, bytes]) -> None:
+    """GET /v1/audit searches newest first, a page at a time; GET /v1/audit/verify recomputes the log; both need
+    audit-read (or admin), like GET /v1/audit/{id}."""
+    for _ in range(3):
+        assert post(server, "/v1/verify", "verify", content=files["real"], headers=DICOM).status_code == 200
+    url = f"{server.url}/v1/audit"
+    reader = server.auth("audit-read")
+    assert httpx.get(url, headers=server.auth("verify"), timeout=10).status_code == 403
+    assert httpx.get(url, timeout=10).status_code == 401
+    assert httpx.get(f"{url}/verify", headers=server.auth("verify"), timeout=10).status_code == 403
+
+    query = {"verdict": "no_evidence", "action": "accept", "limit": 2}
+    first = httpx.get(url, params=query, headers=reader, timeout=10)
+    assert first.status_code == 200, first.text
+    page = first.json()
+    total = page["total"]
+    assert total >= 3 and len(page["records"]) == 2 and page["offset"] == 0 and page["next_cursor"]
+    ids = [r["id"] for r in page["records"]]
+    assert ids == sorted(ids, reverse=True) and ids[0] == server.audit_size()  # the newest record comes first
+    assert all((r["verdict"], r["action"]) == ("NO_EVIDENCE", "accept") for r in page["records"])
+    seen = list(ids)
+    cursor = page["next_cursor"]
+    while cursor:
+        more = httpx.get(url, params={"verdict": "NO_EVIDENCE", "action": "accept", "limit": 2, "cursor": cursor},
+                         headers=reader, timeout=10).json()  # fmt: skip
+        assert more["offset"] == len(seen) and more["total"] == total
+        seen += [r["id"] for r in more["records"]]
+        cursor = more["next_cursor"]
+    assert len(seen) == total == len(set(seen)) and seen == sorted(seen, reverse=True)
+
+    since = page["records"][0]["when"]
+    only_newest = httpx.get(url, params={"since": since, "channel": "api"}, headers=reader, timeout=10).json()
+    assert [r["id"] for r in only_newest["records"]] == [ids[0]]
+    assert httpx.get(url, params={"until": "2000-01-01"}, headers=reader, timeout=10).json()["total"] == 0
+
+    typo = httpx.get(url, params={"verdict": "TAMPERD"}, headers=reader, timeout=10)
+    assert typo.status_code == 400 and "did you mean TAMPERED" in typo.json()["detail"]
+    assert "NO_EVIDENCE" in typo.json()["detail"]
+    for bad in ({"action": "nothing"}, {"channel": "mail"}, {"since": "yesterday"}, {"cursor": "abc"}):
+        assert httpx.get(url, params=bad, headers=reader, timeout=10).status_code == 400, bad
+    assert httpx.get(url, params={"limit": 0}, headers=reader, timeout=10).status_code == 422
+
+    verified = httpx.get(f"{url}/verify", headers=server.auth("admin"), timeout=60)
+    assert verified.status_code == 200, verified.text
+    result = verified.json()
+    assert result["status"] == "valid" and result["records_checked"] == result["tree_size"] >= total
 
 
 def test_verify_several_files_in_multipart_bodies(server: Server, files: dict[str, bytes]) -> None:
@@ -501,3 +554,84 @@ def test_stow_forwards_what_it_stores_to_a_pacs(
     finally:
         pacs.terminate()
         pacs.wait(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------------ reloading
+
+
+@dataclass(frozen=True)
+class _PemSigner:
+    private_key: Any
+    certificate: Any
+
+
+def test_trust_revocation_and_policy_changes_reach_a_running_server(
+    tmp_path: Path, signing_keystore_template: Path, openssl_pki: Path, files: dict[str, bytes]
+) -> None:
+    """`keys trust`, `keys revoke` and an edited policy file count from the next request of a running server, and
+    SIGHUP reads them again; each reload is an audit record (event reload, channel api)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    signer = _PemSigner(
+        load_pem_private_key((openssl_pki / "rsa.key").read_bytes(), password=None),
+        x509.load_pem_x509_certificate((openssl_pki / "rsa.pem").read_bytes()),
+    )
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    sign_dataset(ds, signer)
+    ds.save_as(tmp_path / "external.dcm")
+    external = (tmp_path / "external.dcm").read_bytes()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('version = "site-1"\n')
+    srv = new_home(tmp_path / "reload", signing_keystore_template)
+
+    def verify(data: bytes) -> dict[str, Any]:
+        r = post(srv, "/v1/verify", "verify", content=data, headers=DICOM)
+        assert r.status_code == 200, r.text
+        result: dict[str, Any] = r.json()["results"][0]
+        return result
+
+    def reloads() -> list[dict[str, Any]]:
+        with AuditLog.open(f"sqlite:///{srv.home / 'audit.db'}", migrate=False) as log:
+            page = search(log, AuditQuery(events=("reload",)), limit=None, newest_first=False)
+        return [r.to_json_dict() for r in page.records]
+
+    with serving(srv, "--checks", "signature", "--policy", str(policy)):
+        before = verify(external)
+        assert before["signature"]["signatures"][0]["status"] == "UNTRUSTED_SIGNER"
+        assert verify(files["signed"])["verdict"] == "AUTHENTIC"
+        assert reloads() == []
+
+        # What `medverify keys trust` and `keys revoke` do, done here in-process (a CLI start costs seconds).
+        store = KeyStore(srv.home / "keys", lambda: TEST_KEY_PASSPHRASE.encode())
+        store.trust((openssl_pki / "ca.pem").read_bytes())
+        after = verify(external)
+        assert after["signature"]["signatures"][0]["status"] == "VALID", after
+        [trusted] = reloads()
+        assert trusted["channel"] == "api" and trusted["policy_version"] == "site-1"
+        assert trusted["details"]["reload"]["changed"] == ["trust store and revocations"]
+        assert trusted["id"] < after["audit_id"]  # recorded before the first check under the new trust
+
+        store.revoke("second")  # the acquisition key of files["signed"]
+        revoked = verify(files["signed"])
+        assert revoked["signature"]["signatures"][0]["status"] == "REVOKED" and revoked["verdict"] != "AUTHENTIC"
+
+        policy.write_text('version = "site-2"\n[actions]\nNO_EVIDENCE = "quarantine"\n')
+        quarantined = verify(files["real"])
+        assert (quarantined["action"], quarantined["policy_version"]) == ("quarantine", "site-2")
+        assert [r["details"]["reload"]["changed"] for r in reloads()[1:]] == [
+            ["trust store and revocations"], ["site policy"]
+        ]
+
+        policy.write_text("version = ")  # caught half-written: the previous policy stays, and the log says so
+        assert verify(files["real"])["policy_version"] == "site-2"
+        assert "error" in reloads()[-1]["details"]["reload"]
+
+        policy.write_text('version = "site-2"\n[actions]\nNO_EVIDENCE = "quarantine"\n')
+        count = len(reloads())
+        os.kill(srv.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while len(reloads()) == count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert reloads()[-1]["details"]["reload"]["trigger"] == "SIGHUP"
+        assert verify(files["real"])["action"] == "quarantine"

@@ -93,7 +93,7 @@ def test_tokens_cli_shows_the_token_once_and_audits_create_and_revoke(
     assert run(capsys, "tokens", "create", "x", "--scope", "superuser")[0] == 2
     assert run(capsys, "tokens", "revoke", "nope")[0] == 2
 
-    code, out, _ = run(capsys, "audit", "list", "--format", "jsonl")
+    code, out, _ = run(capsys, "audit", "list", "--format", "jsonl", "--oldest-first")
     records = [r for r in jsonl(out) if r["event"] == "token"]
     assert [r["details"]["action"] for r in records] == ["create", "revoke"]
     assert {r["api_token_id"] for r in records} == {token_id}

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from testkit import run_cli
 
 from provenance.keys import PASSPHRASE_ENV
 from verifier.audit import AuditEntry, Channel
@@ -48,8 +49,8 @@ def test_list_show_export(home: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert [json.loads(line)["id"] for line in lines] == [4]
     assert main(["audit", "list", "--format", "jsonl", "--path-glob", "/data/ct/*", "--limit", "2"]) == 0
     assert [json.loads(line)["path"] for line in capsys.readouterr().out.splitlines()] == [
-        "/data/ct/1.dcm",
-        "/data/ct/3.dcm",
+        "/data/ct/9.dcm",
+        "/data/ct/7.dcm",
     ]
     assert main(["audit", "list", "--channel", "cli"]) == 0
     assert "/data/mr/8.dcm" in capsys.readouterr().out
@@ -59,6 +60,52 @@ def test_list_show_export(home: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["audit", "export", "--format", "csv", "-o", str(home / "all.csv")]) == 0
     assert len((home / "all.csv").read_text().splitlines()) == 11
     assert main(["audit", "show", "99"]) == 2
+
+
+def test_list_is_newest_first_paged_filtered_and_says_what_it_shows(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_audit_log(Settings.load(), signer=False) as log:  # 12 records: the 10 above and 2 scan ones
+        for i, verdict in enumerate(("TAMPERED", "NO_EVIDENCE")):
+            log.append(AuditEntry(event="scan", channel=Channel.SCAN, path=f"/archive/a very long folder name "
+                                  f"that a table would cut/study {i}/{'x' * 90}.dcm", verdict=verdict,
+                                  action="reject" if i == 0 else "accept", sop_instance_uid=f"1.2.3.{i}"))  # fmt: skip
+    code, out, err = run_cli(capsys, "audit", "list", "--format", "jsonl", "--limit", "5")
+    assert code == 0
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [12, 11, 10, 9, 8]
+    assert "records 1-5 of 12 matching, newest first (page 1 of 3); next: --page 2" in err
+    code, out, err = run_cli(capsys, "audit", "list", "--format", "jsonl", "--limit", "5", "--page", "3")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [2, 1]
+    assert "records 11-12 of 12 matching, newest first (page 3 of 3)" in err
+
+    # Filters: action, verdict (any case, repeatable), channel, time range, path pattern, UID.
+    code, out, _ = run_cli(capsys, "audit", "list", "--format", "jsonl", "--action", "reject")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [11, 4]
+    code, out, _ = run_cli(capsys, "audit", "list", "--format", "jsonl", "--verdict", "tampered", "--channel", "scan")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [11]
+    code, out, _ = run_cli(capsys, "audit", "list", "--format", "jsonl", "--uid", "1.2.3.1")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [12]
+    code, out, err = run_cli(capsys, "audit", "list", "--format", "jsonl", "--until", "2000-01-01")
+    assert (code, out) == (0, "") and "no record matches" in err
+    code, out, _ = run_cli(capsys, "audit", "list", "--format", "json", "--since", "2000-01-01", "--path", "/archive/*")
+    payload = json.loads(out)
+    assert payload["total"] == 2 and [r["id"] for r in payload["records"]] == [12, 11]
+
+    # A typo is an error that lists the valid values, not an empty table.
+    code, out, err = run_cli(capsys, "audit", "list", "--verdict", "TAMPERD")
+    assert code == 2 and out == ""
+    assert "did you mean TAMPERED" in err and "AUTHENTIC" in err and "NO_EVIDENCE" in err
+    code, _, err = run_cli(capsys, "audit", "list", "--action", "rejected")
+    assert code == 2 and "accept, flag, quarantine, reject" in err
+
+    # Piped (not a terminal): nothing is cut, in the table or in TSV.
+    code, out, _ = run_cli(capsys, "audit", "list", "--channel", "scan")
+    long_path = "/archive/a very long folder name that a table would cut/study 0/" + "x" * 90 + ".dcm"
+    assert long_path in out and "NO_EVIDENCE" in out and "…" not in out
+    code, out, _ = run_cli(capsys, "audit", "list", "--format", "tsv", "--channel", "scan")
+    header, first, second = out.splitlines()
+    assert header.split("\t") == ["id", "when", "event", "channel", "verdict", "action", "path", "sop_instance_uid"]
+    assert first.split("\t")[0] == "12" and second.split("\t")[4:8] == ["TAMPERED", "reject", long_path, "1.2.3.0"]
 
 
 def test_verify_prove_check_proof(home: Path, capsys: pytest.CaptureFixture[str]) -> None:

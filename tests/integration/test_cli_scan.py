@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,15 +84,85 @@ def test_jsonl_lines_exit_code_and_incremental(archive: dict[str, Path], capsys:
     assert all(line["watermark"] is None or "present" in line["watermark"] for line in lines)
     assert "scan summary" in err and "files/s" in err
 
+    # Nothing changed: nothing is checked, but the tampered file is still in the archive, and the exit code and
+    # output say so night after night (an alert on the exit code must not fire once and never again).
     code, out, err = run(capsys, "scan", root, "--format", "jsonl", "--incremental")
-    assert (code, out) == (0, ""), err
+    assert code == 1, err
     assert "6 unchanged since the last scan (skipped)" in err
+    [carried] = jsonl(out)
+    assert carried["path"] == str(archive["tampered"]) and carried["checked"] is False
+    assert (carried["verdict"], carried["action"]) == ("TAMPERED", "reject")
+    assert carried["audit_id"] == by_path[str(archive["tampered"])]["audit_id"]
+    assert re.search(r"not accepted \(checked \+ not checked\)\s*│\s*1\s*│", err), err
+    # --new-only: the old behaviour, only what this run checked counts.
+    code, out, err = run(capsys, "scan", root, "--format", "jsonl", "--incremental", "--new-only")
+    assert (code, out) == (0, ""), err
 
     flip_pixel(archive["unsigned"])  # changed content: checked again (still unsigned, so accepted)
     code, out, err = run(capsys, "scan", root, "--format", "jsonl", "--incremental")
-    assert code == 0, err
-    assert [line["path"] for line in jsonl(out)] == [str(archive["unsigned"])]
+    assert code == 1, err
+    assert [(line["path"], line["checked"]) for line in jsonl(out)] == [
+        (str(archive["unsigned"]), True),
+        (str(archive["tampered"]), False),
+    ]
     assert "5 unchanged" in err
+
+    # The tampered file is replaced by a good copy: the next scan checks it and the archive is clean again.
+    archive["tampered"].write_bytes(archive["signed"].read_bytes())
+    code, out, err = run(capsys, "scan", root, "--format", "jsonl", "--incremental")
+    assert code == 0, out + err
+    assert [line["path"] for line in jsonl(out)] == [str(archive["tampered"])]
+
+
+def test_incremental_scan_checks_again_what_another_judge_would_judge_differently(
+    archive: dict[str, Path], openssl_pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A change of --checks, of the trust store (a certificate trusted, a key revoked) or of the site policy makes
+    an incremental scan check the unchanged files again, and say why; a file rewritten with its old size and mtime
+    is found with --rehash."""
+    root = archive["root"]
+    base = ("scan", root, "--format", "jsonl", "--incremental", "--checks", "signature")
+    assert run(capsys, *base)[0] == 1
+
+    def checked(*extra: str | Path) -> tuple[int, list[str], str]:
+        code, out, err = run(capsys, *base, *extra)
+        return code, [line["path"] for line in jsonl(out) if line["checked"]], err
+
+    assert checked()[1] == []
+    code, paths, err = checked("--checks", "signature,watermark")  # the later --checks wins
+    assert len(paths) == 6 and "(6 unchanged, checked again: checks changed)" in err, err
+    code, paths, err = checked()
+    assert len(paths) == 6 and "checks changed" in err  # back to signature only: judged differently again
+
+    assert run(capsys, "keys", "trust", openssl_pki / "ca.pem")[0] == 0
+    code, paths, err = checked()
+    assert len(paths) == 6 and "trust store and revocations" in err, err
+    assert code == 1 and checked()[1] == []
+
+    assert run(capsys, "keys", "revoke", "second")[0] == 0  # the key that signed the two signed files
+    code, out, err = run(capsys, *base)
+    assert "trust store and revocations" in err
+    by_path = {line["path"]: line for line in jsonl(out) if line["checked"]}
+    assert by_path[str(archive["signed"])]["signature"]["signatures"][0]["status"] == "REVOKED"
+    assert by_path[str(archive["signed"])]["action"] != "accept"  # was AUTHENTIC and accepted before the revocation
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('version = "site-2"\n[actions]\nNO_EVIDENCE = "flag"\n')
+    code, paths, err = checked("--policy", policy)
+    assert len(paths) == 6 and "site policy" in err, err
+    code, out, err = run(capsys, *base, "--policy", policy)
+    assert code == 1 and all(line["checked"] is False for line in jsonl(out))
+    assert {line["path"] for line in jsonl(out)} >= {str(archive["unsigned"])}  # flagged now, and still reported
+
+    # Same size, same mtime, other content: invisible to the stat, found by --rehash.
+    target = archive["unsigned"]
+    st = target.stat()
+    flip_pixel(target)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size
+    assert checked("--policy", policy)[1] == []
+    code, paths, err = checked("--policy", policy, "--rehash")
+    assert paths == [str(target)] and "same size and mtime but new content" in err, err
 
 
 def test_text_output_lists_only_files_not_accepted(

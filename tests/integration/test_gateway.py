@@ -87,12 +87,14 @@ def _pacs(directory: Path, port: int) -> contextlib.AbstractContextManager[None]
     return _running([dcmtk_tool("storescp"), "-aet", "PACS", "+xa", "-od", str(directory), str(port)], port)
 
 
-def _gateway(home: Path, port: int, pacs_port: int, log: Path) -> contextlib.AbstractContextManager[None]:
+def _gateway(
+    home: Path, port: int, pacs_port: int, log: Path, *extra: str
+) -> contextlib.AbstractContextManager[None]:
     cmd = [
         sys.executable, "-c", "from verifier.cli import app_main; app_main()", "gateway",
         "--listen", f"127.0.0.1:{port}", "--ae-title", "MEDVERIFY", "--forward", f"127.0.0.1:{pacs_port}:PACS",
         "--quarantine", str(home / "quarantine"), "--spool", str(home / "spool"),
-        "--allow", "STORESCU@127.0.0.1", "--checks", "signature,watermark", "--retry-max", "0.5", "-v",
+        "--allow", "STORESCU@127.0.0.1", "--checks", "signature,watermark", "--retry-max", "0.5", "-v", *extra,
     ]  # fmt: skip
     return _running(cmd, port, env=_env(home), log=log)
 
@@ -240,3 +242,36 @@ def test_gateway_parks_what_the_pacs_cannot_accept(home: Path, samples: dict[str
     reason = json.loads(next(p for p in failed if p.suffix == ".json").read_text())["reason"]
     assert "accepts no context" in reason and "1.2.840.10008.1.2.1" in reason
     assert not list(pacs_dir.iterdir()) and not list((home / "spool").glob("*.dcm"))
+
+
+def test_gateway_takes_a_revocation_and_a_policy_change_in_without_a_restart(
+    home: Path, samples: dict[str, Path], tmp_path: Path
+) -> None:
+    """`keys revoke` and an edited policy file count from the next C-STORE of a running gateway; each reload is an
+    audit record on the intake channel."""
+    from provenance.keys import KeyStore
+    from verifier.audit.search import AuditQuery, search
+
+    port, pacs_port = free_port(), free_port()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('version = "site-1"\n')
+    log = tmp_path / "gateway.log"
+    with _pacs(tmp_path / "pacs", pacs_port), _gateway(home, port, pacs_port, log, "--policy", str(policy)):
+        assert _response_status(_store(port, samples["signed_real"])[1]).startswith("0x0000")
+        KeyStore(home / "keys", lambda: TEST_KEY_PASSPHRASE.encode()).revoke("second")  # as `keys revoke second`
+        status = _response_status(_store(port, samples["signed_real"])[1])
+        # REVOKED raises the action to at least the policy's untrusted_action (flag): still stored, and recorded.
+        policy.write_text('version = "site-2"\n[actions]\nNO_EVIDENCE = "reject"\n')
+        refused = _response_status(_store(port, samples["real"])[1])
+    assert status.startswith("0x0000"), status
+    assert refused.lower().startswith("0xc001"), refused + log.read_text()[-2000:]
+    with AuditLog.open(f"sqlite:///{home / 'audit.db'}", migrate=False) as audit:
+        reloads = search(audit, AuditQuery(events=("reload",)), limit=None, newest_first=False).records
+        intake = search(audit, AuditQuery(events=("intake",)), limit=None, newest_first=False).records
+    assert [(r.entry.channel.value, r.entry.details["reload"]["changed"]) for r in reloads] == [
+        ("intake", ["trust store and revocations"]), ("intake", ["site policy"])
+    ]
+    assert [r.entry.verdict for r in intake][:2] == ["AUTHENTIC", "NO_EVIDENCE"]
+    assert intake[1].entry.signature_report is not None
+    assert intake[1].entry.signature_report["status"] == "REVOKED"
+    assert (intake[2].entry.action, intake[2].entry.policy_version) == ("reject", "site-2")

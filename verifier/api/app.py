@@ -19,7 +19,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -31,9 +31,9 @@ from verifier.api.multipart import DICOM, BodyError, MediaType, Part, parse_medi
 from verifier.api.review import quarantine_router
 from verifier.api.storage import InstanceStore
 from verifier.api.stow import DICOM_JSON, StoreOutcome, store_decision, stow_response
-from verifier.audit import AuditLog, Channel
+from verifier.audit import AuditLog, Channel, TrustedCertificates
 from verifier.audit.tokens import AuthStatus, TokenInfo, TokenScope, TokenStore
-from verifier.errors import AuditError
+from verifier.errors import AuditError, InputError
 from verifier.intake.decide import Intake, Peer
 from verifier.intake.queue import Forwarder
 from verifier.review.config import ReviewConfig
@@ -67,6 +67,8 @@ class ApiConfig:
     review: ReviewConfig | None = None
     #: Told of every instance STOW-RS quarantines (the quarantine webhook).
     on_quarantine: Callable[[dict[str, Any]], None] | None = None
+    #: Who may sign the audit checkpoints GET /v1/audit/verify checks; None: every checkpoint counts as untrusted.
+    audit_trust: TrustedCertificates | None = None
 
     @property
     def audit_log(self) -> AuditLog:
@@ -132,6 +134,34 @@ class AuditRecordModel(BaseModel):
     api_token_id: str | None = None
     verdict: str | None = None
     action: str | None = None
+
+
+class AuditPageModel(BaseModel):
+    """One page of the records a search matched, newest first."""
+
+    records: list[AuditRecordModel]
+    total: int = Field(description="How many records match the filters in all.")
+    offset: int = Field(description="How many matching records are newer than this page's first.")
+    limit: int
+    next_cursor: str | None = Field(
+        default=None, description="Pass as ?cursor= for the next (older) page; null on the last page."
+    )
+
+
+class AuditVerificationModel(BaseModel):
+    """The result of recomputing the whole log (see ``medverify audit verify``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: str = Field(description="valid, tampered, bad-checkpoint or untrusted-checkpoint.")
+    records_checked: int
+    checkpoints_checked: int
+    tree_size: int
+    root_hash: str
+    first_bad_record_id: int | None = None
+    bad_checkpoint_size: int | None = None
+    reason: str
+    unanchored_records: int
 
 
 class HealthResponse(BaseModel):
@@ -357,6 +387,78 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         return JSONResponse({"results": results})
 
     @app.get(
+        "/v1/audit",
+        response_model=AuditPageModel,
+        responses={
+            **_ERRORS,
+            400: {"model": ErrorResponse, "description": "A filter value that is none (the valid ones are listed)."},
+        },
+        tags=["audit"],
+    )
+    async def audit_search(
+        request: Request,
+        token: AuditReadToken,
+        verdict: Annotated[
+            list[str] | None, Query(description="Only these verdicts (repeatable; any case), e.g. TAMPERED.")
+        ] = None,
+        action: Annotated[list[str] | None, Query(description="Only these actions: accept, flag, ...")] = None,
+        channel: Annotated[
+            list[str] | None, Query(description="Only these channels: cli, scan, intake, api, ...")
+        ] = None,
+        since: Annotated[str | None, Query(description="At or after this time (ISO 8601; UTC if no zone).")] = None,
+        until: Annotated[str | None, Query(description="Before this time.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="Records per page.")] = 100,
+        cursor: Annotated[str | None, Query(max_length=32, description="next_cursor of the previous page.")] = None,
+    ) -> JSONResponse:
+        """Search the audit log, newest first, a page at a time (the same search as `medverify audit list`)."""
+        from verifier.audit.search import (
+            AuditQuery,
+            normalise_actions,
+            normalise_channels,
+            normalise_verdicts,
+            search,
+        )
+
+        log = _config(request).audit_log
+
+        def run() -> dict[str, Any]:
+            query = AuditQuery(
+                verdicts=normalise_verdicts(log, verdict or (), "verdict"),
+                actions=normalise_actions(log, action or (), "action"),
+                channels=normalise_channels(channel or (), "channel"),
+                since=_query_time(since, "since"),
+                until=_query_time(until, "until"),
+            )
+            page = search(log, query, limit=limit, cursor=cursor)
+            return {
+                "records": [r.to_json_dict() for r in page.records],
+                "total": page.total,
+                "offset": page.offset,
+                "limit": limit,
+                "next_cursor": page.next_cursor,
+            }
+
+        try:
+            return JSONResponse(await run_in_threadpool(run))
+        except InputError as exc:
+            raise HTTPException(400, detail=str(exc)) from None
+
+    @app.get(
+        "/v1/audit/verify",
+        response_model=AuditVerificationModel,
+        responses=_ERRORS,
+        tags=["audit"],
+    )
+    async def audit_verify(request: Request, token: AuditReadToken) -> JSONResponse:
+        """Recompute the whole log and check every signed checkpoint, as `medverify audit verify` does: an edited,
+        deleted, inserted or reordered record gives status `tampered` and names the first bad one. Takes time
+        proportional to the log's size."""
+        config = _config(request)
+        trusted: TrustedCertificates = config.audit_trust if config.audit_trust is not None else ()
+        result = await run_in_threadpool(config.audit_log.verify, trusted=trusted)
+        return JSONResponse(result.to_json_dict())
+
+    @app.get(
         "/v1/audit/{record_id}",
         response_model=AuditRecordModel,
         responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "No such record."}},
@@ -424,6 +526,18 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     app.include_router(quarantine_router(_LOOK, _ACT, _ERRORS))
     install_review_pages(app)
     return app
+
+
+def _query_time(value: str | None, name: str) -> Any:
+    import datetime as dt
+
+    if value is None or value == "":
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"{name} must be an ISO 8601 date or time, not {value[:40]!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _slots(request: Request) -> asyncio.Semaphore:

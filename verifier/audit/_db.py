@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,12 +43,7 @@ def make_engine(url: str) -> sa.Engine:
     if backend == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
-            try:
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise DatabaseUnavailableError(
-                    f"cannot create the directory of audit database {database}: {error.strerror}"
-                ) from error
+            private_sqlite_file(Path(database).expanduser())
         engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
@@ -60,6 +56,26 @@ def make_engine(url: str) -> sa.Engine:
                 f"the PostgreSQL driver is not installed ({error.name}); pip install psycopg"
             ) from error
     raise AuditError(f"unsupported audit database backend {backend!r}; use sqlite or postgresql+psycopg")
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Make sure the SQLite database at ``path`` is readable by its owner only: a new file is created 0600 (SQLite
+    gives its -wal and -shm files the same mode) in a new folder made 0700; an existing file of ours that others
+    may read (medverify created ``audit.db`` 0644 before) is tightened to 0600, with its -wal and -shm files. The
+    log holds file paths, UIDs, peers and token ids. An existing folder is left as it is: it may be /tmp."""
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        for member in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            try:
+                st = member.stat()
+            except FileNotFoundError:
+                continue
+            if st.st_uid == os.getuid() and st.st_mode & 0o077:
+                os.chmod(member, 0o600)
+    except OSError as error:
+        raise DatabaseUnavailableError(f"cannot create audit database {path}: {error.strerror}") from error
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -1,7 +1,9 @@
 """State of archive scans kept next to the audit log: scan runs, and what each scanned file looked like.
 
 The audit records are the truth; ``scan_files`` is a cache of them that lets an incremental scan skip a file
-without reading it (same size and mtime as when it was last recorded). A batch of results is recorded in two
+without reading it (same size and mtime as when it was last recorded, and judged by the same checks, trust store,
+site policy, watermark keys and detector model: :class:`verifier.judge.Judge`), and that gives the last verdict
+and action of the files it skipped. A batch of results is recorded in two
 steps: the audit records (one transaction through :meth:`AuditLog.append_many`, which alone touches the Merkle
 log), then the file state. A crash between the two cannot lose a file or record one twice, because a scan always
 resumes the unfinished run of its root, and resuming rebuilds "what this run has recorded" from the audit records
@@ -14,8 +16,8 @@ import dataclasses
 import datetime as dt
 import os
 import socket
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -28,6 +30,7 @@ from verifier.errors import AuditError
 
 __all__ = [
     "FileState",
+    "KnownFile",
     "RecordedFile",
     "ScanInProgressError",
     "ScanRun",
@@ -54,6 +57,8 @@ class ScanRunRow(Base):
     pid: Mapped[int | None] = mapped_column(sa.Integer)
     #: The log's size when the run started: every record of this run has a larger id.
     start_record: Mapped[int] = mapped_column(sa.BigInteger)
+    #: The parts of the :class:`~verifier.judge.Judge` this run checked with (migration 0005).
+    judge: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
 
 
 class ScannedFileRow(Base):
@@ -68,12 +73,16 @@ class ScannedFileRow(Base):
     sha256: Mapped[str | None] = mapped_column(sa.String(64))
     last_record_id: Mapped[int] = mapped_column(sa.BigInteger)
     last_run_id: Mapped[int] = mapped_column(sa.Integer)
+    #: Digest of what judged the file (:attr:`verifier.judge.Judge.digest`); None before migration 0005.
+    judge: Mapped[str | None] = mapped_column(sa.String(64))
+    verdict: Mapped[str | None] = mapped_column(sa.String(64))
+    action: Mapped[str | None] = mapped_column(sa.String(32))
 
 
 scan_runs: sa.Table = ScanRunRow.__table__  # type: ignore[assignment]
 scan_files: sa.Table = ScannedFileRow.__table__  # type: ignore[assignment]
 
-_STATE_COLUMNS = ("size", "mtime_ns", "sha256", "last_record_id", "last_run_id")
+_STATE_COLUMNS = ("size", "mtime_ns", "sha256", "last_record_id", "last_run_id", "judge", "verdict", "action")
 RUNNING = "running"
 FINISHED = "finished"
 
@@ -84,11 +93,29 @@ class ScanInProgressError(AuditError):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FileState:
-    """What a file looked like when it was checked (its stat, and the SHA-256 the check computed)."""
+    """What a file looked like when it was checked (its stat, and the SHA-256 the check computed), what judged it
+    (a :attr:`verifier.judge.Judge.digest`) and the verdict and action it got."""
 
     size: int
     mtime_ns: int
     sha256: str | None = None
+    judge: str | None = None
+    verdict: str | None = None
+    action: str | None = None
+
+
+class KnownFile(NamedTuple):
+    """The recorded state of a file as :meth:`ScanStateStore.known_files` reads it back, with the audit record and
+    the run that wrote it (a tuple: an archive has millions of them, read at the start of every scan)."""
+
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    judge: str | None
+    verdict: str | None
+    action: str | None
+    record_id: int
+    run_id: int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -120,8 +147,9 @@ class ScanStateStore:
 
     # -- runs ------------------------------------------------------------------------------------------------
 
-    def begin_run(self, root: str) -> ScanRun:
-        """Resume the unfinished run of ``root``, or start a new one.
+    def begin_run(self, root: str, judge: Mapping[str, str] | None = None) -> ScanRun:
+        """Resume the unfinished run of ``root``, or start a new one; ``judge``: the parts of the
+        :class:`~verifier.judge.Judge` it checks with (kept with the run, so that a later scan can say what changed).
 
         Raises :class:`ScanInProgressError` when the unfinished run belongs to a live process on this host.
         """
@@ -138,7 +166,8 @@ class ScanStateStore:
             if row is None:
                 run_id = conn.execute(
                     sa.insert(scan_runs).values(
-                        root=root, started_at=utc_now(), status=RUNNING, host=host, pid=pid, start_record=tree_size
+                        root=root, started_at=utc_now(), status=RUNNING, host=host, pid=pid, start_record=tree_size,
+                        judge=dict(judge) if judge is not None else None,
                     )
                 ).inserted_primary_key
                 if run_id is None:  # pragma: no cover - every backend returns the key
@@ -149,7 +178,10 @@ class ScanStateStore:
                     f"scan run #{row.id} of {root} is still running (process {row.pid} on {host}); "
                     "wait for it to finish"
                 )
-            conn.execute(sa.update(scan_runs).where(scan_runs.c.id == row.id).values(host=host, pid=pid))
+            values: dict[str, Any] = {"host": host, "pid": pid}
+            if judge is not None:
+                values["judge"] = dict(judge)
+            conn.execute(sa.update(scan_runs).where(scan_runs.c.id == row.id).values(**values))
             done = self._reconcile(conn, row.id, root, row.start_record)
         return ScanRun(id=row.id, root=root, resumed=True, done=done)
 
@@ -158,7 +190,14 @@ class ScanStateStore:
         done: dict[str, int] = {}
         states: list[dict[str, Any]] = []
         stmt = (
-            sa.select(records.c.id, records.c.path, records.c.file_sha256, records.c.details)
+            sa.select(
+                records.c.id,
+                records.c.path,
+                records.c.file_sha256,
+                records.c.details,
+                records.c.verdict,
+                records.c.action,
+            )
             .where(records.c.id > start_record, records.c.event == EventKind.SCAN.value)
             .where(records.c.channel == Channel.SCAN.value)
             .order_by(records.c.id)
@@ -173,7 +212,14 @@ class ScanStateStore:
                     _state_row(
                         root,
                         rec.path,
-                        FileState(size=scan["size"], mtime_ns=scan["mtime_ns"], sha256=rec.file_sha256),
+                        FileState(
+                            size=scan["size"],
+                            mtime_ns=scan["mtime_ns"],
+                            sha256=rec.file_sha256,
+                            judge=scan.get("judge") if isinstance(scan.get("judge"), str) else None,
+                            verdict=rec.verdict,
+                            action=rec.action,
+                        ),
                         rec.id,
                         run_id,
                     )
@@ -211,22 +257,43 @@ class ScanStateStore:
 
     # -- files -----------------------------------------------------------------------------------------------
 
-    def known_files(self, root: str) -> dict[str, FileState]:
+    def known_files(self, root: str) -> dict[str, KnownFile]:
         """The last recorded state of every file under ``root``."""
-        stmt = sa.select(scan_files.c.path, scan_files.c.size, scan_files.c.mtime_ns, scan_files.c.sha256).where(
-            scan_files.c.root == root
-        )
+        stmt = sa.select(
+            scan_files.c.path,
+            scan_files.c.size,
+            scan_files.c.mtime_ns,
+            scan_files.c.sha256,
+            scan_files.c.judge,
+            scan_files.c.verdict,
+            scan_files.c.action,
+            scan_files.c.last_record_id,
+            scan_files.c.last_run_id,
+        ).where(scan_files.c.root == root)
         with _db.db_errors(self._url), _db.read_transaction(self._engine) as conn:
-            return {
-                r.path: FileState(size=r.size, mtime_ns=r.mtime_ns, sha256=r.sha256)
-                for r in conn.execution_options(yield_per=10_000).execute(stmt)
-            }
+            return {r[0]: KnownFile._make(r[1:]) for r in conn.execution_options(yield_per=10_000).execute(stmt)}
+
+    def run_judges(self, run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """The judge parts each of ``run_ids`` recorded (runs from before migration 0005 have none)."""
+        wanted = sorted(set(run_ids))
+        out: dict[int, dict[str, Any]] = {}
+        with _db.db_errors(self._url), self._engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                stmt = sa.select(scan_runs.c.id, scan_runs.c.judge).where(scan_runs.c.id.in_(chunk))
+                for row in conn.execute(stmt):
+                    if isinstance(row.judge, dict):
+                        out[row.id] = row.judge
+        return out
 
     @staticmethod
     def scan_details(run: ScanRun, state: FileState) -> dict[str, Any]:
         """The ``details.scan`` object every scan record carries: from it :meth:`begin_run` rebuilds the state
         of a file whose record was committed by a process that died before it wrote the state."""
-        return {"run": run.id, "root": run.root, "size": state.size, "mtime_ns": state.mtime_ns}
+        details: dict[str, Any] = {"run": run.id, "root": run.root, "size": state.size, "mtime_ns": state.mtime_ns}
+        if state.judge is not None:
+            details["judge"] = state.judge
+        return details
 
     def record(self, run: ScanRun, files: Sequence[RecordedFile]) -> list[int]:
         """Append the audit records of ``files`` (one transaction), then their state; returns the record ids.
@@ -270,6 +337,9 @@ def _state_row(root: str, path: str, state: FileState, record_id: int, run_id: i
         "sha256": state.sha256,
         "last_record_id": record_id,
         "last_run_id": run_id,
+        "judge": state.judge,
+        "verdict": state.verdict,
+        "action": state.action,
     }
 
 

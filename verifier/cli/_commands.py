@@ -41,8 +41,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("gateway", "gateway",
             "Run the DICOM gateway: check each C-STORE, forward accepted instances, quarantine or refuse."),
     Command("serve", "serve",
-            "Serve the HTTP API (POST /v1/verify, GET /v1/audit/{id}, STOW-RS POST /dicomweb/studies, "
-            "/v1/quarantine, /metrics) and the quarantine review pages (/ui/quarantine)."),
+            "Serve the HTTP API (POST /v1/verify, GET /v1/audit (search), /v1/audit/verify and /v1/audit/{id}, "
+            "STOW-RS POST /dicomweb/studies, /v1/quarantine, /metrics) and the quarantine review pages "
+            "(/ui/quarantine)."),
     Command("keys", "keys", "Manage signing keys, the local CA, the trust store and revocation."),
     Command("audit", "audit",
             "The tamper-evident audit log: every verification, signing, generation, key event and scan. Records "

@@ -17,6 +17,8 @@ from typing import IO, Annotated, Any
 
 import typer
 from rich import box
+from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from verifier.audit import (
@@ -50,7 +52,9 @@ app.add_typer(db_app, name="db")
 
 class ListFormat(enum.StrEnum):
     TABLE = "table"
+    JSON = "json"
     JSONL = "jsonl"
+    TSV = "tsv"
     CSV = "csv"
 
 
@@ -134,51 +138,111 @@ def _write_records(records: Iterator[AuditRecord], fmt: str, out: IO[str]) -> in
     return count
 
 
+#: The columns of ``audit list`` as a table or TSV.
+_LIST_COLUMNS = ("id", "when (UTC)", "event", "channel", "verdict", "action", "path", "sop_instance_uid")
+
+
+def _list_row(record: AuditRecord) -> list[str]:
+    e = record.entry
+    return [
+        str(record.id),
+        e.when.strftime("%Y-%m-%d %H:%M:%S"),
+        e.event,
+        e.channel.value,
+        e.verdict or "",
+        e.action or "",
+        e.path or "",
+        e.sop_instance_uid or "",
+    ]
+
+
+def _tsv_field(value: str) -> str:
+    # TSV has no quoting: a tab or newline inside a value would start a new field or record.
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 @audit_app.command("list")
 def list_command(
     since: Annotated[
         str | None, typer.Option(help="Only records at or after this time (ISO 8601, UTC if no zone).")
     ] = None,
     until: Annotated[str | None, typer.Option(help="Only records before this time.")] = None,
-    verdict: Annotated[str | None, typer.Option(help="Only records with this verdict.")] = None,
-    channel: Annotated[Channel | None, typer.Option(help="Only records from this channel.")] = None,
-    event: Annotated[str | None, typer.Option(help="Only records of this event kind.")] = None,
-    path_glob: Annotated[
-        str | None, typer.Option("--path-glob", help="Only paths matching this shell pattern.")
+    verdict: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only records with this verdict (repeatable; any case). A value that is no verdict is an error "
+            "that lists the valid ones."
+        ),
     ] = None,
-    limit: Annotated[int, typer.Option(min=0, help="At most this many records (0: no limit).")] = 100,
-    fmt: Annotated[ListFormat, typer.Option("--format", help="Output format.")] = ListFormat.TABLE,
+    action: Annotated[
+        list[str] | None, typer.Option(help="Only records with this action: accept, flag, quarantine, reject, ...")
+    ] = None,
+    channel: Annotated[list[Channel] | None, typer.Option(help="Only records from this channel (repeatable).")] = None,
+    event: Annotated[list[str] | None, typer.Option(help="Only records of this event kind (repeatable).")] = None,
+    path_glob: Annotated[
+        str | None, typer.Option("--path-glob", "--path", help="Only paths matching this shell pattern.")
+    ] = None,
+    uid: Annotated[str | None, typer.Option("--uid", help="Only records of this SOP Instance UID.")] = None,
+    sha256: Annotated[str | None, typer.Option("--sha256", help="Only records of the file with this SHA-256.")] = None,
+    limit: Annotated[int, typer.Option(min=0, help="Records per page (0: all on one page).")] = 100,
+    page: Annotated[int, typer.Option(min=1, help="Which page (1: the newest records).")] = 1,
+    oldest_first: Annotated[bool, typer.Option("--oldest-first", help="Oldest records first.")] = False,
+    fmt: Annotated[
+        ListFormat, typer.Option("--format", help="table (for people), json, jsonl, tsv or csv (for programs).")
+    ] = ListFormat.TABLE,
     db: DbOption = None,
 ) -> None:
-    """List records, oldest first."""
+    """List records, newest first, a page at a time; stderr says how many matched and which page this is.
+
+    Nothing is cut short when stdout is not a terminal; json/jsonl carry every field of each record.
+    """
+    from verifier.audit.search import AuditQuery, normalise_actions, normalise_verdicts, search
+
     with open_audit_log(_common.settings(), db=db, signer=False) as log:
-        records = log.query(
+        query = AuditQuery(
             since=_parse_time(since, "--since"),
             until=_parse_time(until, "--until"),
-            verdict=verdict,
-            channel=channel,
-            event=event,
+            verdicts=normalise_verdicts(log, verdict or ()),
+            actions=normalise_actions(log, action or ()),
+            channels=tuple(c.value for c in channel or ()),
+            events=tuple(event or ()),
             path_glob=path_glob,
-            limit=limit or None,
+            uid=uid,
+            sha256=sha256,
         )
-        if fmt is ListFormat.TABLE:
-            table = Table(box=box.SIMPLE)
-            for column in ("id", "when (UTC)", "event", "channel", "verdict", "action", "path"):
-                table.add_column(column)
-            for r in records:
-                e = r.entry
-                table.add_row(
-                    str(r.id),
-                    e.when.strftime("%Y-%m-%d %H:%M:%S"),
-                    e.event,
-                    e.channel.value,
-                    e.verdict or "",
-                    e.action or "",
-                    e.path or "",
-                )
+        result = search(log, query, limit=limit or None, page=page, newest_first=not oldest_first)
+    note = result.describe()
+    if result.page < result.pages:
+        note += f"; next: --page {result.page + 1}"
+    _common.err_console.print(note, highlight=False)
+    if fmt is ListFormat.TABLE:
+        table = Table(box=box.SIMPLE)
+        for column in _LIST_COLUMNS[:-1]:
+            table.add_column(column, overflow="fold")
+        for r in result.records:
+            table.add_row(*(escape(v) for v in _list_row(r)[:-1]))
+        if _common.console.is_terminal:
             _common.console.print(table)
-        else:
-            _write_records(records, fmt.value, sys.stdout)
+        else:  # a pipe or a file: never cut a path or a verdict to a guessed width
+            Console(file=sys.stdout, width=100_000, soft_wrap=True, no_color=True).print(table)
+    elif fmt is ListFormat.TSV:
+        out = sys.stdout
+        out.write("\t".join(c.replace(" (UTC)", "") for c in _LIST_COLUMNS) + "\n")
+        for r in result.records:
+            out.write("\t".join(_tsv_field(v) for v in _list_row(r)) + "\n")
+    elif fmt is ListFormat.JSON:
+        payload = {
+            "total": result.total,
+            "offset": result.offset,
+            "limit": result.limit,
+            "page": result.page,
+            "pages": result.pages,
+            "newest_first": result.newest_first,
+            "records": [r.to_json_dict() for r in result.records],
+        }
+        sys.stdout.write(json.dumps(payload, sort_keys=True, ensure_ascii=False, indent=1) + "\n")
+    else:
+        _write_records(iter(result.records), fmt.value, sys.stdout)
 
 
 @audit_app.command("show")

@@ -87,8 +87,9 @@ def gateway(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("medverify.intake").setLevel(logging.INFO if verbose else logging.WARNING)
     intake = open_intake(
-        settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model, notify=_common.note
-    )
+        settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model, notify=_common.note,
+        reload_channel="intake",
+    )  # fmt: skip
     webhook = quarantine_webhook(settings)
     server = Gateway(
         intake=intake,
@@ -107,6 +108,9 @@ def gateway(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    from verifier.intake.reload import reload_on_sighup
+
+    reload_on_sighup(intake)
     try:
         server.start()
     except OSError as exc:

@@ -26,10 +26,11 @@ from verifier import setup
 from verifier.checker import default_workers
 from verifier.cli import _common, app
 from verifier.cli._options import ChecksOption, DbOption, PolicyOption, TrustOption, check_format
-from verifier.cli._results import FORMATS, exit_code, print_result
+from verifier.cli._results import FORMATS, print_result
 from verifier.errors import InputError
 from verifier.policy import Action
 from verifier.scan import DaskExecutor, Executor, LocalExecutor, Scanner, ScanPlan, ScanSummary
+from verifier.scan.scanner import CarriedFile
 
 __all__ = ["scan"]
 
@@ -66,15 +67,35 @@ def scan(
         typer.Option("--dask", help="Check on a Dask cluster: scheduler address (tcp://host:port) or 'local'."),
     ] = None,
     incremental: Annotated[
-        bool, typer.Option("--incremental", help="Skip files unchanged (size, mtime) since their last scan.")
+        bool,
+        typer.Option(
+            "--incremental",
+            help="Skip files unchanged (size, mtime) since their last check by the same checks, trust store, "
+            "revocations, site policy and detector model; their last verdicts still count.",
+        ),
+    ] = False,
+    rehash: Annotated[
+        bool,
+        typer.Option(
+            "--rehash", help="With --incremental: read unchanged files and check them again if their SHA-256 differs."
+        ),
+    ] = False,
+    new_only: Annotated[
+        bool,
+        typer.Option(
+            "--new-only",
+            help="Exit code and summary from the files checked now only, not those skipped as unchanged.",
+        ),
     ] = False,
     follow_symlinks: Annotated[bool, typer.Option(help="Follow symlinks that stay inside the scanned tree.")] = False,
     policy_file: PolicyOption = None,
 ) -> int:
     """Scan archives. Exit code 0: nothing found; 1: a file is not accepted; 2: an error stopped a check.
 
-    Every checked file leaves one audit record (channel ``scan``) before its line is printed. A scan that was
-    killed resumes when started again on the same root, and records no file twice.
+    The exit code covers every file under the roots: those checked now and those an incremental scan skipped
+    whose last verdict still stands (``--new-only``: those checked now only). Every checked file leaves one audit
+    record (channel ``scan``) before its line is printed. A scan that was killed resumes when started again on the
+    same root, and records no file twice.
     """
     check_format(output_format, FORMATS)
     settings = _common.settings()
@@ -97,7 +118,7 @@ def scan(
         warn=lambda message: err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False),
     )
     with err.status("finding DICOM files", spinner="dots") if err.is_terminal else _nothing():
-        plan = scanner.plan(paths, incremental=incremental)
+        plan = scanner.plan(paths, incremental=incremental, rehash=rehash)
     _announce(plan)
 
     executor: Executor
@@ -106,14 +127,11 @@ def scan(
     else:
         executor = LocalExecutor(workers or default_workers(plan.to_check))
     err.print(f"checking on {escape(executor.description)}", highlight=False)
-    found = failed = False
     collected: list[dict[str, object]] = []
     try:
         with _progress(err.is_terminal) as progress:
             task = progress.add_task(f"scanning ({executor.description})", total=plan.to_check)
             for result in scanner.execute(plan, executor):
-                code = exit_code([result])
-                found, failed = found or code == 1, failed or code == 2
                 if output_format == "jsonl":
                     sys.stdout.write(json.dumps(_line(result.to_dict())) + "\n")
                     sys.stdout.flush()
@@ -125,14 +143,22 @@ def scan(
     finally:
         executor.close()
     summary = scanner.finish(plan)
-    if output_format == "json":
+    carried = [] if new_only else summary.still_failing
+    if output_format == "jsonl":
+        for f in carried:
+            sys.stdout.write(json.dumps(f.to_dict()) + "\n")
+    elif output_format == "json":
+        collected.extend(f.to_dict() for f in carried)
         sys.stdout.write(json.dumps(collected, indent=2) + "\n")
-    _print_summary(summary, executor.description)
-    return 1 if found else 2 if failed else 0
+    elif carried:
+        _print_carried(carried)
+    _print_summary(summary, executor.description, new_only=new_only)
+    return summary.exit_code(new_only=new_only)
 
 
 def _line(d: dict[str, object]) -> dict[str, object]:
     """A JSONL line: the checker's result, null-safe where a report has not run (watermark, detectors)."""
+    d["checked"] = True
     d.setdefault("watermark", None)
     d.setdefault("synthetic_score", None)
     d.setdefault("tamper_score", None)
@@ -152,6 +178,11 @@ def _announce(plan: ScanPlan) -> None:
     for run_id in plan.resumed_runs:
         err.print(f"resuming unfinished scan run #{run_id}", highlight=False)
     parts = [f"{plan.to_check} file(s) to check"]
+    if plan.rejudged:
+        why = ", ".join(plan.judge_changes) or "what judges them"
+        parts[0] += f" ({plan.rejudged} unchanged, checked again: {why} changed)"
+    if plan.content_changed:
+        parts[0] += f" ({plan.content_changed} with the same size and mtime but new content)"
     if plan.skipped_done:
         parts.append(f"{plan.skipped_done} already recorded by the resumed run")
     if plan.incremental:
@@ -174,7 +205,18 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-def _print_summary(summary: ScanSummary, where: str) -> None:
+def _print_carried(carried: list[CarriedFile]) -> None:
+    """The files an incremental scan did not check whose last verdict still fails."""
+    console = _common.console
+    console.print(f"still not accepted, unchanged since their last check ({len(carried)}):", highlight=False)
+    for f in carried:
+        record = f" (audit record {f.audit_id})" if f.audit_id is not None else ""
+        console.print(
+            f"{f.verdict or '?':<19} {f.action or '?':<10} {escape(f.path)}{record}", highlight=False, soft_wrap=True
+        )
+
+
+def _print_summary(summary: ScanSummary, where: str, *, new_only: bool = False) -> None:
     table = Table(title="scan summary", show_header=True, title_justify="left")
     table.add_column("", style="bold")
     table.add_column("files", justify="right")
@@ -188,7 +230,22 @@ def _print_summary(summary: ScanSummary, where: str) -> None:
     table.add_row("skipped: not DICOM", str(summary.not_dicom))
     table.add_row("skipped: symlinks", str(summary.walk.symlinks_skipped))
     table.add_row("skipped: unreadable directories", str(summary.walk.unreadable_directories))
-    table.add_row("unreadable files", str(summary.failed), end_section=True)
+    extra: list[tuple[str, str]] = []
+    if summary.rejudged:
+        changed = ", ".join(summary.judge_changes)
+        extra.append(("unchanged, checked again", f"{summary.rejudged} ({escape(changed)} changed)"))
+    if summary.content_changed:
+        extra.append(("checked again: new content", str(summary.content_changed)))
+    if summary.skipped_unchanged or summary.skipped_done:
+        extra += [(f"not checked: verdict {v}", str(n)) for v, n in summary.carried_verdicts.items()]
+        scope = "--new-only: checked now" if new_only else "checked + not checked"
+        extra.append((f"not accepted ({scope})", str(summary.problems if new_only else summary.current_problems)))
+        extra.append((f"unreadable ({scope})", str(summary.failed if new_only else summary.current_failed)))
+    if summary.gone:
+        extra.append(("gone since the last scan", str(summary.gone)))
+    table.add_row("unreadable files", str(summary.failed), end_section=not extra)
+    for i, (label, value) in enumerate(extra):
+        table.add_row(label, value, end_section=i == len(extra) - 1)
     table.add_row("time", f"{summary.seconds:.1f} s")
     table.add_row("rate", f"{summary.files_per_second:.1f} files/s")
     table.add_row("on", escape(where))

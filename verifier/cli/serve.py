@@ -70,6 +70,7 @@ def _api_config(
         forwarder = Forwarder(Spool(store.root / "spool"), destination, calling_ae_title=ae_title)
     settings = _common.settings()
     spool = forwarder.spool.directory if forwarder is not None else None
+    review = open_review(settings, intake, stow_store=store, stow_spool=spool)
     return ApiConfig(
         intake=intake,
         tokens=TokenStore(intake.audit_log),
@@ -77,8 +78,9 @@ def _api_config(
         max_body_bytes=max_body_bytes,
         max_concurrent=max_concurrent,
         forward=forwarder,
-        review=open_review(settings, intake, stow_store=store, stow_spool=spool),
+        review=review,
         on_quarantine=quarantine_webhook(settings),
+        audit_trust=review.trusted,
     )
 
 
@@ -87,8 +89,8 @@ def _missing_api(exc: ModuleNotFoundError) -> InputError:
 
 
 @app.command(
-    help="Serve the HTTP API (POST /v1/verify, GET /v1/audit/{id}, STOW-RS POST /dicomweb/studies, /v1/quarantine, "
-    "/metrics) and the quarantine review pages (/ui/quarantine)."
+    help="Serve the HTTP API (POST /v1/verify, GET /v1/audit (search), /v1/audit/verify and /v1/audit/{id}, STOW-RS "
+    "POST /dicomweb/studies, /v1/quarantine, /metrics) and the quarantine review pages (/ui/quarantine)."
 )
 def serve(
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
@@ -157,8 +159,12 @@ def serve(
     destination = parse_forward(forward) if forward is not None else None
     settings = _common.settings()
     intake = open_intake(
-        settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model, notify=_common.note
-    )
+        settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model, notify=_common.note,
+        reload_channel="api",
+    )  # fmt: skip
+    from verifier.intake.reload import reload_on_sighup
+
+    reload_on_sighup(intake)
     intake.warm_up()  # lazy imports and first-call costs before the first request, not in it
     config = _api_config(intake, store_dir or settings.home / "intake" / "stow", destination, ae_title,
                          max_body_bytes=int(max_body_mb * 1024**2), max_concurrent=max_concurrent)  # fmt: skip

@@ -33,6 +33,7 @@ from verifier.result import FileResult
 
 if TYPE_CHECKING:
     from verifier.audit import AuditEntry, AuditLog, Channel
+    from verifier.intake.reload import CheckerReloader
 
 __all__ = ["Intake", "IntakeDecision", "Peer", "error_comment", "safe_uid"]
 
@@ -145,10 +146,19 @@ class Intake:
     :func:`verifier.setup.open_intake`.
     """
 
-    def __init__(self, checker: Checker, *, audit_log: AuditLog | None = None) -> None:
+    def __init__(
+        self, checker: Checker, *, audit_log: AuditLog | None = None, reloader: CheckerReloader | None = None
+    ) -> None:
         self.checker = checker
         self.audit_log = audit_log
         self._lock = threading.Lock()
+        #: Takes trust, revocation and site-policy changes in before each check (None: the checker never changes).
+        self.reloader = reloader
+
+    def reload(self, trigger: str = "SIGHUP") -> None:
+        """Read the trust store, revocations and site policy again now (and record it), changed or not."""
+        if self.reloader is not None:
+            self.checker = self.reloader.refresh(self.checker, force=True, trigger=trigger)
 
     def warm_up(self) -> None:
         """Check pydicom's bundled CT_small once (nothing recorded), so that lazy imports and first-call costs are
@@ -164,7 +174,10 @@ class Intake:
     def check(self, data: bytes, peer: Peer, *, name: str | None = None) -> IntakeDecision:
         """Check one upload; never raises (bad input gives an UNREADABLE/MALFORMED verdict, REJECT by default)."""
         start = time.perf_counter()
-        examined = self.checker.examine(data, name=name or peer.describe())
+        checker = self.checker
+        if self.reloader is not None:
+            checker = self.checker = self.reloader.refresh(checker)
+        examined = checker.examine(data, name=name or peer.describe())
         elapsed = (time.perf_counter() - start) * 1000.0
         return IntakeDecision(
             result=examined.result, peer=peer, data=data, instance=examined.instance, check_ms=elapsed

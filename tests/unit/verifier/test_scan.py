@@ -20,7 +20,7 @@ from provenance.keys import KeyStore
 from provenance.trust import TrustPolicy
 from verifier.audit import AuditLog
 from verifier.audit._schema import records
-from verifier.audit.scanstate import FileState, RecordedFile, ScanInProgressError, ScanStateStore
+from verifier.audit.scanstate import FileState, KnownFile, RecordedFile, ScanInProgressError, ScanStateStore
 from verifier.checker import Checker, parse_checks
 from verifier.errors import InputError
 from verifier.policy import DEFAULT_POLICY
@@ -213,7 +213,9 @@ def test_crash_between_record_and_state_resumes_without_duplicates(
         store = ScanStateStore(log)
         run = store.begin_run(str(root.resolve()))
         # What a process killed after the records' commit and before the state's leaves behind:
-        first = Scanner(Checker(checks=CHECKS, trust=trust)).plan([root]).roots[0].to_check[:2]
+        scanner = Scanner(Checker(checks=CHECKS, trust=trust))
+        first = scanner.plan([root]).roots[0].to_check[:2]
+        judge = scanner.judge.digest
         results = check_batch([f.path for f in first], CHECKS, TrustSpec.from_policy(trust),
                               DEFAULT_POLICY)  # fmt: skip
         from verifier.audit import Channel
@@ -221,7 +223,9 @@ def test_crash_between_record_and_state_resumes_without_duplicates(
         entries = [
             dataclasses.replace(
                 r.audit_entry(channel=Channel.SCAN, event="scan"),
-                details={"scan": store.scan_details(run, FileState(size=f.size, mtime_ns=f.mtime_ns))},
+                details={
+                    "scan": store.scan_details(run, FileState(size=f.size, mtime_ns=f.mtime_ns, judge=judge))
+                },
             )
             for r, f in zip(results, first, strict=True)
         ]
@@ -274,7 +278,9 @@ def test_record_writes_state_that_known_files_returns(tmp_path: Path, audit_db_u
         with pytest.raises(ValueError, match=r"lacks details\.scan"):
             store.record(run, [RecordedFile(path="/arc/a", entry=dataclasses.replace(entry, details={}), state=state)])
         [record_id] = store.record(run, [RecordedFile(path="/arc/a", entry=entry, state=state)])
-        assert store.known_files("/arc") == {"/arc/a": state}
+        assert store.known_files("/arc") == {
+            "/arc/a": KnownFile(10, 20, "0" * 64, None, None, None, record_id=record_id, run_id=run.id)
+        }
         assert store.known_files("/other") == {}
         bigger = dataclasses.replace(state, size=11)
         entry = dataclasses.replace(entry, details={"scan": store.scan_details(run, bigger)})

@@ -204,6 +204,19 @@ class Spool:
     def discard(staged: Path) -> None:
         staged.unlink(missing_ok=True)
 
+    def adopt(self, other: Path) -> int:
+        """Move the instances queued in spool directory ``other`` (another worker's, no longer run) into this
+        one, in their order, durably; return how many. Their audit records name the old file names."""
+        moved = 0
+        for path in sorted(other.glob("*.dcm")):
+            os.replace(path, self.directory / path.name)
+            moved += 1
+        for path in sorted((other / "failed").glob("*")) if (other / "failed").is_dir() else ():
+            os.replace(path, self.failed_dir / path.name)
+        if moved:
+            self._dir_sync.sync()
+        return moved
+
     def pending(self, limit: int | None = None) -> list[Path]:
         """Spooled files, oldest first."""
         files = sorted(p for p in self.directory.glob("*.dcm") if p.is_file())
@@ -227,10 +240,18 @@ class Spool:
 class QuarantineStore:
     """Instances kept aside for review: ``<sha256>.dcm`` and ``<sha256>.json`` (verdict, reasons, sender)."""
 
-    def __init__(self, directory: Path, *, on_quarantine: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        on_quarantine: Callable[[dict[str, Any]], None] | None = None,
+        owner: bool = True,
+    ) -> None:
+        """``owner``: as for :class:`Spool`; gateway workers sharing one store are not owners (their supervisor
+        removes what a crash left before it starts them)."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for stale in self.directory.glob(".incoming-*.tmp"):  # a crash between write and rename
+        for stale in self.directory.glob(".incoming-*.tmp") if owner else ():  # a crash between write and rename
             stale.unlink(missing_ok=True)
         #: Called after each arrival is kept (the quarantine webhook), never raising into the channel.
         self.on_quarantine = on_quarantine

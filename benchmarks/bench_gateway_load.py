@@ -25,8 +25,9 @@ association; its remaining instances count as unanswered (seen with storescp und
 With A associations each waiting for its answer, a round trip is about A / throughput once the peer is saturated
 (Little's law): at 20 or 50 associations the percentiles measure queueing and ``inst/s`` is the capacity.
 ``--pin`` runs the senders on CPU 0 and the peer (and its PACS) on CPU 1 (taskset), so that the figures say what one
-core of checking gives when the senders do not compete with it. ``--profile`` also saves a cProfile of a one-process
-gateway's run (``benchmarks/results/bench_gateway_load.prof``, top functions printed). The machine's load average
+core of checking gives when the senders do not compete with it. ``--profile`` samples the one-process gateway at
+the largest association count with py-spy (every thread; ``pip install py-spy``), saves the collapsed stacks
+(``benchmarks/results/bench_gateway_load.pyspy.txt``) and prints where the time went. The machine's load average
 is saved with the figures: on a shared machine they are noisy. Figures are printed and saved as JSON
 (``benchmarks/results/bench_gateway_load.json``).
 
@@ -260,11 +261,60 @@ def _gateway_cmd(work: Path, label: str, port: int, pacs_port: int, checks: str,
     ]  # fmt: skip
 
 
-def _profiled(cmd: list[str], out: Path) -> list[str]:
-    """``cmd`` (a ``python -c`` gateway) under cProfile, which writes ``out`` when the gateway exits."""
-    code = (f"import cProfile, sys; sys.argv = ['medverify', *sys.argv[1:]]; from verifier.cli import main; "
-            f"cProfile.run('main()', {str(out)!r})")  # fmt: skip
-    return [cmd[0], "-c", code, *cmd[3:]]
+@contextmanager
+def _sampling(pid: int, out: Path) -> Iterator[None]:
+    """py-spy samples every thread of process ``pid`` (where the gateway works: one thread per association) while
+    the block runs; the collapsed stacks go to ``out``."""
+    cmd = ["py-spy", "record", "--pid", str(pid), "--rate", "50", "--format", "raw", "--output", str(out),
+           "--nonblocking"]  # fmt: skip
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+
+
+#: Where the gateway's time goes, by the innermost frame of ours or of a library that names the work.
+_PROFILE_PARTS = (
+    ("signature check (RSA verify, MAC over the data set)", ("provenance/signature", "provenance/",
+                                                             "cryptography/")),
+    ("audit record (SQLAlchemy, psycopg/sqlite, Merkle hashing)", ("verifier/audit/", "sqlalchemy/", "psycopg/",
+                                                                    "sqlite3/")),
+    ("spool and quarantine (write, fsync, rename)", ("verifier/intake/queue.py",)),
+    ("parsing the DICOM data set (pydicom)", ("pydicom/",)),
+    ("DICOM network (pynetdicom: PDUs, DIMSE, association threads)", ("pynetdicom/",)),
+    ("other medverify (checker, policy, result)", ("verifier/", "detectors/")),
+)
+
+
+def _summarise_profile(path: Path) -> dict[str, Any]:
+    """Samples per part (a stack counts for the first part, in the order above, that any of its frames names)."""
+    totals: dict[str, int] = {name: 0 for name, _ in _PROFILE_PARTS}
+    totals["other (interpreter, threads, sockets)"] = 0
+    leaves: dict[str, int] = {}
+    samples = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = stack.split(";")
+        part = next((name for name, keys in _PROFILE_PARTS if any(k in f for f in frames for k in keys)), None)
+        totals[part or "other (interpreter, threads, sockets)"] += n
+        leaf = frames[-1].split(" (")[0] + " " + frames[-1].rsplit("/", 1)[-1].rstrip(")")
+        leaves[leaf] = leaves.get(leaf, 0) + n
+    top = sorted(leaves.items(), key=lambda kv: -kv[1])[:12]
+    return {
+        "samples": samples,
+        "parts_percent": {k: round(100.0 * v / max(samples, 1), 1) for k, v in totals.items()},
+        "top_leaves_percent": {k: round(100.0 * v / max(samples, 1), 1) for k, v in top},
+    }
 
 
 def _check_gateway(row: dict[str, Any], db_url: str, env: dict[str, str], uids: set[str], pacs_dir: Path) -> None:
@@ -317,12 +367,12 @@ def run_level(args: argparse.Namespace, work: Path, home: Path, files: Path, uid
                 cmd = [*server_pin, *_gateway_cmd(work, tag, gw_port, pacs_port, args.checks, associations, workers)]
                 prof = None
                 if args.profile and workers == 1 and associations == max(args.associations):
-                    prof = args.output.with_suffix(".prof")
-                    cmd = [*server_pin, *_profiled(cmd[len(server_pin):], prof)]
-                with _process(cmd, env, work / f"gateway-{tag}.log"):
+                    prof = args.output.with_suffix(".pyspy.txt")
+                with _process(cmd, env, work / f"gateway-{tag}.log") as proc:
                     _wait(lambda p=gw_port: _listening(p), "medverify gateway")
                     time.sleep(3.0 if workers > 1 else 0.5)  # every worker listening and warmed up
-                    load = _send(gw_port, "MEDVERIFY", files, associations, args.processes, env, sender_pin)
+                    with _sampling(proc.pid, prof) if prof is not None else nullcontext():
+                        load = _send(gw_port, "MEDVERIFY", files, associations, args.processes, env, sender_pin)
                     row = _row(label, associations, load)
                     started = time.perf_counter()
                     _wait(lambda d=pacs_dir, k=row["success"]: _stored(d) >= k, "forwarding", timeout=900)
@@ -331,8 +381,8 @@ def run_level(args: argparse.Namespace, work: Path, home: Path, files: Path, uid
                 row["group_commit"] = [line.split("; ")[1] for line in log_text.splitlines()
                                        if "gateway stopped:" in line and "transactions" in line]  # fmt: skip
                 _check_gateway(row, db_url, env, uids, pacs_dir)
-                if prof is not None:
-                    row["profile"] = str(prof)
+                if prof is not None and prof.exists():
+                    row["profile"] = {"file": str(prof), **_summarise_profile(prof)}
         rows.append(row)
     base = rows[0]
     for row in rows[1:]:
@@ -412,11 +462,15 @@ def _row(label: str, associations: int, load: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _print_profile(path: Path, top: int = 25) -> None:
-    import pstats
-
-    print(f"\nprofile of the one-process gateway ({path}), by own time:")
-    pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
+def _print_profile(row: dict[str, Any]) -> None:
+    profile = row["profile"]
+    print(f"\nwhere the one-process gateway's CPU time went at {row['associations']} associations "
+          f"(py-spy, {profile['samples']} samples of busy threads, {profile['file']}):")  # fmt: skip
+    for name, pct in profile["parts_percent"].items():
+        print(f"  {pct:5.1f} %  {name}")
+    print("  busiest innermost functions:")
+    for name, pct in profile["top_leaves_percent"].items():
+        print(f"  {pct:5.1f} %  {name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saved {args.output}")
     for r in rows:
         if r.get("profile"):
-            _print_profile(Path(r["profile"]))
+            _print_profile(r)
     return 0 if ok else 1
 
 

@@ -207,7 +207,8 @@ class Intake:
         if self._group is not None:
             receipt = self._group.append(entry)
         else:
-            receipt = self.audit_log.append(entry)
+            with self._lock:
+                receipt = self.audit_log.append(entry)
         return dataclasses.replace(decision, audit_id=receipt.id, result=decision.result.with_audit_id(receipt.id))
 
     def close(self) -> None:

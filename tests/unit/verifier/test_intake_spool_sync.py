@@ -55,3 +55,25 @@ def test_a_failed_directory_fsync_raises_in_the_caller(tmp_path: Path) -> None:
     directory.mkdir()
     sync.sync()  # a later caller is not handed the old failure
     assert sync.fsyncs == 3
+
+
+def test_changing_the_number_of_workers_strands_no_queued_instance(tmp_path: Path) -> None:
+    from verifier.intake.workers import prepare_shared_state, worker_spool
+
+    root, quarantine = tmp_path / "spool", tmp_path / "quarantine"
+    one = Spool(root)
+    queued = [one.put(os.urandom(100), sha256=f"{i:064x}") for i in range(2)]
+    third = Spool(worker_spool(root, 3))
+    queued.append(third.put(os.urandom(100), sha256=f"{9:064x}"))
+    (worker_spool(root, 3) / ".incoming-x.tmp").write_bytes(b"half")  # a crash left it staged
+    quarantine.mkdir()
+    (quarantine / ".incoming-y.tmp").write_bytes(b"half")
+    names = sorted(p.name for p in queued)
+
+    assert prepare_shared_state(root, quarantine, 2) == 3  # one process -> two workers; worker 3 is gone
+    assert [p.name for p in Spool(worker_spool(root, 1)).pending()] == names
+    assert not one.pending() and not third.pending()
+    assert not list(worker_spool(root, 3).glob(".incoming-*")) and not list(quarantine.glob(".incoming-*"))
+
+    assert prepare_shared_state(root, quarantine, 1) == 3  # and back to one process
+    assert [p.name for p in Spool(root).pending()] == names

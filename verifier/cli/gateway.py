@@ -69,6 +69,17 @@ def gateway(
         typer.Option("--tls-ca", help="PEM CA certificate(s): senders must present a certificate it issued."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every instance (to stderr).")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Gateway processes on the one port (SO_REUSEPORT; the kernel spreads associations), each with its "
+            "own spool SPOOL/worker-<i>; they share the quarantine and the audit database (use PostgreSQL).",
+        ),
+    ] = 1,
+    worker_index: Annotated[int, typer.Option("--worker-index", hidden=True, min=0)] = 0,
 ) -> int:
     """Serve until interrupted (SIGINT or SIGTERM); spooled instances are forwarded after a restart."""
     from verifier.intake.gateway import Gateway, parse_allowed_callers
@@ -86,24 +97,56 @@ def gateway(
         )
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("medverify.intake").setLevel(logging.INFO if verbose else logging.WARNING)
+    spool_root = spool or settings.intake_spool_dir or settings.home / "spool"
+    quarantine_dir = quarantine or settings.intake_quarantine_dir or settings.home / "quarantine"
+    if worker_index == 0 and workers > 1:
+        if port == 0:
+            raise InputError("--workers needs a fixed --listen port (the workers share it)")
+        worker_args = [
+            "--forward", forward, "--listen", f"{host}:{port}", "--ae-title", ae_title,
+            "--spool", str(Path(spool_root).absolute()), "--quarantine", str(Path(quarantine_dir).absolute()),
+            "--retry-max", str(retry_max), "--max-associations", str(max_associations),
+            *[a for item in allow or () for a in ("--allow", item)],
+            *[a for item in trust or () for a in ("--trust", str(Path(item).absolute()))],
+            *_pairs(("--checks", checks), ("--model", model), ("--policy", policy_file), ("--tls-cert", tls_cert),
+                    ("--tls-key", tls_key), ("--tls-ca", tls_ca)),
+            *(["--verbose"] if verbose else []),
+        ]  # fmt: skip
+        return _supervise(workers, spool_root, quarantine_dir, worker_args, db=db, listen=f"{host}:{port}")
+    if worker_index == 0:
+        from verifier.intake.workers import prepare_shared_state
+
+        moved = prepare_shared_state(spool_root, quarantine_dir, 1)
+        if moved:
+            _common.err_console.print(f"took over {moved} instance(s) from the spools of earlier workers",
+                                      highlight=False)  # fmt: skip
     intake = open_intake(
         settings, checks, trust=trust or (), policy_file=policy_file, db=db, model=model, notify=_common.note,
         reload_channel="intake",
     )  # fmt: skip
     webhook = quarantine_webhook(settings)
+    if worker_index:
+        from verifier.intake.workers import worker_spool
+
+        spool_dir = worker_spool(spool_root, worker_index)
+    else:
+        spool_dir = spool_root
     server = Gateway(
         intake=intake,
         ae_title=ae_title,
         host=host,
         port=port,
         forward=destination,
-        spool_dir=spool or settings.intake_spool_dir or settings.home / "spool",
-        quarantine_dir=quarantine or settings.intake_quarantine_dir or settings.home / "quarantine",
+        spool_dir=spool_dir,
+        quarantine_dir=quarantine_dir,
         allowed=allowed,
         retry_max=retry_max,
         ssl_context=ssl_context,
         max_associations=max_associations,
         on_quarantine=webhook,
+        shared_port=worker_index > 0,
+        owns_quarantine=worker_index == 0,
+        worker=worker_index or None,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,8 +161,9 @@ def gateway(
         raise InputError(f"cannot listen on {listen}: {exc.strerror}") from None
     names = intake.checker.describe()
     tls_note = " (DICOM TLS, client certificates required)" if tls_ca else " (DICOM TLS)" if ssl_context else ""
+    who = f"medverify gateway {ae_title}" + (f" worker {worker_index}" if worker_index else "")
     _common.err_console.print(
-        f"medverify gateway {ae_title} listening on {host}:{server.port}{tls_note}; forwarding to {destination}; "
+        f"{who} listening on {host}:{server.port}{tls_note}; forwarding to {destination}; "
         f"checks: {names}; {len(server.spool)} instance(s) in the spool",
         highlight=False,
     )
@@ -131,5 +175,59 @@ def gateway(
         if webhook is not None:
             webhook.close()
     counts = ", ".join(f"{n} {a}" for a, n in server.counts.items())
-    _common.err_console.print(f"gateway stopped: {counts}; {len(server.spool)} left in the spool", highlight=False)
+    grouped = intake.group_stats
+    group_note = f"; {grouped.records} audit records in {grouped.transactions} transactions" if grouped else ""
+    _common.err_console.print(
+        f"{'worker ' + str(worker_index) + ' ' if worker_index else ''}gateway stopped: {counts}{group_note}; "
+        f"{len(server.spool)} left in the spool",
+        highlight=False,
+    )
     return 0
+
+
+def _pairs(*options: tuple[str, object]) -> list[str]:
+    out: list[str] = []
+    for name, value in options:
+        if value is not None:
+            out += [name, str(Path(value).absolute()) if isinstance(value, Path) else str(value)]
+    return out
+
+
+def _supervise(
+    workers: int, spool_root: Path, quarantine_dir: Path, args: list[str], *, db: str | None, listen: str
+) -> int:
+    """``--workers N``: run ``gateway ARGS --worker-index i`` for i in 1..N on the one port, until SIGINT/SIGTERM.
+
+    ``--db`` goes to the workers in the environment (MEDVERIFY_DB_URL), never on a command line that ``ps``
+    shows."""
+    import os
+    import sys
+
+    from verifier.intake.workers import WorkerPool, prepare_shared_state
+
+    moved = prepare_shared_state(spool_root, quarantine_dir, workers)
+    if moved:
+        _common.err_console.print(f"moved {moved} queued instance(s) into worker 1's spool", highlight=False)
+    env = dict(os.environ)
+    if db:
+        env["MEDVERIFY_DB_URL"] = db
+    base = [sys.executable, "-c", "from verifier.cli import app_main; app_main()", "gateway", *args]
+    pool = WorkerPool(lambda i: [*base, "--worker-index", str(i)], workers, env=env)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    pool.start()
+    _common.err_console.print(
+        f"medverify gateway: {workers} worker processes on {listen} (pids {', '.join(map(str, pool.pids()))}); "
+        f"spools {spool_root}/worker-1..{workers}",
+        highlight=False,
+    )
+    try:
+        pool.watch(stop)
+    finally:
+        pool.stop()
+    if pool.failed is not None:
+        raise InputError(f"gateway {pool.failed}; see its message above")
+    _common.err_console.print(f"gateway workers stopped ({pool.restarts} restart(s))", highlight=False)
+    return 0
+

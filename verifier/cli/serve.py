@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import sys
 import threading
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from verifier.intake.decide import Intake
     from verifier.intake.queue import Destination
 
-__all__ = ["tls_options"]
+__all__ = ["tls_options", "worker_app"]
 
 def tls_options(cert: Path | None, key: Path | None, client_ca: Path | None) -> dict[str, Any]:
     """uvicorn's ssl_* arguments for the TLS options, checked now (a bad file or passphrase is a clear error)."""
@@ -50,9 +51,12 @@ def _api_config(
     *,
     max_body_bytes: int,
     max_concurrent: int,
+    worker: bool = False,
 ) -> ApiConfig:
     """What the API serves with: the intake, its tokens, the STOW-RS store (cleared of what a killed server left)
-    and the forwarder to the PACS, if any."""
+    and the forwarder to the PACS, if any. ``worker``: one of ``serve --workers N``, which shares the store and the
+    spool with the others: it removes nothing at start (the supervising process did) and does not run the
+    forwarder (the supervising process does, for all of them)."""
     from verifier.api import ApiConfig
     from verifier.api.storage import InstanceStore
     from verifier.audit.tokens import TokenStore
@@ -60,14 +64,14 @@ def _api_config(
     if intake.audit_log is None:  # pragma: no cover - open_intake opens it unless audit=False
         raise InputError("the HTTP API needs the audit log")
     store = InstanceStore(store_dir)
-    stale = store.remove_stale()  # temporaries of uploads a killed server never recorded or never answered
+    stale = 0 if worker else store.remove_stale()  # temporaries of uploads a killed server never recorded/answered
     if stale:
         _common.err_console.print(f"removed {stale} unfinished upload(s) left by an earlier run", highlight=False)
     forwarder = None
     if destination is not None:
         from verifier.intake.queue import Forwarder, Spool
 
-        forwarder = Forwarder(Spool(store.root / "spool"), destination, calling_ae_title=ae_title)
+        forwarder = Forwarder(Spool(store.root / "spool", owner=not worker), destination, calling_ae_title=ae_title)
     settings = _common.settings()
     spool = forwarder.spool.directory if forwarder is not None else None
     review = open_review(settings, intake, stow_store=store, stow_spool=spool)
@@ -138,6 +142,16 @@ def serve(
     openapi: Annotated[
         bool, typer.Option("--openapi", help="Print the OpenAPI schema (JSON) and exit; starts nothing.")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Server processes (uvicorn workers) on the one port; they share the store and the audit database "
+            "(use PostgreSQL). /metrics then counts the process that answers.",
+        ),
+    ] = 1,
 ) -> int:
     """Run until interrupted. Every route but /v1/health and /openapi.json needs an API token (`tokens create`).
 
@@ -189,14 +203,30 @@ def serve(
         forwarder.start()  # resumes what an earlier run left in the spool
         forwarder.notify()
         _common.err_console.print(f"forwarding stored instances to {destination}", highlight=False)
+    served: Any = create_app(config)
+    run_options: dict[str, Any] = {}
+    if workers > 1:
+        # uvicorn starts the workers from an import string; each builds its own app (worker_app) from these
+        # options. The database URL goes in the environment, as MEDVERIFY_DB_URL, never on a command line.
+        os.environ[_WORKER_ENV] = json.dumps({
+            "checks": checks, "trust": [str(t) for t in trust or ()], "model": str(model) if model else None,
+            "policy": str(policy_file) if policy_file else None, "store_dir": str(config.store.root),
+            "forward": forward, "ae_title": ae_title, "max_body_bytes": int(max_body_mb * 1024**2),
+            "max_concurrent": max_concurrent,
+        })  # fmt: skip
+        if db:
+            os.environ["MEDVERIFY_DB_URL"] = db
+        served, run_options = f"{__name__}:worker_app", {"factory": True, "workers": workers}
+        _common.err_console.print(f"{workers} worker processes; the forwarder runs in this one", highlight=False)
     try:
         uvicorn.run(
-            create_app(config),
+            served,
             host=host,
             port=port,
             log_level="info",
             server_header=False,
             timeout_graceful_shutdown=10,
+            **run_options,
             **tls,
         )
     finally:
@@ -204,3 +234,30 @@ def serve(
             forwarder.stop()
         intake.close()
     return 0
+
+
+#: The options of ``serve --workers N``, for :func:`worker_app` in each worker process (JSON, no secrets).
+_WORKER_ENV = "MEDVERIFY_SERVE_WORKER_OPTIONS"
+
+
+def worker_app() -> Any:
+    """The application of one ``serve --workers N`` process: uvicorn calls this in each worker. It checks and
+    records like the single-process server; the store, the spool and the audit database are shared (appends are
+    serialised in the database), and the forwarder runs in the supervising process only."""
+    from verifier.api import create_app
+
+    options = json.loads(os.environ[_WORKER_ENV])
+    settings = _common.settings()
+    intake = open_intake(
+        settings,
+        options["checks"],
+        trust=[Path(t) for t in options["trust"]],
+        policy_file=Path(options["policy"]) if options["policy"] else None,
+        model=Path(options["model"]) if options["model"] else None,
+    )
+    intake.warm_up()
+    destination = parse_forward(options["forward"]) if options["forward"] is not None else None
+    config = _api_config(intake, Path(options["store_dir"]), destination, options["ae_title"],
+                         max_body_bytes=options["max_body_bytes"], max_concurrent=options["max_concurrent"],
+                         worker=True)  # fmt: skip
+    return create_app(config)

@@ -33,6 +33,7 @@ from verifier.result import FileResult
 
 if TYPE_CHECKING:
     from verifier.audit import AuditEntry, AuditLog, Channel
+    from verifier.audit.group import GroupCommit, GroupStats
     from verifier.intake.reload import CheckerReloader
 
 __all__ = ["Intake", "IntakeDecision", "Peer", "error_comment", "safe_uid"]
@@ -142,23 +143,42 @@ class Intake:
     """The :class:`~verifier.checker.Checker` every intake channel checks with, and the audit log they all write to.
 
     Thread-safe: channels call :meth:`check` and :meth:`record` from several threads (one per association or
-    request); audit appends are serialised here as well as in the database. Build one with
+    request); the records of concurrent uploads are committed together (group commit) and serialised with other
+    processes' in the database. Build one with
     :func:`verifier.setup.open_intake`.
     """
 
     def __init__(
-        self, checker: Checker, *, audit_log: AuditLog | None = None, reloader: CheckerReloader | None = None
+        self, checker: Checker, *, audit_log: AuditLog | None = None, reloader: CheckerReloader | None = None,
+        group_commit: bool = True,
     ) -> None:
+        """``group_commit``: records of concurrent uploads share transactions (:class:`~verifier.audit.group.
+        GroupCommit`); each :meth:`record` still returns only once its own record is committed."""
         self.checker = checker
         self.audit_log = audit_log
         self._lock = threading.Lock()
         #: Takes trust, revocation and site-policy changes in before each check (None: the checker never changes).
         self.reloader = reloader
+        self._checking = 0
+        self._group: GroupCommit | None = None
+        if audit_log is not None and group_commit:
+            from verifier.audit.group import GroupCommit
+
+            self._group = GroupCommit(audit_log, more_coming=self._others_checking)
 
     def reload(self, trigger: str = "SIGHUP") -> None:
         """Read the trust store, revocations and site policy again now (and record it), changed or not."""
         if self.reloader is not None:
             self.checker = self.reloader.refresh(self.checker, force=True, trigger=trigger)
+
+    def _others_checking(self) -> bool:
+        """Whether an upload is being checked now (its record will follow within milliseconds)."""
+        return self._checking > 0
+
+    @property
+    def group_stats(self) -> GroupStats | None:
+        """How records were grouped into transactions, or None without group commit."""
+        return self._group.stats if self._group is not None else None
 
     def warm_up(self) -> None:
         """Check pydicom's bundled CT_small once (nothing recorded), so that lazy imports and first-call costs are
@@ -177,7 +197,13 @@ class Intake:
         checker = self.checker
         if self.reloader is not None:
             checker = self.checker = self.reloader.refresh(checker)
-        examined = checker.examine(data, name=name or peer.describe())
+        with self._lock:
+            self._checking += 1
+        try:
+            examined = checker.examine(data, name=name or peer.describe())
+        finally:
+            with self._lock:
+                self._checking -= 1
         elapsed = (time.perf_counter() - start) * 1000.0
         return IntakeDecision(
             result=examined.result, peer=peer, data=data, instance=examined.instance, check_ms=elapsed
@@ -192,10 +218,15 @@ class Intake:
         if self.audit_log is None:
             return decision
         entry = decision.audit_entry(event=event, **details)
-        with self._lock:
-            receipt = self.audit_log.append(entry)
+        if self._group is not None:
+            receipt = self._group.append(entry)
+        else:
+            with self._lock:
+                receipt = self.audit_log.append(entry)
         return dataclasses.replace(decision, audit_id=receipt.id, result=decision.result.with_audit_id(receipt.id))
 
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
         if self.audit_log is not None:
             self.audit_log.close()

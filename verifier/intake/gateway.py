@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -127,7 +128,14 @@ class Gateway:
         ssl_context: ssl.SSLContext | None = None,
         max_associations: int = 64,
         on_quarantine: Callable[[dict[str, Any]], None] | None = None,
+        shared_port: bool = False,
+        owns_quarantine: bool = True,
+        worker: int | None = None,
     ) -> None:
+        """``shared_port``: listen with SO_REUSEPORT, so that several gateway processes (``medverify gateway
+        --workers N``) accept on one port and the kernel spreads associations over them; each needs a spool of its
+        own. ``owns_quarantine``: False for such workers, which share one quarantine store. ``worker``: the
+        worker's number, written in each audit record (``details.intake.worker``)."""
         if not allowed:
             raise ConfigError(
                 "no calling AE title is allowed to store: set gateway_allowed_callers or pass --allow AE[@ADDRESS]"
@@ -141,8 +149,10 @@ class Gateway:
         self.ssl_context = ssl_context
         #: Concurrent associations accepted (pynetdicom's default is 10); more are rejected as transient.
         self.max_associations = max_associations
+        self.shared_port = shared_port
+        self.worker = worker
         self.spool = Spool(spool_dir)
-        self.quarantine = QuarantineStore(quarantine_dir, on_quarantine=on_quarantine)
+        self.quarantine = QuarantineStore(quarantine_dir, on_quarantine=on_quarantine, owner=owns_quarantine)
         self.forwarder = Forwarder(
             self.spool, forward, calling_ae_title=ae_title, retry_initial=retry_initial, retry_max=retry_max
         )
@@ -172,9 +182,13 @@ class Gateway:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_CONN_OPEN, _no_delay),
         ]
-        server = ae.start_server(
-            (self.host, self.port), block=False, ssl_context=self.ssl_context, evt_handlers=handlers
-        )
+        server: ThreadedAssociationServer | None
+        if self.shared_port:
+            server = _listen_shared(ae, (self.host, self.port), self.ssl_context, handlers)
+        else:
+            server = ae.start_server(
+                (self.host, self.port), block=False, ssl_context=self.ssl_context, evt_handlers=handlers
+            )
         if server is None:  # pragma: no cover - only with block=True
             raise RuntimeError("pynetdicom did not start a server")
         self._server = server
@@ -295,6 +309,8 @@ class Gateway:
         return _status(code, comment)
 
     def _record(self, decision: IntakeDecision, **details: Any) -> IntakeDecision:
+        if self.worker is not None:
+            details["worker"] = self.worker
         recorded = self.intake.record(decision, **details)
         with self._count_lock:
             self.counts[decision.action.value] += 1
@@ -308,6 +324,27 @@ class Gateway:
             decision.check_ms,
         )
         return recorded
+
+
+def _listen_shared(
+    ae: Any, address: tuple[str, int], ssl_context: ssl.SSLContext | None, handlers: list[Any]
+) -> ThreadedAssociationServer:
+    """As ``ae.start_server(block=False)``, but the listening socket has SO_REUSEPORT, so that the other workers
+    of ``gateway --workers N`` can listen on the same port (pynetdicom's own bind does not set it)."""
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    class SharedPortServer(ThreadedAssociationServer):
+        def server_bind(self) -> None:
+            if self.socket is not None:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            super().server_bind()
+
+    server: ThreadedAssociationServer = ae.make_server(
+        address, ssl_context=ssl_context, evt_handlers=handlers, server_class=SharedPortServer
+    )
+    threading.Thread(target=server.serve_forever, name="medverify-gateway-accept", daemon=True).start()
+    ae._servers.append(server)  # as start_server does: server.shutdown() takes it off this list
+    return server
 
 
 def _discard_unclaimed(staging: Future[Path]) -> None:

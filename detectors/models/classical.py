@@ -31,6 +31,8 @@ from detectors.models.base import Detector, DetectorConfig, FitProgress, ModelEr
 __all__ = ["ClassicalDetector", "down_up", "model_features", "patch_features"]
 
 _EPS = 1e-6
+#: Departures from the real patches are clipped here (robust z units).
+_CLIP = 20.0
 
 
 def _radial_index(p: int, bins: int) -> npt.NDArray[np.int64]:
@@ -108,9 +110,11 @@ class ClassicalDetector(Detector):
     """Spectrum and residual features, standardised, two logistic regressions (synthetic, tamper)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"patch_size": 32, "max_patches": 8, "arch_args": {"bins": 8, "C": 1.0, "fit_patches": 512}},
+        "tiny": {"patch_size": 32, "max_patches": 8,
+                 "arch_args": {"bins": 8, "C": 1.0, "fit_patches": 512, "two_sided": True}},
         "small": {"patch_size": 64, "max_patches": 32,
-                  "arch_args": {"bins": 12, "C": 0.5, "fit_patches": 12000, "self_reference": True}},
+                  "arch_args": {"bins": 12, "C": 0.5, "fit_patches": 12000, "self_reference": True,
+                                 "two_sided": True}},
     }
 
     def __init__(self, config: DetectorConfig, *, seed: int = 0) -> None:
@@ -122,12 +126,27 @@ class ClassicalDetector(Detector):
         n_features = model_features(blank, self.bins, self.self_reference).shape[1]
         self.mean = np.zeros(n_features)
         self.scale = np.ones(n_features)
+        #: The synthetic head reads departures from the real patches, in either direction (see the physics
+        #: member's ``two_sided``); absent from older bundles, which keep the signed features.
+        self.two_sided = bool(config.arch_args.get("two_sided", False))
+        self.reference = (np.zeros(n_features), np.ones(n_features))  # real patches' median and spread
+        self.syn_mean = np.zeros(n_features)
+        self.syn_scale = np.ones(n_features)
         self.coef = np.zeros((2, n_features))
         self.intercept = np.zeros(2)
 
+    def _departures(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """``two_sided``: each feature's clipped absolute departure from the real training patches."""
+        return np.minimum(np.abs((x - self.reference[0]) / self.reference[1]), _CLIP)
+
     def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        z = (model_features(patches, self.bins, self.self_reference) - self.mean) / self.scale
-        return np.asarray(z @ self.coef.T + self.intercept, dtype=np.float32)
+        x = model_features(patches, self.bins, self.self_reference)
+        z = (x - self.mean) / self.scale
+        logits = z @ self.coef.T + self.intercept
+        if self.two_sided:
+            d = (self._departures(x) - self.syn_mean) / self.syn_scale
+            logits[:, 0] = d @ self.coef[0] + self.intercept[0]
+        return np.asarray(logits, dtype=np.float32)
 
     def fit(
         self,
@@ -153,10 +172,20 @@ class ClassicalDetector(Detector):
         self.mean = x.mean(axis=0)
         self.scale = x.std(axis=0) + 1e-6
         z = (x - self.mean) / self.scale
+        heads = [z, z]
+        synthetic, tampered = np.concatenate(syn), np.concatenate(tam)
+        if self.two_sided:
+            real = x[(synthetic == 0) & (tampered == 0)]
+            centre = np.median(real if len(real) else x, axis=0)
+            self.reference = (centre, 1.4826 * np.median(np.abs((real if len(real) else x) - centre), axis=0) + 1e-3)
+            d = self._departures(x)
+            self.syn_mean, self.syn_scale = d.mean(axis=0), d.std(axis=0) + 1e-6
+            heads[0] = (d - self.syn_mean) / self.syn_scale
         metrics: dict[str, float] = {"patches": float(len(z))}
         c = float(self.config.arch_args.get("C", 0.5))
-        for head, labels in enumerate((np.concatenate(syn), np.concatenate(tam))):
+        for head, labels in enumerate((synthetic, tampered)):
             name = ("syn", "tamper")[head]
+            z = heads[head]
             if len(np.unique(labels)) < 2:
                 self.coef[head] = 0.0
                 self.intercept[head] = -4.0 if labels.max() == 0 else 4.0
@@ -177,6 +206,9 @@ class ClassicalDetector(Detector):
             "classical.scale": self.scale.astype(np.float64),
             "classical.coef": self.coef.astype(np.float64),
             "classical.intercept": self.intercept.astype(np.float64),
+            **({"classical.reference_centre": self.reference[0], "classical.reference_spread": self.reference[1],
+                "classical.syn_mean": self.syn_mean, "classical.syn_scale": self.syn_scale}
+               if self.two_sided else {}),
         }
 
     def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
@@ -185,10 +217,16 @@ class ClassicalDetector(Detector):
             scale = np.asarray(arrays["classical.scale"], np.float64)
             coef = np.asarray(arrays["classical.coef"], np.float64)
             intercept = np.asarray(arrays["classical.intercept"], np.float64)
+            two = [np.asarray(arrays[f"classical.{k}"], np.float64) for k in
+                   ("reference_centre", "reference_spread", "syn_mean", "syn_scale")] if self.two_sided else []
         except KeyError as exc:
             raise ModelError(f"classical weights lack {exc}") from None
         if mean.shape != self.mean.shape or coef.shape != self.coef.shape or intercept.shape != (2,):
             raise ModelError("classical weights do not fit the config (patch size / bins)")
         if not (scale > 0).all():
             raise ModelError("classical weights have a non-positive scale")
+        if two and (any(a.shape != mean.shape for a in two) or not ((two[1] > 0).all() and (two[3] > 0).all())):
+            raise ModelError("classical weights lack a fitting reference of real patches")
         self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, intercept
+        if two:
+            self.reference, self.syn_mean, self.syn_scale = (two[0], two[1]), two[2], two[3]

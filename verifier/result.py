@@ -135,7 +135,7 @@ class FileResult:
         return AuditEntry(
             event=event,
             channel=channel,
-            path=self.path,
+            path=self.label,  # an image of a PDF: the page and image number after the path
             sop_instance_uid=self.sop_instance_uid,
             file_sha256=self.sha256,
             os_user=user,

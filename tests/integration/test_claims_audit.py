@@ -344,9 +344,11 @@ def _check_sample_exports(claims: dict[str, dict[str, object]], root: Path, caps
     assert [line["label"].rsplit("/", 1)[-1] for line in lines] == [
         "discharge.pdf#page=1&image=1", "discharge.pdf#page=2&image=1", "ct_export.png"]
     code, out, _err = run_cli(capsys, "audit", "list", "--format", "jsonl", "--channel", "cli", "--limit", "0")
-    pages_recorded = [r["details"]["export"]["page"] for r in jsonl(out) if r["id"] in {x["audit_id"] for x in lines}
-                      and r["details"]["export"]["container"] == "pdf"]  # fmt: skip
-    assert sorted(pages_recorded) == [1, 2]
+    recorded = [r for r in jsonl(out) if r["id"] in {x["audit_id"] for x in lines}]
+    pdf_records = sorted((r["details"]["export"]["page"], r["path"]) for r in recorded
+                         if r["details"]["export"]["container"] == "pdf")  # fmt: skip
+    assert [(page, path.rsplit("/", 1)[-1]) for page, path in pdf_records] == [
+        (1, "discharge.pdf#page=1&image=1"), (2, "discharge.pdf#page=2&image=1")]
 
 
 def test_detector_scores_and_heatmaps_reach_the_report(

@@ -21,6 +21,7 @@ import dataclasses
 import enum
 import io
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,18 +111,26 @@ def read_credentials(data: bytes, image_format: str) -> ContentCredentials | Non
     except ImportError as exc:  # a core dependency; a broken install is said, not hidden
         raise CredentialsError(f"c2pa-python is not importable ({exc}): pip install c2pa-python") from None
     try:
-        context = c2pa.Context.from_dict(_SETTINGS)
-        reader = c2pa.Reader.try_create(mime, io.BytesIO(data), None, context)
-    except c2pa.C2paError as exc:
-        return ContentCredentials(status=CredentialsStatus.MALFORMED, error=f"{type(exc).__name__}: {str(exc)[:200]}")
-    if reader is None:
-        return None
-    try:
+        reader = c2pa.Reader.try_create(mime, io.BytesIO(data), None, _context(c2pa))
+        if reader is None:
+            return None
         with reader:
             store = json.loads(reader.json())
-    except (c2pa.C2paError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the SDK's errors (and a damaged store's JSON): the manifest is unusable
         return ContentCredentials(status=CredentialsStatus.MALFORMED, error=f"{type(exc).__name__}: {str(exc)[:200]}")
     return _from_store(store)
+
+
+_CONTEXTS: dict[int, Any] = {}
+
+
+def _context(c2pa: Any) -> Any:
+    """The SDK context with :data:`_SETTINGS`, made once per process (a forked worker makes its own: the SDK's
+    native handles are not shared across a fork)."""
+    pid = os.getpid()
+    if pid not in _CONTEXTS:
+        _CONTEXTS[pid] = c2pa.Context.from_dict(_SETTINGS)
+    return _CONTEXTS[pid]
 
 
 def _from_store(store: Mapping[str, Any]) -> ContentCredentials:

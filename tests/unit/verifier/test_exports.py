@@ -180,3 +180,34 @@ def test_bad_exports_get_a_verdict_and_a_record(
     assert result.error is not None and why in result.error, result.error
     entry = result.audit_entry(channel=Channel.CLI)
     assert entry.verdict == kind and entry.path == str(path)
+
+
+def test_a_scan_checks_exports_one_image_at_a_time(tmp_path: Path) -> None:
+    """Exports are found by content in an archive; each PDF image is recorded, the file's state once."""
+    import shutil
+
+    from verifier.audit import AuditLog
+    from verifier.audit.scanstate import ScanStateStore
+    from verifier.scan import LocalExecutor, Scanner
+
+    root = tmp_path / "archive"
+    root.mkdir()
+    shutil.copy(_sample("CT_small.dcm"), root / "ct")  # named without a suffix: found by content
+    export_copy(_sample("MR2_UNCR.dcm"), root / "knee.png")
+    pdf = pdf_with_images(root / "letter", [display_pixels(_sample("693_UNCR.dcm")),
+                                            display_pixels(_sample("MR2_UNCR.dcm"))])  # fmt: skip
+    (root / "notes.txt").write_text("not an image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        checker = Checker(checks=parse_checks("signature"), trust=TrustPolicy.unsafe_trust_everything())
+    with AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}") as log:
+        state = ScanStateStore(log)
+        scanner = Scanner(checker, state=state)
+        plan = scanner.plan([root])
+        results = list(scanner.execute(plan, LocalExecutor(1)))
+        summary = scanner.finish(plan)
+        assert sorted(r.label.rsplit("/", 1)[-1] for r in results) == [
+            "ct", "knee.png", "letter#page=1&image=1", "letter#page=2&image=1"]
+        assert summary.not_dicom == 1 and all(r.audit_id is not None and r.error is None for r in results)
+        known = state.known_files(str(root.resolve()))
+        assert known[str(pdf.resolve())].sha256 == next(r.file_sha256 for r in results if r.path == str(pdf.resolve()))

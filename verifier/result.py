@@ -121,12 +121,14 @@ class FileResult:
         peer_ae_title: str | None = None,
         peer_address: str | None = None,
         api_token_id: str | None = None,
+        path: str | None = None,
     ) -> AuditEntry:
         """The one audit record of this result (one per input, also for unreadable input), by the local user.
 
         ``details`` are added to the record's own (the verdict's reasons and the error), e.g. where a scan or an
-        intake channel took the file; the peer fields say who sent it. Built in one step: validating an entry is
-        what a scan's driver spends most of its time per file on.
+        intake channel took the file; the peer fields say who sent it. ``path`` is the record's path (default
+        :attr:`label`, which names the page of an image of a PDF; ``details.export`` names it too). Built in one
+        step: validating an entry is what a scan's driver spends most of its time per file on.
         """
         from verifier.audit.entry import AuditEntry, local_actor
 
@@ -135,7 +137,7 @@ class FileResult:
         return AuditEntry(
             event=event,
             channel=channel,
-            path=self.label,  # an image of a PDF: the page and image number after the path
+            path=self.label if path is None else path,
             sop_instance_uid=self.sop_instance_uid,
             file_sha256=self.sha256,
             os_user=user,

@@ -176,8 +176,11 @@ class Scanner:
                 if rp.run is None:  # pragma: no cover - plan() gives every root a run when there is a store
                     raise RuntimeError(f"no scan run for {rp.root}")
                 state = FileState(size=f.size, mtime_ns=f.mtime_ns, sha256=r.file_sha256)
+                # Recorded under the file's path (an image of a PDF names its page in details.export): a resumed run
+                # finds the files it has done by the records' paths.
                 entry = r.audit_entry(
-                    channel=Channel.SCAN, event="scan", details={"scan": self.state.scan_details(rp.run, state)}
+                    channel=Channel.SCAN, event="scan", details={"scan": self.state.scan_details(rp.run, state)},
+                    path=r.path,
                 )
                 slot = by_run.setdefault(rp.run.id, (rp.run, [], []))
                 slot[1].append(i)

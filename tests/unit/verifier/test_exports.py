@@ -211,5 +211,14 @@ def test_a_scan_checks_exports_one_image_at_a_time(tmp_path: Path) -> None:
         assert sorted(r.label.rsplit("/", 1)[-1] for r in results) == [
             "ct", "knee.png", "letter#page=1&image=1", "letter#page=2&image=1"]
         assert summary.not_dicom == 1 and all(r.audit_id is not None and r.error is None for r in results)
+        # Scan records keep the file's path (a resumed run matches them to the files); the page is in the details.
+        import sqlalchemy as sa
+
+        from verifier.audit._schema import records
+
+        with sa.create_engine(f"sqlite:///{tmp_path / 'audit.db'}").connect() as conn:
+            rows = conn.execute(sa.select(records.c.path, records.c.details).where(records.c.event == "scan")).all()
+        assert sorted((Path(p).name, (d.get("export") or {}).get("page")) for p, d in rows) == [
+            ("ct", None), ("knee.png", None), ("letter", 1), ("letter", 2)]
         known = state.known_files(str(root.resolve()))
         assert known[str(pdf.resolve())].sha256 == next(r.file_sha256 for r in results if r.path == str(pdf.resolve()))

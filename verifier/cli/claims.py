@@ -185,7 +185,8 @@ def _print_text(result: ClaimAudit) -> None:
             out.print(f"  [{style}]{f.severity.value:<6}[/] {f.kind:<20} {escape(f.message)}", highlight=False)
 
 
-@claims_app.command("sample", help="Write a small claim set (and claims.csv) from the installed sample images.")
+@claims_app.command("sample", help="Write a small claim set (and claims.csv) from the installed sample images: "
+                    "DICOM, and exports (a half-size JPEG copy, a PDF, a C2PA-declared JPEG, a PNG of a generated CT).")
 def sample_command(
     directory: Annotated[Path, typer.Argument(help="Folder to write the claims into (created).")],
     generated: Annotated[

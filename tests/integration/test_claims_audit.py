@@ -358,25 +358,25 @@ def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pyte
 
 
 def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`claims sample` writes a set whose findings are known; missing and junk files and an empty claim are
-    findings too, never a crash."""
+    """`claims sample` writes a set whose findings are known, exports included; missing and junk files and an
+    empty claim are findings too, never a crash."""
     root = tmp_path / "claims"
     code, out, err = run_cli(capsys, "claims", "sample", root)
-    assert code == 0, err
+    assert code == 0 and "wrote 8 claims" in out, err
     manifest = root / "claims.csv"
     (root / "CLM-1001" / "junk.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
     with open(manifest, "a") as fh:
-        fh.write("CLM-1006,CLM-1006/missing.dcm,P-6006,F,2024-03-01,chest\n")
+        fh.write("CLM-1099,CLM-1099/missing.dcm,P-9099,F,2024-03-01,chest\n")
         fh.write("CLM-1001,CLM-1001/junk.dcm,P-1001,F,2024-03-15,chest\n")
     code, out, err = run_cli(capsys, "claims", "audit", root, "--manifest", manifest, "--format", "jsonl")
     assert code == 1, err
     claims = _by_claim(out)
-    assert [f["kind"] for f in claims["CLM-1001"]["findings"]] == ["unreadable"]  # type: ignore[index,union-attr]
-    assert [f["kind"] for f in claims["CLM-1006"]["findings"]] == ["unreadable"]  # type: ignore[index,union-attr]
+    assert _kinds(claims["CLM-1001"]) == {"unreadable", "reused_image"}
+    assert [f["kind"] for f in claims["CLM-1099"]["findings"]] == ["unreadable"]  # type: ignore[index,union-attr]
     # CLM-1002's "knee" is MR2_UNCR, a shoulder by its own StudyDescription; CLM-1003's copy lost that header.
     assert _kinds(claims["CLM-1002"]) == {"reused_image", "body_part_description"}
     assert _kinds(claims["CLM-1003"]) == {"reused_image"}
-
+    assert {"date_after_claim", "body_part_mismatch", "patient_mismatch"} == _kinds(claims["CLM-1004"])
     # The same audit as a spreadsheet: one row a finding, the evidence in words, a row for a claim without any.
     code, out, err = run_cli(capsys, "claims", "audit", root, "--manifest", manifest, "--checks", "signature",
                              "--format", "csv")  # fmt: skip
@@ -388,7 +388,7 @@ def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: p
     assert all(r["evidence"] and not REPR.search(r["evidence"]) for r in rows)
     code, _out, err = run_cli(capsys, "claims", "audit", root, "--include-images")
     assert code == 2 and "give --package too" in err
-    assert {"date_after_claim", "body_part_mismatch", "patient_mismatch"} == _kinds(claims["CLM-1004"])
+    _check_sample_exports(claims, root, capsys)
 
     (tmp_path / "folders" / "EMPTY").mkdir(parents=True)
     code, out, err = run_cli(capsys, "claims", "audit", tmp_path / "folders", "--format", "jsonl")
@@ -396,6 +396,50 @@ def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: p
     assert _kinds(_by_claim(out)["EMPTY"]) == {"no_images"}
     code, _out, err = run_cli(capsys, "claims", "audit", tmp_path / "nowhere")
     assert code == 2 and "is not a directory" in err
+
+
+def _findings(claim: dict[str, object], kind: str) -> list[dict[str, object]]:
+    return [f for f in claim["findings"] if f["kind"] == kind]  # type: ignore[index,union-attr]
+
+
+def _check_sample_exports(claims: dict[str, dict[str, object]], root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The sample's exports: what issue 26 found refused or missed is checked, and found."""
+    # A half-size JPEG of CLM-1001's chest X-ray, filed for another patient: found as reuse, and the JPEG is no
+    # finding by itself (it used to be UNREADABLE, "not a DICOM Part 10 file").
+    [reuse] = _findings(claims["CLM-1005"], "reused_image")
+    assert reuse["other_claim"] == "CLM-1001" and reuse["evidence"]["different_patient"]  # type: ignore[index]
+    assert _kinds(claims["CLM-1005"]) == {"reused_image"}
+    [jpeg] = claims["CLM-1005"]["files"]  # type: ignore[misc]
+    assert jpeg["error"] is None and jpeg["export"]["format"] == "jpeg"
+    assert "signature" in jpeg["not_applicable"] and jpeg["verdict"] not in ("UNREADABLE", "MALFORMED")
+    # The PDF: one result per embedded image; its second page is CLM-1002's knee, and the finding names the page.
+    pdf_files = claims["CLM-1006"]["files"]
+    assert [f["export"]["page"] for f in pdf_files] == [1, 2]  # type: ignore[index,union-attr]
+    pages = {f["other_claim"]: f["files"] for f in _findings(claims["CLM-1006"], "reused_image")}
+    assert pages.keys() == {"CLM-1002", "CLM-1003"}
+    assert all(files == [str(root / "CLM-1006" / "discharge.pdf") + "#page=2&image=1"] for files in pages.values())
+    # C2PA Content Credentials declaring a generative model, with the claim generator named.
+    [declared] = _findings(claims["CLM-1007"], "declared_synthetic")
+    assert any("claim generator 'medverify-sample-generator 1.0'" in r for r in declared["evidence"]["reasons"])  # type: ignore[index,union-attr]
+    # A PNG export of a generated CT: `watermark detect` finds the mark, and so does the claim audit.
+    png = root / "CLM-1008" / "ct_export.png"
+    code, out, _err = run_cli(capsys, "watermark", "detect", png)
+    assert code == 1 and "PRESENT" in out
+    [caught] = _findings(claims["CLM-1008"], "declared_synthetic")
+    assert any(r.startswith("watermark: provenance recovered") for r in caught["evidence"]["reasons"])  # type: ignore[index,union-attr]
+
+    # verify takes the same files, and each image of the PDF leaves its own audit record naming its page.
+    code, out, err = run_cli(capsys, "verify", root / "CLM-1006" / "discharge.pdf", png, "--format", "jsonl")
+    assert code == 1, err
+    lines = jsonl(out)
+    assert [line["label"].rsplit("/", 1)[-1] for line in lines] == [
+        "discharge.pdf#page=1&image=1", "discharge.pdf#page=2&image=1", "ct_export.png"]
+    code, out, _err = run_cli(capsys, "audit", "list", "--format", "jsonl", "--channel", "cli", "--limit", "0")
+    recorded = [r for r in jsonl(out) if r["id"] in {x["audit_id"] for x in lines}]
+    pdf_records = sorted((r["details"]["export"]["page"], r["path"]) for r in recorded
+                         if r["details"]["export"]["container"] == "pdf")  # fmt: skip
+    assert [(page, path.rsplit("/", 1)[-1]) for page, path in pdf_records] == [
+        (1, "discharge.pdf#page=1&image=1"), (2, "discharge.pdf#page=2&image=1")]
 
 
 def test_detector_scores_and_heatmaps_reach_the_report(

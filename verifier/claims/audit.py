@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from verifier.checker import Checker
+from verifier.checker import Checker, Examined
 from verifier.claims.fingerprint import fingerprint_frame
 from verifier.claims.headers import HeaderFacts
 from verifier.claims.models import (
@@ -120,9 +120,21 @@ class ClaimsAuditor:
 
     # -- per file ------------------------------------------------------------------------------------------
 
-    def _check(self, claim_id: str, path: Path) -> AuditedFile:
-        examined = self._checker.examine(path)
-        audited = AuditedFile(claim_id=claim_id, path=str(path), result=examined.result)
+    def _check(self, claim_id: str, path: Path) -> list[AuditedFile]:
+        """The audited images of one file: one for DICOM, one per image for an export (a PDF may hold several)."""
+        return [self._audited(claim_id, examined) for examined in self._checker.examine_file(path)]
+
+    @staticmethod
+    def _audited(claim_id: str, examined: Examined) -> AuditedFile:
+        audited = AuditedFile(claim_id=claim_id, path=examined.result.label, result=examined.result)
+        if examined.image is not None:  # an export: no header to read; its pixels are compared like any image
+            try:
+                frame = examined.image.image.frames[0]
+                audited.fingerprint = fingerprint_frame(frame)
+                audited.thumbnail = _display(frame, None, False)
+            except Exception as exc:  # noqa: BLE001 - a degenerate image (a 1-pixel line) is not compared
+                audited.pixel_error = f"pixels: {type(exc).__name__}: {str(exc)[:160]}"
+            return audited
         instance = examined.instance
         if instance is None:  # unreadable: the result says why, there is nothing more to read
             return audited
@@ -157,7 +169,7 @@ class ClaimsAuditor:
         for info in claims:
             files = []
             for path in info.files:
-                files.append(self._check(info.claim_id, path))
+                files.extend(self._check(info.claim_id, path))
                 done += 1
                 if self._progress is not None:
                     self._progress(done)
@@ -236,7 +248,7 @@ class ClaimsAuditor:
     def _verdict_findings(report: ClaimReport) -> list[Finding]:
         out = []
         if not report.files:
-            out.append(Finding(kind="no_images", severity=Severity.MEDIUM, message="the claim has no DICOM images"))
+            out.append(Finding(kind="no_images", severity=Severity.MEDIUM, message="the claim has no images"))
         for f in report.files:
             v = f.result.verdict
             evidence = _verdict_evidence(f)

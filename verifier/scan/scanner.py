@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from verifier.checker import Checker
 from verifier.errors import InputError
+from verifier.exports import is_export_file
 from verifier.instance import is_dicom_file
 from verifier.result import FileResult
 from verifier.scan.executors import Executor
@@ -138,7 +139,7 @@ class Scanner:
                     rp.skipped_unchanged += 1
                     continue
                 # A file named as a root is always checked (UNREADABLE if it is not DICOM), like verify does.
-                if not explicit_file and not is_dicom_file(Path(f.path)):
+                if not explicit_file and not is_dicom_file(Path(f.path)) and not is_export_file(Path(f.path)):
                     rp.not_dicom += 1
                     continue
                 rp.to_check.append(f)
@@ -174,9 +175,12 @@ class Scanner:
                 rp, f = files[r.path]
                 if rp.run is None:  # pragma: no cover - plan() gives every root a run when there is a store
                     raise RuntimeError(f"no scan run for {rp.root}")
-                state = FileState(size=f.size, mtime_ns=f.mtime_ns, sha256=r.sha256)
+                state = FileState(size=f.size, mtime_ns=f.mtime_ns, sha256=r.file_sha256)
+                # Recorded under the file's path (an image of a PDF names its page in details.export): a resumed run
+                # finds the files it has done by the records' paths.
                 entry = r.audit_entry(
-                    channel=Channel.SCAN, event="scan", details={"scan": self.state.scan_details(rp.run, state)}
+                    channel=Channel.SCAN, event="scan", details={"scan": self.state.scan_details(rp.run, state)},
+                    path=r.path,
                 )
                 slot = by_run.setdefault(rp.run.id, (rp.run, [], []))
                 slot[1].append(i)

@@ -354,11 +354,13 @@ def decide(
         return verdict(VerdictStatus.DECLARED_SYNTHETIC)
 
     if watermark is not None and not isinstance(watermark, WatermarkNotChecked) and watermark.present:
+        # An export can keep the mark but not its payload bits: say so, not "payload None".
+        payload = f"payload {watermark.payload}" if watermark.payload is not None else "payload not recovered"
         reasons.append(
             Reason(
                 "watermark",
                 "provenance recovered from watermark: the pixels carry medverify's generator mark "
-                f"(payload {watermark.payload}, false-alarm probability {watermark.false_alarm_probability:.1e})",
+                f"({payload}, false-alarm probability {watermark.false_alarm_probability:.1e})",
             )
         )
         return verdict(VerdictStatus.DECLARED_SYNTHETIC)

@@ -288,9 +288,10 @@ def _side_by_side(page: Any, selector: str) -> None:
 
 def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The report as an analyst sees it in Chromium (Playwright, Debian's /usr/bin/chromium): the checks that ran
-    at the top, a legend, sentences instead of Python objects, every image loaded, a reused pair side by side, a
-    detector finding beside its heatmap, and no "passed" for checks that did not run. Screenshots go to
-    $MEDVERIFY_REPORT_SCREENSHOTS (else the test's folder)."""
+    at the top, a legend, sentences instead of Python objects, every image loaded, a reused pair side by side (also
+    one whose other side is a JPEG export), an image of a PDF named by its page, a C2PA-declared and a watermarked
+    export in words, a detector finding beside its heatmap, and no "passed" for checks that did not run.
+    Screenshots go to $MEDVERIFY_REPORT_SCREENSHOTS (else the test's folder)."""
     sync_playwright = _playwright()
     warnings.simplefilter("ignore")
     shots = Path(os.environ.get("MEDVERIFY_REPORT_SCREENSHOTS") or tmp_path / "screenshots")
@@ -298,10 +299,15 @@ def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pyte
     root = tmp_path / "claims"
     code, _out, err = run_cli(capsys, "claims", "sample", root)
     assert code == 0, err
-    # Only the signature check: the report must not say the images passed the watermark or the detector.
+    # A claim without findings, to read what the report says of it.
+    relabelled_copy(_sample("MR_small.dcm"), root / "CLM-1009" / "head.dcm",
+                    _patient("P-1009", "ROE^RAY", "F", "19700101", "HEAD"))  # fmt: skip
+    with open(root / "claims.csv", "a") as fh:
+        fh.write("CLM-1009,CLM-1009/head.dcm,P-1009,F,2024-03-20,head\n")
+    # No detector: the report must not say the images passed it.
     report = tmp_path / "report.html"
     code, _out, err = run_cli(capsys, "claims", "audit", root, "--manifest", root / "claims.csv", "--checks",
-                              "signature", "--report", report)  # fmt: skip
+                              "signature,watermark", "--report", report)  # fmt: skip
     assert code == 1, err
     # A detector finding with its heatmap: a policy whose synthetic threshold every score meets.
     policy = tmp_path / "policy.toml"
@@ -325,22 +331,40 @@ def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pyte
             assert not REPR.search(text), REPR.search(text)
             assert "passed" not in text.lower()
             checks = page.locator("#checks").inner_text()
-            assert "signature: examined all 4 images" in checks
-            assert "watermark: not run" in checks and "detector: not run" in checks
+            # The signature does not apply to exports: neither "not run" nor missing on them.
+            assert "signature: examined all 5 DICOM images; not applicable to 5 export image(s)" in checks
+            assert "watermark: examined all 10 images" in checks and "detector: not run" in checks
+            assert "Not checked on every image: detector." in checks
             legend = page.locator("#legend")
             assert legend.is_visible()
             for word in ("DECLARED_SYNTHETIC", "SUSPECTED_SYNTHETIC", "NO_EVIDENCE", "quarantine", "reject", "high"):
                 assert word in legend.inner_text()
             assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-            assert page.evaluate("document.images.length") >= 6
-            clean = page.locator("#claim-CLM-1001").inner_text()
-            assert "No findings from what ran (signature, reuse, header rules)" in clean
-            assert "Not run, so not evidence either way: watermark, detector" in clean
+            assert page.evaluate("document.images.length") >= 14
+            clean = page.locator("#claim-CLM-1009").inner_text()
+            assert "No findings from what ran (signature, watermark, reuse, header rules)" in clean
+            assert "Not run, so not evidence either way: detector" in clean
             knee = page.locator("#claim-CLM-1002")
             assert "names the shoulder" in knee.inner_text()
-            _side_by_side(page, "#claim-CLM-1002 .pair-figures img")
+            _side_by_side(page, "#claim-CLM-1002 .pair-figures >> nth=0 >> img")
+            # Exports: the half-size JPEG beside the chest X-ray it copies, the signature "not applicable" to it.
+            jpeg = page.locator("#claim-CLM-1005")
+            _side_by_side(page, "#claim-CLM-1005 .pair-figures img")
+            assert "signature: not applicable" in jpeg.inner_text() and "signature: not run" not in jpeg.inner_text()
+            pdf = page.locator("#claim-CLM-1006").inner_text()
+            assert "image 1 on page 2 of discharge.pdf" in pdf and "image 1 of 2 in the PDF, on page 2" in pdf
+            assert "PDF's SHA-256" in pdf
+            _side_by_side(page, "#claim-CLM-1006 .pair-figures >> nth=0 >> img")
+            c2pa = page.locator("#claim-CLM-1007").inner_text()
+            assert "declared synthetic by its Content Credentials, made by medverify-sample-generator 1.0" in c2pa
+            mark = page.locator("#claim-CLM-1008").inner_text()
+            assert "caught by its watermark (a PNG export" in mark
+            assert "declared by its provenance" not in page.locator("body").inner_text()
             page.screenshot(path=str(shots / "claims-report-top.png"))
             knee.screenshot(path=str(shots / "claims-report-reuse-pair.png"))
+            jpeg.screenshot(path=str(shots / "claims-report-export-pair.png"))
+            page.locator("#claim-CLM-1006").screenshot(path=str(shots / "claims-report-pdf.png"))
+            page.locator("#claim-CLM-1007").screenshot(path=str(shots / "claims-report-c2pa.png"))
             page.screenshot(path=str(shots / "claims-report-full.png"), full_page=True)
 
             page.goto(detector_report.as_uri())
@@ -352,7 +376,8 @@ def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pyte
             assert problems == [], problems
         finally:
             browser.close()
-    for name in ("claims-report-top.png", "claims-report-reuse-pair.png", "claims-report-heatmap.png"):
+    for name in ("claims-report-top.png", "claims-report-reuse-pair.png", "claims-report-export-pair.png",
+                 "claims-report-pdf.png", "claims-report-heatmap.png"):
         shot = cv2.imread(str(shots / name), cv2.IMREAD_GRAYSCALE)
         assert shot is not None and float(shot.std()) > 10  # rendered content, not a blank page
 

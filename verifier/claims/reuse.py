@@ -160,9 +160,11 @@ def index_reuse(reports: Sequence[ClaimReport], store: ImageStore, known: set[tu
                 pk = f.facts.patient_key if f.facts else None
                 other_patient = pk is not None and row.patient_key is not None and pk != row.patient_key
                 who = " for a different patient" if other_patient else ""
+                # An export names no patient in the index: unknown, not "the same patient".
+                known_both = pk is not None and row.patient_key is not None
                 when = row.created_at.date().isoformat()
                 evidence.update(
-                    different_patient=other_patient,
+                    different_patient=other_patient if known_both else None,
                     other_path=row.path,
                     other_record_id=row.record_id,
                     other_audited_at=row.created_at.isoformat(),

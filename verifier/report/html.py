@@ -88,13 +88,14 @@ def _file_view(f: AuditedFile) -> dict[str, Any]:
     header = f.facts
     wm = f.result.watermark
     src = f.result.source
+    kind = (src.format or "image").upper() if src is not None else ""
     return {
         "checks": _file_checks(f),
         "name": image_name(f.path),
         # Where an export came from: its page of a PDF, or the kind of export, and the file's own digest.
         "source": None if src is None else (
-            f"{(src.format or 'image').upper()} image {src.index} of {src.count} in the PDF, on page {src.page}"
-            if src.container == "pdf" else f"{(src.format or 'image').upper()} export (no DICOM header)"),
+            f"{kind} image {src.index} of page {src.page} of the PDF ({src.count} images in all)"
+            if src.container == "pdf" else f"{kind} export (no DICOM header)"),
         "file_sha256": src.file_sha256 if src is not None and src.container == "pdf" else None,
         "path": f.path,
         "anchor": f"file-{f.record_id or id(f)}",

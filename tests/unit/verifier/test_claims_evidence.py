@@ -97,6 +97,9 @@ def test_reuse_sentences_say_who_and_how() -> None:
                    evidence={"match": "identical file", "different_patient": False, "other_path": "b.dcm"})  # fmt: skip
     assert explain(same) == ("a.dcm was also submitted with claim X as b.dcm, for the same patient. "
                              "The two files are identical, byte for byte.")  # fmt: skip
+    # Against an earlier audit's export (no patient in the index): unknown, never "for the same patient".
+    unknown = dataclasses.replace(same, evidence={**same.evidence, "different_patient": None})
+    assert explain(unknown).startswith("a.dcm was also submitted with claim X as b.dcm. The two files")
 
 
 def test_a_kind_without_a_writer_still_reads_plainly() -> None:

@@ -8,6 +8,7 @@ signature and relabelled as a patient scan (found by the watermark); a claim who
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -414,6 +415,25 @@ def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: p
     assert all(r["evidence"] and not REPR.search(r["evidence"]) for r in rows)
     code, _out, err = run_cli(capsys, "claims", "audit", root, "--include-images")
     assert code == 2 and "give --package too" in err
+    # The evidence package lists each export image with its file: a PDF's images by page, with the PDF's SHA-256,
+    # the PDF itself included once, and the package verifies.
+    package = root.parent / "evidence.zip"
+    code, _out, err = run_cli(capsys, "claims", "audit", root, "--manifest", manifest, "--checks", "signature",
+                              "--package", package, "--include-images", "--format", "jsonl")  # fmt: skip
+    assert code == 1, err
+    with zipfile.ZipFile(package) as zf:
+        listed = json.loads(zf.read("MANIFEST.json"))
+        pdf = root / "CLM-1006" / "discharge.pdf"
+        rows = [r for r in listed["audited_files"] if r["file"] == str(pdf)]
+        assert [r["export"]["page"] for r in rows] == [1, 2] and [r["path"] for r in rows] == [
+            f"{pdf}#page=1&image=1", f"{pdf}#page=2&image=1"]
+        digest = hashlib.sha256(pdf.read_bytes()).hexdigest()
+        assert {r["file_sha256"] for r in rows} == {digest} and len({r["sha256"] for r in rows}) == 2
+        assert rows[0]["image"] == rows[1]["image"] and zf.read(rows[0]["image"]) == pdf.read_bytes()
+        assert rows[1]["thumbnail"].endswith("discharge.pdf_page_2_image_1.png")
+        assert cv2.imdecode(np.frombuffer(zf.read(rows[1]["thumbnail"]), np.uint8), cv2.IMREAD_GRAYSCALE) is not None
+    code, out, err = run_cli(capsys, "claims", "verify-package", package)
+    assert code == 0 and out.startswith("VALID"), out + err
     _check_sample_exports(claims, root, capsys)
 
     (tmp_path / "folders" / "EMPTY").mkdir(parents=True)

@@ -21,6 +21,11 @@ as ``medverify claims audit``: parse, signature check, header facts, decode, fin
 - ``index``: the claims without copies audited first, then the claims with copies in a second audit, which can
   only find the sources in the database index (multi-index hash lookup + cross-correlation of stored thumbnails).
 
+With ``--exports`` the copies are written as what claims receive instead of DICOM (issue #26), in turn: a JPEG
+(quality 85) at half the copy's size, an 8-bit PNG, and a one-page PDF (its image stored as JPEG by Pillow); an
+export names no patient, so "another patient" comes from the claim. Results then go to
+``benchmarks/results/bench_claims_exports.json``.
+
 Precision = planted pairs found / all pairs reported; recall = planted pairs found / planted. Target: recall and
 precision >= 0.98. Prints the figures, saves ``benchmarks/results/bench_claims.json``, exits 1 if a target is missed.
 """
@@ -54,7 +59,7 @@ from provenance.keys import KeyStore
 from verifier.audit import AuditLog
 from verifier.checker import Check, Checker
 from verifier.claims import ClaimInfo, ClaimsAuditor
-from verifier.claims.samples import _jpeg_dataset, transform_pixels
+from verifier.claims.samples import _jpeg_dataset, pdf_with_images, transform_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_claims.json"
@@ -148,14 +153,35 @@ def _dicom(pixels: npt.NDArray[np.float32], patient: str) -> Dataset:
     return ds
 
 
-def build_set(directory: Path, n_images: int, n_planted: int, claim_size: int, seed: int) -> dict[str, Any]:
+def _export(pixels: npt.NDArray[np.uint8], base: Path, turn: int) -> tuple[Path, str]:
+    """A reused copy written as an export: (the file, the label its finding names)."""
+    import cv2
+
+    if turn % 3 == 0:
+        h, w = pixels.shape
+        half = cv2.resize(pixels, (max(8, w // 2), max(8, h // 2)), interpolation=cv2.INTER_AREA)
+        path = base.with_suffix(".jpg")
+        cv2.imwrite(str(path), half, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        return path, str(path)
+    if turn % 3 == 1:
+        path = base.with_suffix(".png")
+        cv2.imwrite(str(path), pixels)
+        return path, str(path)
+    path = pdf_with_images(base.with_suffix(".pdf"), [pixels])
+    return path, f"{path}#page=1&image=1"
+
+
+def build_set(
+    directory: Path, n_images: int, n_planted: int, claim_size: int, seed: int, *, exports: bool = False
+) -> dict[str, Any]:
     """Write the claim folders; return the claims, which file is a copy of which, and the set's description."""
     originals = distinct_images(n_images - n_planted)
     if len(originals) < n_images - n_planted:
         raise SystemExit(f"only {len(originals)} distinct sample images are installed; lower --images")
     rng = np.random.default_rng(seed)
     files: list[tuple[str, Path]] = []  # (kind, path)
-    planted: dict[str, str] = {}  # copy -> source
+    planted: dict[str, str] = {}  # copy (as its findings name it) -> source
+    copy_source: dict[str, str] = {}  # copy file -> source
     chosen = set(rng.choice(len(originals), size=n_planted, replace=False).tolist())
     for i, (_origin, frame) in enumerate(originals):
         path = directory / "files" / f"img{i:05d}.dcm"
@@ -165,11 +191,16 @@ def build_set(directory: Path, n_images: int, n_planted: int, claim_size: int, s
         if i in chosen:
             copy = directory / "files" / f"img{i:05d}_reused.dcm"
             pixels = transform_pixels(frame, rng, resize=RESIZE)
-            _jpeg_dataset(pixels, {"PatientID": f"Q{i:05d}", "PatientName": f"OTHER^Q{i:05d}"}).save_as(
-                copy, enforce_file_format=True
-            )
+            label = str(copy)
+            if exports:
+                copy, label = _export(pixels, copy, len(planted))
+            else:
+                _jpeg_dataset(pixels, {"PatientID": f"Q{i:05d}", "PatientName": f"OTHER^Q{i:05d}"}).save_as(
+                    copy, enforce_file_format=True
+                )
             files.append(("copy", copy))
-            planted[str(copy)] = str(path)
+            planted[label] = str(path)
+            copy_source[str(copy)] = str(path)
     # Claims: originals first, shuffled into claims; copies into other claims.
     order = list(range(len(files)))
     random.Random(seed).shuffle(order)
@@ -179,11 +210,11 @@ def build_set(directory: Path, n_images: int, n_planted: int, claim_size: int, s
     for rank, idx in enumerate(order):
         kind, path = files[idx]
         cid = f"CLM{rank % n_claims:04d}"
-        if kind == "copy" and claim_of.get(planted[str(path)]) == cid:
+        if kind == "copy" and claim_of.get(copy_source[str(path)]) == cid:
             cid = f"CLM{(rank + 1) % n_claims:04d}"
         claims.setdefault(cid, []).append(path)
         claim_of[str(path)] = cid
-    return {"claims": claims, "planted": planted, "originals": len(originals)}
+    return {"claims": claims, "planted": planted, "copy_files": set(copy_source), "originals": len(originals)}
 
 
 def _reported_pairs(result: Any) -> set[frozenset[str]]:
@@ -222,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--planted", type=int, default=100)
     parser.add_argument("--claim-size", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exports", action="store_true", help="Write the copies as JPEG, PNG and PDF exports.")
     args = parser.parse_args(argv)
+    results = RESULTS.with_name("bench_claims_exports.json") if args.exports else RESULTS
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="bench_claims_") as tmp:
         work = Path(tmp)
@@ -230,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         store.init()
         trust = store.trust_policy()
         t0 = time.perf_counter()
-        built = build_set(work / "set", args.images, args.planted, args.claim_size, args.seed)
+        built = build_set(work / "set", args.images, args.planted, args.claim_size, args.seed, exports=args.exports)
         build_s = time.perf_counter() - t0
         claims = [ClaimInfo(claim_id=cid, files=tuple(paths)) for cid, paths in sorted(built["claims"].items())]
         n_files = sum(len(c.files) for c in claims)
@@ -249,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
               f"precision {batch['precision']:.3f} recall {batch['recall']:.3f} "
               f"(fp {batch['false_positives']}, missed {batch['missed']})", flush=True)  # fmt: skip
 
-        copies = set(built["planted"])
+        copies = built["copy_files"]
         first = [c for c in claims if not any(str(p) in copies for p in c.files)]
         second = [c for c in claims if any(str(p) in copies for p in c.files)]
         auditor, log = _auditor(work / "index.db", trust)
@@ -282,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
         "targets_met": ok,
     }  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2))
-    print(f"saved {RESULTS.relative_to(ROOT)}; targets {'met' if ok else 'MISSED'}")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(out, indent=2))
+    print(f"saved {results.relative_to(ROOT)}; targets {'met' if ok else 'MISSED'}")
     return 0 if ok else 1
 
 

@@ -7,6 +7,11 @@ Dask), claim audits and the API all hold one, so that a file gets the same answe
     checker = setup.load_checker(settings, "signature,watermark")
     result = checker.check(Path("image.dcm"))       # or checker.check(data, name="api:10.0.0.5/part-1")
     result.verdict.status, result.verdict.action
+    results = checker.check_file(Path("report.pdf"))  # DICOM, or an export: one result per image
+
+:meth:`check` reads DICOM (what the intake channels receive); :meth:`check_file` reads what a user names on a
+command line or keeps in an archive or a claim: DICOM, and PNG, JPEG and TIFF exports and the images inside PDF
+files (:mod:`verifier.exports`), one result per image.
 
 :meth:`Checker.check` is the one place where a file or an exception becomes a result (ARCHITECTURE.md,
 "Boundaries"): every input gives exactly one :class:`~verifier.result.FileResult`, also when it cannot be read
@@ -23,7 +28,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from provenance.signature import verify_dataset
 from provenance.trust import TrustPolicy
@@ -31,12 +36,15 @@ from provenance.watermark import WatermarkError, WatermarkKey
 from provenance.watermark import detect as watermark_detect
 from verifier.detection import DetectorSetup
 from verifier.errors import InputError, is_contained_failure
+from verifier.exports import ExportImage, ExportPart, export_kind, split_export
 from verifier.instance import MAX_FILE_BYTES, Instance, UnreadableInstanceError
 from verifier.policy import DEFAULT_POLICY, Policy, decide
 from verifier.reports import NotChecked, WatermarkNotChecked
-from verifier.result import FileResult
+from verifier.result import ExportSource, FileResult
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
+
     from verifier.reports import WatermarkOutcome
 
 __all__ = [
@@ -93,10 +101,12 @@ def parse_checks(value: str | None, default: frozenset[Check] = DEFAULT_CHECKS) 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class Examined:
-    """A result and the instance it was read from (None when the input could not be parsed)."""
+    """A result and the instance it was read from (None when the input could not be parsed), or for an export
+    the image (None when it could not be decoded)."""
 
     result: FileResult
     instance: Instance | None
+    image: ExportImage | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -177,15 +187,110 @@ class Checker:
             uid = instance.sop_instance_uid if instance is not None else None
         if digest is None and data is not None:
             digest = hashlib.sha256(data).hexdigest()
-        result = FileResult(
-            path=label,
-            status=kind,
-            verdict=decide(policy=self.site_policy, input_error=(kind, message)),
-            sha256=digest,
-            sop_instance_uid=uid,
-            error=message,
-        )
-        return Examined(result=result, instance=instance)
+        return Examined(result=self._failure(label, kind, message, digest, uid=uid), instance=instance)
+
+    def _failure(
+        self, label: str, kind: str, message: str, digest: str | None, *, uid: str | None = None,
+        source: ExportSource | None = None,
+    ) -> FileResult:
+        return FileResult(path=label, status=kind, verdict=decide(policy=self.site_policy, input_error=(kind, message)),
+                          sha256=digest, sop_instance_uid=uid, error=message, source=source)  # fmt: skip
+
+    def check_file(self, path: Path | str) -> list[FileResult]:
+        """:meth:`examine_file`'s results."""
+        return [e.result for e in self.examine_file(path)]
+
+    def examine_file(self, path: Path | str) -> list[Examined]:
+        """Check the file at ``path``: a DICOM file (or anything that is no export) as :meth:`examine` does; a PNG,
+        JPEG or TIFF export as one image; a PDF as each image embedded in it, in page order. One result per image,
+        one for a file that cannot be read; never raises for bad input."""
+        p = Path(str(path))
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(1024)
+        except OSError:
+            head = b""
+        kind = None if head[128:132] == b"DICM" else export_kind(head)
+        if kind is None:
+            return [self.examine(p)]
+        label = str(p)
+        try:
+            size = p.stat().st_size
+            if size > self.max_bytes:
+                return [Examined(result=self._failure(label, "MALFORMED", f"{p}: {size} bytes exceeds the limit of "
+                                                      f"{self.max_bytes} bytes", None), instance=None)]  # fmt: skip
+            data = p.read_bytes()
+        except OSError as exc:
+            return [Examined(result=self._failure(label, "UNREADABLE", f"{p}: cannot be read ({exc.strerror})", None),
+                             instance=None)]  # fmt: skip
+        try:
+            parts = split_export(data, kind, path=label)
+        except UnreadableInstanceError as exc:
+            source = ExportSource(container=kind, format=None, file_sha256=hashlib.sha256(data).hexdigest())
+            return [Examined(result=self._failure(label, exc.kind, str(exc), exc.sha256, source=source), instance=None)]
+        except BaseException as exc:  # the boundary: a parser's bug gives a result too
+            if not is_contained_failure(exc):
+                raise
+            message = f"{label}: the parser failed ({type(exc).__name__}: {str(exc)[:200]})"
+            return [Examined(result=self._failure(label, "MALFORMED", message, hashlib.sha256(data).hexdigest()),
+                             instance=None)]  # fmt: skip
+        if not parts:
+            return [Examined(result=self._no_image(label, hashlib.sha256(data).hexdigest(), kind), instance=None)]
+        return [self._examine_part(part) for part in parts]
+
+    def _examine_part(self, part: ExportPart) -> Examined:
+        source = ExportSource(container=part.container, format=None, file_sha256=part.file_sha256, page=part.page,
+                              index=part.index, count=part.count, name=part.name)  # fmt: skip
+        try:
+            image = ExportImage.from_part(part, max_bytes=None)
+            return Examined(result=self.check_export(image), instance=None, image=image)
+        except UnreadableInstanceError as exc:
+            kind, message, digest = exc.kind, str(exc), exc.sha256
+        except BaseException as exc:  # the boundary: one result per image, even on a decoder's bug
+            if not is_contained_failure(exc):
+                raise
+            kind, message = "MALFORMED", f"{part.label}: the check failed ({type(exc).__name__}: {str(exc)[:200]})"
+            digest = hashlib.sha256(part.data).hexdigest()
+        return Examined(result=self._failure(part.path, kind, message, digest, source=source), instance=None)
+
+    def _no_image(self, label: str, digest: str, kind: str) -> FileResult:
+        """A PDF without images: nothing to check, and said so."""
+        why = {c.value: "the PDF holds no image" for c in self.checks}
+        not_run = {c.value: w for c, w in self.not_run.items()}
+        verdict = decide(policy=self.site_policy, not_run=not_run, not_applicable=why)
+        return FileResult(path=label, status="NO_IMAGE", verdict=verdict, sha256=digest, not_run=not_run,
+                          not_applicable=why, source=ExportSource(container=kind, format=None, file_sha256=digest))
+
+    def check_export(self, image: ExportImage) -> FileResult:
+        """Run the checks on one exported image and decide under the site policy: the watermark in its stored
+        pixels, the detector on its frame, its C2PA Content Credentials with the signature check (a DICOM signature
+        does not apply). Exceptions propagate: use :meth:`check_file` unless the caller is a boundary of its own."""
+        watermark = detection = heatmap = None
+        credentials = None
+        not_applicable: dict[str, str] = {}
+        not_run = {c.value: why for c, why in self.not_run.items()}
+        part = image.part
+        what = f"a {image.format.upper()} image" + (" embedded in a PDF" if part.container == "pdf" else " export")
+        if Check.SIGNATURE in self.checks:
+            not_applicable["signature"] = (f"{what} carries no DICOM signature; its C2PA Content Credentials were "
+                                           "read instead" + ("" if image.credentials is not None else " (it has none)"))
+            credentials = image.credentials
+            if image.credentials_error is not None:
+                not_run["credentials"] = image.credentials_error
+        if Check.WATERMARK in self.checks:
+            watermark = _watermark_pixels(image.pixels, self.watermark_keys)
+        if Check.DETECTOR in self.checks:
+            stem = Path(part.path).stem + (f"-p{part.page}-{part.index}" if part.container == "pdf" else "")
+            detection, heatmap = (self.detector or DetectorSetup()).report_image(image.image, stem=stem,
+                                                                                  sha256=image.sha256)
+        verdict = decide(policy=self.site_policy, watermark=watermark, detector=detection, not_run=not_run,
+                         credentials=credentials, not_applicable=not_applicable)  # fmt: skip
+        source = ExportSource(container=part.container, format=image.format, file_sha256=part.file_sha256,
+                              page=part.page, index=part.index, count=part.count, name=part.name)  # fmt: skip
+        status = f"C2PA_{credentials.status.value}" if credentials is not None else "NOT_APPLICABLE"
+        return FileResult(path=part.path, status=status, verdict=verdict, sha256=image.sha256, modality=None,
+                          watermark=watermark, detection=detection, heatmap=heatmap, not_run=not_run,
+                          not_applicable=not_applicable, source=source, credentials=credentials)  # fmt: skip
 
     def check_instance(self, instance: Instance) -> FileResult:
         """Run the checks on a parsed instance and decide under the site policy. Exceptions propagate: use
@@ -226,7 +331,8 @@ class Checker:
         )
 
     def check_all(self, paths: Sequence[Path], *, workers: int = 1) -> Iterator[FileResult]:
-        """Check ``paths`` and yield one result per path, in order, using ``workers`` processes.
+        """Check ``paths`` and yield their results (:meth:`check_file`: one per DICOM file, one per image of an
+        export), in order, using ``workers`` processes.
 
         Workers are forked (this checker is inherited, not pickled); results come back in input order so that
         output and audit records follow the command line. Each worker loads the detector model once, on its first
@@ -235,12 +341,13 @@ class Checker:
         global _WORKER_CHECKER
         if workers <= 1 or len(paths) < 2 or "fork" not in multiprocessing.get_all_start_methods():
             for path in paths:
-                yield self.check(path)
+                yield from self.check_file(path)
             return
         _WORKER_CHECKER = self
         try:
             with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
-                yield from pool.imap(_check_in_worker, paths, chunksize=8)
+                for results in pool.imap(_check_in_worker, paths, chunksize=8):
+                    yield from results
         finally:
             _WORKER_CHECKER = None
 
@@ -259,6 +366,11 @@ def _watermark(instance: Instance, keys: Sequence[WatermarkKey]) -> WatermarkOut
         pixels = pixels[0]
     if pixels.ndim != 2:
         return WatermarkNotChecked(reason=NotChecked.UNSUPPORTED, error=f"pixel array of shape {pixels.shape}")
+    return _watermark_pixels(pixels, keys)
+
+
+def _watermark_pixels(pixels: npt.NDArray[Any], keys: Sequence[WatermarkKey]) -> WatermarkOutcome:
+    """Look for our mark in one grey frame of stored values."""
     try:
         return watermark_detect(pixels, keys)
     except WatermarkError as exc:  # e.g. float pixels with NaN, 64-bit integers: the report says why
@@ -277,10 +389,10 @@ def _worker_init() -> None:
         torch.set_num_threads(1)
 
 
-def _check_in_worker(path: Path) -> FileResult:
+def _check_in_worker(path: Path) -> list[FileResult]:
     if _WORKER_CHECKER is None:  # pragma: no cover - set before the pool forks
         raise RuntimeError("worker state missing")
-    return _WORKER_CHECKER.check(path)
+    return _WORKER_CHECKER.check_file(path)
 
 
 def default_workers(n_files: int) -> int:

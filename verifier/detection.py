@@ -12,6 +12,7 @@ from verifier.instance import Instance
 from verifier.reports import DetectionFailure
 
 if TYPE_CHECKING:  # torch is imported only when a detector runs
+    from detectors.data import ImageData
     from detectors.models import Detector
     from verifier.reports import DetectionOutcome
 
@@ -49,7 +50,6 @@ class DetectorSetup:
         asked; an image the reader cannot decode (or no image at all) gets a :class:`DetectionFailure`."""
         from detectors.data.reader import read_image
         from detectors.errors import DetectorsError
-        from detectors.models import prepare_frames, render_heatmap
 
         detector = self.load()
         config = detector.config
@@ -66,11 +66,20 @@ class DetectorSetup:
             failure = DetectionFailure(model_tag=config.tag, threshold=config.threshold,
                                        tamper_threshold=config.tamper_threshold, error=exc.diagnostics()[:200])
             return failure, None
+        return self.report_image(image, stem=Path(instance.path).stem, sha256=instance.sha256)
+
+    def report_image(self, image: ImageData, *, stem: str, sha256: str) -> tuple[DetectionOutcome, str | None]:
+        """The detection report of decoded ``image`` (a DICOM instance's frames, or an exported PNG, JPEG or TIFF),
+        and its heatmap, written as ``{stem}-{sha256[:12]}.png`` when asked."""
+        from detectors.models import prepare_frames, render_heatmap
+
+        detector = self.load()
+        config = detector.config
         report = detector.detect(image)
         heatmap = None
         if self.heatmap_dir is not None:
             frame = prepare_frames(image, config)[report.heatmap_frame]
-            target = self.heatmap_dir / f"{Path(instance.path).stem[:60]}-{instance.sha256[:12]}.png"
+            target = self.heatmap_dir / f"{stem[:60]}-{sha256[:12]}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             tmp.write_bytes(render_heatmap(report, frame))

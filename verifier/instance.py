@@ -235,18 +235,23 @@ def is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def iter_input_files(paths: Iterable[Path | str], *, follow_symlinks: bool = False) -> Iterator[Path]:
-    """Files named on the command line, and DICOM files (by content) found under directories.
+def iter_input_files(
+    paths: Iterable[Path | str], *, follow_symlinks: bool = False, exports: bool = False
+) -> Iterator[Path]:
+    """Files named on the command line, and DICOM files (by content) found under directories; with ``exports``
+    also PNG, JPEG, TIFF and PDF files (by content: :func:`verifier.exports.is_export_file`).
 
     A path named explicitly is always yielded (a missing or non-DICOM file gets its own UNREADABLE result);
-    files in directories are yielded only when they start like DICOM. Symlinks inside directories are not followed
-    unless asked.
+    files in directories are yielded only when they start like DICOM (or an export). Symlinks inside directories
+    are not followed unless asked.
     """
+    from verifier.exports import is_export_file
+
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             for sub in sorted(_walk(p, follow_symlinks)):
-                if is_dicom_file(sub):
+                if is_dicom_file(sub) or (exports and is_export_file(sub)):
                     yield sub
         else:
             # Named explicitly: it gets its own result, UNREADABLE if it does not exist (one line per input).

@@ -10,8 +10,11 @@ Decision order (first match wins):
 2. a signature whose MAC does not match, or whose structure is broken, a pixel binding whose decoded pixels
    differ from those signed, or a signed file whose Pixel Data nothing vouches for, unless it was re-encoded after
    signing (a ``TRANSCODED`` signature): ``TAMPERED``;
+   C2PA Content Credentials (in a PNG, JPEG or TIFF export) whose claim signature or hard binding fails:
+   ``TAMPERED``;
 3. Synthetic Data (0008,001C) = YES, the standard's own declaration, signed or not, or a valid, trusted signature of
-   a ``generator`` key covering the pixels: ``DECLARED_SYNTHETIC``;
+   a ``generator`` key covering the pixels, or intact C2PA Content Credentials whose digital source type is
+   ``trainedAlgorithmicMedia`` or ``compositeWithTrainedAlgorithmicMedia``: ``DECLARED_SYNTHETIC``;
 4. our generator watermark in the pixels with no signature left: ``DECLARED_SYNTHETIC`` ("provenance recovered
    from watermark");
 5. a detector tamper score at or above the tamper threshold (the policy's ``tamper_threshold``, else the model's
@@ -30,7 +33,11 @@ intact, and with the decoded pixels equal to those signed it covers the pixels (
 Elements added after signing (present but covered by no signature), and signatures that are intact but whose
 signer is untrusted, revoked or expired, do not change the status; they add a reason and raise the action to at
 least the policy's ``uncovered_action`` / ``untrusted_action``. A check that was asked for but could not run (no
-watermark key yet, no detector model) adds a reason "not run: why" and changes nothing else.
+watermark key yet, no detector model) adds a reason "not run: why" and changes nothing else; so does a check that
+does not apply to the input ("not applicable: why", e.g. the DICOM signature check on a PNG export). C2PA Content
+Credentials that are intact but signed by no one on a trust list say so in a reason and change nothing else (their
+declaration of a synthetic image still counts: a file that declares itself synthetic is believed, as with Synthetic
+Data); a manifest that cannot be parsed adds a reason and raises the action to at least ``uncovered_action``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from provenance.credentials import ContentCredentials, CredentialsStatus
 from provenance.models import PixelBindingStatus, SignatureInfo, SignatureReport, SignatureStatus
 from verifier.errors import ConfigError
 from verifier.reports import DetectionFailure, WatermarkNotChecked
@@ -83,7 +91,7 @@ class Action(enum.StrEnum):
 class Reason:
     """One reason for a verdict, tied to the report it came from."""
 
-    source: str  # "input", "declaration", "signature", "watermark", "detector"
+    source: str  # "input", "declaration", "signature", "credentials", "watermark", "detector"
     message: str
 
     def to_dict(self) -> dict[str, str]:
@@ -224,21 +232,26 @@ def decide(
     detector: DetectionOutcome | None = None,
     synthetic_data: bool | None = None,
     not_run: Mapping[str, str] | None = None,
+    credentials: ContentCredentials | None = None,
+    not_applicable: Mapping[str, str] | None = None,
 ) -> Verdict:
     """Combine the reports into a verdict under ``policy`` (see the module docstring for the order).
 
     ``input_error`` is ``(kind, message)`` for unreadable input. ``None`` for a report means its check did not
     run; a :class:`~verifier.reports.WatermarkNotChecked` or :class:`~verifier.reports.DetectionFailure` means it
     ran and could not examine the image. ``synthetic_data`` is the file's Synthetic Data (0008,001C) (True: YES);
-    ``not_run`` names the checks asked for that could not run, with why.
+    ``not_run`` names the checks asked for that could not run, with why; ``not_applicable`` those that do not apply
+    to this input. ``credentials`` are the C2PA Content Credentials of an image export (None: it has none).
     """
     reasons: list[Reason] = []
     floor = Action.ACCEPT
     skipped = dict(not_run or {})
+    inapplicable = dict(not_applicable or {})
 
     def verdict(status: VerdictStatus) -> Verdict:
         action = _escalate(policy.actions[status], floor)
-        told = tuple(Reason(check, f"not run: {why}") for check, why in skipped.items())
+        told = tuple(Reason(check, f"not applicable: {why}") for check, why in inapplicable.items())
+        told += tuple(Reason(check, f"not run: {why}") for check, why in skipped.items())
         return Verdict(status=status, action=action, reasons=(*reasons, *told), policy_version=policy.version)
 
     if input_error is not None:
@@ -299,6 +312,36 @@ def decide(
             )
             floor = _escalate(floor, policy.uncovered_action)
 
+    declared_by_credentials = False
+    if credentials is not None:
+        generator = credentials.claim_generator
+        made = f"claim generator {generator!r}" if generator else "no claim generator"
+        signer = credentials.signer or "an unnamed signer"
+        if credentials.status is CredentialsStatus.INVALID:
+            failed = "; ".join(p for p in credentials.problems if not p.startswith("signingCredential.untrusted"))
+            reasons.append(Reason("credentials", f"C2PA Content Credentials signed by {signer} ({made}) fail "
+                                  f"validation: the image or its manifest changed after signing ({failed})"))
+            return verdict(VerdictStatus.TAMPERED)
+        if credentials.status is CredentialsStatus.MALFORMED:
+            reasons.append(Reason("credentials", "C2PA Content Credentials are present but cannot be read: "
+                                  f"{credentials.error or 'no active manifest'}"))
+            floor = _escalate(floor, policy.uncovered_action)
+        else:
+            types = ", ".join(credentials.source_types) or "no digital source type"
+            trust = "a trusted signer" if credentials.signer_trusted else "a signer on no trust list of this site"
+            if credentials.declares_synthetic:
+                declared_by_credentials = True
+                reasons.append(Reason("credentials", f"C2PA Content Credentials signed by {signer} ({trust}) declare "
+                                      f"the image made by a generative model ({types}); {made}"))
+            else:
+                reasons.append(Reason("credentials", f"C2PA Content Credentials signed by {signer} ({trust}), intact; "
+                                      f"they declare: {types}; {made}"))
+            lapsed = [p for p in credentials.problems
+                      if p.startswith("signingCredential.") and not p.startswith("signingCredential.untrusted")]
+            if lapsed:
+                reasons.append(Reason("credentials", "the signing credential: " + "; ".join(lapsed)))
+                floor = _escalate(floor, policy.untrusted_action)
+
     valid = [s for s in intact if s.status is SignatureStatus.VALID]
     generator_sigs = [s for s in valid if s.role == "generator"]
     if synthetic_data is True:
@@ -307,15 +350,17 @@ def decide(
         reasons.append(
             Reason("signature", f"signed by generator key {generator_sigs[0].signer}: a declared synthetic image")
         )
-    if synthetic_data is True or generator_sigs:
+    if synthetic_data is True or generator_sigs or declared_by_credentials:
         return verdict(VerdictStatus.DECLARED_SYNTHETIC)
 
     if watermark is not None and not isinstance(watermark, WatermarkNotChecked) and watermark.present:
+        # An export can keep the mark but not its payload bits: say so, not "payload None".
+        payload = f"payload {watermark.payload}" if watermark.payload is not None else "payload not recovered"
         reasons.append(
             Reason(
                 "watermark",
                 "provenance recovered from watermark: the pixels carry medverify's generator mark "
-                f"(payload {watermark.payload}, false-alarm probability {watermark.false_alarm_probability:.1e})",
+                f"({payload}, false-alarm probability {watermark.false_alarm_probability:.1e})",
             )
         )
         return verdict(VerdictStatus.DECLARED_SYNTHETIC)
@@ -352,7 +397,7 @@ def decide(
     if isinstance(detector, DetectionFailure):
         reasons.append(Reason("detector", f"the image could not be scored: {detector.error}"))
     elif scored is None:
-        if "detector" not in skipped:
+        if "detector" not in skipped and "detector" not in inapplicable:
             reasons.append(Reason("detector", "no detector was run"))
     else:
         reasons.append(

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from provenance.credentials import ContentCredentials
 from provenance.models import SignatureReport
 from verifier.policy import Action, Verdict
 
@@ -13,7 +14,27 @@ if TYPE_CHECKING:  # SQLAlchemy is imported only when a record is written, torch
     from verifier.audit import AuditEntry, Channel
     from verifier.reports import DetectionOutcome, WatermarkOutcome
 
-__all__ = ["FileResult"]
+__all__ = ["ExportSource", "FileResult"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExportSource:
+    """Where an image that is not DICOM came from: a PNG, JPEG or TIFF file, or an image embedded in a PDF
+    (``page`` and ``index`` count from 1; ``count`` images in the file)."""
+
+    container: str
+    format: str | None
+    file_sha256: str
+    page: int | None = None
+    index: int | None = None
+    count: int | None = None
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"container": self.container, "format": self.format, "file_sha256": self.file_sha256}
+        if self.container == "pdf":
+            out.update(page=self.page, image=self.index, images_in_file=self.count, name=self.name)
+        return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -41,9 +62,29 @@ class FileResult:
     audit_id: int | None = None
     #: The checks asked for that could not run here (no watermark key yet, no detector model ...), with why.
     not_run: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The checks that do not apply to this input, with why (a PNG export carries no DICOM signature).
+    not_applicable: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: For an image that is not DICOM: which file (and PDF page) it came from; ``sha256`` is then the digest of
+    #: the image's own bytes, the file's is in here.
+    source: ExportSource | None = None
+    #: The image's C2PA Content Credentials, when it carries a manifest (and the signature check ran).
+    credentials: ContentCredentials | None = None
 
     def __bool__(self) -> bool:
         raise TypeError("a FileResult has no truth value; use .verdict, .problem_found or .failed")
+
+    @property
+    def label(self) -> str:
+        """The path, and for an image of a PDF its page and number: ``report.pdf#page=2&image=1``."""
+        src = self.source
+        if src is None or src.container != "pdf" or src.page is None:
+            return self.path
+        return f"{self.path}#page={src.page}&image={src.index}"
+
+    @property
+    def file_sha256(self) -> str | None:
+        """The SHA-256 of the file on disk (for an image of a PDF: of the PDF)."""
+        return self.source.file_sha256 if self.source is not None else self.sha256
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -80,12 +121,14 @@ class FileResult:
         peer_ae_title: str | None = None,
         peer_address: str | None = None,
         api_token_id: str | None = None,
+        path: str | None = None,
     ) -> AuditEntry:
         """The one audit record of this result (one per input, also for unreadable input), by the local user.
 
         ``details`` are added to the record's own (the verdict's reasons and the error), e.g. where a scan or an
-        intake channel took the file; the peer fields say who sent it. Built in one step: validating an entry is
-        what a scan's driver spends most of its time per file on.
+        intake channel took the file; the peer fields say who sent it. ``path`` is the record's path (default
+        :attr:`label`, which names the page of an image of a PDF; ``details.export`` names it too). Built in one
+        step: validating an entry is what a scan's driver spends most of its time per file on.
         """
         from verifier.audit.entry import AuditEntry, local_actor
 
@@ -94,7 +137,7 @@ class FileResult:
         return AuditEntry(
             event=event,
             channel=channel,
-            path=self.path,
+            path=self.label if path is None else path,
             sop_instance_uid=self.sop_instance_uid,
             file_sha256=self.sha256,
             os_user=user,
@@ -113,6 +156,9 @@ class FileResult:
                 "reasons": [r.to_dict() for r in self.verdict.reasons],
                 "error": self.error,
                 **({"not_run": dict(self.not_run)} if self.not_run else {}),
+                **({"not_applicable": dict(self.not_applicable)} if self.not_applicable else {}),
+                **({"export": self.source.to_dict()} if self.source is not None else {}),
+                **({"content_credentials": self.credentials.to_dict()} if self.credentials is not None else {}),
                 **(details or {}),
             },
         )
@@ -136,6 +182,10 @@ class FileResult:
             "detector": _detector_summary(detection),
             "policy_version": self.verdict.policy_version,
             "not_run": dict(self.not_run),
+            "not_applicable": dict(self.not_applicable),
+            "label": self.label,
+            "export": self.source.to_dict() if self.source is not None else None,
+            "content_credentials": self.credentials.to_dict() if self.credentials is not None else None,
             "error": self.error,
             "audit_id": self.audit_id,
         }

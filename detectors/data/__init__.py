@@ -21,8 +21,12 @@ from detectors.data.reader import (
     DEFAULT_MAX_DECODED_BYTES,
     ImageData,
     ImageFormat,
+    decode_raster,
+    image_from_raster,
     max_decoded_bytes,
+    raster_format,
     read_image,
+    read_raster,
     sniff_format,
 )
 from detectors.data.sample import build_sample_corpus, sample_dicom_files
@@ -43,11 +47,15 @@ __all__ = [
     "assign_split",
     "build_corpus",
     "build_sample_corpus",
+    "decode_raster",
+    "image_from_raster",
     "max_decoded_bytes",
     "normalization_range",
     "normalize",
     "normalize_image",
+    "raster_format",
     "read_image",
+    "read_raster",
     "sample_dicom_files",
     "sniff_format",
 ]

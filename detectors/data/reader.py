@@ -10,7 +10,8 @@ generators and the detectors all see the same pixels:
   luminance (ITU-R BT.601: ``0.299 R + 0.587 G + 0.114 B``) and flagged ``is_color``.
 - NIfTI (nibabel): the volume is reoriented to the closest canonical (RAS+) orientation and cut into axial slices,
   displayed radiologically (anterior up); a 4-D series gives its first volume; ``scl_slope``/``scl_inter`` applied.
-- PNG / JPEG (OpenCV): 8 or 16 bits, grey or colour (reduced to luminance), alpha dropped.
+- PNG / JPEG / TIFF (OpenCV): 8 or 16 bits, grey or colour (reduced to luminance), alpha dropped; the first page
+  of a multi-page TIFF. :func:`read_raster` decodes them from bytes (images embedded in a PDF, uploads).
 
 The decoded size declared by the header is checked against a limit *before* any pixel data is decoded; see
 :func:`max_decoded_bytes`. All failures are :class:`~detectors.errors.ImageDecodeError` (or its subclass
@@ -46,13 +47,19 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "ImageData",
     "ImageFormat",
+    "decode_raster",
+    "image_from_raster",
     "max_decoded_bytes",
     "pseudonym",
+    "raster_format",
     "read_image",
+    "read_raster",
     "sniff_format",
 ]
 
-ImageFormat = Literal["dicom", "nifti", "png", "jpeg"]
+ImageFormat = Literal["dicom", "nifti", "png", "jpeg", "tiff"]
+#: The raster formats (what clinical viewers and claim portals export).
+RasterFormat = Literal["png", "jpeg", "tiff"]
 
 #: The default limit on the decoded size of one image (all frames, all samples), in bytes.
 DEFAULT_MAX_DECODED_BYTES = 1024**3
@@ -63,6 +70,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _LUMA = (0.299, 0.587, 0.114)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+#: Classic TIFF (42) and BigTIFF (43), little and big endian.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 # What pydicom, its plugins, nibabel and OpenCV raise on bad input; re-raised as ImageDecodeError.
 _DECODE_FAILURES: tuple[type[BaseException], ...] = (
@@ -156,12 +165,11 @@ def sniff_format(path: str | os.PathLike[str]) -> ImageFormat | None:
             head = fh.read(352)
     except OSError:
         return None
-    if head.startswith(_PNG_MAGIC):
-        return "png"
-    if head.startswith(_JPEG_MAGIC):
-        return "jpeg"
     if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
+        return "dicom"  # first: a DICOM preamble may itself be a TIFF header (dual-personality files)
+    raster = raster_format(head)
+    if raster is not None:
+        return raster
     name = p.name.lower()
     if head.startswith(b"\x1f\x8b") and name.endswith(".nii.gz"):
         return "nifti"
@@ -174,6 +182,17 @@ def sniff_format(path: str | os.PathLike[str]) -> ImageFormat | None:
     except _DECODE_FAILURES:
         return None
     return "dicom"
+
+
+def raster_format(data: bytes) -> RasterFormat | None:
+    """``"png"``, ``"jpeg"`` or ``"tiff"`` when ``data`` starts like one (its magic bytes), else None."""
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if data[:4] in _TIFF_MAGIC:
+        return "tiff"
+    return None
 
 
 def read_image(
@@ -210,7 +229,11 @@ def read_image(
         return _read_dicom(ds, path=str(path), frame_indices=frame_indices, modality=modality, limit=limit)
     if fmt == "nifti":
         return _read_nifti(path, frame_indices=frame_indices, modality=modality, limit=limit)
-    return _read_raster(path, fmt, frame_indices=frame_indices, modality=modality, limit=limit)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read: {exc}") from exc
+    return read_raster(data, where=str(path), frame_indices=frame_indices, modality=modality, max_bytes=limit)
 
 
 def _dataset_path(ds: Dataset) -> str | None:
@@ -530,25 +553,67 @@ def _jpeg_header(data: bytes, where: str) -> tuple[int, int, int, int]:
     raise ImageDecodeError(f"{where}: JPEG without a frame header")
 
 
-def _read_raster(
-    path: Path, fmt: ImageFormat, *, frame_indices: Sequence[int] | None, modality: str | None, limit: int
-) -> ImageData:
+def _tiff_header(data: bytes, where: str) -> tuple[int, int, int, int]:
+    """``(height, width, samples, bytes per sample)`` from the first image file directory (TIFF or BigTIFF)."""
+    e = "<" if data[:2] == b"II" else ">"
+    try:
+        big = struct.unpack(e + "H", data[2:4])[0] == 43
+        offset = struct.unpack(e + ("Q" if big else "I"), data[8:16] if big else data[4:8])[0]
+        count_fmt, entry, slot = ("Q", 20, 8) if big else ("H", 12, 4)
+        (n,) = struct.unpack(e + count_fmt, data[offset : offset + struct.calcsize(count_fmt)])
+        start = offset + struct.calcsize(count_fmt)
+        tags: dict[int, int] = {}
+        sizes = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
+        for k in range(min(n, 4096)):
+            pos = start + k * entry
+            tag, kind = struct.unpack(e + "HH", data[pos : pos + 4])
+            if tag not in (256, 257, 258, 277) or kind not in sizes:
+                continue
+            (count,) = struct.unpack(e + ("Q" if big else "I"), data[pos + 4 : pos + 4 + slot])
+            fmt, size = sizes[kind]
+            where_value = pos + 4 + slot
+            if count * size > slot:  # the values live elsewhere: the offset is in the slot
+                (where_value,) = struct.unpack(e + ("Q" if big else "I"), data[pos + 4 + slot : pos + 4 + 2 * slot])
+            (tags[tag],) = struct.unpack(e + fmt, data[where_value : where_value + size])
+    except struct.error as exc:
+        raise ImageDecodeError(f"{where}: malformed TIFF header ({exc})") from None
+    width, height = tags.get(256, 0), tags.get(257, 0)
+    if width == 0 or height == 0:
+        raise ImageDecodeError(f"{where}: TIFF without image width and length")
+    return height, width, max(1, tags.get(277, 1)), max(1, (tags.get(258, 8) + 7) // 8)
+
+
+_RASTER_HEADERS = {"png": _png_header, "jpeg": _jpeg_header, "tiff": _tiff_header}
+
+
+def decode_raster(data: bytes, *, where: str = "<bytes>", max_bytes: int | None = None) -> npt.NDArray[Any]:
+    """The pixels of a PNG, JPEG or TIFF image as OpenCV decodes them (grey, grey + alpha, BGR or BGRA; 8 or 16
+    bits), after its header's declared size was checked against the decode limit (:func:`max_decoded_bytes`, or
+    ``max_bytes``): a few hundred bytes can declare 65535 x 65535 pixels."""
     import cv2
 
-    where = str(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageDecodeError(f"{where}: cannot read: {exc}") from exc
-    height, width, channels, sample_bytes = (_png_header if fmt == "png" else _jpeg_header)(data, where)
-    chosen = _select(where, 1, frame_indices)
+    fmt = raster_format(data)
+    if fmt is None:
+        raise ImageDecodeError(f"{where}: not a PNG, JPEG or TIFF image")
+    limit = max_decoded_bytes() if max_bytes is None else max_bytes
+    height, width, channels, sample_bytes = _RASTER_HEADERS[fmt](data, where)
     _check_limit(where, height * width * max(channels * sample_bytes, 4), limit)
     try:
         array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise ImageDecodeError(f"{where}: cannot decode {fmt}: {exc}") from exc
     if array is None:
-        raise ImageDecodeError(f"{where}: cannot decode {fmt}")
+        raise ImageDecodeError(f"{where}: cannot decode {fmt} (damaged or cut short)")
+    if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or min(array.shape[:2]) < 1:
+        raise ImageDecodeError(f"{where}: unsupported {fmt} pixels ({array.dtype}, shape {array.shape})")
+    decoded: npt.NDArray[Any] = array
+    return decoded
+
+
+def image_from_raster(
+    array: npt.NDArray[Any], fmt: RasterFormat, *, where: str, source_id: str, modality: str | None = None
+) -> ImageData:
+    """An :class:`ImageData` of one decoded raster (:func:`decode_raster`): colour reduced to luminance."""
     is_color = array.ndim == 3 and array.shape[2] >= 3
     if array.ndim == 3:
         if array.shape[2] >= 3:
@@ -565,10 +630,28 @@ def _read_raster(
         photometric="RGB" if is_color else "MONOCHROME2",
         pixel_spacing=None,
         window=None,
-        source_id=_file_source_id(path),
+        source_id=source_id,
         sop_instance_uid=None,
         is_color=is_color,
-        frame_indices=tuple(chosen),
+        frame_indices=(0,),
         total_frames=1,
         path=where,
     )
+
+
+def read_raster(
+    data: bytes,
+    *,
+    where: str = "<bytes>",
+    frame_indices: Sequence[int] | None = None,
+    modality: str | None = None,
+    max_bytes: int | None = None,
+) -> ImageData:
+    """Decode a PNG, JPEG or TIFF image held in memory (:func:`decode_raster`, then :func:`image_from_raster`)."""
+    fmt = raster_format(data)
+    if fmt is None:
+        raise ImageDecodeError(f"{where}: not a PNG, JPEG or TIFF image")
+    _select(where, 1, frame_indices)
+    array = decode_raster(data, where=where, max_bytes=max_bytes)
+    source_id = f"file:{hashlib.sha256(data).hexdigest()[:16]}"
+    return image_from_raster(array, fmt, where=where, source_id=source_id, modality=modality)

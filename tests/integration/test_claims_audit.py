@@ -8,6 +8,7 @@ signature and relabelled as a patient scan (found by the watermark); a claim who
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -288,9 +289,10 @@ def _side_by_side(page: Any, selector: str) -> None:
 
 def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The report as an analyst sees it in Chromium (Playwright, Debian's /usr/bin/chromium): the checks that ran
-    at the top, a legend, sentences instead of Python objects, every image loaded, a reused pair side by side, a
-    detector finding beside its heatmap, and no "passed" for checks that did not run. Screenshots go to
-    $MEDVERIFY_REPORT_SCREENSHOTS (else the test's folder)."""
+    at the top, a legend, sentences instead of Python objects, every image loaded, a reused pair side by side (also
+    one whose other side is a JPEG export), an image of a PDF named by its page, a C2PA-declared and a watermarked
+    export in words, a detector finding beside its heatmap, and no "passed" for checks that did not run.
+    Screenshots go to $MEDVERIFY_REPORT_SCREENSHOTS (else the test's folder)."""
     sync_playwright = _playwright()
     warnings.simplefilter("ignore")
     shots = Path(os.environ.get("MEDVERIFY_REPORT_SCREENSHOTS") or tmp_path / "screenshots")
@@ -298,10 +300,15 @@ def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pyte
     root = tmp_path / "claims"
     code, _out, err = run_cli(capsys, "claims", "sample", root)
     assert code == 0, err
-    # Only the signature check: the report must not say the images passed the watermark or the detector.
+    # A claim without findings, to read what the report says of it.
+    relabelled_copy(_sample("MR_small.dcm"), root / "CLM-1009" / "head.dcm",
+                    _patient("P-1009", "ROE^RAY", "F", "19700101", "HEAD"))  # fmt: skip
+    with open(root / "claims.csv", "a") as fh:
+        fh.write("CLM-1009,CLM-1009/head.dcm,P-1009,F,2024-03-20,head\n")
+    # No detector: the report must not say the images passed it.
     report = tmp_path / "report.html"
     code, _out, err = run_cli(capsys, "claims", "audit", root, "--manifest", root / "claims.csv", "--checks",
-                              "signature", "--report", report)  # fmt: skip
+                              "signature,watermark", "--report", report)  # fmt: skip
     assert code == 1, err
     # A detector finding with its heatmap: a policy whose synthetic threshold every score meets.
     policy = tmp_path / "policy.toml"
@@ -325,22 +332,41 @@ def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pyte
             assert not REPR.search(text), REPR.search(text)
             assert "passed" not in text.lower()
             checks = page.locator("#checks").inner_text()
-            assert "signature: examined all 4 images" in checks
-            assert "watermark: not run" in checks and "detector: not run" in checks
+            # The signature does not apply to exports: neither "not run" nor missing on them.
+            assert "signature: examined all 5 DICOM images; not applicable to 5 export image(s)" in checks
+            assert "watermark: examined all 10 images" in checks and "detector: not run" in checks
+            assert "Not checked on every image: detector." in checks
             legend = page.locator("#legend")
             assert legend.is_visible()
             for word in ("DECLARED_SYNTHETIC", "SUSPECTED_SYNTHETIC", "NO_EVIDENCE", "quarantine", "reject", "high"):
                 assert word in legend.inner_text()
             assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-            assert page.evaluate("document.images.length") >= 6
-            clean = page.locator("#claim-CLM-1001").inner_text()
-            assert "No findings from what ran (signature, reuse, header rules)" in clean
-            assert "Not run, so not evidence either way: watermark, detector" in clean
+            assert page.evaluate("document.images.length") >= 14
+            clean = page.locator("#claim-CLM-1009").inner_text()
+            assert "No findings from what ran (signature, watermark, reuse, header rules)" in clean
+            assert "Not run, so not evidence either way: detector" in clean
             knee = page.locator("#claim-CLM-1002")
             assert "names the shoulder" in knee.inner_text()
-            _side_by_side(page, "#claim-CLM-1002 .pair-figures img")
+            _side_by_side(page, "#claim-CLM-1002 .pair-figures >> nth=0 >> img")
+            # Exports: the half-size JPEG beside the chest X-ray it copies, the signature "not applicable" to it.
+            jpeg = page.locator("#claim-CLM-1005")
+            _side_by_side(page, "#claim-CLM-1005 .pair-figures img")
+            assert "signature: not applicable" in jpeg.inner_text() and "signature: not run" not in jpeg.inner_text()
+            pdf = page.locator("#claim-CLM-1006").inner_text()
+            assert "image 1 on page 2 of discharge.pdf" in pdf
+            assert "JPEG image 1 of page 2 of the PDF (2 images in all)" in pdf
+            assert "PDF's SHA-256" in pdf
+            _side_by_side(page, "#claim-CLM-1006 .pair-figures >> nth=0 >> img")
+            c2pa = page.locator("#claim-CLM-1007").inner_text()
+            assert "declared synthetic by its Content Credentials, made by medverify-sample-generator 1.0" in c2pa
+            mark = page.locator("#claim-CLM-1008").inner_text()
+            assert "caught by its watermark (a PNG export" in mark
+            assert "declared by its provenance" not in page.locator("body").inner_text()
             page.screenshot(path=str(shots / "claims-report-top.png"))
             knee.screenshot(path=str(shots / "claims-report-reuse-pair.png"))
+            jpeg.screenshot(path=str(shots / "claims-report-export-pair.png"))
+            page.locator("#claim-CLM-1006").screenshot(path=str(shots / "claims-report-pdf.png"))
+            page.locator("#claim-CLM-1007").screenshot(path=str(shots / "claims-report-c2pa.png"))
             page.screenshot(path=str(shots / "claims-report-full.png"), full_page=True)
 
             page.goto(detector_report.as_uri())
@@ -352,31 +378,32 @@ def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pyte
             assert problems == [], problems
         finally:
             browser.close()
-    for name in ("claims-report-top.png", "claims-report-reuse-pair.png", "claims-report-heatmap.png"):
+    for name in ("claims-report-top.png", "claims-report-reuse-pair.png", "claims-report-export-pair.png",
+                 "claims-report-pdf.png", "claims-report-heatmap.png"):
         shot = cv2.imread(str(shots / name), cv2.IMREAD_GRAYSCALE)
         assert shot is not None and float(shot.std()) > 10  # rendered content, not a blank page
 
 
 def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`claims sample` writes a set whose findings are known; missing and junk files and an empty claim are
-    findings too, never a crash."""
+    """`claims sample` writes a set whose findings are known, exports included; missing and junk files and an
+    empty claim are findings too, never a crash."""
     root = tmp_path / "claims"
     code, out, err = run_cli(capsys, "claims", "sample", root)
-    assert code == 0, err
+    assert code == 0 and "wrote 8 claims" in out, err
     manifest = root / "claims.csv"
     (root / "CLM-1001" / "junk.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
     with open(manifest, "a") as fh:
-        fh.write("CLM-1006,CLM-1006/missing.dcm,P-6006,F,2024-03-01,chest\n")
+        fh.write("CLM-1099,CLM-1099/missing.dcm,P-9099,F,2024-03-01,chest\n")
         fh.write("CLM-1001,CLM-1001/junk.dcm,P-1001,F,2024-03-15,chest\n")
     code, out, err = run_cli(capsys, "claims", "audit", root, "--manifest", manifest, "--format", "jsonl")
     assert code == 1, err
     claims = _by_claim(out)
-    assert [f["kind"] for f in claims["CLM-1001"]["findings"]] == ["unreadable"]  # type: ignore[index,union-attr]
-    assert [f["kind"] for f in claims["CLM-1006"]["findings"]] == ["unreadable"]  # type: ignore[index,union-attr]
+    assert _kinds(claims["CLM-1001"]) == {"unreadable", "reused_image"}
+    assert [f["kind"] for f in claims["CLM-1099"]["findings"]] == ["unreadable"]  # type: ignore[index,union-attr]
     # CLM-1002's "knee" is MR2_UNCR, a shoulder by its own StudyDescription; CLM-1003's copy lost that header.
     assert _kinds(claims["CLM-1002"]) == {"reused_image", "body_part_description"}
     assert _kinds(claims["CLM-1003"]) == {"reused_image"}
-
+    assert {"date_after_claim", "body_part_mismatch", "patient_mismatch"} == _kinds(claims["CLM-1004"])
     # The same audit as a spreadsheet: one row a finding, the evidence in words, a row for a claim without any.
     code, out, err = run_cli(capsys, "claims", "audit", root, "--manifest", manifest, "--checks", "signature",
                              "--format", "csv")  # fmt: skip
@@ -388,7 +415,26 @@ def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: p
     assert all(r["evidence"] and not REPR.search(r["evidence"]) for r in rows)
     code, _out, err = run_cli(capsys, "claims", "audit", root, "--include-images")
     assert code == 2 and "give --package too" in err
-    assert {"date_after_claim", "body_part_mismatch", "patient_mismatch"} == _kinds(claims["CLM-1004"])
+    # The evidence package lists each export image with its file: a PDF's images by page, with the PDF's SHA-256,
+    # the PDF itself included once, and the package verifies.
+    package = root.parent / "evidence.zip"
+    code, _out, err = run_cli(capsys, "claims", "audit", root, "--manifest", manifest, "--checks", "signature",
+                              "--package", package, "--include-images", "--format", "jsonl")  # fmt: skip
+    assert code == 1, err
+    with zipfile.ZipFile(package) as zf:
+        listed = json.loads(zf.read("MANIFEST.json"))
+        pdf = root / "CLM-1006" / "discharge.pdf"
+        rows = [r for r in listed["audited_files"] if r["file"] == str(pdf)]
+        assert [r["export"]["page"] for r in rows] == [1, 2] and [r["path"] for r in rows] == [
+            f"{pdf}#page=1&image=1", f"{pdf}#page=2&image=1"]
+        digest = hashlib.sha256(pdf.read_bytes()).hexdigest()
+        assert {r["file_sha256"] for r in rows} == {digest} and len({r["sha256"] for r in rows}) == 2
+        assert rows[0]["image"] == rows[1]["image"] and zf.read(rows[0]["image"]) == pdf.read_bytes()
+        assert rows[1]["thumbnail"].endswith("discharge.pdf_page_2_image_1.png")
+        assert cv2.imdecode(np.frombuffer(zf.read(rows[1]["thumbnail"]), np.uint8), cv2.IMREAD_GRAYSCALE) is not None
+    code, out, err = run_cli(capsys, "claims", "verify-package", package)
+    assert code == 0 and out.startswith("VALID"), out + err
+    _check_sample_exports(claims, root, capsys)
 
     (tmp_path / "folders" / "EMPTY").mkdir(parents=True)
     code, out, err = run_cli(capsys, "claims", "audit", tmp_path / "folders", "--format", "jsonl")
@@ -396,6 +442,50 @@ def test_sample_claims_and_bad_input(keyed_home: Path, tmp_path: Path, capsys: p
     assert _kinds(_by_claim(out)["EMPTY"]) == {"no_images"}
     code, _out, err = run_cli(capsys, "claims", "audit", tmp_path / "nowhere")
     assert code == 2 and "is not a directory" in err
+
+
+def _findings(claim: dict[str, object], kind: str) -> list[dict[str, object]]:
+    return [f for f in claim["findings"] if f["kind"] == kind]  # type: ignore[index,union-attr]
+
+
+def _check_sample_exports(claims: dict[str, dict[str, object]], root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The sample's exports: what issue 26 found refused or missed is checked, and found."""
+    # A half-size JPEG of CLM-1001's chest X-ray, filed for another patient: found as reuse, and the JPEG is no
+    # finding by itself (it used to be UNREADABLE, "not a DICOM Part 10 file").
+    [reuse] = _findings(claims["CLM-1005"], "reused_image")
+    assert reuse["other_claim"] == "CLM-1001" and reuse["evidence"]["different_patient"]  # type: ignore[index]
+    assert _kinds(claims["CLM-1005"]) == {"reused_image"}
+    [jpeg] = claims["CLM-1005"]["files"]  # type: ignore[misc]
+    assert jpeg["error"] is None and jpeg["export"]["format"] == "jpeg"
+    assert "signature" in jpeg["not_applicable"] and jpeg["verdict"] not in ("UNREADABLE", "MALFORMED")
+    # The PDF: one result per embedded image; its second page is CLM-1002's knee, and the finding names the page.
+    pdf_files = claims["CLM-1006"]["files"]
+    assert [f["export"]["page"] for f in pdf_files] == [1, 2]  # type: ignore[index,union-attr]
+    pages = {f["other_claim"]: f["files"] for f in _findings(claims["CLM-1006"], "reused_image")}
+    assert pages.keys() == {"CLM-1002", "CLM-1003"}
+    assert all(files == [str(root / "CLM-1006" / "discharge.pdf") + "#page=2&image=1"] for files in pages.values())
+    # C2PA Content Credentials declaring a generative model, with the claim generator named.
+    [declared] = _findings(claims["CLM-1007"], "declared_synthetic")
+    assert any("claim generator 'medverify-sample-generator 1.0'" in r for r in declared["evidence"]["reasons"])  # type: ignore[index,union-attr]
+    # A PNG export of a generated CT: `watermark detect` finds the mark, and so does the claim audit.
+    png = root / "CLM-1008" / "ct_export.png"
+    code, out, _err = run_cli(capsys, "watermark", "detect", png)
+    assert code == 1 and "PRESENT" in out
+    [caught] = _findings(claims["CLM-1008"], "declared_synthetic")
+    assert any(r.startswith("watermark: provenance recovered") for r in caught["evidence"]["reasons"])  # type: ignore[index,union-attr]
+
+    # verify takes the same files, and each image of the PDF leaves its own audit record naming its page.
+    code, out, err = run_cli(capsys, "verify", root / "CLM-1006" / "discharge.pdf", png, "--format", "jsonl")
+    assert code == 1, err
+    lines = jsonl(out)
+    assert [line["label"].rsplit("/", 1)[-1] for line in lines] == [
+        "discharge.pdf#page=1&image=1", "discharge.pdf#page=2&image=1", "ct_export.png"]
+    code, out, _err = run_cli(capsys, "audit", "list", "--format", "jsonl", "--channel", "cli", "--limit", "0")
+    recorded = [r for r in jsonl(out) if r["id"] in {x["audit_id"] for x in lines}]
+    pdf_records = sorted((r["details"]["export"]["page"], r["path"]) for r in recorded
+                         if r["details"]["export"]["container"] == "pdf")  # fmt: skip
+    assert [(page, path.rsplit("/", 1)[-1]) for page, path in pdf_records] == [
+        (1, "discharge.pdf#page=1&image=1"), (2, "discharge.pdf#page=2&image=1")]
 
 
 def test_detector_scores_and_heatmaps_reach_the_report(

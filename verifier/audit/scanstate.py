@@ -307,9 +307,13 @@ class ScanStateStore:
             if f.entry.details.get("scan") != self.scan_details(run, f.state):
                 raise ValueError(f"the audit entry of {f.path} lacks details.scan of run {run.id}")
         receipts = self._log.append_many([f.entry for f in files])
-        rows = [_state_row(run.root, f.path, f.state, r.id, run.id) for f, r in zip(files, receipts, strict=True)]
+        # One state row a file: the images of one PDF are one record each but one file (the last record's row; the
+        # scanner gives them all the state of the file's worst image). PostgreSQL refuses an upsert that names a
+        # row twice.
+        by_path = {f.path: _state_row(run.root, f.path, f.state, r.id, run.id)
+                   for f, r in zip(files, receipts, strict=True)}
         with _db.db_errors(self._url), _db.write_transaction(self._engine) as conn:
-            self._upsert(conn, rows)
+            self._upsert(conn, list(by_path.values()))
         return [r.id for r in receipts]
 
     def _upsert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:

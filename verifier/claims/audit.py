@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from verifier.checker import Checker
+from verifier.checker import Checker, Examined
 from verifier.claims.fingerprint import fingerprint_frame
 from verifier.claims.headers import HeaderFacts
 from verifier.claims.models import (
@@ -47,7 +47,7 @@ from verifier.policy import Action, VerdictStatus
 if TYPE_CHECKING:  # SQLAlchemy is imported only when a database is used
     from verifier.audit import AuditLog
 
-__all__ = ["DETECTOR_SOURCE", "ClaimsAuditor"]
+__all__ = ["CREDENTIALS_SOURCE", "DETECTOR_SOURCE", "ClaimsAuditor"]
 
 _THUMB_SIDE = 256
 _DETECTOR_VERDICTS = (VerdictStatus.TAMPERED, VerdictStatus.SUSPECTED_SYNTHETIC)
@@ -73,16 +73,20 @@ def _display(frame: npt.NDArray[np.float32], window: tuple[float, float] | None,
 
 #: What the detector is called in a verdict finding's ``caught_by`` (the report puts its heatmap beside such).
 DETECTOR_SOURCE = "detector scores"
+#: What an export's C2PA manifest is called in a verdict finding's ``caught_by``.
+CREDENTIALS_SOURCE = "Content Credentials"
 #: What each reason source of a verdict is called in a finding ("found by its ...").
 _SOURCE_NAMES = {"declaration": "synthetic declaration", "signature": "signature", "watermark": "watermark",
-                 "detector": DETECTOR_SOURCE, "input": "file structure"}  # fmt: skip
+                 "detector": DETECTOR_SOURCE, "input": "file structure",
+                 "credentials": CREDENTIALS_SOURCE}  # fmt: skip
 
 
 def _verdict_evidence(f: AuditedFile) -> dict[str, Any]:
     """A verdict finding's evidence: the verdict, the action, the reasons and what they came from, and the
     detector's scores against its thresholds when it scored the image."""
     v = f.result.verdict
-    told = [r for r in v.reasons if not r.message.startswith("not run:")]
+    # What did not run, or does not apply (an export's DICOM signature), told nothing.
+    told = [r for r in v.reasons if not r.message.startswith(("not run:", "not applicable:"))]
     if told and told[-1].source == "detector" and v.status in _DETECTOR_VERDICTS:
         decisive = told[-1:]  # the policy's last reason decided (verifier.policy.decide)
     else:
@@ -94,11 +98,35 @@ def _verdict_evidence(f: AuditedFile) -> dict[str, Any]:
         "reasons": list(f.result.reasons),
         "caught_by": caught_by,
     }
+    if f.result.source is not None:  # an export: what it is and where it came from (a PDF's page)
+        evidence["export"] = f.result.source.to_dict()
+    if f.result.credentials is not None:
+        c = f.result.credentials
+        evidence["content_credentials"] = {"status": c.status.value, "claim_generator": c.claim_generator,
+                                           "signer": c.signer, "signer_trusted": c.signer_trusted,
+                                           "digital_source_types": list(c.source_types),
+                                           "problems": list(c.problems)}  # fmt: skip
     detection = f.result.detection_dict()
     if detection is not None and detection.get("synthetic_score") is not None:
         keys = ("synthetic_score", "threshold", "tamper_score", "tamper_threshold", "model_tag")
         evidence["detector"] = {k: detection[k] for k in keys if k in detection}
     return evidence
+
+
+def _declared_how(evidence: dict[str, Any]) -> str:
+    """How a declared synthetic image was found out, for its finding's one line."""
+    caught_by = evidence["caught_by"]
+    export = evidence.get("export")
+    if caught_by == ["watermark"]:
+        if export is not None:
+            kind = f"a {str(export.get('format') or 'image').upper()} export"
+            return f"caught by its watermark ({kind}: no signature or synthetic declaration to read)"
+        return "caught by its watermark (its signature and synthetic declaration are gone)"
+    credentials = evidence.get("content_credentials")
+    if caught_by == [CREDENTIALS_SOURCE] and credentials is not None:
+        made = credentials.get("claim_generator") or "an unnamed claim generator"
+        return f"declared synthetic by its Content Credentials, made by {made}"
+    return "declared by its own " + " and ".join(caught_by)
 
 
 class ClaimsAuditor:
@@ -120,9 +148,21 @@ class ClaimsAuditor:
 
     # -- per file ------------------------------------------------------------------------------------------
 
-    def _check(self, claim_id: str, path: Path) -> AuditedFile:
-        examined = self._checker.examine(path)
-        audited = AuditedFile(claim_id=claim_id, path=str(path), result=examined.result)
+    def _check(self, claim_id: str, path: Path) -> list[AuditedFile]:
+        """The audited images of one file: one for DICOM, one per image for an export (a PDF may hold several)."""
+        return [self._audited(claim_id, examined) for examined in self._checker.examine_file(path)]
+
+    @staticmethod
+    def _audited(claim_id: str, examined: Examined) -> AuditedFile:
+        audited = AuditedFile(claim_id=claim_id, path=examined.result.label, result=examined.result)
+        if examined.image is not None:  # an export: no header to read; its pixels are compared like any image
+            try:
+                frame = examined.image.image.frames[0]
+                audited.fingerprint = fingerprint_frame(frame)
+                audited.thumbnail = _display(frame, None, False)
+            except Exception as exc:  # noqa: BLE001 - a degenerate image (a 1-pixel line) is not compared
+                audited.pixel_error = f"pixels: {type(exc).__name__}: {str(exc)[:160]}"
+            return audited
         instance = examined.instance
         if instance is None:  # unreadable: the result says why, there is nothing more to read
             return audited
@@ -157,7 +197,7 @@ class ClaimsAuditor:
         for info in claims:
             files = []
             for path in info.files:
-                files.append(self._check(info.claim_id, path))
+                files.extend(self._check(info.claim_id, path))
                 done += 1
                 if self._progress is not None:
                     self._progress(done)
@@ -236,7 +276,7 @@ class ClaimsAuditor:
     def _verdict_findings(report: ClaimReport) -> list[Finding]:
         out = []
         if not report.files:
-            out.append(Finding(kind="no_images", severity=Severity.MEDIUM, message="the claim has no DICOM images"))
+            out.append(Finding(kind="no_images", severity=Severity.MEDIUM, message="the claim has no images"))
         for f in report.files:
             v = f.result.verdict
             evidence = _verdict_evidence(f)
@@ -254,9 +294,7 @@ class ClaimsAuditor:
             elif v.status is VerdictStatus.DECLARED_SYNTHETIC:
                 # What says so matters to the analyst: a file that declares itself synthetic was at least honest; a
                 # stripped copy caught by its watermark was made to pass for a patient scan.
-                by_mark = evidence["caught_by"] == ["watermark"]
-                how = ("caught by its watermark (its signature and synthetic declaration are gone)" if by_mark
-                       else "declared by its own " + " and ".join(evidence["caught_by"]))  # fmt: skip
+                how = _declared_how(evidence)
                 out.append(
                     Finding(
                         kind="declared_synthetic",

@@ -9,6 +9,7 @@ sentence from :func:`plain`, which never prints a Python representation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from verifier.claims.models import Finding
 
-__all__ = ["explain", "explained_kinds", "explains", "plain"]
+__all__ = ["explain", "explained_kinds", "explains", "image_name", "plain"]
 
 Writer = Callable[["Finding"], str]
 _WRITERS: dict[str, Writer] = {}
@@ -102,8 +103,20 @@ def and_list(items: Iterable[str]) -> str:
     return ", ".join(seq[:-1]) + " and " + seq[-1]
 
 
-def _name(path: str | None) -> str:
-    return Path(path).name if path else "an image"
+_PDF_LABEL = re.compile(r"^(?P<file>.+)#page=(?P<page>\d+)&image=(?P<image>\d+)$")
+
+
+def image_name(path: str | None) -> str:
+    """A file's name; an image of a PDF (``report.pdf#page=2&image=1``) as "image 1 on page 2 of report.pdf"."""
+    if not path:
+        return "an image"
+    m = _PDF_LABEL.match(Path(path).name)
+    if m:
+        return f"image {m['image']} on page {m['page']} of {m['file']}"
+    return Path(path).name
+
+
+_name = image_name
 
 
 def _files(f: Finding) -> str:
@@ -271,7 +284,7 @@ def _uid(f: Finding) -> str:
 
 
 def _reasons(ev: Mapping[str, Any]) -> str:
-    shown = [r for r in ev.get("reasons", ()) if ": not run:" not in r]
+    shown = [r for r in ev.get("reasons", ()) if ": not run:" not in r and ": not applicable:" not in r]
     return " ".join(f"{_reason(r)}." for r in shown)
 
 
@@ -280,7 +293,7 @@ def _reason(reason: str) -> str:
     if not message:
         return reason
     names = {"declaration": "Declaration", "signature": "Signature", "watermark": "Watermark",
-             "detector": "Detector", "input": "File"}  # fmt: skip
+             "detector": "Detector", "input": "File", "credentials": "Content Credentials"}  # fmt: skip
     return f"{names.get(source, source.capitalize())}: {message}"
 
 
@@ -288,13 +301,41 @@ def _policy(ev: Mapping[str, Any]) -> str:
     return f"The site policy's action for it is {str(ev['action']).upper()}."
 
 
+def _export_words(ev: Mapping[str, Any]) -> str:
+    """"a PNG export", "a JPEG image in a PDF"."""
+    export = ev.get("export") or {}
+    fmt = str(export.get("format") or "image").upper()
+    return f"a {fmt} image in a PDF" if export.get("container") == "pdf" else f"a {fmt} export"
+
+
+def _credentials_words(ev: Mapping[str, Any], *, generator: bool = True) -> str:
+    """Who signed an export's C2PA manifest (and, with ``generator``, what software made it), in words."""
+    c = ev.get("content_credentials") or {}
+    signer = c.get("signer") or "an unnamed signer"
+    trust = "a trusted signer" if c.get("signer_trusted") else "a signer on no trust list of this site"
+    types = and_list(c.get("digital_source_types") or ()) or "none"
+    made = f"; claim generator {c.get('claim_generator') or 'not named'}" if generator else ""
+    return f"The manifest is signed by {signer} ({trust}){made}; digital source type {types}."
+
+
 @explains("declared_synthetic")
 def _declared(f: Finding) -> str:
     ev = f.evidence
-    if list(ev.get("caught_by", ())) == ["watermark"]:
+    caught_by = list(ev.get("caught_by", ()))
+    if caught_by == ["watermark"] and ev.get("export"):
+        lead = (f"{_files(f)} ({_export_words(ev)}) was caught by its watermark: its pixels carry the invisible "
+                "mark medverify's generators put in every image they make. An export carries no signature or "
+                "synthetic declaration; the mark survived the export.")  # fmt: skip
+    elif caught_by == ["watermark"]:
         lead = (f"{_files(f)} was caught by its watermark: its pixels carry the invisible mark medverify's "
                 "generators put in every image they make, although the file has no signature and no synthetic "
                 "declaration (they were stripped).")  # fmt: skip
+    elif caught_by == ["Content Credentials"] and ev.get("content_credentials"):
+        c = ev["content_credentials"]
+        made = c.get("claim_generator") or "an unnamed claim generator"
+        return (f"{_files(f)} ({_export_words(ev)}) is declared synthetic by its C2PA Content Credentials, made by "
+                f"{made}: the manifest attached to the image says a generative model made it, yet it was "
+                f"submitted as a patient's scan. {_credentials_words(ev, generator=False)} {_policy(ev)}")  # fmt: skip
     else:
         lead = (f"{_files(f)} says itself that it is synthetic (its {and_list(ev.get('caught_by', ()))}), yet it "
                 "was submitted as a patient's scan.")  # fmt: skip
@@ -316,6 +357,10 @@ def _scores(ev: Mapping[str, Any]) -> str:
 def _tampered(f: Finding) -> str:
     ev = f.evidence
     by = and_list(ev.get("caught_by", ()))
+    if ev.get("content_credentials") and list(ev.get("caught_by", ())) == ["Content Credentials"]:
+        lead = (f"{_files(f)} ({_export_words(ev)}) was changed after its C2PA Content Credentials were signed: "
+                "the manifest's signature or its hash of the image (hard binding) no longer matches.")  # fmt: skip
+        return " ".join(x for x in (lead, _reasons(ev), _credentials_words(ev), _policy(ev)) if x)
     lead = f"{_files(f)} was changed after it was made or signed (found by its {by})."
     return " ".join(x for x in (lead, _reasons(ev), _scores(ev) if "detector" in by else "", _policy(ev)) if x)
 

@@ -46,7 +46,7 @@ def load_claims(root: Path, manifest: Path | None = None, *, follow_symlinks: bo
     if manifest is None:
         claims = []
         for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = tuple(iter_input_files([sub], follow_symlinks=follow_symlinks))
+            files = tuple(iter_input_files([sub], follow_symlinks=follow_symlinks, exports=True))
             claims.append(ClaimInfo(claim_id=sub.name, files=files))
         if not claims:
             raise InputError(f"{root} has no claim subfolders (or give --manifest claims.csv)")

@@ -28,6 +28,7 @@ __all__ = [
     "DuplicatePair",
     "Finding",
     "Severity",
+    "why_not_applicable",
     "why_not_examined",
 ]
 
@@ -198,40 +199,71 @@ class CheckCoverage:
     images: int
     #: Why it did not examine the others (the reason, and how many images), e.g. "no watermark key given".
     not_examined: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    #: Images the check does not apply to (an export carries no DICOM signature): neither examined nor missed.
+    not_applicable: int = 0
 
     @property
     def ran(self) -> bool:
         return self.examined > 0
 
     @property
+    def applies(self) -> bool:
+        """The check applies to some image of the audit (else it is neither run nor missing)."""
+        return self.not_applicable < self.images
+
+    @property
     def complete(self) -> bool:
-        return self.images > 0 and self.examined == self.images
+        """It examined every image it applies to."""
+        return self.images > 0 and self.examined == self.images - self.not_applicable
 
     def sentence(self) -> str:
         """``watermark: examined 3 of 4 image(s); not the others: pixels cannot be decoded`` and the like."""
         if not self.asked:
             return f"{self.check}: not run: not asked for"
+        na = self.not_applicable
+        why_na = _NOT_APPLICABLE_WORDS.get(self.check, "it does not apply to them")
+        if na and not self.applies:
+            return f"{self.check}: not applicable to {'the image' if na == 1 else f'any of the {na} images'} ({why_na})"
+        applicable = self.images - na
+        not_applicable = f"; not applicable to {na} export image(s) ({why_na})" if na else ""
         why = "; ".join(
-            f"{n} image(s): {reason}" if n != self.images else reason for reason, n in self.not_examined.items()
+            f"{n} image(s): {reason}" if n != applicable else reason for reason, n in self.not_examined.items()
         )
         if not self.ran:
-            return f"{self.check}: not run: {why or 'no image to examine'}"
+            return f"{self.check}: not run: {why or 'no image to examine'}{not_applicable}"
         if self.complete:
-            return f"{self.check}: examined {'the image' if self.images == 1 else f'all {self.images} images'}"
-        return f"{self.check}: examined {self.examined} of {self.images} image(s); not the others: {why}"
+            scope = "DICOM " if na else ""
+            every = f"the {scope}image" if applicable == 1 else f"all {applicable} {scope}images"
+            return f"{self.check}: examined {every}{not_applicable}"
+        return f"{self.check}: examined {self.examined} of {applicable} image(s); not the others: {why}{not_applicable}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"check": self.check, "asked": self.asked, "examined": self.examined, "images": self.images,
-                "not_examined": dict(self.not_examined), "summary": self.sentence()}  # fmt: skip
+                "not_examined": dict(self.not_examined), "not_applicable": self.not_applicable,
+                "summary": self.sentence()}  # fmt: skip
+
+
+#: Why a check does not apply to an image, as the coverage sentence says it.
+_NOT_APPLICABLE_WORDS = {
+    "signature": "an export carries no DICOM signature; its C2PA Content Credentials were read instead",
+}
+
+
+def why_not_applicable(check: str, f: AuditedFile) -> str | None:
+    """Why ``check`` does not apply to ``f`` (a PNG export carries no DICOM signature), None when it applies."""
+    r = f.result
+    return None if r.failed or check not in r.not_applicable else str(r.not_applicable[check])
 
 
 def why_not_examined(check: str, f: AuditedFile) -> str | None:
-    """None when ``check`` examined ``f``, else why not."""
+    """None when ``check`` examined ``f`` (or does not apply to it: :func:`why_not_applicable`), else why not."""
     from verifier.reports import DetectionFailure, WatermarkNotChecked
 
     r = f.result
     if r.failed:
         return "the file could not be read"
+    if check in r.not_applicable:
+        return None
     if check in r.not_run:
         return str(r.not_run[check])
     outcome: Any = {"signature": r.signature, "watermark": r.watermark, "detector": r.detection}[check]
@@ -269,15 +301,18 @@ class ClaimAudit:
         for check in CHECK_NAMES:
             asked = check in self.checks or check in self.not_run
             why: dict[str, int] = {}
-            examined = 0
+            examined = not_applicable = 0
             for f in files:
+                if asked and why_not_applicable(check, f) is not None:
+                    not_applicable += 1
+                    continue
                 reason = why_not_examined(check, f) if asked else "not asked for"
                 if reason is None:
                     examined += 1
                 else:
                     why[reason] = why.get(reason, 0) + 1
             out.append(CheckCoverage(check=check, asked=asked, examined=examined, images=len(files),
-                                     not_examined=why))  # fmt: skip
+                                     not_examined=why, not_applicable=not_applicable))  # fmt: skip
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,9 +5,12 @@ A package is a ZIP file::
 
     report.html                  the self-contained HTML report
     findings.json                the whole audit (claims, findings, per-file results) as JSON
-    thumbnails/<claim>/<n>-<file>.png   what each image shows (8-bit, at most 256 pixels a side)
-    images/<claim>/<n>-<file>    the audited file itself, byte for byte (``include_images=True`` only)
-    MANIFEST.json    format, creation time, the SHA-256 of every entry above and of every audited image, and
+    thumbnails/<claim>/<n>-<file>.png   what each image shows (8-bit, at most 256 pixels a side); an image
+                     of a PDF is named by its page (``<n>-report.pdf_page_2_image_1.png``)
+    images/<claim>/<n>-<file>    the audited file itself, byte for byte (``include_images=True`` only; a PDF
+                     once, however many of its images were audited)
+    MANIFEST.json    format, creation time, the SHA-256 of every entry above and of every audited image and of
+                     the file it came from (for an image of a PDF: the image's and the PDF's, with the page), and
                      which entries belong to which image
     MANIFEST.sig     the audit key's signature over the exact bytes of MANIFEST.json, and its certificate
 
@@ -131,25 +134,33 @@ def write_package(
     contents: dict[str, bytes] = {"report.html": report, "findings.json": findings}
     audited: list[dict[str, Any]] = []
     problems: list[str] = []
+    included: dict[str, str] = {}  # file on disk -> its entry (a PDF with several images is included once)
     for c in audit.claims:
         for n, f in enumerate(c.files, 1):
             stem = _entry_name(c.claim_id, n, f.path)
             while f"thumbnails/{stem}.png" in contents or f"images/{stem}" in contents:  # ids equal once made safe
                 stem += "_"
+            # ``path`` is the image's label (an image of a PDF: ``report.pdf#page=2&image=1``), ``file`` the file
+            # on disk and ``file_sha256`` its digest (for a PDF image: the PDF's), ``sha256`` the image's own.
             row: dict[str, Any] = {"claim_id": f.claim_id, "path": f.path, "sha256": f.result.sha256,
+                                   "file": f.result.path, "file_sha256": f.result.file_sha256,
                                    "audit_record": f.record_id, "thumbnail": None, "image": None}  # fmt: skip
+            if f.result.source is not None:
+                row["export"] = f.result.source.to_dict()
             thumb = _thumbnail_png(f.thumbnail)
             if thumb is not None:
                 row["thumbnail"] = f"thumbnails/{stem}.png"
                 contents[row["thumbnail"]] = thumb
-            if include_images:
+            if include_images and f.result.path in included:
+                row["image"] = included[f.result.path]
+            elif include_images:
                 try:
-                    data = Path(f.path).read_bytes()
+                    data = Path(f.result.path).read_bytes()
                 except OSError as exc:
                     problems.append(f"{f.path}: not included, cannot read it now ({exc.strerror})")
                 else:
-                    if f.result.sha256 is not None and _sha256(data) == f.result.sha256:
-                        row["image"] = f"images/{stem}"
+                    if f.result.file_sha256 is not None and _sha256(data) == f.result.file_sha256:
+                        row["image"] = included[f.result.path] = f"images/{_entry_name(c.claim_id, n, f.result.path)}"
                         contents[row["image"]] = data
                     else:
                         problems.append(f"{f.path}: not included, it changed since it was audited")
@@ -246,7 +257,7 @@ def _check(contents: dict[str, bytes], trusted: TrustedCertificates) -> PackageV
             problems.append(f"{name} was changed (SHA-256 {_sha256(contents[name])[:16]}…, listed {digest[:16]}…)")
     for row in manifest.get("audited_files") or []:
         image = row.get("image") if isinstance(row, dict) else None
-        if image and entries.get(image) != row.get("sha256"):
+        if image and entries.get(image) != row.get("file_sha256", row.get("sha256")):
             problems.append(f"{image} is not the image that was audited (its SHA-256 differs from the audit's)")
     extra = sorted(set(contents) - set(entries) - {MANIFEST, SIGNATURE})
     problems += [f"{name} was added (not in the manifest)" for name in extra]

@@ -70,6 +70,22 @@ def _evidence(how: str, c: Confirmation | None) -> dict[str, Any]:
     return ev
 
 
+def _patient_id(f: AuditedFile, by_claim: Mapping[str, ClaimReport]) -> str | None:
+    """The patient an image is filed for: its header's Patient ID, else (an export has no header) the claim's."""
+    pid = f.facts.patient_id if f.facts is not None else by_claim[f.claim_id].info.patient_id
+    return str(pid).strip().upper() or None if pid else None
+
+
+def _different_patients(f: AuditedFile, other: AuditedFile, by_claim: Mapping[str, ClaimReport]) -> bool:
+    """Whether two images name different patients: by their headers' identities when both have one, else by the
+    patient IDs they are filed for (a JPEG export names no patient; its claim does)."""
+    if f.facts is not None and other.facts is not None:
+        pk, opk = f.facts.patient_key, other.facts.patient_key
+        return pk is not None and opk is not None and pk != opk
+    a, b = _patient_id(f, by_claim), _patient_id(other, by_claim)
+    return a is not None and b is not None and a != b
+
+
 def _reuse_pair(
     f: AuditedFile,
     other: AuditedFile,
@@ -78,8 +94,7 @@ def _reuse_pair(
     by_claim: Mapping[str, ClaimReport],
 ) -> DuplicatePair:
     evidence = _evidence(how, c)
-    pk, opk = (f.facts.patient_key if f.facts else None), (other.facts.patient_key if other.facts else None)
-    other_patient = pk is not None and opk is not None and pk != opk
+    other_patient = _different_patients(f, other, by_claim)
     evidence["different_patient"] = other_patient
     if f.claim_id == other.claim_id:
         by_claim[f.claim_id].findings.append(
@@ -145,9 +160,11 @@ def index_reuse(reports: Sequence[ClaimReport], store: ImageStore, known: set[tu
                 pk = f.facts.patient_key if f.facts else None
                 other_patient = pk is not None and row.patient_key is not None and pk != row.patient_key
                 who = " for a different patient" if other_patient else ""
+                # An export names no patient in the index: unknown, not "the same patient".
+                known_both = pk is not None and row.patient_key is not None
                 when = row.created_at.date().isoformat()
                 evidence.update(
-                    different_patient=other_patient,
+                    different_patient=other_patient if known_both else None,
                     other_path=row.path,
                     other_record_id=row.record_id,
                     other_audited_at=row.created_at.isoformat(),

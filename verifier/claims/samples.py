@@ -3,13 +3,18 @@
 :func:`reused_copy` makes what a fraudster makes of a scan from another patient: the pixels windowed differently,
 cropped, resized, re-encoded as lossy JPEG in a new DICOM file with new UIDs and another patient's header.
 :func:`relabelled_copy` keeps the pixels and rewrites the header (a different claim's patient, dates, body part).
+
+Claims also arrive as exports: :func:`export_copy` writes what a viewer's "save as" writes (the image in its
+display window, 8 bit, PNG or JPEG, optionally resized), :func:`pdf_with_images` a PDF report with images in it,
+and :func:`with_content_credentials` adds a C2PA manifest (signed with a certificate the caller gives, e.g. one of
+:func:`c2pa_test_certificate`) as commercial image generators do.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -19,7 +24,19 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
 
-__all__ = ["HeaderFields", "relabelled_copy", "reused_copy", "transform_pixels"]
+if TYPE_CHECKING:
+    from verifier.generation import GenerationKeys
+
+__all__ = [
+    "HeaderFields",
+    "c2pa_test_certificate",
+    "export_copy",
+    "pdf_with_images",
+    "relabelled_copy",
+    "reused_copy",
+    "transform_pixels",
+    "with_content_credentials",
+]
 
 #: Patient and study fields a sample file is given: PatientID, PatientName, PatientSex, PatientBirthDate,
 #: StudyDate, BodyPartExamined, Manufacturer ... (any DICOM keyword).
@@ -139,6 +156,135 @@ def reused_copy(source: Path, target: Path, fields: HeaderFields, *, seed: int =
     return target
 
 
+def display_pixels(source: Path, *, own_window: bool = True) -> npt.NDArray[np.uint8]:
+    """``source``'s first frame as a viewer shows it, 8 bit: in its own window (with ``own_window``, when it has
+    one), else its 0.5-99.5 percentiles (the whole range, as many export tools do)."""
+    from detectors.data import read_image
+
+    image = read_image(source, frame_indices=[0])
+    frame = image.frames[0]
+    if image.window is not None and own_window:
+        lo, hi = image.window[0] - image.window[1] / 2, image.window[0] + image.window[1] / 2
+    else:
+        lo, hi = (float(v) for v in np.percentile(frame, (0.5, 99.5)))
+    view = np.clip((frame - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * 255.0
+    if image.photometric.strip().upper() == "MONOCHROME1":
+        view = 255.0 - view
+    return np.asarray(view.round(), dtype=np.uint8)
+
+
+def export_copy(
+    source: Path, target: Path, *, scale: float = 1.0, quality: int = 90, own_window: bool = True
+) -> Path:
+    """``source`` exported the way a viewer exports it: 8 bit (:func:`display_pixels`), resized by ``scale``,
+    written as PNG or JPEG (quality ``quality``) by ``target``'s suffix."""
+    import cv2
+
+    view = display_pixels(source, own_window=own_window)
+    if scale != 1.0:
+        h, w = view.shape
+        view = np.asarray(cv2.resize(view, (max(8, round(w * scale)), max(8, round(h * scale))),
+                                     interpolation=cv2.INTER_AREA), dtype=np.uint8)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if target.suffix.lower() in (".jpg", ".jpeg") else []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(target), view, params):
+        raise RuntimeError(f"cannot write {target}")
+    return target
+
+
+def pdf_with_images(target: Path, images: list[npt.NDArray[np.uint8]]) -> Path:
+    """A PDF with one 8-bit image a page (Pillow stores them as JPEG), like a report printed to PDF."""
+    from PIL import Image
+
+    pages = [Image.fromarray(np.asarray(image, dtype=np.uint8)) for image in images]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pages[0].save(target, format="PDF", save_all=True, append_images=pages[1:], resolution=72.0)
+    return target
+
+
+def c2pa_test_certificate(common_name: str = "medverify sample generator") -> tuple[bytes, bytes]:
+    """A throwaway C2PA signing identity: a certificate chain (end entity, then its own test CA; PEM) and the end
+    entity's private key (PKCS#8 PEM, ES256). Made here, never trusted: for samples and tests only."""
+    import datetime as _dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = _dt.datetime.now(_dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "medverify test CA")])  # fmt: skip
+
+    def usage(*, sign: bool) -> x509.KeyUsage:
+        return x509.KeyUsage(digital_signature=not sign, content_commitment=False, key_encipherment=False,
+                             data_encipherment=False, key_agreement=False, key_cert_sign=sign, crl_sign=sign,
+                             encipher_only=False, decipher_only=False)  # fmt: skip
+
+    ca_key, ee_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name(f"{common_name} CA")).issuer_name(name(f"{common_name} CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - _dt.timedelta(days=1)).not_valid_after(now + _dt.timedelta(days=3650))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(usage(sign=True), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    ee = (x509.CertificateBuilder().subject_name(name(common_name)).issuer_name(ca.subject)
+          .public_key(ee_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - _dt.timedelta(days=1)).not_valid_after(now + _dt.timedelta(days=3650))
+          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+          .add_extension(usage(sign=False), critical=True)
+          .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ee_key.public_key()), critical=False)
+          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    chain = ee.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
+    key = ee_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())  # fmt: skip
+    return chain, key
+
+
+_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".tif": "image/tiff", ".tiff": "image/tiff"}
+
+
+def with_content_credentials(
+    source: Path,
+    target: Path,
+    *,
+    chain_pem: bytes,
+    key_pem: bytes,
+    source_type: str = "trainedAlgorithmicMedia",
+    generator: tuple[str, str] = ("medverify-sample-generator", "1.0"),
+) -> Path:
+    """``source`` (PNG, JPEG or TIFF) with a C2PA manifest signed by ``chain_pem`` / ``key_pem`` (ES256): one
+    ``c2pa.created`` action whose digital source type is the IPTC ``source_type``, claim generator ``generator``."""
+    import io
+
+    import c2pa
+
+    mime = _MIME.get(source.suffix.lower())
+    if mime is None:
+        raise ValueError(f"{source}: C2PA manifests are written here into PNG, JPEG or TIFF files")
+    manifest = {
+        "claim_generator_info": [{"name": generator[0], "version": generator[1]}],
+        "title": target.name,
+        "assertions": [{"label": "c2pa.actions", "data": {"actions": [{
+            "action": "c2pa.created",
+            "digitalSourceType": f"http://cv.iptc.org/newscodes/digitalsourcetype/{source_type}",
+        }]}}],
+    }  # fmt: skip
+    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain_pem, key_pem, None))
+    context = c2pa.Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})
+    out = io.BytesIO()
+    with c2pa.Builder.from_json(manifest, context) as builder:
+        builder.sign(signer, mime, io.BytesIO(source.read_bytes()), out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(out.getvalue())
+    return target
+
+
 #: The claims :func:`write_sample_claims` writes: (claim, file, source image, how, header fields, claimed fields).
 _SAMPLE_CLAIMS: tuple[tuple[str, str, str, str, HeaderFields, dict[str, str]], ...] = (
     ("CLM-1001", "chest.dcm", "RG1_UNCR.dcm", "copy",
@@ -160,11 +306,33 @@ _SAMPLE_CLAIMS: tuple[tuple[str, str, str, str, HeaderFields, dict[str, str]], .
 )  # fmt: skip
 
 
-def write_sample_claims(root: Path) -> Path:
+#: Claims whose images are exports, not DICOM: (claim, file, claimed fields). Written by :func:`write_sample_claims`.
+_EXPORT_CLAIMS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    # A half-size JPEG of CLM-1001's chest X-ray, filed for another patient.
+    ("CLM-1005", "xray.jpg",
+     {"patient_id": "P-5005", "patient_sex": "F", "claim_date": "2024-04-10", "body_part": "chest"}),
+    # A discharge report printed to PDF: page 1 a CT of its own, page 2 CLM-1002's knee MR.
+    ("CLM-1006", "discharge.pdf",
+     {"patient_id": "P-6006", "patient_sex": "M", "claim_date": "2024-04-12", "body_part": "knee"}),
+    # An image with C2PA Content Credentials saying a generative model made it.
+    ("CLM-1007", "ai_render.jpg",
+     {"patient_id": "P-7007", "patient_sex": "F", "claim_date": "2024-04-15", "body_part": "abdomen"}),
+    # A PNG export of a CT made by medverify's own generator (signed, declared, watermarked; the export keeps only
+    # the watermark). Written only when generation keys are given.
+    ("CLM-1008", "ct_export.png",
+     {"patient_id": "P-8008", "patient_sex": "M", "claim_date": "2024-04-18", "body_part": "chest"}),
+)  # fmt: skip
+
+
+def write_sample_claims(root: Path, *, generation_keys: GenerationKeys | None = None) -> Path:
     """Write a small claim set from the installed sample images and its ``claims.csv``; return the manifest.
 
     CLM-1001 is clean; CLM-1003 reuses CLM-1002's knee MR for another patient (windowed differently, cropped,
-    resized, JPEG re-encoded); CLM-1004's header contradicts the claim (patient, date, body part).
+    resized, JPEG re-encoded); CLM-1004's header contradicts the claim (patient, date, body part). Then exports:
+    CLM-1005 a half-size JPEG of CLM-1001's chest X-ray for another patient; CLM-1006 a PDF whose second page is
+    CLM-1002's knee MR; CLM-1007 a JPEG whose C2PA Content Credentials (signed with a throwaway test certificate)
+    declare it made by a generative model; with ``generation_keys``, CLM-1008 a PNG export of a CT made by the
+    in-house GAN (its signature and declaration are gone in the export; its watermark is not).
     """
     import csv
 
@@ -172,15 +340,34 @@ def write_sample_claims(root: Path) -> Path:
     from verifier.errors import InputError
 
     found = {p.name: p for _pkg, p in sample_dicom_files()}
+    needed = {source for _c, _n, source, _h, _f, _cl in _SAMPLE_CLAIMS} | {"693_UNCR.dcm", "US1_UNCR.dcm"}
+    missing = sorted(needed - set(found))
+    if missing:
+        raise InputError(f"the sample image(s) {', '.join(missing)} are not installed (pip install pydicom-data)")
     rows = []
     for claim, name, source, how, fields, claimed in _SAMPLE_CLAIMS:
-        if source not in found:
-            raise InputError(f"the sample image {source} is not installed (pip install pydicom-data)")
         target = root / claim / name
         if how == "reused":
             reused_copy(found[source], target, fields, seed=7, crop=(0.7, 0.7))
         else:
             relabelled_copy(found[source], target, fields)
+        rows.append({"claim_id": claim, "file": f"{claim}/{name}", **claimed})
+    for claim, name, claimed in _EXPORT_CLAIMS:
+        target = root / claim / name
+        if claim == "CLM-1005":
+            export_copy(found["RG1_UNCR.dcm"], target, scale=0.5, quality=85)
+        elif claim == "CLM-1006":
+            pdf_with_images(target, [display_pixels(found["693_UNCR.dcm"]), display_pixels(found["MR2_UNCR.dcm"])])
+        elif claim == "CLM-1007":
+            plain = export_copy(found["US1_UNCR.dcm"], root / ".work" / "render.jpg")
+            chain, key = c2pa_test_certificate()
+            with_content_credentials(plain, target, chain_pem=chain, key_pem=key)
+            plain.unlink()
+            plain.parent.rmdir()
+        elif generation_keys is not None:
+            _generated_export(target, generation_keys)
+        else:
+            continue
         rows.append({"claim_id": claim, "file": f"{claim}/{name}", **claimed})
     manifest = root / "claims.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as fh:
@@ -188,3 +375,19 @@ def write_sample_claims(root: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return manifest
+
+
+def _generated_export(target: Path, keys: GenerationKeys) -> None:
+    """A CT from the in-house GAN, written as generated images always are (signed, declared, watermarked, audited),
+    then exported to an 8-bit PNG in its display window: what is left when someone files it as a scan."""
+    import tempfile
+
+    from verifier.generation import generate_signed_image, load_generator
+
+    with tempfile.TemporaryDirectory(prefix="medverify-sample-") as tmp:
+        generated = Path(tmp) / "generated.dcm"
+        generate_signed_image(load_generator("gan", seed=5), name="gan", seed=5, path=generated, modality="CT",
+                              keys=keys, size=256)  # fmt: skip
+        # The whole range: a soft-tissue window (40/400 HU) saturates most of a 256-pixel generated CT, and the
+        # mark does not survive that export (`medverify watermark detect` finds none in it either).
+        export_copy(generated, target, own_window=False)

@@ -27,13 +27,15 @@ class Command(NamedTuple):
 #: Every top-level command or command group, in the order ``--help`` lists them.
 COMMANDS: tuple[Command, ...] = (
     Command("verify", "signing",
-            "Check DICOM files: digital signatures, the watermark and the detector model (--checks narrows)."),
+            "Check DICOM files and image exports (PNG, JPEG, TIFF, images in PDFs): signatures, the watermark and "
+            "the detector model (--checks narrows)."),
     Command("sign", "signing", "Add a DICOM digital signature (PS3.15) with a key from the key store."),
     Command("demo", "demo", "Show medverify at work on real sample images, using the embedded defaults."),
     Command("generate", "generate",
             "Generate synthetic DICOM images: declared synthetic, signed with the generator key, audited."),
     Command("scan", "scan",
-            "Scan archives for DICOM files (found by content) and check them; incremental and resumable."),
+            "Scan archives for DICOM files and image exports (found by content) and check them; incremental and "
+            "resumable."),
     Command("evaluate", "evaluate",
             "Evaluate a detector bundle on patients of a corpus it never saw: AUC, TPR at its threshold, "
             "false-positive rate on real images (native and 8-bit apart), localisation; clean, after JPEG 75 and "

@@ -31,7 +31,11 @@ def exit_code(results: Sequence[FileResult]) -> int:
 def print_result(result: FileResult) -> None:
     """The verdict, action and path of one file, then its signatures, detector scores and reasons."""
     style = _ACTION_STYLE[result.verdict.action]
-    line = f"[{style}]{result.verdict.status.value:<19} {result.verdict.action.value:<10}[/] {escape(result.path)}"
+    line = f"[{style}]{result.verdict.status.value:<19} {result.verdict.action.value:<10}[/] {escape(result.label)}"
+    cred = result.credentials
+    if cred is not None:
+        line += escape(f"\n    C2PA Content Credentials {cred.status.value}, signed by {cred.signer or '?'}, claim "
+                       f"generator {cred.claim_generator or '?'}, source type {', '.join(cred.source_types) or '?'}")
     sig = result.signature
     if sig is not None and sig.signatures:
         parts = []

@@ -140,7 +140,7 @@ def _audit(
         signer = setup.load_audit_signer(settings, interactive=False)
     log = setup.open_audit_log(settings, db=db)
     err = _common.err_console
-    err.print(f"auditing {len(claims)} claim(s), {n_files} image(s)", highlight=False)
+    err.print(f"auditing {len(claims)} claim(s), {n_files} file(s)", highlight=False)
     try:
         result = ClaimsAuditor(checker, log=log, date_tolerance_days=date_tolerance).audit(claims)
     finally:
@@ -242,18 +242,29 @@ def _print_text(result: ClaimAudit) -> None:
     )
 
 
-@claims_app.command("sample", help="Write a small claim set (and claims.csv) from the installed sample images.")
+@claims_app.command("sample", help="Write a small claim set (and claims.csv) from the installed sample images: "
+                    "DICOM, and exports (a half-size JPEG copy, a PDF, a C2PA-declared JPEG, a PNG of a generated CT).")
 def sample_command(
     directory: Annotated[Path, typer.Argument(help="Folder to write the claims into (created).")],
+    generated: Annotated[
+        bool,
+        typer.Option(help="Add a PNG export of a CT made by the in-house GAN (uses the generator and watermark keys "
+                     "of the key store, created on first use; the generated image is recorded in the audit log)."),
+    ] = True,
 ) -> None:
+    """DICOM claims (a clean one, a reused knee MR, contradicting headers) and exports: a half-size JPEG copy, a PDF
+    with a reused image on page 2, a JPEG whose C2PA Content Credentials declare it AI-made, a PNG export of a
+    generated CT."""
     import warnings
 
     from verifier.claims.samples import write_sample_claims
 
+    keys = setup.open_generation_keys(_common.settings(), notify=_common.note) if generated else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the sample files' old quirks
-        manifest = write_sample_claims(directory)
-    _common.console.print(f"wrote 4 claims under {escape(str(directory))} and {escape(str(manifest))}")
+        manifest = write_sample_claims(directory, generation_keys=keys)
+    claims = len({line.split(",", 1)[0] for line in manifest.read_text(encoding="utf-8").splitlines()[1:]})
+    _common.console.print(f"wrote {claims} claims under {escape(str(directory))} and {escape(str(manifest))}")
 
 
 @claims_app.command("verify-package", help="Check an evidence package: signature, trust and every SHA-256.")

@@ -43,7 +43,8 @@ class _RateColumn(ProgressColumn):
         return Text("  -- files/s" if speed is None else f"{speed:7.1f} files/s", style="progress.data.speed")
 
 
-@app.command(help="Scan archives for DICOM files (found by content) and check them; incremental and resumable.")
+@app.command(help="Scan archives for DICOM files and image exports (found by content) and check them; incremental and "
+                  "resumable.")
 def scan(
     paths: Annotated[list[Path], typer.Argument(help="Archive roots (directories), or single files.")],
     output_format: Annotated[

@@ -41,9 +41,13 @@ PixelBindingOption = Annotated[
 ]
 
 
-@app.command(help="Check DICOM files: digital signatures, the watermark and the detector model (--checks narrows).")
+@app.command(help="Check DICOM files and image exports (PNG, JPEG, TIFF, images in PDFs): signatures, the watermark "
+              "and the detector model (--checks narrows).")
 def verify(
-    paths: Annotated[list[Path], typer.Argument(help="DICOM files, or directories searched for DICOM files.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="DICOM, PNG, JPEG, TIFF or PDF files, or directories searched for them (by content)."),
+    ],
     output_format: Annotated[
         str, typer.Option("--format", "-f", help="Output: text, json (one array) or jsonl (one line a file).")
     ] = "text",
@@ -62,7 +66,9 @@ def verify(
     """Verify files. Exit code 0: nothing found; 1: a problem found; 2: an error stopped a check.
 
     Every check runs unless --checks narrows them; one that cannot run here is reported as "not run" with why.
-    Every file checked leaves one audit record (unless --no-audit), written before its result is printed.
+    Every file checked leaves one audit record (unless --no-audit), written before its result is printed; an
+    export gets one per image (a PDF one per embedded image, naming its page). On an export the DICOM signature
+    check is "not applicable"; its C2PA Content Credentials are read instead.
     """
     check_format(output_format, FORMATS)
     settings = _common.settings()
@@ -70,7 +76,7 @@ def verify(
         settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps,
         notify=_common.note,
     )  # fmt: skip
-    files = list(iter_input_files(paths, follow_symlinks=follow_symlinks))
+    files = list(iter_input_files(paths, follow_symlinks=follow_symlinks, exports=True))
     log = None
     if not no_audit:
         from verifier.audit import Channel
@@ -97,7 +103,7 @@ def verify(
         found = sum(r.problem_found for r in results)
         failed = sum(r.failed for r in results)
         _common.err_console.print(
-            f"{len(results)} file(s) checked: {found} not accepted, {failed} unreadable", highlight=False
+            f"{len(results)} image(s) checked: {found} not accepted, {failed} unreadable", highlight=False
         )
     return exit_code(results)
 

@@ -88,13 +88,18 @@ def read_pixels(path: Path) -> npt.NDArray[Any]:
         if int(ds.get("SamplesPerPixel", 1)) != 1:
             raise InputError(f"{path}: the watermark needs single-channel images")
         return pixels if pixels.ndim == 2 else pixels[0]
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise InputError(f"cannot read image {path}")
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
-    result: npt.NDArray[Any] = image
-    return result
+    # The same reading as the checks of verify, scan and claims audit (verifier.exports): one path, one answer.
+    from detectors.data import decode_raster
+    from detectors.errors import DetectorsError
+    from verifier.exports import stored_grey
+
+    try:
+        data = path.read_bytes()
+        return stored_grey(decode_raster(data, where=str(path)))
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    except DetectorsError as exc:
+        raise InputError(f"cannot read image {path}: {exc.diagnostics()}") from None
 
 
 @wm_app.command("keygen")

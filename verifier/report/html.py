@@ -26,6 +26,7 @@ import jinja2
 import numpy.typing as npt
 
 from verifier.claims.audit import DETECTOR_SOURCE
+from verifier.claims.evidence import image_name
 from verifier.claims.fingerprint import MATCH_SIDE
 from verifier.claims.models import (
     CHECK_NAMES,
@@ -35,6 +36,7 @@ from verifier.claims.models import (
     DuplicatePair,
     Finding,
     Severity,
+    why_not_applicable,
     why_not_examined,
 )
 from verifier.claims.store import IndexedImage
@@ -85,9 +87,16 @@ def _file_view(f: AuditedFile) -> dict[str, Any]:
     uncovered = [f"{u.tag} {u.keyword}".strip() for u in sig.uncovered] if sig is not None else []
     header = f.facts
     wm = f.result.watermark
+    src = f.result.source
+    kind = (src.format or "image").upper() if src is not None else ""
     return {
         "checks": _file_checks(f),
-        "name": Path(f.path).name,
+        "name": image_name(f.path),
+        # Where an export came from: its page of a PDF, or the kind of export, and the file's own digest.
+        "source": None if src is None else (
+            f"{kind} image {src.index} of page {src.page} of the PDF ({src.count} images in all)"
+            if src.container == "pdf" else f"{kind} export (no DICOM header)"),
+        "file_sha256": src.file_sha256 if src is not None and src.container == "pdf" else None,
         "path": f.path,
         "anchor": f"file-{f.record_id or id(f)}",
         "verdict": d["verdict"],
@@ -124,6 +133,10 @@ def _file_checks(f: AuditedFile) -> list[dict[str, str]]:
     r = f.result
     out = []
     for check in CHECK_NAMES:
+        na = why_not_applicable(check, f)
+        if na is not None:
+            out.append({"check": check, "said": f"not applicable: {na}", "ran": "na"})
+            continue
         why = why_not_examined(check, f)
         if why is not None:
             out.append({"check": check, "said": f"not run: {why}", "ran": "no"})
@@ -141,7 +154,7 @@ def _file_checks(f: AuditedFile) -> list[dict[str, str]]:
 
 def _other_view(b: AuditedFile | IndexedImage) -> dict[str, Any]:
     if isinstance(b, AuditedFile):
-        return {"claim": b.claim_id, "name": Path(b.path).name, "path": b.path, "image": _png(b.thumbnail),
+        return {"claim": b.claim_id, "name": image_name(b.path), "path": b.path, "image": _png(b.thumbnail),
                 "when": "this audit"}  # fmt: skip
     view = b.match_view
     image = (
@@ -150,7 +163,7 @@ def _other_view(b: AuditedFile | IndexedImage) -> dict[str, Any]:
         else None
     )
     when = f"audited {b.created_at.strftime('%Y-%m-%d %H:%M UTC')} (record {b.record_id}, stored thumbnail)"
-    return {"claim": b.claim_id, "name": Path(b.path or "?").name, "path": b.path, "image": _png(image), "when": when}
+    return {"claim": b.claim_id, "name": image_name(b.path or "?"), "path": b.path, "image": _png(image), "when": when}
 
 
 def _pair_view(p: DuplicatePair, claim_id: str) -> dict[str, Any]:
@@ -161,7 +174,7 @@ def _pair_view(p: DuplicatePair, claim_id: str) -> dict[str, Any]:
         c = swapped
     return {
         "how": p.how,
-        "a": {"claim": p.a.claim_id, "name": Path(p.a.path).name, "path": p.a.path, "image": _png(p.a.thumbnail),
+        "a": {"claim": p.a.claim_id, "name": image_name(p.a.path), "path": p.a.path, "image": _png(p.a.thumbnail),
               "when": "this audit"},
         "b": _other_view(p.b),
         "hamming": c.hamming if c else None,
@@ -223,7 +236,7 @@ def render_claims_report(
     claims = sorted(audit.claims, key=lambda c: (-c.severity.rank, c.claim_id))
     coverage = audit.coverage()
     ran = [c.check for c in coverage if c.ran]
-    not_run = [c.check for c in coverage if not c.ran]
+    not_run = [c.check for c in coverage if not c.ran and c.applies]
     return _ENV.get_template("claims_report.html.j2").render(
         title=title,
         tool=tool,

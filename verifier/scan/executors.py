@@ -75,7 +75,8 @@ def check_batch(
     detector: DetectorSetup | None = None,
     not_run: Mapping[Check, str] | None = None,
 ) -> list[FileResult]:
-    """Check ``paths`` where this runs (a Dask worker): one result per path, never an exception per file.
+    """Check ``paths`` where this runs (a Dask worker): one result per path (per image of an export), never an
+    exception per file.
 
     The worker's :class:`~verifier.checker.Checker` is rebuilt from the parts that travel (the trust policy as
     plain data, rebuilt once per worker and trust policy)."""
@@ -87,14 +88,14 @@ def check_batch(
         checks=checks, not_run=dict(not_run or {}), trust=policy, site_policy=site_policy,
         watermark_keys=tuple(watermark_keys), detector=detector,
     )  # fmt: skip
-    return [checker.check(p) for p in paths]
+    return [r for p in paths for r in checker.check_file(p)]
 
 
 # ------------------------------------------------------------------------------------------------- executors
 
 
 class Executor(Protocol):
-    """Runs the checks of a scan. Results may come in any order; each path gives exactly one."""
+    """Runs the checks of a scan. Results may come in any order; each path gives one (an export one per image)."""
 
     description: str
 

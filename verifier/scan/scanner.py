@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from verifier.checker import Checker
 from verifier.errors import InputError
+from verifier.exports import is_export_file
 from verifier.instance import is_dicom_file
 from verifier.judge import Judge
 from verifier.policy import Action
@@ -274,7 +275,7 @@ class Scanner:
                         rp.carry(f.path, last)
                         continue
                 # A file named as a root is always checked (UNREADABLE if it is not DICOM), like verify does.
-                if not explicit_file and not is_dicom_file(Path(f.path)):
+                if not explicit_file and not is_dicom_file(Path(f.path)) and not is_export_file(Path(f.path)):
                     rp.not_dicom += 1
                     continue
                 rp.to_check.append(f)
@@ -316,20 +317,30 @@ class Scanner:
             from verifier.audit.scanstate import FileState, RecordedFile
 
             by_run: dict[int, tuple[ScanRun, list[int], list[RecordedFile]]] = {}
+            # A file with several images (a PDF) is remembered by its worst image, so that an incremental scan
+            # that skips it carries the verdict that fails.
+            worst: dict[str, FileResult] = {}
+            for r in results:
+                if r.path not in worst or r.verdict.action.severity > worst[r.path].verdict.action.severity:
+                    worst[r.path] = r
             for i, r in enumerate(results):
                 rp, f = files[r.path]
                 if rp.run is None:  # pragma: no cover - plan() gives every root a run when there is a store
                     raise RuntimeError(f"no scan run for {rp.root}")
+                judged = worst[r.path].verdict
                 state = FileState(
                     size=f.size,
                     mtime_ns=f.mtime_ns,
-                    sha256=r.sha256,
+                    sha256=r.file_sha256,
                     judge=self.judge.digest,
-                    verdict=r.verdict.status.value,
-                    action=r.verdict.action.value,
+                    verdict=judged.status.value,
+                    action=judged.action.value,
                 )
+                # Recorded under the file's path (an image of a PDF names its page in details.export): a resumed run
+                # finds the files it has done by the records' paths.
                 entry = r.audit_entry(
-                    channel=Channel.SCAN, event="scan", details={"scan": self.state.scan_details(rp.run, state)}
+                    channel=Channel.SCAN, event="scan", details={"scan": self.state.scan_details(rp.run, state)},
+                    path=r.path,
                 )
                 slot = by_run.setdefault(rp.run.id, (rp.run, [], []))
                 slot[1].append(i)

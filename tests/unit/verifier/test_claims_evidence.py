@@ -97,6 +97,9 @@ def test_reuse_sentences_say_who_and_how() -> None:
                    evidence={"match": "identical file", "different_patient": False, "other_path": "b.dcm"})  # fmt: skip
     assert explain(same) == ("a.dcm was also submitted with claim X as b.dcm, for the same patient. "
                              "The two files are identical, byte for byte.")  # fmt: skip
+    # Against an earlier audit's export (no patient in the index): unknown, never "for the same patient".
+    unknown = dataclasses.replace(same, evidence={**same.evidence, "different_patient": None})
+    assert explain(unknown).startswith("a.dcm was also submitted with claim X as b.dcm. The two files")
 
 
 def test_a_kind_without_a_writer_still_reads_plainly() -> None:
@@ -144,3 +147,83 @@ def test_a_sentence_never_fails_on_odd_evidence(kind: str) -> None:
     """Evidence of an unexpected shape (an older record) falls back to the plain sentence, not a crash."""
     text = explain(Finding(kind=kind, severity=Severity.LOW, message="something odd", evidence={"x": [1]}))
     assert text and not REPR.search(text)
+
+
+def test_exports_findings_read_as_sentences(tmp_path: Path) -> None:
+    """What exports add reads as words: a C2PA-declared JPEG names its claim generator, a C2PA manifest whose hard
+    binding fails is tampered by its Content Credentials, a watermarked PNG export is caught by its watermark
+    (never "declared by its provenance"), an image of a PDF is named by its page, and the DICOM signature is "not
+    applicable" to exports in the checks that ran, neither examined nor "not run"."""
+    import cv2
+    import numpy as np
+
+    from detectors.data import sample_dicom_files
+    from provenance.watermark import WatermarkKey, embed
+    from verifier.checker import parse_checks
+    from verifier.claims.audit import ClaimsAuditor
+    from verifier.claims.models import ClaimAudit, ClaimInfo
+    from verifier.claims.samples import c2pa_test_certificate, export_copy, pdf_with_images, with_content_credentials
+
+    found = {p.name: p for _pkg, p in sample_dicom_files()}
+    if "US1_UNCR.dcm" not in found or "693_UNCR.dcm" not in found:
+        pytest.skip("sample images are not installed (pydicom-data)")
+    key = WatermarkKey.generate("wm-evidence")
+    checker = Checker(checks=parse_checks("signature,watermark"), trust=TrustPolicy.unsafe_trust_everything(),
+                      watermark_keys=(key,))  # fmt: skip
+    chain, pem = c2pa_test_certificate("Imaginary Image AI")
+    plain = export_copy(found["US1_UNCR.dcm"], tmp_path / "plain.jpg")
+    signed = with_content_credentials(plain, tmp_path / "render.jpg", chain_pem=chain, key_pem=pem,
+                                      generator=("ImageAI", "4.2"))  # fmt: skip
+    image = cv2.imdecode(np.frombuffer(plain.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    image[10:30, 10:30] = 255
+    ok, other = cv2.imencode(".jpg", image)
+    assert ok
+    data = signed.read_bytes()
+    changed = tmp_path / "changed.jpg"
+    changed.write_bytes(data[: data.index(b"\xff\xda")] + other.tobytes()[other.tobytes().index(b"\xff\xda") :])
+    from detectors.data import read_image
+
+    frame = read_image(found["693_UNCR.dcm"]).frames[0]
+    lo, hi = np.percentile(frame, [1, 99])
+    marked = embed((np.clip((frame - lo) / (hi - lo), 0, 1) * 4095).astype(np.uint16), key, 77, bits_stored=12)
+    png = tmp_path / "ct_export.png"
+    assert cv2.imwrite(str(png), (marked.astype(np.float32) / 4095 * 255).round().astype(np.uint8))
+    pdf = pdf_with_images(tmp_path / "report.pdf", [image, image])
+
+    files = [AuditedFile(claim_id="c1", path=e.result.label, result=e.result)
+             for path in (signed, changed, png, pdf) for e in checker.examine_file(path)]  # fmt: skip
+    report = ClaimReport(info=ClaimInfo(claim_id="c1", files=()), files=files)
+    findings = {Path(f.files[0]).name: f for f in ClaimsAuditor._verdict_findings(report)}
+    c2pa = findings["render.jpg"]
+    assert c2pa.kind == "declared_synthetic"
+    assert "declared synthetic by its Content Credentials, made by ImageAI 4.2" in c2pa.message
+    assert explain(c2pa).startswith("render.jpg (a JPEG export) is declared synthetic by its C2PA Content "
+                                    "Credentials, made by ImageAI 4.2")  # fmt: skip
+    assert "signed by Imaginary Image AI" in explain(c2pa)
+    tampered = findings["changed.jpg"]
+    assert tampered.kind == "tampered" and "Content Credentials" in tampered.message
+    assert "changed after its C2PA Content Credentials were signed" in explain(tampered)
+    mark = findings["ct_export.png"]
+    assert "caught by its watermark (a PNG export" in mark.message
+    assert explain(mark).startswith("ct_export.png (a PNG export) was caught by its watermark")
+    for f in (c2pa, tampered, mark):
+        text = f.message + explain(f)
+        assert "provenance)" not in text and "declared by its own" not in text and not REPR.search(text)
+        assert "signature" not in f.evidence["caught_by"]
+    # An image of a PDF is named by its page in words.
+    reuse = Finding(kind="reused_image", severity=Severity.HIGH, message="m", files=(f"{pdf}#page=2&image=1",),
+                    other_claim="X", evidence={"match": "identical pixels", "other_path": "/c/k.dcm"})  # fmt: skip
+    assert explain(reuse).startswith("image 1 on page 2 of report.pdf was also submitted with claim X as k.dcm")
+
+    # The checks that ran: the signature is not applicable to the 5 export images, and there is no other image.
+    audit = ClaimAudit(claims=[report], pairs=[], started_at=dt.datetime.now(dt.UTC), seconds=1.0, indexed_before=0,
+                       policy_version="t", checks=("signature", "watermark"))  # fmt: skip
+    signature, watermark, detector = audit.coverage()
+    assert signature.not_applicable == 5 and signature.examined == 0 and not signature.applies
+    assert signature.complete and signature.sentence().startswith("signature: not applicable to any of the 5 images")
+    assert watermark.sentence() == "watermark: examined all 5 images" and detector.sentence().endswith("not asked for")
+    dicom = _image(tmp_path, "ct.dcm")
+    audit.claims.append(ClaimReport(info=ClaimInfo(claim_id="c2", files=()), files=[dicom]))
+    signature = audit.coverage()[0]
+    assert signature.sentence().startswith("signature: examined the DICOM image; not applicable to 5 export image(s)")
+    assert signature.complete and signature.applies

@@ -308,8 +308,7 @@ class ScanStateStore:
                 raise ValueError(f"the audit entry of {f.path} lacks details.scan of run {run.id}")
         receipts = self._log.append_many([f.entry for f in files])
         # One state row a file: the images of one PDF are one record each but one file (the last record's row; the
-        # scanner gives them all the state of the file's worst image). PostgreSQL refuses an upsert that names a
-        # row twice.
+        # scanner gives them all the state of the file's worst image).
         by_path = {f.path: _state_row(run.root, f.path, f.state, r.id, run.id)
                    for f, r in zip(files, receipts, strict=True)}
         with _db.db_errors(self._url), _db.write_transaction(self._engine) as conn:

@@ -184,8 +184,9 @@ def test_bad_exports_get_a_verdict_and_a_record(
     assert result.label == (f"{path}#page=1&image=1" if name == "bomb.pdf" else str(path))
 
 
-def test_a_scan_checks_exports_one_image_at_a_time(tmp_path: Path) -> None:
-    """Exports are found by content in an archive; each PDF image is recorded, the file's state once."""
+def test_a_scan_checks_exports_one_image_at_a_time(tmp_path: Path, audit_db_url: str) -> None:
+    """Exports are found by content in an archive; each PDF image is recorded, the file's state once (SQLite and
+    PostgreSQL), and an incremental scan skips the unchanged PDF."""
     import shutil
 
     from verifier.audit import AuditLog
@@ -202,7 +203,7 @@ def test_a_scan_checks_exports_one_image_at_a_time(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         checker = Checker(checks=parse_checks("signature"), trust=TrustPolicy.unsafe_trust_everything())
-    with AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}") as log:
+    with AuditLog.open(audit_db_url) as log:
         state = ScanStateStore(log)
         scanner = Scanner(checker, state=state)
         plan = scanner.plan([root])
@@ -216,9 +217,16 @@ def test_a_scan_checks_exports_one_image_at_a_time(tmp_path: Path) -> None:
 
         from verifier.audit._schema import records
 
-        with sa.create_engine(f"sqlite:///{tmp_path / 'audit.db'}").connect() as conn:
+        with sa.create_engine(audit_db_url).connect() as conn:
             rows = conn.execute(sa.select(records.c.path, records.c.details).where(records.c.event == "scan")).all()
         assert sorted((Path(p).name, (d.get("export") or {}).get("page")) for p, d in rows) == [
             ("ct", None), ("knee.png", None), ("letter", 1), ("letter", 2)]
         known = state.known_files(str(root.resolve()))
-        assert known[str(pdf.resolve())].sha256 == next(r.file_sha256 for r in results if r.path == str(pdf.resolve()))
+        pdf_results = [r for r in results if r.path == str(pdf.resolve())]
+        assert known[str(pdf.resolve())].sha256 == pdf_results[0].file_sha256
+        worst = max(pdf_results, key=lambda r: r.verdict.action.severity).verdict
+        assert (known[str(pdf.resolve())].verdict, known[str(pdf.resolve())].action) == (
+            worst.status.value, worst.action.value)
+        again = scanner.plan([root], incremental=True)
+        assert list(scanner.execute(again, LocalExecutor(1))) == []
+        assert scanner.finish(again).not_dicom == 1

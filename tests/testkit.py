@@ -8,6 +8,27 @@ from typing import Any
 
 import pytest
 
+#: Debian's Chromium: the browser the Playwright tests drive (never a downloaded one).
+CHROMIUM = "/usr/bin/chromium"
+
+
+def sync_playwright_or_skip() -> Any:
+    """Playwright's ``sync_playwright``, or skip (fail in CI) without Playwright or Debian's Chromium."""
+    import os
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ModuleNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("playwright is required in CI")
+        pytest.skip("playwright is not installed")
+    if not os.access(CHROMIUM, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is required in CI")
+        pytest.skip("chromium is not installed")
+    return sync_playwright
+
+
 #: Test-only key store passphrase; the secret-scanning tests check that it never reaches any output.
 TEST_KEY_PASSPHRASE = "test-passphrase-Zq9v7XkP3m"
 

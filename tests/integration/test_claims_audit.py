@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from testkit import jsonl, run_cli
+from testkit import CHROMIUM, jsonl, run_cli, sync_playwright_or_skip
 
 from detectors.data import sample_dicom_files
 from verifier.claims.samples import relabelled_copy, reused_copy
@@ -258,23 +258,8 @@ def test_reuse_found_against_earlier_audits(
     assert [f["other_claim"] for f in again["C-100"]["findings"]] == ["C-200"]  # type: ignore[index,union-attr]
 
 
-CHROMIUM = "/usr/bin/chromium"
 #: What a Python representation leaks into a page: dict and list literals, True/False/None after "=" or ":".
 REPR = re.compile(r"\{'|\['|'\]|'\}|=(True|False|None)\b|: (True|False|None)\b|<[a-zA-Z_.]+ object at")
-
-
-def _playwright() -> Any:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ModuleNotFoundError:
-        if os.environ.get("CI"):
-            pytest.fail("playwright is required in CI")
-        pytest.skip("playwright is not installed")
-    if not os.access(CHROMIUM, os.X_OK):
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is required in CI")
-        pytest.skip("chromium is not installed")
-    return sync_playwright
 
 
 def _side_by_side(page: Any, selector: str) -> None:
@@ -293,7 +278,7 @@ def test_report_reads_in_chromium(keyed_home: Path, tmp_path: Path, capsys: pyte
     one whose other side is a JPEG export), an image of a PDF named by its page, a C2PA-declared and a watermarked
     export in words, a detector finding beside its heatmap, and no "passed" for checks that did not run.
     Screenshots go to $MEDVERIFY_REPORT_SCREENSHOTS (else the test's folder)."""
-    sync_playwright = _playwright()
+    sync_playwright = sync_playwright_or_skip()
     warnings.simplefilter("ignore")
     shots = Path(os.environ.get("MEDVERIFY_REPORT_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)

@@ -33,29 +33,14 @@ from intake_peers import (
     wait_port,
 )
 from pydicom.data import get_testdata_file
-from testkit import TEST_KEY_PASSPHRASE, jsonl, run_cli
+from testkit import CHROMIUM, TEST_KEY_PASSPHRASE, jsonl, run_cli, sync_playwright_or_skip
 
 from verifier.audit import AuditLog
 
 pytestmark = pytest.mark.dcmtk
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 CLI = [sys.executable, "-c", "from verifier.cli import app_main; app_main()"]
-
-
-def _browser_or_skip() -> Any:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ModuleNotFoundError:
-        if os.environ.get("CI"):
-            pytest.fail("playwright is required in CI")
-        pytest.skip("playwright is not installed")
-    if not os.access(CHROMIUM, os.X_OK):
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is required in CI")
-        pytest.skip("chromium is not installed")
-    return sync_playwright
 
 
 @contextlib.contextmanager
@@ -168,7 +153,7 @@ def site(signing_keystore_template: Path, tmp_path: Path, monkeypatch: pytest.Mo
 def test_review_release_reject_end_to_end(
     site: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sync_playwright = _browser_or_skip()
+    sync_playwright = sync_playwright_or_skip()
     home, samples, env, shots = site["home"], site["samples"], site["env"], site["shots"]
     pacs_dir, pacs_port, gw_port, ui_port = tmp_path / "pacs", free_port(), free_port(), free_port()
     pacs_dir.mkdir()

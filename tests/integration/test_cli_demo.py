@@ -33,6 +33,9 @@ def test_demo_runs_unattended_on_a_fresh_home(
     assert len(list((tmp_path / "demo" / "heatmaps").glob("*.png"))) == 3
     if shutil.which("dcmsign"):
         assert "FAILED" in out and "OK" in out
+        # A signed file with one pixel bit flipped fails in dcmsign too (its first signature no longer verifies).
+        flipped = [line for line in out.splitlines() if "_one_pixel_bit_flipped.dcm" in line]
+        assert len(flipped) == 2 and all("FAILED" in line for line in flipped), flipped
 
     # The files it wrote verify the same way through the ordinary command, and each check left an audit record.
     code = main(["verify", "--format", "jsonl", str(tmp_path / "demo")])

@@ -175,7 +175,8 @@ def _dcmsign_says(path: Path, ca_pem: Path) -> str:
         [exe, "--verify", "+cf", str(ca_pem), str(path)], capture_output=True, text=True, timeout=60, check=False
     )
     text = proc.stdout + proc.stderr
-    if "Verification : OK" in text and "FAILED" not in text:
+    # A file may carry several signatures: dcmsign is OK only when none of them failed ("verification failed").
+    if "Verification : OK" in text and "failed" not in text.lower():
         return "OK"
     if "no signatures" in text.lower() or ("Signature" not in text and proc.returncode == 0):
         return "no signature"

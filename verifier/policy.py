@@ -58,7 +58,19 @@ if TYPE_CHECKING:  # torch is imported only when a detector runs
     from detectors.models import DetectionReport
     from verifier.reports import DetectionOutcome, WatermarkOutcome
 
-__all__ = ["DEFAULT_POLICY", "Action", "Policy", "Reason", "Verdict", "VerdictStatus", "decide", "load_policy"]
+__all__ = [
+    "DEFAULT_POLICY", "Action", "Policy", "Reason", "Verdict", "VerdictStatus", "decide", "load_policy", "score_text",
+]
+
+
+def score_text(value: float) -> str:
+    """A detector score or threshold for people: three decimals, or as many more (up to six) as it takes to tell a
+    value short of 1 from 1 (a threshold of 0.99982 must not read "1.000", like one that never flags)."""
+    for digits in range(3, 7):
+        text = f"{value:.{digits}f}"
+        if value >= 1.0 or not text.startswith("1."):
+            return text
+    return "0.999999"  # short of 1 by less than half a millionth: still not 1
 
 
 class VerdictStatus(enum.StrEnum):
@@ -369,7 +381,8 @@ def decide(
     if scored is not None and _tampered(scored, policy):
         limit = policy.tamper_threshold if policy.tamper_threshold is not None else scored.tamper_threshold
         reasons.append(
-            Reason("detector", f"tamper score {scored.tamper_score:.3f} ≥ threshold {limit:.3f} ({scored.model_tag})")
+            Reason("detector", f"tamper score {score_text(scored.tamper_score)} ≥ threshold {score_text(limit)} "
+                               f"({scored.model_tag})")
         )
         return verdict(VerdictStatus.TAMPERED)
 
@@ -383,7 +396,8 @@ def decide(
         reasons.append(
             Reason(
                 "detector",
-                f"synthetic score {scored.synthetic_score:.3f} ≥ threshold {threshold:.3f} ({scored.model_tag}) "
+                f"synthetic score {score_text(scored.synthetic_score)} ≥ threshold {score_text(threshold)} "
+                f"({scored.model_tag}) "
                 "and no provenance explains the file",
             )
         )

@@ -37,8 +37,9 @@ IntakeChecksOption = Annotated[
         "--checks",
         help="Comma-separated checks to run on every upload: signature, watermark, detector. Default: "
         "signature,watermark. At intake what the detector flags is quarantined, so the detector stays opt-in "
-        "(--checks signature,watermark,detector) until the shipped model meets its held-out false-positive "
-        "target: see its model card (detectors/checkpoints/detector/MODEL_CARD.md) for the measured rate.",
+        "(--checks signature,watermark,detector) until the shipped model meets its false-positive targets (it "
+        "flags no held-out real view, but still flags some real images stored lossy, as JPEG 2000): see its "
+        "model card (detectors/checkpoints/detector/MODEL_CARD.md) for the measured rates.",
     ),
 ]
 ModelOption = Annotated[

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.markup import escape
 
 from verifier.cli import _common
-from verifier.policy import Action
+from verifier.policy import Action, score_text
 from verifier.result import FileResult
 
 __all__ = ["FORMATS", "exit_code", "print_result"]
@@ -48,9 +48,9 @@ def print_result(result: FileResult) -> None:
     det = result.detection_dict()
     if det is not None and det.get("synthetic_score") is not None:
         line += (
-            f"\n    detector {escape(str(det.get('model_tag')))}: synthetic {det['synthetic_score']:.3f} "
-            f"(threshold {det.get('threshold', 0.0):.3f}), tamper {det['tamper_score']:.3f} "
-            f"(threshold {det.get('tamper_threshold', 0.0):.3f})"
+            f"\n    detector {escape(str(det.get('model_tag')))}: synthetic {score_text(det['synthetic_score'])} "
+            f"(threshold {score_text(det.get('threshold', 0.0))}), tamper {score_text(det['tamper_score'])} "
+            f"(threshold {score_text(det.get('tamper_threshold', 0.0))})"
         )
         if det.get("heatmap"):
             line += f", heatmap {escape(str(det['heatmap']))}"

@@ -18,7 +18,7 @@ from provenance.models import (
 )
 from provenance.watermark import WatermarkReport, WatermarkStatus
 from verifier.errors import ConfigError
-from verifier.policy import DEFAULT_POLICY, Action, Policy, VerdictStatus, decide, load_policy
+from verifier.policy import DEFAULT_POLICY, Action, Policy, VerdictStatus, decide, load_policy, score_text
 from verifier.reports import DetectionFailure
 
 if TYPE_CHECKING:
@@ -236,3 +236,13 @@ def test_a_check_that_did_not_run_is_a_reason_and_changes_nothing_else() -> None
     told = decide(policy=DEFAULT_POLICY, signature=_report(pixels=None), not_run={"watermark": "no key yet"})
     assert (told.status, told.action) == (base.status, base.action)
     assert told.reasons[-1].source == "watermark" and told.reasons[-1].message == "not run: no key yet"
+
+
+def test_a_threshold_short_of_one_never_reads_as_one() -> None:
+    """A threshold of 0.99982 is printed so that it differs from 1.000 (a threshold that never flags)."""
+    assert (score_text(0.99982), score_text(0.994), score_text(1.0), score_text(0.1163)) == (
+        "0.9998", "0.994", "1.000", "0.116")
+    assert score_text(0.99999999) == "0.999999" and score_text(0.9999996) == "0.999999"
+    verdict = decide(policy=DEFAULT_POLICY, detector=_scores(synthetic=0.99991, threshold=0.99982))
+    assert verdict.status is VerdictStatus.SUSPECTED_SYNTHETIC
+    assert "synthetic score 0.9999 ≥ threshold 0.9998 " in verdict.reasons[-1].message

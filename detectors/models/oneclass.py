@@ -25,8 +25,9 @@ in either direction: the absolute robust z-score against the group's real traini
 with the same fall-back to the form's and then everyone's as the one-class member). A regression on signed
 features learns the direction of the families it saw ("smoother than real"), and a generator that departs the
 other way (a GAN's excess fine-scale energy) then scores as *more* real than real: left out of training, the GAN
-family scored AUC 0.25. On departures it learns which features move, not which way, and the same family left out
-scores 0.89 (``benchmarks/bench_detection.py``).
+family scored AUC 0.25. On departures it learns which features move, not which way; with the classical member's
+synthetic head reading departures too, the same family left out scores 0.91 (``benchmarks/bench_detection.py``,
+in the model card).
 
 Both are image-level members: they score a whole frame at once (:meth:`Detector.score_frames`), not patches.
 """

@@ -58,6 +58,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from _shared import private_network
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "bench_gateway_load.json"
 PASSPHRASE = "bench-gateway-load-passphrase-0123456789"
@@ -396,12 +398,7 @@ def _orthanc_row(args: argparse.Namespace, cfg_dir: Path, home: Path, files: Pat
                  sender_pin: list[str], server_pin: list[str]) -> dict[str, Any]:  # fmt: skip
     if not (Path("/usr/sbin/Orthanc").exists() and Path(PYTHON_PLUGIN).exists()):
         raise SystemExit("Orthanc and orthanc-python are needed (apt-get install orthanc orthanc-python)")
-    holder = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 3600"])
-    try:
-        time.sleep(0.3)
-        if holder.poll() is not None:
-            raise SystemExit("unshare -n failed: the Orthanc rows need root (or pass --no-orthanc)")
-        ns = ["nsenter", "-t", str(holder.pid), "-n"]
+    with private_network() as ns:
         cfg_dir.mkdir()
         config = cfg_dir / "orthanc.json"
         config.write_text(json.dumps({
@@ -428,9 +425,6 @@ def _orthanc_row(args: argparse.Namespace, cfg_dir: Path, home: Path, files: Pat
         with AuditLog.open(f"sqlite:///{cfg_dir / 'audit.db'}", migrate=False) as audit:
             row["audit_records"] = sum(1 for _ in audit.query(channel="intake"))
         return row
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -45,6 +45,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from _shared import private_network
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "bench_intake.json"
 PASSPHRASE = "bench-intake-passphrase-0123456789"
@@ -260,12 +262,7 @@ def run_orthanc_rows(
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     env = _env(home)
-    holder = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 3600"])
-    try:
-        time.sleep(0.3)
-        if holder.poll() is not None:
-            raise SystemExit("unshare -n failed: the Orthanc rows need root (or pass --no-orthanc)")
-        ns = ["nsenter", "-t", str(holder.pid), "-n"]
+    with private_network() as ns:
         for label, checks in (("orthanc", None), ("orthanc+plugin signature", "signature"),
                               ("orthanc+plugin full", full)):  # fmt: skip
             cfg_dir = work / f"orthanc-{label.replace(' ', '-').replace('+', '-')}"
@@ -292,9 +289,6 @@ def run_orthanc_rows(
                 times = _run_sender([*ns, *_sender_cmd(4242, "ORTHANC", files, n, warmup)], env, log)
             extra = {"check_median_ms": _check_ms(home, last)[1]} if checks is not None else {}
             rows.append(_row(label, times, rows[0] if rows else None, checks or "signature", **extra))
-    finally:
-        holder.kill()
-        holder.wait()
     return rows
 
 

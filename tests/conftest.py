@@ -67,6 +67,15 @@ def signing_keystore_template(keystore_template: Path, tmp_path_factory: pytest.
     return directory
 
 
+@pytest.fixture
+def signing_home(tmp_path: Path, signing_keystore_template: Path) -> Path:
+    """A fresh medverify home whose key store is a copy of :func:`signing_keystore_template`."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copytree(signing_keystore_template, home / "keys")
+    return home
+
+
 def _require_tools(*tools: str) -> None:
     """Skip when a command-line tool is missing, but fail on CI (env CI set), where it must be installed."""
     import os

@@ -176,8 +176,9 @@ class ClassicalDetector(Detector):
         synthetic, tampered = np.concatenate(syn), np.concatenate(tam)
         if self.two_sided:
             real = x[(synthetic == 0) & (tampered == 0)]
-            centre = np.median(real if len(real) else x, axis=0)
-            self.reference = (centre, 1.4826 * np.median(np.abs((real if len(real) else x) - centre), axis=0) + 1e-3)
+            real = real if len(real) else x
+            centre = np.median(real, axis=0)
+            self.reference = (centre, 1.4826 * np.median(np.abs(real - centre), axis=0) + 1e-3)
             d = self._departures(x)
             self.syn_mean, self.syn_scale = d.mean(axis=0), d.std(axis=0) + 1e-6
             heads[0] = (d - self.syn_mean) / self.syn_scale

@@ -251,13 +251,8 @@ def split(files: dict[str, Path], ways: int) -> list[list[tuple[str, Path]]]:
 
 
 @pytest.fixture
-def home(tmp_path: Path, signing_keystore_template: Path) -> Path:
-    import shutil
-
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copytree(signing_keystore_template, home / "keys")
-    return home
+def home(signing_home: Path) -> Path:
+    return signing_home
 
 
 # ---------------------------------------------------------------------------------------------------- SIGKILL

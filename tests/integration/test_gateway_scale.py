@@ -52,13 +52,8 @@ def _wait_log(log: Path, pattern: str, count: int, timeout: float = 120.0) -> li
 
 
 @pytest.fixture
-def home(tmp_path: Path, signing_keystore_template: Path) -> Path:
-    import shutil
-
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copytree(signing_keystore_template, home / "keys")
-    return home
+def home(signing_home: Path) -> Path:
+    return signing_home
 
 
 def test_two_gateway_processes_one_postgres_log_survive_a_worker_killed(

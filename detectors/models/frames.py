@@ -190,12 +190,14 @@ def image_group(image: ImageData) -> str:
 @dataclasses.dataclass(frozen=True)
 class TrainingImage:
     """An image for members that learn from whole images: normalised pixels, label (0 real, 1 synthetic,
-    2 tampered), its group (``MR/native``) and the edit mask where there is one."""
+    2 tampered), its group (``MR/native``), the edit mask where there is one, and the patient (source) it came
+    from, so that members can keep a patient's images together when they fold."""
 
     pixels: npt.NDArray[np.float32]
     label: int
     group: str = ""
     mask: npt.NDArray[np.bool_] | None = None
+    source: str = ""
 
 
 class FrameSet:

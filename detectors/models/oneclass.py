@@ -52,6 +52,8 @@ from detectors.models.base import (
     TrainingImage,
     register_detector,
 )
+from detectors.models.boosting import DEFAULTS as BOOSTER
+from detectors.models.boosting import Forest, fit_forest
 from detectors.models.physics import IMAGE_FEATURES
 
 __all__ = ["OneClassDetector", "PhysicsDetector"]
@@ -249,7 +251,8 @@ class PhysicsDetector(Detector):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"patch_size": 32, "max_patches": 8, "arch_args": {"C": 1.0, "two_sided": True, "min_group": 4}},
         "small": {"patch_size": 64, "max_patches": 32,
-                  "arch_args": {"C": 0.03, "two_sided": True, "min_group": 30}},
+                  "arch_args": {"C": 0.03, "two_sided": True, "min_group": 30, "booster": dict(BOOSTER),
+                                "reference_folds": 5}},
     }
     #: Departures are clipped here (robust z units): one wild feature must not decide alone.
     CLIP: ClassVar[float] = 20.0
@@ -264,13 +267,21 @@ class PhysicsDetector(Detector):
         self.intercept = 0.0
         #: ``two_sided``: (centre, spread) of the real training images' features per group, form and ``all``.
         self.reference: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = {}
+        booster = config.arch_args.get("booster")
+        #: Settings of boosted trees (:mod:`detectors.models.boosting`) in place of the regression, or None.
+        self.booster: dict[str, float] | None = dict(booster) if booster else None
+        self.forest: Forest | None = None
 
     def _inputs(self, vector: npt.NDArray[np.float64], group: str) -> npt.NDArray[np.float64]:
         """What the regression reads of one image's feature vector: the vector, or its clipped absolute
         departure from its group's real images."""
-        if not self.two_sided:
-            return vector
-        reference = _fallback(self.reference, group)
+        return self._departure(vector, group, self.reference) if self.two_sided else vector
+
+    def _departure(self, vector: npt.NDArray[np.float64], group: str,
+                   references: Mapping[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]],
+                   ) -> npt.NDArray[np.float64]:
+        """The clipped absolute robust z-score of ``vector`` against its group's entry of ``references``."""
+        reference = _fallback(references, group)
         if reference is None:
             raise ModelError("the physics member has no reference of real images")
         centre, spread = reference
@@ -278,8 +289,11 @@ class PhysicsDetector(Detector):
 
     def score_frames(self, frames: FrameSet) -> FrameScores:
         z = (self._inputs(_image_vector(frames), frames.group) - self.mean) / self.scale
-        return FrameScores(synthetic=float(z @ self.coef + self.intercept), tamper=0.0, best_frame=0,
-                           patches=_tiles_scored(frames))
+        if self.forest is not None:
+            synthetic = float(self.forest.decision(z[None, :])[0])
+        else:
+            synthetic = float(z @ self.coef + self.intercept)
+        return FrameScores(synthetic=synthetic, tamper=0.0, best_frame=0, patches=_tiles_scored(frames))
 
     def patch_logits(self, patches: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         raise ModelError("physics scores whole frames, not patches")
@@ -291,7 +305,10 @@ class PhysicsDetector(Detector):
     def fit_images(self, images: Sequence[TrainingImage], *, seed: int = 0,
                    progress: FitProgress | None = None) -> dict[str, float]:
         """Fit on the real and synthetic images among ``images`` (balanced classes); with ``two_sided`` the
-        references are the real ones among them."""
+        references are the real ones among them. With ``reference_folds`` K > 1 (and sources on the images),
+        each training image reads its departures from a reference *without its own source's fold*: a real image
+        measured against a reference that contains it sits closer to it than any new real image will, and the
+        fitted model would then take ordinary real spread for a fake's departure."""
         from sklearn.linear_model import LogisticRegression
 
         chosen = [im for im in images if im.label in (0, 1)]
@@ -302,27 +319,59 @@ class PhysicsDetector(Detector):
         groups = [im.group for im in chosen]
         if self.two_sided:
             real_rows = np.flatnonzero(labels == 0)
-            real_groups = [groups[i] for i in real_rows]
-            self.reference = {name: _robust_centre(vectors[real_rows[rows]])
-                              for name, rows in _group_rows(real_groups, self.min_group).items()}
+            self.reference = self._references(vectors, groups, real_rows)
             self.with_config(arch_args={**dict(self.config.arch_args), "groups": sorted(self.reference)})
-        x = np.stack([self._inputs(v, g) for v, g in zip(vectors, groups, strict=True)])
+            x = self._fold_inputs(vectors, groups, real_rows, [im.source for im in chosen], seed)
+        else:
+            x = vectors
         self.mean = x.mean(axis=0)
         self.scale = x.std(axis=0) + 1e-6
         z = (x - self.mean) / self.scale
-        model = LogisticRegression(C=float(self.config.arch_args.get("C", 0.3)), max_iter=3000,
-                                   class_weight="balanced", random_state=seed)
-        model.fit(z, labels)
-        self.coef = model.coef_[0].astype(np.float64)
-        self.intercept = float(model.intercept_[0])
-        metrics = {"images": float(len(chosen)), "train_acc": float(model.score(z, labels))}
+        if self.booster is not None:
+            self.forest = fit_forest(z, labels, seed=seed, **self.booster)
+            predicted = self.forest.decision(z) > 0
+            metrics = {"images": float(len(chosen)), "train_acc": float((predicted == labels.astype(bool)).mean()),
+                       "trees": float(self.forest.trees)}
+        else:
+            model = LogisticRegression(C=float(self.config.arch_args.get("C", 0.3)), max_iter=3000,
+                                       class_weight="balanced", random_state=seed)
+            model.fit(z, labels)
+            self.coef = model.coef_[0].astype(np.float64)
+            self.intercept = float(model.intercept_[0])
+            metrics = {"images": float(len(chosen)), "train_acc": float(model.score(z, labels))}
         if progress is not None:
             progress(1, 1, metrics)
         return metrics
 
+    def _references(self, vectors: npt.NDArray[np.float64], groups: Sequence[str],
+                    rows: npt.NDArray[np.int64]) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+        """The (centre, spread) of ``vectors[rows]`` (real images) per group, form and ``all``."""
+        chosen = [groups[i] for i in rows]
+        return {name: _robust_centre(vectors[rows[sub]]) for name, sub in _group_rows(chosen, self.min_group).items()}
+
+    def _fold_inputs(self, vectors: npt.NDArray[np.float64], groups: Sequence[str], real_rows: npt.NDArray[np.int64],
+                     sources: Sequence[str], seed: int) -> npt.NDArray[np.float64]:
+        """Each training image's departures, from a reference without its source's fold (see :meth:`fit_images`)."""
+        folds = int(self.config.arch_args.get("reference_folds", 0))
+        if folds < 2 or not all(sources):
+            return np.stack([self._inputs(v, g) for v, g in zip(vectors, groups, strict=True)])
+        names = sorted(set(sources))
+        order = np.random.default_rng(seed).permutation(len(names))
+        fold_of = {name: int(order[i]) % folds for i, name in enumerate(names)}
+        fold = np.array([fold_of[s] for s in sources])
+        out = np.zeros_like(vectors)
+        for k in range(folds):
+            kept = real_rows[fold[real_rows] != k]
+            reference = self._references(vectors, groups, kept) if len(kept) else self.reference
+            for i in map(int, np.flatnonzero(fold == k)):
+                out[i] = self._departure(vectors[i], groups[i], reference)
+        return out
+
     def state_arrays(self) -> dict[str, npt.NDArray[Any]]:
         out = {"physics.mean": self.mean, "physics.scale": self.scale, "physics.coef": self.coef,
                "physics.intercept": np.array([self.intercept])}
+        if self.forest is not None:
+            out.update(self.forest.arrays("physics.trees"))
         for name, (centre, spread) in self.reference.items():
             out[f"physics.reference.{name}.centre"] = centre
             out[f"physics.reference.{name}.spread"] = spread
@@ -342,5 +391,7 @@ class PhysicsDetector(Detector):
         if self.two_sided and ("all" not in reference or any(
                 c.shape != (_N,) or s.shape != (_N,) or not (s > 0).all() for c, s in reference.values())):
             raise ModelError("physics weights lack a fitting reference of real images")
+        forest = Forest.from_arrays(arrays, "physics.trees", _N) if self.booster is not None else None
         self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, float(intercept[0])
         self.reference = reference
+        self.forest = forest

@@ -410,7 +410,7 @@ def _fit(
 def training_images(views: Sequence[View]) -> list[TrainingImage]:
     """The views as whole training images for image-level members (label 0 real, 1 synthetic, 2 tampered)."""
     return [TrainingImage(pixels=v.pixels, label=0 if v.is_real else (2 if v.is_tamper else 1), group=v.group,
-                          mask=v.mask) for v in views]
+                          mask=v.mask, source=v.source_id) for v in views]
 
 
 def _record(

@@ -675,3 +675,63 @@ def test_the_shipped_bundle_scores_without_importing_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_boosted_trees_score_as_scikit_learn_and_survive_a_bundle_round_trip() -> None:
+    """The flat arrays a bundle keeps give scikit-learn's own decision values; damaged arrays are refused."""
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    from detectors.models.boosting import DEFAULTS, Forest, fit_forest
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 6))
+    y = ((x[:, 0] > 0.5) & (x[:, 1] < 0) | (x[:, 2] > 1.2)).astype(int)  # an interaction a line cannot draw
+    forest = fit_forest(x, y, seed=1, trees=40)
+    reference = GradientBoostingClassifier(
+        init="zero", n_estimators=40, max_depth=int(DEFAULTS["depth"]), learning_rate=DEFAULTS["rate"],
+        subsample=DEFAULTS["subsample"], min_samples_leaf=int(DEFAULTS["min_leaf"]), random_state=1,
+    ).fit(x, y, sample_weight=compute_sample_weight("balanced", y))
+    test = rng.standard_normal((200, 6))
+    np.testing.assert_allclose(forest.decision(test), reference.decision_function(test), rtol=1e-6, atol=1e-9)
+    assert auc(forest.decision(test)[~_truth(test)], forest.decision(test)[_truth(test)]) > 0.9
+    again = Forest.from_arrays(forest.arrays("t"), "t", n_features=6)
+    np.testing.assert_array_equal(again.decision(test), forest.decision(test))
+    broken = forest.arrays("t")
+    broken["t.left"] = np.where(broken["t.left"] >= 0, broken["t.left"] + 1000, -1)
+    with pytest.raises(ModelError, match="outside"):
+        Forest.from_arrays(broken, "t", n_features=6)
+    with pytest.raises(ModelError, match="outside"):
+        Forest.from_arrays(forest.arrays("t"), "t", n_features=2)
+    with pytest.raises(ModelError, match="lack"):
+        Forest.from_arrays({k: v for k, v in forest.arrays("t").items() if k != "t.value"}, "t", n_features=6)
+    with pytest.raises(ModelError, match="unknown booster"):
+        fit_forest(x, y, leaves=3)
+
+
+def _truth(x: np.ndarray) -> np.ndarray:
+    return ((x[:, 0] > 0.5) & (x[:, 1] < 0)) | (x[:, 2] > 1.2)
+
+
+def test_boosted_physics_member_keeps_its_scores_through_save_and_load() -> None:
+    """The physics member with boosted trees and fold-wise references flags held-out blurred fakes, and a loaded
+    copy scores exactly as the trained one."""
+    fit = [v for v in tiny_views(12) if v.family != "tamper"]
+    settings = {"booster": {"trees": 30, "min_leaf": 2}, "reference_folds": 3}
+    detector = create_detector("physics", preset="tiny", seed=0, arch_args=settings)
+    metrics = detector.fit_images([TrainingImage(v.pixels, int(v.family != "real"), v.group, source=v.source_id)
+                                   for v in fit])
+    assert metrics["trees"] == 30
+    copy = create_detector("physics", preset="tiny", seed=0, arch_args=dict(detector.config.arch_args))
+    copy.load_state_arrays(detector.state_arrays())
+    reals = [phantom(400 + i).astype(np.float32) for i in range(8)]
+    smooth = [cv2.GaussianBlur(px, (0, 0), 1.2) for px in reals]
+
+    def score(det: Detector, images: list[np.ndarray]) -> list[float]:
+        return [det.score_frames(FrameSet.of(px, det.config, group="MR/native")).synthetic for px in images]
+
+    assert score(copy, reals + smooth) == score(detector, reals + smooth)
+    assert auc(score(detector, reals), score(detector, smooth)) > 0.9
+    without_trees = {k: v for k, v in detector.state_arrays().items() if not k.startswith("physics.trees.")}
+    with pytest.raises(ModelError, match="boosted trees lack"):
+        copy.load_state_arrays(without_trees)

@@ -79,6 +79,9 @@ def test_two_gateway_processes_one_postgres_log_survive_a_worker_killed(
             answers = senders.answers
             succeeded = {a.uid for a in answers if a.status == 0}
             got = wait_delivered(pacs_dir, succeeded, timeout=120)
+            assert gateway.proc is not None
+            gateway.proc.send_signal(signal.SIGHUP)  # the supervisor passes it on: both workers reload
+            _wait_log(gateway.log, r"reloaded trust and site policy \(SIGHUP\)", 2)
         finally:
             gateway.stop()
     log = gateway.log.read_text(errors="replace")
@@ -90,7 +93,9 @@ def test_two_gateway_processes_one_postgres_log_survive_a_worker_killed(
     spools = [home / "spool" / "worker-1", home / "spool" / "worker-2"]
     assert all(not list(s.glob("*.dcm")) and not leftovers(s) for s in spools)
 
-    records = intake_records(db_url)
+    records = [r for r in intake_records(db_url) if r.event != "reload"]
+    reloads = [r for r in intake_records(db_url) if r.event == "reload"]
+    assert sorted(r.details["reload"]["trigger"] for r in reloads) == ["SIGHUP", "SIGHUP"], reloads
     per_uid = Counter(r.sop_instance_uid for r in records)
     attempts = Counter(a.uid for a in answers)
     cut = {a.uid for a in answers if a.status is None}
@@ -107,4 +112,4 @@ def test_two_gateway_processes_one_postgres_log_survive_a_worker_killed(
     )
     done = audit_verify(gateway.env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{len(records)} records" in done.stdout + done.stderr
+    assert f"{len(records) + len(reloads)} records" in done.stdout + done.stderr

@@ -216,6 +216,7 @@ def _supervise(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: pool.send(signal.SIGHUP))  # each worker reloads trust and policy
     pool.start()
     _common.err_console.print(
         f"medverify gateway: {workers} worker processes on {listen} (pids {', '.join(map(str, pool.pids()))}); "

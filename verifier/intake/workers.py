@@ -103,6 +103,13 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs.values()]
 
+    def send(self, sig: int) -> None:
+        """Pass ``sig`` on to every running worker (the supervisor's SIGHUP: each reloads trust and policy)."""
+        for proc in list(self._procs.values()):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
     def watch(self, stop: threading.Event, poll: float = 0.5) -> None:
         """Supervise until ``stop`` is set or a worker fails at start (then :attr:`failed` says which)."""
         while not stop.wait(poll):

@@ -74,9 +74,13 @@ def test_a_plain_verify_runs_without_typer_pydantic_or_the_orm(tmp_path: Path) -
         "from verifier.cli import main\n"
         f"assert main(['verify', {sample!r}, '--checks', 'signature', '--format', 'jsonl']) == 0"
     )  # CT_small is unsigned: NO_EVIDENCE, which the default policy accepts
-    probe = ("typer", "click", "pydantic", "sqlalchemy", "sqlalchemy.orm", "rich.progress", "pydicom")
+    probe = ("typer", "click", "pydantic", "sqlalchemy", "sqlalchemy.orm", "rich.progress", "pydicom", "requests")
+    probe += ("tqdm",)
     _imported_after(code, env, probe)  # first use: keys and the audit database are created
     assert _imported_after(code, env, probe) == ["pydicom", "sqlalchemy"]
+    # pydicom's downloaders were only hidden while it was imported: they still import afterwards
+    after = _imported_after(f"{code}\nimport requests, tqdm", env, probe)
+    assert after == ["pydicom", "requests", "sqlalchemy", "tqdm"]
     # --help (and any form the fast parser leaves alone) still goes through typer
     help_code = "from verifier.cli import main\nmain(['verify', '--help'])"
     assert "typer" in _imported_after(help_code, env, probe)

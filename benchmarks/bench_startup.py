@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from _shared import bytecode_env, medverify_command
 from pydicom.data import get_testdata_file
 
 from provenance.keys import PASSPHRASE_ENV, KeyRole, KeyStore
@@ -52,16 +53,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "bench_startup.json"
 TARGETS_S = {"medverify --help": 0.25, "medverify verify --checks signature": 0.5}
 PASSPHRASE = "bench-startup-passphrase"  # a throw-away key store's
-
-
-def _medverify_command() -> list[str]:
-    beside = Path(sys.executable).with_name("medverify")
-    if beside.is_file():
-        return [str(beside)]
-    exe = shutil.which("medverify")
-    if exe is not None:
-        return [exe]
-    return [sys.executable, "-c", "import sys; from verifier.cli import app_main; sys.exit(app_main())"]
 
 
 def _prepare(workdir: Path) -> tuple[Path, Path, dict[str, str]]:
@@ -109,13 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         workdir = Path(tmp)
         one, ca, env = _prepare(workdir)
-        if args.no_bytecode_cache:
-            env["PYTHONDONTWRITEBYTECODE"] = "1"
-            env["PYTHONPYCACHEPREFIX"] = str(workdir / "no-pycache")  # empty: nothing cached to read
-        else:
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-            env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
-        mv = _medverify_command()
+        env = bytecode_env(env, None if args.no_bytecode_cache else workdir / "pycache")
+        mv = medverify_command()
         commands: dict[str, tuple[list[str], int]] = {
             "python -c pass": ([sys.executable, "-c", "pass"], 0),
             "medverify --help": ([*mv, "--help"], 0),

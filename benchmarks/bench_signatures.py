@@ -9,7 +9,13 @@ reused while its manifest matches.
 Three timings, each the best wall-clock time of ``--repeat`` runs:
 
 * ``medverify``: one ``medverify verify --checks signature --format jsonl`` process over the whole directory,
-  counting one VALID line per file (interpreter start-up and trust-policy loading included);
+  counting one VALID line per file (interpreter start-up and trust-policy loading included). It runs as the
+  console script beside this interpreter, with the repository's code first on ``PYTHONPATH`` as the caller set
+  it, and Python byte-code cached in the work directory after one warm-up run, as ``pip install`` compiles an
+  installed package (``--no-bytecode-cache``: every module compiled at every start, as on a machine that sets
+  ``PYTHONDONTWRITEBYTECODE`` over packages installed with ``--no-compile``). ``--baseline DIR`` times the
+  same command with another checkout's code (say, a worktree of the main branch) right after, for a
+  before/after under the same load;
 * ``dcmsign``: ``dcmsign --verify +cf ca.pem FILE`` once per file, sequentially, each exiting 0 and printing
   ``Verification : OK``;
 * ``in-process``: :meth:`verifier.checker.Checker.check` per file in this interpreter, the per-file cost without
@@ -39,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from _shared import bytecode_env, medverify_command
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -142,13 +149,6 @@ def _env(home: Path, workdir: Path) -> dict[str, str]:
     return env
 
 
-def _medverify_command() -> list[str]:
-    exe = shutil.which("medverify")
-    if exe is None:
-        return [sys.executable, "-c", "import sys; from verifier.cli import app_main; sys.exit(app_main())"]
-    return [exe]
-
-
 def _supports_no_audit(cmd: Sequence[str], env: dict[str, str]) -> bool:
     """``--no-audit`` is used where the installed CLI has it (the audit database is being wired into verify)."""
     proc = subprocess.run(
@@ -236,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--side", type=int, default=SIDE, help="image rows and columns (default 512: ~512 KB)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the corpus even if the cache matches")
     parser.add_argument("--skip-dcmsign", action="store_true", help="time medverify only (no ratio)")
+    parser.add_argument("--no-bytecode-cache", action="store_true", help="compile every module at every start")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose medverify is timed after this one's")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeat < 1:
@@ -247,11 +249,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     mean_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
     env = _env(home, workdir)
 
-    mv = _medverify_command()
+    env = bytecode_env(env, None if args.no_bytecode_cache else workdir / "pycache")
+    mv = medverify_command()
     no_audit = _supports_no_audit(mv, env)
     mv_cmd = [*mv, "verify", "--checks", "signature", "--format", "jsonl", *(["--no-audit"] if no_audit else [])]
     for path in files:  # warm the page cache so that neither tool pays for the first read
         path.read_bytes()
+    baseline_env = None
+    if args.baseline is not None:
+        baseline_env = {**env, "PYTHONPATH": str(args.baseline.resolve())}
+    for warm_env in filter(None, (env, baseline_env)):  # and fill the byte-code cache, as an installation does
+        subprocess.run([*mv_cmd, str(files[0])], env=warm_env, capture_output=True, check=False)
 
     rows: dict[str, dict[str, Any]] = {}
 
@@ -266,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
 
     record("medverify", time_medverify([*mv_cmd, str(files_dir)], files, env, args.repeat), " ".join([*mv_cmd, "DIR"]))
+    if baseline_env is not None:
+        timing = time_medverify([*mv_cmd, str(files_dir)], files, baseline_env, args.repeat)
+        record("baseline", timing, f"the same with PYTHONPATH={args.baseline}")
     if not args.skip_dcmsign:
         record("dcmsign", time_dcmsign(files, ca_pem, env, args.repeat), "dcmsign --verify +cf ca.pem FILE (per file)")
     wall, cpu = time_in_process(files, home, workdir, args.repeat)
@@ -275,7 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratio = rows["medverify"]["files_per_s"] / rows["dcmsign"]["files_per_s"] if "dcmsign" in rows else None
     verdict = "n/a" if ratio is None else ("PASS" if ratio >= TARGET_RATIO else "FAIL")
 
-    print(f"\n{len(files)} signed files, {mean_kb:.0f} KB each, best of {args.repeat}; {os.cpu_count()} CPUs")
+    print(
+        f"\n{len(files)} signed files, {mean_kb:.0f} KB each, best of {args.repeat}; {os.cpu_count()} CPUs; load "
+        f"average {os.getloadavg()[0]:.2f}; byte-code {'not ' if args.no_bytecode_cache else ''}cached"
+    )
     print(f"{'':<12}{'files/s':>10}{'ms/file':>10}{'best s':>10}")
     for name, row in rows.items():
         print(f"{name:<12}{row['files_per_s']:>10.1f}{row['ms_per_file']:>10.2f}{row['best_s']:>10.2f}")
@@ -290,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mean_file_kb": mean_kb,
         "repeat": args.repeat,
         "no_audit_flag": no_audit,
+        "bytecode_cache": not args.no_bytecode_cache,
+        "load_average": os.getloadavg(),
         "results": rows,
         "ratio_medverify_over_dcmsign": ratio,
         "target_ratio": TARGET_RATIO,

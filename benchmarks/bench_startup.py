@@ -5,7 +5,9 @@ Each command is run ``--repeat`` times, interleaved (one run of each in turn, so
 load on a shared machine), and the median and the best wall-clock times are kept:
 
 * ``python``: ``python -c pass``, the interpreter's own start-up (site packages included): the floor under every
-  medverify figure;
+  medverify figure; and ``python -c "import pydicom, sqlalchemy, cryptography.x509"``, the libraries a one-file
+  check cannot do without (reading the file, writing its audit record, the certificates): the floor under
+  ``verify``;
 * ``medverify --help``;
 * ``medverify verify one.dcm --checks signature``: one signed CT (pydicom's ``CT_small.dcm``, signed by an
   acquisition key of a key store made for the benchmark), with its audit record written, as a script would run it
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from _shared import bytecode_env, medverify_command
 from pydicom.data import get_testdata_file
 
 from provenance.keys import PASSPHRASE_ENV, KeyRole, KeyStore
@@ -50,18 +53,10 @@ from provenance.signature import sign_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "bench_startup.json"
+#: The libraries a one-file check cannot do without (reading the file, the audit record, the certificates).
+FLOOR_IMPORTS = "import pydicom, sqlalchemy, cryptography.x509"
 TARGETS_S = {"medverify --help": 0.25, "medverify verify --checks signature": 0.5}
 PASSPHRASE = "bench-startup-passphrase"  # a throw-away key store's
-
-
-def _medverify_command() -> list[str]:
-    beside = Path(sys.executable).with_name("medverify")
-    if beside.is_file():
-        return [str(beside)]
-    exe = shutil.which("medverify")
-    if exe is not None:
-        return [exe]
-    return [sys.executable, "-c", "import sys; from verifier.cli import app_main; sys.exit(app_main())"]
 
 
 def _prepare(workdir: Path) -> tuple[Path, Path, dict[str, str]]:
@@ -109,15 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         workdir = Path(tmp)
         one, ca, env = _prepare(workdir)
-        if args.no_bytecode_cache:
-            env["PYTHONDONTWRITEBYTECODE"] = "1"
-            env["PYTHONPYCACHEPREFIX"] = str(workdir / "no-pycache")  # empty: nothing cached to read
-        else:
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-            env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
-        mv = _medverify_command()
+        env = bytecode_env(env, None if args.no_bytecode_cache else workdir / "pycache")
+        mv = medverify_command()
         commands: dict[str, tuple[list[str], int]] = {
             "python -c pass": ([sys.executable, "-c", "pass"], 0),
+            "python: import pydicom, sqlalchemy, cryptography": ([sys.executable, "-c", FLOOR_IMPORTS], 0),
             "medverify --help": ([*mv, "--help"], 0),
             "medverify verify --checks signature": ([*mv, "verify", str(one), "--checks", "signature"], 0),
         }

@@ -1,16 +1,20 @@
-"""SQLAlchemy 2 models of the audit database; the Alembic migrations in ``migrations/`` create them."""
+"""The audit database's tables, in SQLAlchemy Core; the Alembic migrations in ``migrations/`` create them.
+
+The log itself (:mod:`verifier.audit.log`) needs no ORM, so these tables are plain :class:`~sqlalchemy.Table`
+objects: importing ``sqlalchemy.orm`` would double the start-up cost of every command that writes one record.
+The tables that do use the ORM (scan state, API tokens, the claims image index) declare their classes on
+:class:`verifier.audit._orm.Base`, which shares :data:`metadata` with these tables.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from verifier.audit.entry import normalize_time
 
-__all__ = ["Base", "CheckpointRow", "HeadRow", "RecordRow", "UTCDateTime"]
+__all__ = ["UTCDateTime", "checkpoints", "head", "metadata", "records"]
 
 
 class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
@@ -31,69 +35,60 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
 
 _JSON = sa.JSON(none_as_null=True)
 
+#: Every table of the audit database (the ORM tables join it through ``verifier.audit._orm.Base``).
+metadata = sa.MetaData()
 
-class Base(DeclarativeBase):
-    pass
-
-
-class RecordRow(Base):
-    """One audit record. ``id`` is the 1-based position in the log: leaf index + 1."""
-
-    __tablename__ = "audit_records"
-
-    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
-    leaf_hash: Mapped[str] = mapped_column(sa.String(64))
+#: One audit record. ``id`` is the 1-based position in the log: leaf index + 1.
+records = sa.Table(
+    "audit_records",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("leaf_hash", sa.String(64), nullable=False),
     #: Tree head after this record was appended (lets ``verify`` name the first rewritten record).
-    tree_root: Mapped[str] = mapped_column(sa.String(64))
-    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
-    event: Mapped[str] = mapped_column(sa.String(64))
-    channel: Mapped[str] = mapped_column(sa.String(16), index=True)
-    path: Mapped[str | None] = mapped_column(sa.Text)
-    sop_instance_uid: Mapped[str | None] = mapped_column(sa.String(64), index=True)
-    file_sha256: Mapped[str | None] = mapped_column(sa.String(64), index=True)
-    os_user: Mapped[str | None] = mapped_column(sa.Text)
-    host: Mapped[str | None] = mapped_column(sa.Text)
-    peer_ae_title: Mapped[str | None] = mapped_column(sa.Text)
-    peer_address: Mapped[str | None] = mapped_column(sa.Text)
-    api_token_id: Mapped[str | None] = mapped_column(sa.Text)
-    signature_report: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
-    watermark_report: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
-    detection_report: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
-    model_tag: Mapped[str | None] = mapped_column(sa.Text)
-    policy_version: Mapped[str | None] = mapped_column(sa.Text)
-    verdict: Mapped[str | None] = mapped_column(sa.String(64), index=True)
-    action: Mapped[str | None] = mapped_column(sa.String(32))
-    details: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    sa.Column("tree_root", sa.String(64), nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False, index=True),
+    sa.Column("path", sa.Text),
+    sa.Column("sop_instance_uid", sa.String(64), index=True),
+    sa.Column("file_sha256", sa.String(64), index=True),
+    sa.Column("os_user", sa.Text),
+    sa.Column("host", sa.Text),
+    sa.Column("peer_ae_title", sa.Text),
+    sa.Column("peer_address", sa.Text),
+    sa.Column("api_token_id", sa.Text),
+    sa.Column("signature_report", _JSON),
+    sa.Column("watermark_report", _JSON),
+    sa.Column("detection_report", _JSON),
+    sa.Column("model_tag", sa.Text),
+    sa.Column("policy_version", sa.Text),
+    sa.Column("verdict", sa.String(64), index=True),
+    sa.Column("action", sa.String(32)),
+    sa.Column("details", _JSON, nullable=False),
+)
 
-
-class HeadRow(Base):
-    """The single row (``id = 1``) holding the log's identity and running tree state; appends lock it."""
-
-    __tablename__ = "audit_head"
-
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
-    log_id: Mapped[str] = mapped_column(sa.String(36))
-    tree_size: Mapped[int] = mapped_column(sa.BigInteger)
-    root_hash: Mapped[str] = mapped_column(sa.String(64))
+#: The single row (``id = 1``) holding the log's identity and running tree state; appends lock it.
+head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("log_id", sa.String(36), nullable=False),
+    sa.Column("tree_size", sa.BigInteger, nullable=False),
+    sa.Column("root_hash", sa.String(64), nullable=False),
     #: JSON list of hex subtree roots (RFC 9162 compact range of [0, tree_size)), largest first.
-    frontier: Mapped[str] = mapped_column(sa.Text)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    sa.Column("frontier", sa.Text, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
 
-
-class CheckpointRow(Base):
-    """A signed tree head."""
-
-    __tablename__ = "audit_checkpoints"
-
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
-    log_id: Mapped[str] = mapped_column(sa.String(36))
-    tree_size: Mapped[int] = mapped_column(sa.BigInteger, unique=True)
-    root_hash: Mapped[str] = mapped_column(sa.String(64))
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    signature: Mapped[bytes] = mapped_column(sa.LargeBinary)
-    certificate_pem: Mapped[str] = mapped_column(sa.Text)
-
-
-records: sa.Table = RecordRow.__table__  # type: ignore[assignment]
-head: sa.Table = HeadRow.__table__  # type: ignore[assignment]
-checkpoints: sa.Table = CheckpointRow.__table__  # type: ignore[assignment]
+#: A signed tree head.
+checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("log_id", sa.String(36), nullable=False),
+    sa.Column("tree_size", sa.BigInteger, nullable=False, unique=True),
+    sa.Column("root_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("signature", sa.LargeBinary, nullable=False),
+    sa.Column("certificate_pem", sa.Text, nullable=False),
+)

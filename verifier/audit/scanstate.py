@@ -23,7 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from verifier.audit import _db
-from verifier.audit._schema import Base, UTCDateTime, head, records
+from verifier.audit._orm import Base
+from verifier.audit._schema import UTCDateTime, head, records
 from verifier.audit.entry import AuditEntry, Channel, EventKind, utc_now
 from verifier.audit.log import AuditLog
 from verifier.errors import AuditError

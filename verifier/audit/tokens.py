@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from verifier.audit import _db
-from verifier.audit._schema import Base, UTCDateTime
+from verifier.audit._orm import Base
+from verifier.audit._schema import UTCDateTime
 from verifier.audit.entry import utc_now
 from verifier.audit.log import AuditLog
 from verifier.errors import InputError

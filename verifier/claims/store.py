@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from verifier.audit import AuditLog, _db
-from verifier.audit._schema import Base, UTCDateTime
+from verifier.audit._orm import Base
+from verifier.audit._schema import UTCDateTime
 from verifier.audit.entry import utc_now
 from verifier.claims.fingerprint import MATCH_SIDE, band_probes, band_values
 from verifier.claims.matcher import within_radius

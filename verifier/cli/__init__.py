@@ -3,10 +3,11 @@
 Subcommands live one module per concept (``keys``, ``sign``, ``verify``, ``audit`` ...), listed with their help in
 :mod:`verifier.cli._commands`. A command's module is imported, and registers its commands on :data:`app`, only when
 one of its commands runs; ``medverify --help`` is printed from that table without importing typer at all, because
-start-up time matters for a tool that scripts run once per file. :func:`main` is the one place where errors become
-exit codes (ClamAV convention): 0 nothing found, 1 something found, 2 an error stopped the work
-(:class:`~verifier.errors.MedverifyError`, the root every package's errors are mapped to by
-:func:`~verifier.errors.application_errors`).
+start-up time matters for a tool that scripts run once per file; for the same reason ``verify`` parses its plain
+forms without typer (:mod:`verifier.cli._fast`). Exit codes follow the ClamAV convention: 0 nothing found, 1
+something found, 2 an error stopped the work (:class:`~verifier.errors.MedverifyError`, the root every package's
+errors are mapped to by :func:`~verifier.errors.application_errors`, becomes 2 in one place,
+:func:`verifier.cli._common.exit_status`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sys.stdout.write(f"medverify {version('medverify')}\n")
         return 0
+    from verifier.cli._fast import run as run_fast
+
+    code = run_fast(args)  # a hot command (verify) in a plain form: no typer
+    if code is not None:
+        return code
     from verifier.cli._app import run
 
     return run(args)

@@ -1,5 +1,5 @@
-"""The typer application behind ``medverify``: the root group, lazy registration of command modules, and the
-one place where errors become exit codes (see :mod:`verifier.cli`)."""
+"""The typer application behind ``medverify``: the root group, lazy registration of command modules, and typer's
+usage errors as exit codes (every other error becomes one in :func:`verifier.cli._common.exit_status`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import typer
 
 from verifier.cli import _common
 from verifier.cli._commands import COMMANDS, ROOT_HELP, module_of
-from verifier.errors import MedverifyError, application_errors
 
 __all__ = ["app", "run"]
 
@@ -66,12 +65,13 @@ def run(args: Sequence[str]) -> int:
     """Run the CLI with ``args`` and return the exit code instead of exiting."""
     args = list(args)
     _register(_command_of(args))
+    return _common.exit_status(lambda: _invoke(args))
+
+
+def _invoke(args: list[str]) -> int:
+    """The typer application on ``args``; its usage errors and aborts become exit code 2."""
     try:
-        with application_errors():
-            result = app(args=args, prog_name="medverify", standalone_mode=False)
-    except MedverifyError as exc:
-        _common.err_console.print(f"[bold red]error:[/] {exc.diagnostics()}", highlight=False)
-        return 2
+        result = app(args=args, prog_name="medverify", standalone_mode=False)
     except (click.exceptions.Exit, typer.Exit) as exc:
         return int(exc.exit_code)
     except (click.exceptions.Abort, typer.Abort):
@@ -85,7 +85,4 @@ def run(args: Sequence[str]) -> int:
         else:  # pragma: no cover
             _common.err_console.print(f"error: {exc}")
         return 2
-    except KeyboardInterrupt:
-        _common.err_console.print("interrupted")
-        return 130
     return int(result) if isinstance(result, int) else 0

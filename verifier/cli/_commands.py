@@ -3,6 +3,11 @@
 ``medverify --help`` is printed from this table alone, without importing typer or any command module (they pull
 in rich, cryptography, pydicom, SQLAlchemy and torch); a command's own module is imported only when it runs. A
 test checks that the table says what the modules register.
+
+:data:`FAST_PARAMS` does the same for the parameters of the hot commands (``verify``, which scripts run once per
+file): :mod:`verifier.cli._fast` parses their arguments from it without typer, whose import and per-parameter
+pydantic adapters cost more than checking a file. The options are still defined once, on the typer command; the
+table is what typer makes of them, and a test checks that it still is.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import shutil
 import textwrap
 from typing import NamedTuple
 
-__all__ = ["COMMANDS", "ROOT_HELP", "Command", "module_of", "root_help"]
+__all__ = ["COMMANDS", "FAST_PARAMS", "ROOT_HELP", "Command", "Param", "module_of", "root_help"]
 
 #: The application's one-line description (also the typer app's help).
 ROOT_HELP = "Tell whether medical images are genuine: signatures, watermarks, detectors, tamper-evident audit."
@@ -61,6 +66,42 @@ COMMANDS: tuple[Command, ...] = (
             "Audit the images attached to insurance claims: reused images (also across earlier audits), header "
             "inconsistencies, synthetic or tampered images; an HTML report and a signed evidence package."),
 )  # fmt: skip
+
+
+class Param(NamedTuple):
+    """One parameter of a hot command as typer builds it: what :mod:`verifier.cli._fast` needs to parse it."""
+
+    #: The Python parameter name (the keyword the command's function takes).
+    name: str
+    #: Option strings; empty for the positional argument (which takes every remaining value).
+    flags: tuple[str, ...]
+    #: ``str``, ``int``, ``path`` or ``bool`` (a switch: ``flags`` set it, ``off_flags`` clear it).
+    type: str
+    #: A repeatable option or the positional argument: the values are collected into a list.
+    multiple: bool = False
+    default: object = None
+    off_flags: tuple[str, ...] = ()
+    #: The least value an ``int`` option takes.
+    min: int | None = None
+
+
+#: The parameters of the commands that :mod:`verifier.cli._fast` runs without typer, as typer builds them from the
+#: command's definition (``verify``: :mod:`verifier.cli.signing`).
+FAST_PARAMS: dict[str, tuple[Param, ...]] = {
+    "verify": (
+        Param("paths", (), "path", multiple=True),
+        Param("output_format", ("--format", "-f"), "str", default="text"),
+        Param("checks", ("--checks",), "str"),
+        Param("trust", ("--trust",), "path", multiple=True),
+        Param("follow_symlinks", ("--follow-symlinks",), "bool", default=False, off_flags=("--no-follow-symlinks",)),
+        Param("no_audit", ("--no-audit",), "bool", default=False),
+        Param("db", ("--db",), "str"),
+        Param("workers", ("--workers", "-j"), "int", default=0, min=0),
+        Param("policy_file", ("--policy",), "path"),
+        Param("model", ("--model",), "path"),
+        Param("heatmaps", ("--heatmaps",), "path"),
+    ),
+}  # fmt: skip
 
 
 def module_of(name: str) -> str | None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from verifier.errors import InputError
+from verifier.cli._common import check_format
 
 __all__ = [
     "ChecksOption",
@@ -73,9 +73,3 @@ TrustCertOption = Annotated[
     ),
 ]
 
-
-def check_format(value: str, allowed: tuple[str, ...]) -> str:
-    """``value`` if it is one of the ``allowed`` ``--format`` values, else an :class:`InputError`."""
-    if value not in allowed:
-        raise InputError(f"--format must be one of {', '.join(allowed)}, not {value!r}")
-    return value

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from provenance.errors import SigningError
 from provenance.models import MacAlgorithm, SignatureProfile
 from verifier import setup
-from verifier.checker import Checker, default_workers
-from verifier.cli import _common, app
+from verifier.checker import Checker
+from verifier.cli import _common, _verify, app
 from verifier.cli._options import (
     ChecksOption,
     DbOption,
@@ -23,12 +20,9 @@ from verifier.cli._options import (
     ModelOption,
     PolicyOption,
     TrustOption,
-    check_format,
 )
-from verifier.cli._results import FORMATS, exit_code, print_result
 from verifier.errors import InputError
-from verifier.instance import UnreadableInstanceError, iter_input_files
-from verifier.result import FileResult
+from verifier.instance import UnreadableInstanceError
 
 __all__: list[str] = []
 
@@ -69,55 +63,14 @@ def verify(
     Every file checked leaves one audit record (unless --no-audit), written before its result is printed; an
     export gets one per image (a PDF one per embedded image, naming its page). On an export the DICOM signature
     check is "not applicable"; its C2PA Content Credentials are read instead.
+
+    The plain forms of these options are parsed without typer (:mod:`verifier.cli._fast`) from the table typer
+    makes of them (:data:`verifier.cli._commands.FAST_PARAMS`); a test keeps the two in step.
     """
-    check_format(output_format, FORMATS)
-    settings = _common.settings()
-    checker = setup.load_checker(
-        settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps,
-        notify=_common.note,
+    return _verify.verify(
+        paths, output_format=output_format, checks=checks, trust=trust, follow_symlinks=follow_symlinks,
+        no_audit=no_audit, db=db, workers=workers, policy_file=policy_file, model=model, heatmaps=heatmaps,
     )  # fmt: skip
-    files = list(iter_input_files(paths, follow_symlinks=follow_symlinks, exports=True))
-    log = None
-    if not no_audit:
-        from verifier.audit import Channel
-
-        log = setup.open_audit_log(settings, db=db)
-    results: list[FileResult] = []
-    show_progress = output_format == "text" and len(files) > 20 and _common.err_console.is_terminal
-    with _progress(show_progress) as progress:
-        task = progress.add_task("verifying", total=len(files))
-        n_workers = workers or default_workers(len(files))
-        for result in checker.check_all(files, workers=n_workers):
-            if log is not None:
-                result = result.with_audit_id(log.append(result.audit_entry(channel=Channel.CLI)).id)
-            results.append(result)
-            if output_format == "jsonl":
-                sys.stdout.write(json.dumps(result.to_dict()) + "\n")
-                sys.stdout.flush()
-            elif output_format == "text":
-                print_result(result)
-            progress.advance(task)
-    if output_format == "json":
-        sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
-    if output_format == "text" and len(results) > 1:
-        found = sum(r.problem_found for r in results)
-        failed = sum(r.failed for r in results)
-        _common.err_console.print(
-            f"{len(results)} image(s) checked: {found} not accepted, {failed} unreadable", highlight=False
-        )
-    return exit_code(results)
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=_common.err_console,
-        disable=not enabled,
-        transient=True,
-    )
 
 
 @app.command(help="Add a DICOM digital signature (PS3.15) with a key from the key store.")

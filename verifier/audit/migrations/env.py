@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from verifier.audit._schema import Base
+from verifier.audit._orm import Base
 
 config = context.config
 

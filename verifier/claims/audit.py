@@ -8,6 +8,8 @@ Findings come from three places, each tied to the evidence it rests on:
   shared by different patients;
 * **headers** (:mod:`verifier.claims.rules`): patient identity, sex and age, body part and dates against the claim
   and against each other, equipment within a study, stripped identity elements;
+* **FHIR** (:mod:`verifier.claims.fhir.rules`, for claims read from a FHIR bundle): images against the
+  ImagingStudy, Patient, Procedure, service dates and diagnoses of the claim;
 * **the checker's verdicts** (here): tampered, synthetic (declared or suspected), signature problems, unreadable
   input.
 
@@ -216,6 +218,10 @@ class ClaimsAuditor:
         uid_reuse(reports, self._store)
         for report in reports:
             report.findings.extend(header_findings(report, self._tolerance))
+            if report.info.fhir is not None:
+                from verifier.claims.fhir.rules import fhir_findings
+
+                report.findings.extend(fhir_findings(report, self._tolerance))
             report.findings.sort(key=lambda f: (-f.severity.rank, f.kind))
         if self._store is not None:
             self._index(reports)

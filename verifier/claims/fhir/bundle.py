@@ -111,7 +111,7 @@ def read_bundle(data: bytes, name: str, *, max_bytes: int = MAX_BUNDLE_BYTES) ->
     """The claims of one bundle (``name`` is what errors call it)."""
     _check_size(name, len(data), max_bytes)
     try:
-        obj = json.loads(data)
+        obj = json.loads(data.decode("utf-8-sig"))  # FHIR JSON is UTF-8 (json.loads would guess UTF-16 too)
     except UnicodeDecodeError:
         raise InputError(f"FHIR bundle {name} is not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:

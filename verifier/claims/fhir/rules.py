@@ -69,10 +69,11 @@ def image_without_study(claim: FhirClaim, c: ClaimHeaders) -> Iterator[Finding]:
     if lost:
         claimed = [s.uid for s in claim.studies if s.uid]
         elements = [s.uid_element or s.ref for s in claim.studies] or [f"{claim.ref}.supportingInfo"]
-        what = (f"the claim's {len(claimed)} ImagingStudy UID(s)" if claimed
+        what = (f"{len(claimed)} ImagingStudy UID(s) of the claim" if claimed
                 else "the claim, which names no ImagingStudy with a urn:dicom:uid identifier")  # fmt: skip
         yield _finding("fhir_image_without_study", Severity.MEDIUM,
-                       f"{len(lost)} image(s) belong to no study of {what} ({claim.ref})", [f for f, _ in lost],
+                       f"{len(lost)} image(s) belong to no study of the {what} ({', '.join(elements)})",
+                       [f for f, _ in lost],
                        elements, claimed_studies=claimed,
                        image_studies={_name(f): h.study_instance_uid or "none" for f, h in lost})  # fmt: skip
 

@@ -8,7 +8,8 @@ one DetectedIssue per finding and one Provenance per checked image.
 * **Provenance**: ``target`` the image (its SOP Instance UID as a ``urn:dicom:uid`` identifier, else its SHA-256),
   ``entity`` the ImagingStudy it belongs to, ``agent`` medverify as the verifier, ``policy`` the audit record
   (``urn:medverify:audit-record:<id>``), and medverify's verdict, action and audit record id in the extensions
-  :data:`VERDICT_EXTENSION`, :data:`ACTION_EXTENSION` and :data:`AUDIT_RECORD_EXTENSION`.
+  :data:`VERDICT_EXTENSION`, :data:`ACTION_EXTENSION`, :data:`AUDIT_RECORD_EXTENSION` and the file's SHA-256 in
+  :data:`SHA256_EXTENSION`.
 
 The bundle is built with the ``fhir.resources`` R4B models, so what is written has passed their validation; a
 failure there is a bug of medverify, raised as such.
@@ -26,6 +27,7 @@ __all__ = [
     "ACTION_EXTENSION",
     "AUDIT_RECORD_EXTENSION",
     "FINDING_SYSTEM",
+    "SHA256_EXTENSION",
     "VERDICT_EXTENSION",
     "audit_bundle",
     "audit_bundle_json",
@@ -35,6 +37,8 @@ FINDING_SYSTEM = "urn:medverify:finding-kind"
 VERDICT_EXTENSION = "urn:medverify:extension:verdict"
 ACTION_EXTENSION = "urn:medverify:extension:action"
 AUDIT_RECORD_EXTENSION = "urn:medverify:extension:audit-record-id"
+#: The SHA-256 of the checked file (as the audit record has it).
+SHA256_EXTENSION = "urn:medverify:extension:sha256"
 _SEVERITY = {"high": "high", "medium": "moderate", "low": "low"}
 _DICOM_UID = "urn:dicom:uid"
 _NAMESPACE = uuid.UUID("3f4d8a52-6c1e-4b7a-9a55-2f0e8c1d7b10")
@@ -111,6 +115,8 @@ def _provenance(report: ClaimReport, f: AuditedFile, when: str) -> dict[str, Any
         {"url": VERDICT_EXTENSION, "valueCode": r.verdict.status.value},
         {"url": ACTION_EXTENSION, "valueCode": r.verdict.action.value},
     ]
+    if r.sha256:
+        extension.append({"url": SHA256_EXTENSION, "valueString": r.sha256})
     prov: dict[str, Any] = {
         "resourceType": "Provenance",
         "id": _id("provenance", report.claim_id, f.path, r.sha256),

@@ -310,5 +310,3 @@ class _Reader:
         for i, site in enumerate(p.bodySite or ()):
             sites += _codes(site, f"{ref}.bodySite[{i}]")
         return FhirProcedure(ref=ref, performed=performed, body_sites=tuple(sites))
-
-

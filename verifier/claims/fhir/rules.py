@@ -306,8 +306,11 @@ def diagnosis_implausible(claim: FhirClaim, c: ClaimHeaders) -> Iterator[Finding
             modality = h.modality.upper() if h.modality and h.modality.upper() in ACQUISITION_MODALITIES else None
             if part is not None or modality is not None:
                 judged.append((f, part, modality))
-        fits = [f for f, part, modality in judged
-                if (part is None or rule.fits_region(part)) and (modality is None or modality in rule.modalities)]
+        fits = [
+            f
+            for f, part, modality in judged
+            if (part is None or rule.fits_region(part)) and (modality is None or modality in rule.modalities)
+        ]
         if judged and not fits:
             shown = sorted({" ".join(x for x in (m, p) if x) for _f, p, m in judged})
             yield _finding("fhir_diagnosis_implausible", Severity.MEDIUM,

@@ -141,8 +141,12 @@ class ClaimsAuditor:
         log: AuditLog | None = None,
         date_tolerance_days: int = DATE_TOLERANCE_DAYS,
         progress: Callable[[int], None] | None = None,
+        label: Callable[[Path], str] | None = None,
     ) -> None:
+        """``label`` names each file in the results, findings and audit records (default: its path), e.g. the name
+        an upload of the HTTP API had rather than the temporary file it was written to."""
         self._checker = checker
+        self._label = label
         self._log = log
         self._store = ImageStore(log) if log is not None else None
         self._tolerance = date_tolerance_days
@@ -152,7 +156,16 @@ class ClaimsAuditor:
 
     def _check(self, claim_id: str, path: Path) -> list[AuditedFile]:
         """The audited images of one file: one for DICOM, one per image for an export (a PDF may hold several)."""
-        return [self._audited(claim_id, examined) for examined in self._checker.examine_file(path)]
+        examined = self._checker.examine_file(path)
+        if self._label is not None:
+            prefix, name = str(path), self._label(path)
+            examined = [
+                dataclasses.replace(e, result=dataclasses.replace(e.result, path=name + e.result.path[len(prefix) :]))
+                if e.result.path.startswith(prefix)
+                else e
+                for e in examined
+            ]
+        return [self._audited(claim_id, e) for e in examined]
 
     @staticmethod
     def _audited(claim_id: str, examined: Examined) -> AuditedFile:

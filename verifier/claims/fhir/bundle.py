@@ -29,7 +29,15 @@ from verifier.claims.models import ClaimInfo
 from verifier.errors import InputError
 from verifier.instance import iter_input_files
 
-__all__ = ["MAX_BUNDLE_BYTES", "bundle_files", "claim_infos", "load_fhir_claims", "read_bundle"]
+__all__ = [
+    "MAX_BUNDLE_BYTES",
+    "bundle_files",
+    "check_size",
+    "claim_infos",
+    "claim_infos_from_uploads",
+    "load_fhir_claims",
+    "read_bundle",
+]
 
 #: A bundle larger than this is refused by its size, before it is read (a claim bundle is a few kB to a few MB;
 #: pydantic holds a parsed bundle at many times its size).
@@ -61,7 +69,7 @@ def load_fhir_claims(root: Path, source: Path, *, max_bytes: int = MAX_BUNDLE_BY
             size = path.stat().st_size
         except OSError as exc:
             raise InputError(f"cannot read FHIR bundle {path}: {exc.strerror}") from exc
-        _check_size(path.name, size, max_bytes)
+        check_size(path.name, size, max_bytes)
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -70,7 +78,8 @@ def load_fhir_claims(root: Path, source: Path, *, max_bytes: int = MAX_BUNDLE_BY
     return claim_infos(claims, root)
 
 
-def _check_size(name: str, size: int, max_bytes: int) -> None:
+def check_size(name: str, size: int, max_bytes: int) -> None:
+    """Refuse a bundle of ``size`` bytes over ``max_bytes`` (by its size, before reading it)."""
     if size > max_bytes:
         raise InputError(f"FHIR bundle {name} is {size} bytes, over the limit of {max_bytes} bytes: refused "
                          "unread (send one bundle a claim)")  # fmt: skip
@@ -104,12 +113,44 @@ def claim_infos(claims: Sequence[FhirClaim], root: Path) -> list[ClaimInfo]:
     return out
 
 
+def claim_infos_from_uploads(claims: Sequence[FhirClaim], uploads: Sequence[tuple[str, Path]]) -> list[ClaimInfo]:
+    """One :class:`ClaimInfo` a FHIR claim, its files the ``uploads`` (name as sent, where it was written) that its
+    attachments name: by the whole URL, else by its last path segment when one upload alone has that name. An
+    attachment that no upload matches, and an upload that no claim names, are errors (nothing is checked unasked,
+    and nothing sent goes unchecked)."""
+    by_name: dict[str, list[int]] = {}
+    for i, (name, _path) in enumerate(uploads):
+        by_name.setdefault(name, []).append(i)
+        base = name.replace("\\", "/").rsplit("/", 1)[-1]
+        if base != name:
+            by_name.setdefault(base, []).append(i)
+    used: set[int] = set()
+    out = []
+    for c in claims:
+        claim_id = c.ref.split("/", 1)[1]
+        files = []
+        for url in c.attachments:
+            found = by_name.get(url) or by_name.get(url.rsplit("/", 1)[-1]) or []
+            if len(found) != 1:
+                why = "no file was sent under that name" if not found else "several files were sent under that name"
+                raise InputError(f"{c.bundle}: {c.ref}.supportingInfo attachment {url!r} does not resolve: {why}")
+            used.add(found[0])
+            files.append(uploads[found[0]][1])
+        out.append(ClaimInfo(claim_id=claim_id, files=tuple(files), fhir=c))
+    if len({o.claim_id for o in out}) != len(out):
+        raise InputError("claim ids must be unique within one audit")
+    unused = [uploads[i][0] for i in range(len(uploads)) if i not in used]
+    if unused:
+        raise InputError(f"{len(unused)} file(s) are attached to no claim of the bundle: {', '.join(unused[:5])}")
+    return out
+
+
 # -- parsing --------------------------------------------------------------------------------------------------------
 
 
 def read_bundle(data: bytes, name: str, *, max_bytes: int = MAX_BUNDLE_BYTES) -> list[FhirClaim]:
     """The claims of one bundle (``name`` is what errors call it)."""
-    _check_size(name, len(data), max_bytes)
+    check_size(name, len(data), max_bytes)
     try:
         obj = json.loads(data.decode("utf-8-sig"))  # FHIR JSON is UTF-8 (json.loads would guess UTF-16 too)
     except UnicodeDecodeError:

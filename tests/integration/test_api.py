@@ -536,6 +536,8 @@ def test_a_fhir_claim_audited_over_the_api(server: Server) -> None:
     ]:  # fmt: skip
         assert answer.status_code == 422 and says in answer.json()["detail"], answer.text
     assert server.audit_size() == size
+    empty = send(b'{"resourceType": "Bundle", "type": "collection"}')  # no Claim: nothing to audit, nothing recorded
+    assert empty.status_code == 200 and empty.json()["claims"] == [] and server.audit_size() == size
     assert post(server, "/v1/claims/audit", "verify", content=image, headers=DICOM).status_code == 415
     assert post(server, "/v1/claims/audit", None, files=[("bundle", ("b.json", bundle))]).status_code == 401
 

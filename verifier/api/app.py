@@ -214,7 +214,17 @@ _CLAIMS_BODY = {
                     "type": "object",
                     "required": ["bundle"],
                     "properties": {
-                        "bundle": {"type": "string", "format": "binary"},
+                        "bundle": {
+                            "type": "object",
+                            "description": "A FHIR R4 Bundle (JSON) of Claim resources with the Patient, ImagingStudy, "
+                            "Procedure and Condition resources they refer to; no Claim, no claims to audit.",
+                            "required": ["resourceType", "type"],
+                            "properties": {
+                                "resourceType": {"const": "Bundle"},
+                                "type": {"enum": ["collection", "batch", "transaction", "searchset"]},
+                                "entry": {"type": "array", "items": {"type": "object"}},
+                            },
+                        },
                         "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     },
                 },
@@ -234,9 +244,11 @@ _CLAIMS_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
     422: {
-        "model": ErrorResponse,
         "description": "Not a claim audit: no bundle or two, a bundle that is not valid FHIR R4 or whose references "
-        "do not resolve, an attachment not sent, a file no claim names. Nothing was checked or recorded.",
+        "do not resolve, an attachment not sent, a file no claim names (detail: why, a string); or a query parameter "
+        "out of range (detail: FastAPI's list of validation errors). Nothing was checked or recorded.",
+        "content": {"application/json": {"schema": {"type": "object", "required": ["detail"],
+                                                    "properties": {"detail": {"description": "Why."}}}}},
     },
 }
 _STOW_BODY = {

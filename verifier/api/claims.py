@@ -2,8 +2,8 @@
 --fhir`` audits them, with the findings back as the audit's JSON or as FHIR.
 
 The body is multipart (``form-data`` or ``related``): one part of type ``application/fhir+json`` (or
-``application/json``), the bundle, and one part a file, each with the file name its claim's
-``supportingInfo.valueAttachment.url`` gives (or that URL's last segment). The files are written to a private
+``application/json``, or untyped and a JSON object), the bundle, and one part a file, each with the file name its
+claim's ``supportingInfo.valueAttachment.url`` gives (or that URL's last segment). The files are written to a private
 temporary folder for the audit and removed after it; results, findings and audit records name each file
 ``api:<peer>/<url>`` as sent, not where it was written.
 """
@@ -33,11 +33,15 @@ def audit_claim_parts(checker: Checker, log: AuditLog, parts: list[Part], *, out
     from verifier.claims import ClaimsAuditor
     from verifier.claims.fhir.bundle import claim_infos_from_uploads, read_bundle
 
+    # The bundle is the part typed as FHIR JSON, else the one part that is a JSON object (a client that sends no
+    # part types); an image never starts with "{".
     bundles = [p for p in parts if p.content_type in _BUNDLE_TYPES]
+    if not bundles:
+        bundles = [p for p in parts if p.data.lstrip()[:1] == b"{"]
     if len(bundles) != 1:
         raise InputError(f"send exactly one FHIR bundle part ({FHIR_JSON}), not {len(bundles)}")
     (bundle,) = bundles
-    claims = read_bundle(bundle.data, bundle.label)
+    claims = read_bundle(bundle.data, bundle.label, require_claim=False)
     images = [p for p in parts if p is not bundle]
     with tempfile.TemporaryDirectory(prefix="medverify-claims-") as tmp:
         uploads: list[tuple[str, Path]] = []

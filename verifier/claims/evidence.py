@@ -456,8 +456,9 @@ def _fhir_sex(f: Finding) -> str:
 @explains("fhir_date_mismatch")
 def _fhir_date(f: Finding) -> str:
     ev = f.evidence
-    return (f"{_fhir(f)} gives {ev['claimed']}, but {_per_image(ev['study_dates'], 'study date')}: more than "
-            f"{ev['tolerance_days']} day(s) apart, so the image may not be the one the claim bills for.")  # fmt: skip
+    apart = and_list(f"{abs(int(d))} days {'after' if int(d) > 0 else 'before'}" for d in ev["days_off"].values())
+    return (f"{_fhir(f)} gives {ev['claimed']}, but {_per_image(ev['study_dates'], 'study date')} ({apart}; "
+            f"{ev['tolerance_days']} day(s) allowed): the image may not be the one the claim bills for.")  # fmt: skip
 
 
 @explains("fhir_date_after_claim")

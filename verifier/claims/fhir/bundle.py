@@ -148,8 +148,11 @@ def claim_infos_from_uploads(claims: Sequence[FhirClaim], uploads: Sequence[tupl
 # -- parsing --------------------------------------------------------------------------------------------------------
 
 
-def read_bundle(data: bytes, name: str, *, max_bytes: int = MAX_BUNDLE_BYTES) -> list[FhirClaim]:
-    """The claims of one bundle (``name`` is what errors call it)."""
+def read_bundle(
+    data: bytes, name: str, *, max_bytes: int = MAX_BUNDLE_BYTES, require_claim: bool = True
+) -> list[FhirClaim]:
+    """The claims of one bundle (``name`` is what errors call it); one without a Claim is an error unless
+    ``require_claim`` is false (the HTTP API answers it with an empty audit)."""
     check_size(name, len(data), max_bytes)
     try:
         obj = json.loads(data.decode("utf-8-sig"))  # FHIR JSON is UTF-8 (json.loads would guess UTF-16 too)
@@ -161,7 +164,7 @@ def read_bundle(data: bytes, name: str, *, max_bytes: int = MAX_BUNDLE_BYTES) ->
         kind = obj.get("resourceType") if isinstance(obj, dict) else type(obj).__name__
         raise InputError(f"{name} is not a FHIR Bundle (resourceType {kind!r})")
     bundle = _validate(obj, name)
-    return _Reader(bundle, name).claims()
+    return _Reader(bundle, name).claims(require_claim)
 
 
 def _validate(obj: dict[str, Any], name: str) -> Any:
@@ -247,9 +250,9 @@ class _Reader:
     def of_kind(self, kind: str) -> list[Any]:
         return [r for r in self.resources if r.get_resource_type() == kind]
 
-    def claims(self) -> list[FhirClaim]:
+    def claims(self, require_claim: bool = True) -> list[FhirClaim]:
         claims = [self.claim(r) for r in self.of_kind("Claim")]
-        if not claims:
+        if not claims and require_claim:
             raise InputError(f"FHIR bundle {self.name} holds no Claim")
         return claims
 

@@ -192,9 +192,10 @@ def date_mismatch(claim: FhirClaim, c: ClaimHeaders) -> Iterator[Finding]:
         groups[key] = ([*elements, when.element], min(known, tolerance), off)
     for (label, _paths, later), (elements, tolerance, off) in groups.items():
         says = "says" if len(elements) == 1 else "say"
+        most = max(abs(d) for _f, _h, d in off)
         yield _finding("fhir_date_mismatch", Severity.HIGH if later else Severity.MEDIUM,
-                       f"{', '.join(elements)} {says} {label}, {len(off)} image(s) have a StudyDate "
-                       f"{'after' if later else 'before'} it by more than {tolerance} day(s)",
+                       f"{', '.join(elements)} {says} {label}, {len(off)} image(s) have a StudyDate up to {most} "
+                       f"day(s) {'after' if later else 'before'} it (tolerance {tolerance})",
                        [f for f, _h, _d in off], elements, claimed=label, tolerance_days=tolerance,
                        study_dates={_name(f): h.study_date.isoformat() for f, h, _d in off if h.study_date},
                        days_off={_name(f): d for f, _h, d in off})  # fmt: skip

@@ -261,3 +261,18 @@ def test_every_fhir_kind_reads_as_a_sentence() -> None:
     assert FHIR_KINDS <= explained_kinds()
     odd = Finding(kind="fhir_date_mismatch", severity=Severity.LOW, message="odd", evidence={"x": [1]})
     assert explain(odd) == "Odd. Evidence: x: 1."  # unexpected evidence falls back to the plain sentence
+
+
+def test_the_cli_imports_fhir_resources_only_to_read_a_bundle() -> None:
+    """``medverify --help`` and ``claims audit --help`` leave fhir.resources (half a second of imports) unloaded."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[3]
+    for argv in (["--help"], ["claims", "audit", "--help"]):
+        probe = (f"import sys, contextlib, io\nfrom verifier.cli import main\n"
+                 f"with contextlib.redirect_stdout(io.StringIO()):\n    main({argv!r})\n"
+                 "print(sorted(m for m in sys.modules\n"
+                 "             if m.startswith(('fhir', 'verifier.claims')) and m != 'verifier.claims'))")  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=repo, check=True)
+        assert done.stdout.strip().splitlines()[-1] == "[]", (argv, done.stdout)

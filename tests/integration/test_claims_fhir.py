@@ -62,9 +62,14 @@ def test_the_fhir_sample_audited(fhir_sample: Path, keyed_home: Path, capsys: py
     assert dx["evidence"]["icd10"] == "S62.101A" and "CT CHEST" in dx["evidence_text"]
     assert claims["CLM-2001"]["claim"]["fhir"]["claim"] == "Claim/CLM-2001"
 
-    # The text output says the FHIR cross-checks ran.
-    code, out, _err = run_cli(capsys, "claims", "audit", root, "--fhir", root / "fhir", "--checks", "signature")
+    # The text output says the FHIR cross-checks ran; the HTML report shows each claim's FHIR side in words.
+    report = root.parent / "report.html"
+    code, out, _err = run_cli(capsys, "claims", "audit", root, "--fhir", root / "fhir", "--checks", "signature",
+                              "--report", report)  # fmt: skip
     assert code == 1 and "FHIR cross-checks: all" in out and "fhir_diagnosis_implausible" in out
+    html = report.read_text()
+    assert "Claim/CLM-2006 (CLM-2006.json); patient King, Laura, female, born 1985-03-03" in html
+    assert "claims ICD-10 S62.101A (fracture at wrist and hand level)" in html and "{&#39;" not in html
 
     # Written back as FHIR: a DetectedIssue a finding, a Provenance an image with its verdict and audit record.
     code, out, err = run_cli(capsys, "claims", "audit", root, "--fhir", root / "fhir", "--checks", "signature",

@@ -111,6 +111,21 @@ class FhirClaim:
             return None
         return next((s for s in self.studies if s.uid == study_instance_uid), None)
 
+    def summary(self) -> str:
+        """One line for a reader: the Claim, its bundle, the patient, the studies, dates and diagnoses."""
+        parts = [f"{self.ref} ({self.bundle})"]
+        p = self.patient
+        if p is not None:
+            born = f", born {p.birth_date.isoformat()}" if p.birth_date else ""
+            parts.append(f"patient {p.name_label() or p.ref}{f', {p.gender}' if p.gender else ''}{born}")
+        if self.studies:
+            parts.append(", ".join(s.ref for s in self.studies))
+        if self.service_dates:
+            parts.append("service " + ", ".join(w.label() for w in self.service_dates))
+        if self.diagnoses:
+            parts.append("diagnoses " + ", ".join(d.label() for d in self.diagnoses))
+        return "; ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         p = self.patient
         return {

@@ -276,3 +276,32 @@ def test_the_cli_imports_fhir_resources_only_to_read_a_bundle() -> None:
                  "             if m.startswith(('fhir', 'verifier.claims')) and m != 'verifier.claims'))")  # fmt: skip
         done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=repo, check=True)
         assert done.stdout.strip().splitlines()[-1] == "[]", (argv, done.stdout)
+
+
+def _with_report(bundle: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    report = {"resourceType": "DiagnosticReport", "id": "rep-c1", "status": "final", "code": {"text": "CT chest"},
+              "subject": {"reference": "Patient/pat-c1"}, "imagingStudy": [{"reference": "ImagingStudy/study-c1"}],
+              **fields}  # fmt: skip
+    bundle["entry"].append({"resource": report})
+    return bundle
+
+
+def test_a_diagnostic_report_is_read_and_cross_checked(tmp_path: Path) -> None:
+    ds = _dataset()
+    consistent = _with_report(_bundle(ds), effectiveDateTime="2024-03-02",
+                              conclusionCode=[{"coding": [{"system": ICD10, "code": "J18.9"}]}])  # fmt: skip
+    (claim,) = read_bundle(_bytes(consistent), "b.json")
+    (report,) = claim.reports
+    assert report.studies == ("ImagingStudy/study-c1",) and [c.code for c in report.conclusions] == ["J18.9"]
+    assert fhir_findings(_report(tmp_path, consistent, ds)) == []
+
+    contradicting = _with_report(_bundle(ds), effectiveDateTime="2024-06-01",
+                                 conclusionCode=[{"coding": [{"system": ICD10, "code": "S82.0"}]}])  # fmt: skip
+    findings = {f.kind: f for f in fhir_findings(_report(tmp_path, contradicting, ds))}
+    assert set(findings) == {"fhir_date_mismatch", "fhir_diagnosis_implausible"}
+    assert findings["fhir_date_mismatch"].evidence["fhir"] == ["DiagnosticReport/rep-c1.effectiveDateTime"]
+    assert findings["fhir_diagnosis_implausible"].evidence["fhir"] == ["DiagnosticReport/rep-c1.conclusionCode[0]"]
+
+    dangling = _with_report(_bundle(ds), imagingStudy=[{"reference": "ImagingStudy/elsewhere"}])
+    with pytest.raises(InputError, match=r"rep-c1.imagingStudy\[0\] refers to 'ImagingStudy/elsewhere'"):
+        read_bundle(_bytes(dangling), "b.json")

@@ -6,6 +6,15 @@ Only :mod:`~verifier.claims.fhir.bundle` and :mod:`~verifier.claims.fhir.export`
 they run: importing this package does not.
 """
 
-from verifier.claims.fhir.record import Code, FhirClaim, FhirPatient, FhirProcedure, FhirSeries, FhirStudy, When
+from verifier.claims.fhir.record import (
+    Code,
+    FhirClaim,
+    FhirPatient,
+    FhirProcedure,
+    FhirReport,
+    FhirSeries,
+    FhirStudy,
+    When,
+)
 
-__all__ = ["Code", "FhirClaim", "FhirPatient", "FhirProcedure", "FhirSeries", "FhirStudy", "When"]
+__all__ = ["Code", "FhirClaim", "FhirPatient", "FhirProcedure", "FhirReport", "FhirSeries", "FhirStudy", "When"]

@@ -4,7 +4,8 @@ correction and leaves the resources read here as R4 has them).
 A bundle holds one Claim or several, with the resources they rest on: the Patient (``Claim.patient``), the
 ImagingStudy resources (``Claim.supportingInfo[].valueReference``, else every ImagingStudy of the claim's patient
 in the bundle), the Procedure resources (``Claim.procedure[]``, ``ImagingStudy.procedureReference``, else those of
-the patient), the diagnoses (``Claim.diagnosis[]``: a code, or a Condition), the service dates
+the patient), the DiagnosticReport resources on those studies (else those of the patient), the diagnoses
+(``Claim.diagnosis[]``: a code, or a Condition; and the reports' ``conclusionCode``), the service dates
 (``Claim.item[].servicedDate`` / ``servicedPeriod``) and the image files
 (``Claim.supportingInfo[].valueAttachment.url``, relative to the audited folder; without any, the folder's
 subfolder named by the Claim's id).
@@ -24,7 +25,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from verifier.claims.fhir.record import Code, FhirClaim, FhirPatient, FhirProcedure, FhirSeries, FhirStudy, When
+from verifier.claims.fhir.record import (
+    Code,
+    FhirClaim,
+    FhirPatient,
+    FhirProcedure,
+    FhirReport,
+    FhirSeries,
+    FhirStudy,
+    When,
+)
 from verifier.claims.models import ClaimInfo
 from verifier.errors import InputError
 from verifier.instance import iter_input_files
@@ -300,10 +310,37 @@ class _Reader:
             elif item.servicedPeriod is not None and (start := _day(item.servicedPeriod.start)) is not None:
                 service.append(When(start=start, end=_day(item.servicedPeriod.end),
                                     element=f"{ref}.item[{i}].servicedPeriod"))  # fmt: skip
+        reports = [self.report(r) for r in self.of_kind("DiagnosticReport")]
+        study_refs = {s.ref for s in study_objs}
+        reports = [
+            r
+            for r in reports
+            if set(r.studies) & study_refs or (not r.studies and r.ref in self._patient_reports(patient_resource))
+        ]
         return FhirClaim(ref=ref, bundle=self.name, created=_day(c.created), patient=patient,
                          studies=tuple(study_objs), procedures=tuple(self.procedure(p) for p in procedures),
                          service_dates=tuple(service), diagnoses=tuple(diagnoses),
-                         attachments=tuple(attachments))  # fmt: skip
+                         attachments=tuple(attachments), reports=tuple(reports))  # fmt: skip
+
+    def _patient_reports(self, patient: Any) -> set[str]:
+        return {self.ref(r) for r in self.of_kind("DiagnosticReport") if self._of_patient(r.subject, patient)}
+
+    def report(self, r: Any) -> FhirReport:
+        ref = self.ref(r)
+        effective = None
+        if (day := _day(r.effectiveDateTime)) is not None:
+            effective = When(start=day, element=f"{ref}.effectiveDateTime")
+        elif r.effectivePeriod is not None and (start := _day(r.effectivePeriod.start)) is not None:
+            effective = When(start=start, end=_day(r.effectivePeriod.end), element=f"{ref}.effectivePeriod")
+        studies = []
+        for i, study in enumerate(r.imagingStudy or ()):
+            target = self.resolve(study, f"{ref}.imagingStudy[{i}]", "ImagingStudy")
+            if target is not None:
+                studies.append(self.ref(target))
+        conclusions: list[Code] = []
+        for i, concept in enumerate(r.conclusionCode or ()):
+            conclusions += _codes(concept, f"{ref}.conclusionCode[{i}]")
+        return FhirReport(ref=ref, effective=effective, studies=tuple(studies), conclusions=tuple(conclusions))
 
     def _of_patient(self, subject: Any, patient: Any) -> bool:
         if patient is None or subject is None or not getattr(subject, "reference", None):

@@ -9,7 +9,7 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-__all__ = ["Code", "FhirClaim", "FhirPatient", "FhirProcedure", "FhirSeries", "FhirStudy", "When"]
+__all__ = ["Code", "FhirClaim", "FhirPatient", "FhirProcedure", "FhirReport", "FhirSeries", "FhirStudy", "When"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,6 +90,16 @@ class FhirProcedure:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class FhirReport:
+    """A DiagnosticReport: when it was effective, the ImagingStudy resources it reads, its coded conclusions."""
+
+    ref: str
+    effective: When | None = None
+    studies: tuple[str, ...] = ()
+    conclusions: tuple[Code, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class FhirClaim:
     """One Claim of a bundle with the resources it rests on."""
 
@@ -105,6 +115,8 @@ class FhirClaim:
     diagnoses: tuple[Code, ...] = ()
     #: Claim.supportingInfo[].valueAttachment.url, relative to the audited folder.
     attachments: tuple[str, ...] = ()
+    #: DiagnosticReport resources on the claim's studies (or its patient).
+    reports: tuple[FhirReport, ...] = ()
 
     def study_of(self, study_instance_uid: str | None) -> FhirStudy | None:
         if not study_instance_uid:
@@ -136,6 +148,7 @@ class FhirClaim:
                                                "birth_date": p.birth_date.isoformat() if p.birth_date else None},
             "imaging_studies": [{"ref": s.ref, "study_instance_uid": s.uid} for s in self.studies],
             "procedures": [p.ref for p in self.procedures],
+            "diagnostic_reports": [r.ref for r in self.reports],
             "service_dates": [w.label() for w in self.service_dates],
             "diagnoses": [d.code for d in self.diagnoses],
         }  # fmt: skip

@@ -173,12 +173,19 @@ def _dated(claim: FhirClaim, c: ClaimHeaders) -> Iterator[tuple[When, list[Image
     for study in claim.studies:
         if study.started is not None:
             yield study.started, _study_images(c, study), STUDY_DATE_TOLERANCE_DAYS
+    for report in claim.reports:
+        if report.effective is None:
+            continue
+        read = [s for s in claim.studies if s.ref in report.studies]
+        images = [i for s in read for i in _study_images(c, s)] if read else list(c.images)
+        yield report.effective, images, c.tolerance_days
 
 
 def date_mismatch(claim: FhirClaim, c: ClaimHeaders) -> Iterator[Finding]:
     """Images whose StudyDate lies more than the tolerance outside a service date, a Procedure's performed date or
-    period, or their ImagingStudy's start; HIGH when the image was taken after the date it is to support. Elements
-    that give the same date against the same images make one finding that names them all."""
+    period, a DiagnosticReport's effective date, or their ImagingStudy's start; HIGH when the image was taken after
+    the date it is to support. Elements that give the same date against the same images make one finding that
+    names them all."""
     groups: dict[tuple[str, tuple[str, ...], bool], tuple[list[str], int, list[tuple[AuditedFile, HeaderFacts, int]]]]
     groups = {}
     for when, images, tolerance in _dated(claim, c):
@@ -295,9 +302,10 @@ def _imaged(claim: FhirClaim, h: HeaderFacts) -> str | None:
 
 
 def diagnosis_implausible(claim: FhirClaim, c: ClaimHeaders) -> Iterator[Finding]:
-    """A claimed ICD-10 diagnosis that none of the claim's images can show (by :data:`DIAGNOSIS_RULES`): a wrist
-    fracture claimed with a chest CT. Images that say neither modality nor body part are not judged."""
-    for dx in claim.diagnoses:
+    """A claimed ICD-10 diagnosis (the Claim's, or a DiagnosticReport's conclusion) that none of the claim's images
+    can show (by :data:`DIAGNOSIS_RULES`): a wrist fracture claimed with a chest CT. Images that say neither modality
+    nor body part are not judged."""
+    for dx in (*claim.diagnoses, *(code for r in claim.reports for code in r.conclusions)):
         rule = diagnosis_rule(dx.system, dx.code)
         if rule is None:
             continue

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -187,7 +189,7 @@ def test_served_schema_is_the_committed_one(server: Server) -> None:
     assert served == committed, "regenerate: medverify serve --openapi > verifier/api/openapi.json"
     assert set(served["paths"]) == {
         "/v1/health", "/v1/verify", "/v1/audit", "/v1/audit/verify", "/v1/audit/{record_id}", "/dicomweb/studies",
-        "/v1/quarantine",
+        "/v1/claims/audit", "/v1/quarantine",
         "/v1/quarantine/{entry_id}", "/v1/quarantine/{entry_id}/release", "/v1/quarantine/{entry_id}/reject",
     }  # fmt: skip
 
@@ -472,6 +474,72 @@ def test_stow_stores_accepted_instances_and_refuses_the_rest(server: Server, fil
     assert {r.entry.channel.value for r in records} == {"api"}
     assert {r.entry.event for r in records} == {"intake"}
     assert {r.entry.api_token_id for r in records} == {server.tokens["verify"][0]}
+
+
+def _claim_files(site: tuple[str, str]) -> tuple[bytes, bytes]:
+    """CT_small labelled as a chest CT of patient DOE^JOHN, and a FHIR bundle of claim c1 that names it
+    (``c1/ct.dcm``) with the SNOMED CT body site ``site``."""
+    from verifier.claims.samples import fhir_claim_bundle
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName, ds.PatientSex, ds.PatientBirthDate, ds.BodyPartExamined = "DOE^JOHN", "M", "19700101", "CHEST"
+    ds.StudyDate = "20240301"
+    out = io.BytesIO()
+    ds.save_as(out)
+    says = {"family": "Doe", "given": "John", "gender": "male", "birth": "1970-01-01", "date": "2024-03-01",
+            "created": "2024-03-04", "site": site, "icd10": ("J18.9", "Pneumonia")}  # fmt: skip
+    return out.getvalue(), json.dumps(fhir_claim_bundle("c1", "c1/ct.dcm", ds, says)).encode()
+
+
+def test_a_fhir_claim_audited_over_the_api(server: Server) -> None:
+    """POST /v1/claims/audit: a bundle and its image, findings as JSON or FHIR; bad bundles refused unrecorded."""
+    image, bundle = _claim_files(("72696002", "Knee region structure"))  # the bundle bills a knee
+
+    def send(bundle: bytes, *images: tuple[str, bytes], output: str = "json") -> httpx.Response:
+        parts = [("bundle", ("claim.json", bundle, "application/fhir+json"))]
+        parts += [("file", (name, data, "application/dicom")) for name, data in images]
+        return post(server, f"/v1/claims/audit?format={output}", "verify", files=parts)
+
+    before = server.audit_size()
+    r = send(bundle, ("c1/ct.dcm", image))
+    assert r.status_code == 200, r.text
+    (claim,) = r.json()["claims"]
+    (finding,) = claim["findings"]
+    assert finding["kind"] == "fhir_body_site_mismatch" and finding["evidence"]["body_parts"] == {"ct.dcm": "CHEST"}
+    assert "ImagingStudy/study-c1.series[0].bodySite" in finding["message"]
+    (audited,) = claim["files"]
+    assert re.fullmatch(r"api:127\.0\.0\.1:\d+/c1/ct\.dcm", audited["path"]), audited["path"]
+    assert server.audit_size() == before + 2  # the image's record and the claim's summary
+
+    r = send(bundle, ("ct.dcm", image), output="fhir")  # the URL's last segment names the file too
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+json"), r.text
+    from fhir.resources.R4B.bundle import Bundle
+
+    resources = [e.resource for e in Bundle.model_validate_json(r.content).entry]
+    issue, provenance = (next(x for x in resources if x.get_resource_type() == kind)
+                         for kind in ("DetectedIssue", "Provenance"))  # fmt: skip
+    assert issue.code.coding[0].code == "fhir_body_site_mismatch"
+    assert {ref.reference for ref in issue.implicated} == {"Claim/c1", "ImagingStudy/study-c1"}
+    record_id = next(e.valueInteger for e in provenance.extension if e.url.endswith("audit-record-id"))
+    record = httpx.get(f"{server.url}/v1/audit/{record_id}", headers=server.auth("audit-read"), timeout=10).json()
+    assert record["channel"] == "claims" and record["details"]["claim"]["id"] == "c1"
+
+    # Refused before anything is checked or recorded: bad FHIR, an attachment not sent, a file no claim names.
+    size = server.audit_size()
+    for answer, says in [
+        (send(b'{"resourceType": "Bundle", "type": "nonsense-type", "entry": 3}', ("c1/ct.dcm", image)),
+         "not valid FHIR R4"),
+        (send(bundle), "'c1/ct.dcm' does not resolve: no file was sent under that name"),
+        (send(bundle, ("c1/ct.dcm", image), ("extra.dcm", image)), "attached to no claim of the bundle: extra.dcm"),
+        (post(server, "/v1/claims/audit", "verify", files=[("file", ("c1/ct.dcm", image, "application/dicom"))]),
+         "exactly one FHIR bundle part"),
+    ]:  # fmt: skip
+        assert answer.status_code == 422 and says in answer.json()["detail"], answer.text
+    assert server.audit_size() == size
+    empty = send(b'{"resourceType": "Bundle", "type": "collection"}')  # no Claim: nothing to audit, nothing recorded
+    assert empty.status_code == 200 and empty.json()["claims"] == [] and server.audit_size() == size
+    assert post(server, "/v1/claims/audit", "verify", content=image, headers=DICOM).status_code == 415
+    assert post(server, "/v1/claims/audit", None, files=[("bundle", ("b.json", bundle))]).status_code == 401
 
 
 def test_stow_status_200_when_all_stored_and_409_when_none(server: Server, files: dict[str, bytes]) -> None:

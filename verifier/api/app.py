@@ -17,10 +17,10 @@ import dataclasses
 import importlib.metadata
 import re
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
@@ -202,6 +202,54 @@ _VERIFY_BODY = {
             },
         },
     }
+}
+_CLAIMS_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A FHIR R4 claim bundle (one part of type application/fhir+json) and the images its claims' "
+        "supportingInfo.valueAttachment.url name (one part a file, its file name the URL or its last segment).",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["bundle"],
+                    "properties": {
+                        "bundle": {
+                            "type": "object",
+                            "description": "A FHIR R4 Bundle (JSON) of Claim resources with the Patient, ImagingStudy, "
+                            "Procedure and Condition resources they refer to; no Claim, no claims to audit.",
+                            "required": ["resourceType", "type"],
+                            "properties": {
+                                "resourceType": {"const": "Bundle"},
+                                "type": {"enum": ["collection", "batch", "transaction", "searchset"]},
+                                "entry": {"type": "array", "items": {"type": "object"}},
+                            },
+                        },
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                },
+                "encoding": {"bundle": {"contentType": "application/fhir+json"}},
+            },
+            "multipart/related": _BINARY,
+        },
+    }
+}
+_CLAIMS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The audit: medverify-claims-audit/v1 JSON (format=json), or a FHIR R4 Bundle with a "
+        "DetectedIssue a finding and a Provenance an image (format=fhir).",
+        "content": {
+            "application/json": {"schema": {"type": "object", "additionalProperties": True}},
+            "application/fhir+json": {"schema": {"type": "object", "additionalProperties": True}},
+        },
+    },
+    422: {
+        "description": "Not a claim audit: no bundle or two, a bundle that is not valid FHIR R4 or whose references "
+        "do not resolve, an attachment not sent, a file no claim names (detail: why, a string); or a query parameter "
+        "out of range (detail: FastAPI's list of validation errors). Nothing was checked or recorded.",
+        "content": {"application/json": {"schema": {"type": "object", "required": ["detail"],
+                                                    "properties": {"detail": {"description": "Why."}}}}},
+    },
 }
 _STOW_BODY = {
     "requestBody": {
@@ -385,6 +433,42 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             del body
             results = await run_in_threadpool(_verify_parts, config, parts, _peer(request, token), _request_id(request))
         return JSONResponse({"results": results})
+
+    @app.post(
+        "/v1/claims/audit",
+        response_class=Response,
+        responses={**_ERRORS, **_BODY_ERRORS, **_CLAIMS_RESPONSES},
+        openapi_extra=_CLAIMS_BODY,
+        tags=["claims"],
+    )
+    async def claims_audit(
+        request: Request,
+        token: VerifyToken,
+        output: Annotated[
+            Literal["json", "fhir"], Query(alias="format", description="json (the audit) or fhir (a FHIR Bundle).")
+        ] = "json",
+    ) -> Response:
+        """Audit the claims of a FHIR bundle with their images, as ``medverify claims audit --fhir`` does: each
+        image checked (one audit record each, one summary record a claim), reuse, header rules and the FHIR
+        cross-checks. A bad bundle is refused (422) before anything is checked or recorded.
+        """
+        from verifier.api.claims import FHIR_JSON, audit_claim_parts
+
+        config = _config(request)
+        media = _media(request)
+        if media.essence not in ("multipart/related", "multipart/form-data"):
+            raise HTTPException(415, detail="send multipart/form-data or multipart/related: a bundle and its images")
+        peer = _peer(request, token).describe()
+        async with _slots(request):
+            body = await _read_body(request, config.max_body_bytes)
+            parts = _split(body, media)
+            del body
+            try:
+                text = await run_in_threadpool(audit_claim_parts, config.intake.checker, config.audit_log, parts,
+                                               output=output, peer=peer)  # fmt: skip
+            except InputError as exc:
+                raise HTTPException(422, detail=str(exc)) from None
+        return Response(text, media_type=FHIR_JSON if output == "fhir" else "application/json")
 
     @app.get(
         "/v1/audit",

@@ -59,6 +59,8 @@ class Part:
     content_type: str
     #: The form field's file name (multipart/form-data), sanitised for the audit log; else ``part-N``.
     label: str
+    #: The file name as sent (not sanitised: to match, never to build a path or log); None when there was none.
+    filename: str | None = None
 
 
 def _label(disposition: str | None, index: int) -> str:
@@ -71,6 +73,15 @@ def _label(disposition: str | None, index: int) -> str:
             if clean:
                 return clean
     return f"part-{index}"
+
+
+def _filename(disposition: str | None) -> str | None:
+    if not disposition:
+        return None
+    message = Message()
+    message["content-disposition"] = disposition
+    name = message.get_param("filename", header="content-disposition")
+    return name if isinstance(name, str) and name else None
 
 
 def split_body(body: bytes, media: MediaType) -> list[Part]:
@@ -115,6 +126,7 @@ def split_body(body: bytes, media: MediaType) -> list[Part]:
                 data=b"".join(chunks),
                 content_type=content_type,
                 label=_label(headers.get("content-disposition"), len(parts) + 1),
+                filename=_filename(headers.get("content-disposition")),
             )
         )
 

@@ -8,6 +8,8 @@ Findings come from three places, each tied to the evidence it rests on:
   shared by different patients;
 * **headers** (:mod:`verifier.claims.rules`): patient identity, sex and age, body part and dates against the claim
   and against each other, equipment within a study, stripped identity elements;
+* **FHIR** (:mod:`verifier.claims.fhir.rules`, for claims read from a FHIR bundle): images against the
+  ImagingStudy, Patient, Procedure, service dates and diagnoses of the claim;
 * **the checker's verdicts** (here): tampered, synthetic (declared or suspected), signature problems, unreadable
   input.
 
@@ -139,8 +141,12 @@ class ClaimsAuditor:
         log: AuditLog | None = None,
         date_tolerance_days: int = DATE_TOLERANCE_DAYS,
         progress: Callable[[int], None] | None = None,
+        label: Callable[[Path], str] | None = None,
     ) -> None:
+        """``label`` names each file in the results, findings and audit records (default: its path), e.g. the name
+        an upload of the HTTP API had rather than the temporary file it was written to."""
         self._checker = checker
+        self._label = label
         self._log = log
         self._store = ImageStore(log) if log is not None else None
         self._tolerance = date_tolerance_days
@@ -150,7 +156,16 @@ class ClaimsAuditor:
 
     def _check(self, claim_id: str, path: Path) -> list[AuditedFile]:
         """The audited images of one file: one for DICOM, one per image for an export (a PDF may hold several)."""
-        return [self._audited(claim_id, examined) for examined in self._checker.examine_file(path)]
+        examined = self._checker.examine_file(path)
+        if self._label is not None:
+            prefix, name = str(path), self._label(path)
+            examined = [
+                dataclasses.replace(e, result=dataclasses.replace(e.result, path=name + e.result.path[len(prefix) :]))
+                if e.result.path.startswith(prefix)
+                else e
+                for e in examined
+            ]
+        return [self._audited(claim_id, e) for e in examined]
 
     @staticmethod
     def _audited(claim_id: str, examined: Examined) -> AuditedFile:
@@ -216,6 +231,10 @@ class ClaimsAuditor:
         uid_reuse(reports, self._store)
         for report in reports:
             report.findings.extend(header_findings(report, self._tolerance))
+            if report.info.fhir is not None:
+                from verifier.claims.fhir.rules import fhir_findings
+
+                report.findings.extend(fhir_findings(report, self._tolerance))
             report.findings.sort(key=lambda f: (-f.severity.rank, f.kind))
         if self._store is not None:
             self._index(reports)

@@ -397,3 +397,99 @@ def _undecodable(f: Finding) -> str:
 @explains("no_images")
 def _no_images(f: Finding) -> str:
     return "The claim lists no image that could be found: there is nothing to check."
+
+
+# -- FHIR cross-checks (verifier.claims.fhir.rules) -----------------------------------------------------------------
+
+
+def _fhir(f: Finding) -> str:
+    """The FHIR element(s) a finding rests on, as "The claim's FHIR bundle (Patient/p1.birthDate)"."""
+    elements = [str(e) for e in f.evidence.get("fhir") or ()]
+    return f"The claim's FHIR bundle ({and_list(elements)})" if elements else "The claim's FHIR bundle"
+
+
+def _fhir_in(f: Finding) -> str:
+    """:func:`_fhir` within a sentence."""
+    return "t" + _fhir(f)[1:]
+
+
+def _per_image(values: Mapping[str, Any], what: str) -> str:
+    return and_list(f"{name} has {what} {words(v)}" for name, v in values.items())
+
+
+@explains("fhir_image_without_study")
+def _fhir_no_study(f: Finding) -> str:
+    ev = f.evidence
+    return (f"{_per_image(ev['image_studies'], 'Study Instance UID')}, but no ImagingStudy of {_fhir_in(f)} has that "
+            "UID: the image is not part of the imaging the claim describes.")  # fmt: skip
+
+
+@explains("fhir_study_without_images")
+def _fhir_no_images(f: Finding) -> str:
+    ev = f.evidence
+    missing = ev.get("missing_instances")
+    if missing:
+        return (f"{ev['study']} in {_fhir_in(f)} lists {ev['instances_listed']} image(s) of study "
+                f"{ev['study_instance_uid']}; {len(missing)} of them were not submitted with the claim.")  # fmt: skip
+    return (f"{ev['study']} in {_fhir_in(f)} describes study {ev['study_instance_uid']}, but no image of that "
+            "study was submitted with the claim.")  # fmt: skip
+
+
+@explains("fhir_name_mismatch")
+def _fhir_name(f: Finding) -> str:
+    return (f"{_fhir(f)} names the patient {f.evidence['claimed']}, but "
+            f"{_per_image(f.evidence['names'], 'the patient name')} (DICOM Patient's Name).")  # fmt: skip
+
+
+@explains("fhir_birth_date_mismatch")
+def _fhir_birth(f: Finding) -> str:
+    return (f"{_fhir(f)} gives birth date {f.evidence['claimed']}, but "
+            f"{_per_image(f.evidence['birth_dates'], 'birth date')} (DICOM Patient's Birth Date).")  # fmt: skip
+
+
+@explains("fhir_sex_mismatch")
+def _fhir_sex(f: Finding) -> str:
+    return (f"{_fhir(f)} gives gender {f.evidence['claimed']}, but {_per_image(f.evidence['sexes'], 'sex')} "
+            "(DICOM Patient's Sex).")  # fmt: skip
+
+
+@explains("fhir_date_mismatch")
+def _fhir_date(f: Finding) -> str:
+    ev = f.evidence
+    apart = and_list(f"{abs(int(d))} days {'after' if int(d) > 0 else 'before'}" for d in ev["days_off"].values())
+    return (f"{_fhir(f)} gives {ev['claimed']}, but {_per_image(ev['study_dates'], 'study date')} ({apart}; "
+            f"{ev['tolerance_days']} day(s) allowed): the image may not be the one the claim bills for.")  # fmt: skip
+
+
+@explains("fhir_date_after_claim")
+def _fhir_after(f: Finding) -> str:
+    return (f"The claim was created on {f.evidence['claimed']} ({_fhir_in(f)}), but "
+            f"{_per_image(f.evidence['study_dates'], 'study date')}: the image was made after the claim.")  # fmt: skip
+
+
+@explains("fhir_modality_mismatch")
+def _fhir_modality(f: Finding) -> str:
+    return (f"{_fhir(f)} says the study is {f.evidence['claimed']}, but "
+            f"{_per_image(f.evidence['modalities'], 'modality')} (DICOM Modality).")  # fmt: skip
+
+
+@explains("fhir_body_site_mismatch")
+def _fhir_site(f: Finding) -> str:
+    ev = f.evidence
+    return (f"{_fhir(f)} gives body site SNOMED CT {ev['snomed']}, which is {str(ev['claimed']).lower()} in DICOM "
+            f"terms, but {_per_image(ev['body_parts'], 'Body Part Examined')}.")  # fmt: skip
+
+
+@explains("fhir_laterality_mismatch")
+def _fhir_side(f: Finding) -> str:
+    side = {"R": "right", "L": "left"}
+    return (f"{_fhir(f)} says the {side.get(str(f.evidence['claimed']), f.evidence['claimed'])} side, but "
+            f"{_per_image(f.evidence['lateralities'], 'laterality')} (DICOM Laterality).")  # fmt: skip
+
+
+@explains("fhir_diagnosis_implausible")
+def _fhir_diagnosis(f: Finding) -> str:
+    ev = f.evidence
+    return (f"{_fhir(f)} claims ICD-10 {ev['icd10']} ({ev['meaning']}), which is shown by "
+            f"{and_list(ev['expected_modalities'])} of the {and_list(str(r).lower() for r in ev['expected_regions'])}; "
+            f"the images are {words(ev['imaged'])}. None of them can show it.")  # fmt: skip

@@ -147,6 +147,8 @@ class HeaderFacts:
     series_instance_uid: str | None = None
     sop_instance_uid: str | None = None
     modality: str | None = None
+    #: Laterality, else Image Laterality: R, L, B (both) or U (unpaired).
+    laterality: str | None = None
     equipment: dict[str, str] = dataclasses.field(default_factory=dict)
     missing: tuple[str, ...] = ()
 
@@ -179,6 +181,7 @@ class HeaderFacts:
             series_instance_uid=_text(ds, "SeriesInstanceUID"),
             sop_instance_uid=_text(ds, "SOPInstanceUID"),
             modality=_text(ds, "Modality"),
+            laterality=((_text(ds, "Laterality") or _text(ds, "ImageLaterality") or "").upper() or None),
             equipment=equipment,
             missing=tuple(k for k in IDENTITY_ELEMENTS if _text(ds, k) is None),
         )

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from verifier.claims.fhir.record import FhirClaim
 from verifier.claims.fingerprint import Fingerprint
 from verifier.claims.headers import HeaderFacts
 from verifier.claims.matcher import Confirmation
@@ -86,6 +87,8 @@ class ClaimInfo:
     patient_birth_date: dt.date | None = None
     claim_date: dt.date | None = None
     body_part: str | None = None
+    #: What the claim's FHIR bundle says (``claims audit --fhir``); the FHIR cross-checks read it.
+    fhir: FhirClaim | None = None
 
     def __post_init__(self) -> None:
         if not self.claim_id.strip():
@@ -100,6 +103,7 @@ class ClaimInfo:
             "patient_birth_date": self.patient_birth_date.isoformat() if self.patient_birth_date else None,
             "claim_date": self.claim_date.isoformat() if self.claim_date else None,
             "body_part": self.body_part,
+            **({"fhir": self.fhir.to_dict()} if self.fhir is not None else {}),
         }
 
 

@@ -31,11 +31,13 @@ __all__ = [
     "HeaderFields",
     "c2pa_test_certificate",
     "export_copy",
+    "fhir_claim_bundle",
     "pdf_with_images",
     "relabelled_copy",
     "reused_copy",
     "transform_pixels",
     "with_content_credentials",
+    "write_sample_fhir_claims",
 ]
 
 #: Patient and study fields a sample file is given: PatientID, PatientName, PatientSex, PatientBirthDate,
@@ -391,3 +393,130 @@ def _generated_export(target: Path, keys: GenerationKeys) -> None:
         # The whole range: a soft-tissue window (40/400 HU) saturates most of a 256-pixel generated CT, and the
         # mark does not survive that export (`medverify watermark detect` finds none in it either).
         export_copy(generated, target, own_window=False)
+
+
+#: The claims :func:`write_sample_fhir_claims` writes: (claim, file, source image, header fields, what the bundle
+#: says). Each bundle is consistent with its image unless the comment says otherwise.
+_FHIR_CLAIMS: tuple[tuple[str, str, str, HeaderFields, dict[str, Any]], ...] = (
+    # Consistent: a chest CT for pneumonia.
+    ("CLM-2001", "chest_ct.dcm", "693_UNCR.dcm",
+     {"PatientID": "P-2001", "PatientName": "DOE^JANE", "PatientSex": "F", "PatientBirthDate": "19700101",
+      "StudyDate": "20240312", "BodyPartExamined": "CHEST"},
+     {"family": "Doe", "given": "Jane", "gender": "female", "birth": "1970-01-01", "date": "2024-03-12",
+      "created": "2024-03-15", "site": ("51185008", "Thoracic structure"), "icd10": ("J18.9", "Pneumonia")}),
+    # Consistent: an MR of the right knee for a meniscus tear.
+    ("CLM-2002", "knee_mr.dcm", "MR2_UNCR.dcm",
+     {"PatientID": "P-2002", "PatientName": "ROE^RICHARD", "PatientSex": "M", "PatientBirthDate": "19650505",
+      "StudyDate": "20240301", "BodyPartExamined": "KNEE", "Laterality": "R",
+      "StudyDescription": "MR KNEE RIGHT"},
+     {"family": "Roe", "given": "Richard", "gender": "male", "birth": "1965-05-05", "date": "2024-03-01",
+      "created": "2024-03-04", "site": ("72696002", "Knee region structure"), "side": "24028007",
+      "icd10": ("S83.2", "Tear of meniscus, current")}),
+    # A consistent bundle around a reused image: CLM-2002's knee MR, relabelled for another patient.
+    ("CLM-2003", "knee_mr.dcm", "MR2_UNCR.dcm",
+     {"PatientID": "P-2003", "PatientName": "POE^EDGAR", "PatientSex": "M", "PatientBirthDate": "19800808",
+      "StudyDate": "20240320", "BodyPartExamined": "KNEE", "Laterality": "R",
+      "StudyDescription": "MR KNEE RIGHT"},
+     {"family": "Poe", "given": "Edgar", "gender": "male", "birth": "1980-08-08", "date": "2024-03-20",
+      "created": "2024-03-22", "site": ("72696002", "Knee region structure"), "side": "24028007",
+      "icd10": ("S83.2", "Tear of meniscus, current")}),
+    # A date that contradicts: the service, procedure and study dates are seven weeks after the CT's StudyDate.
+    ("CLM-2004", "chest_ct.dcm", "CT_small.dcm",
+     {"PatientID": "P-2004", "PatientName": "SMITH^ANNA", "PatientSex": "F", "PatientBirthDate": "19900101",
+      "StudyDate": "20240402", "BodyPartExamined": "CHEST"},
+     {"family": "Smith", "given": "Anna", "gender": "female", "birth": "1990-01-01", "date": "2024-05-20",
+      "created": "2024-05-24", "site": ("51185008", "Thoracic structure"),
+      "icd10": ("C34.1", "Malignant neoplasm of upper lobe, bronchus or lung")}),
+    # A body part that contradicts: the bundle bills a knee MR, the image is of the head.
+    ("CLM-2005", "knee_mr.dcm", "MR_small.dcm",
+     {"PatientID": "P-2005", "PatientName": "LEE^MARK", "PatientSex": "M", "PatientBirthDate": "19751212",
+      "StudyDate": "20240408", "BodyPartExamined": "HEAD"},
+     {"family": "Lee", "given": "Mark", "gender": "male", "birth": "1975-12-12", "date": "2024-04-08",
+      "created": "2024-04-10", "site": ("72696002", "Knee region structure"),
+      "icd10": ("M25.561", "Pain in right knee")}),
+    # A diagnosis that does not fit the imaging: a wrist fracture claimed with a chest CT.
+    ("CLM-2006", "ct.dcm", "eCT_Supplemental.dcm",
+     {"PatientID": "P-2006", "PatientName": "KING^LAURA", "PatientSex": "F", "PatientBirthDate": "19850303",
+      "StudyDate": "20240415", "BodyPartExamined": "CHEST"},
+     {"family": "King", "given": "Laura", "gender": "female", "birth": "1985-03-03", "date": "2024-04-15",
+      "created": "2024-04-16", "site": ("51185008", "Thoracic structure"),
+      "icd10": ("S62.101A", "Fracture of unspecified carpal bone, right wrist")}),
+)  # fmt: skip
+
+
+def fhir_claim_bundle(claim_id: str, attachment: str, ds: Dataset, says: dict[str, Any]) -> dict[str, Any]:
+    """A FHIR R4 ``collection`` Bundle of one Claim with its Patient, ImagingStudy (of the image ``ds``) and
+    Procedure, as an insurer's system would send it. ``says``: family, given, gender, birth, date (service,
+    procedure and study start), created, site (SNOMED CT code, display), side (SNOMED CT laterality, optional),
+    icd10 (code, display)."""
+    n = claim_id.lower()
+    snomed, dcm = "http://snomed.info/sct", "http://dicom.nema.org/resources/ontology/DCM"
+    site = {"system": snomed, "code": says["site"][0], "display": says["site"][1]}
+    series: dict[str, Any] = {
+        "uid": str(ds.SeriesInstanceUID), "modality": {"system": dcm, "code": str(ds.Modality)}, "bodySite": site,
+        "instance": [{"uid": str(ds.SOPInstanceUID), "sopClass": {"system": "urn:ietf:rfc:3986",
+                                                                  "code": f"urn:oid:{ds.SOPClassUID}"}}],
+    }  # fmt: skip
+    if says.get("side"):
+        series["laterality"] = {"system": snomed, "code": says["side"]}
+    patient = {"resourceType": "Patient", "id": f"pat-{n}",
+               "name": [{"use": "official", "family": says["family"], "given": [says["given"]]}],
+               "gender": says["gender"], "birthDate": says["birth"]}  # fmt: skip
+    procedure = {"resourceType": "Procedure", "id": f"proc-{n}", "status": "completed",
+                 "subject": {"reference": f"Patient/pat-{n}"}, "performedDateTime": says["date"],
+                 "bodySite": [{"coding": [site]}]}  # fmt: skip
+    study = {"resourceType": "ImagingStudy", "id": f"study-{n}", "status": "available",
+             "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{ds.StudyInstanceUID}"}],
+             "subject": {"reference": f"Patient/pat-{n}"}, "started": says["date"],
+             "modality": [{"system": dcm, "code": str(ds.Modality)}], "numberOfSeries": 1, "numberOfInstances": 1,
+             "procedureReference": {"reference": f"Procedure/proc-{n}"}, "series": [series]}  # fmt: skip
+    claim = {
+        "resourceType": "Claim", "id": claim_id, "status": "active", "use": "claim",
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}]},
+        "patient": {"reference": f"Patient/pat-{n}"}, "created": says["created"],
+        "provider": {"display": "Sample Imaging Centre"},
+        "priority": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/processpriority", "code": "normal"}]},
+        "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "Sample health plan"}}],
+        "diagnosis": [{"sequence": 1, "diagnosisCodeableConcept": {"coding": [{
+            "system": "http://hl7.org/fhir/sid/icd-10-cm", "code": says["icd10"][0], "display": says["icd10"][1]}]}}],
+        "procedure": [{"sequence": 1, "procedureReference": {"reference": f"Procedure/proc-{n}"}}],
+        "supportingInfo": [
+            {"sequence": 1, "category": {"coding": [{"code": "attachment"}]},
+             "valueAttachment": {"contentType": "application/dicom", "url": attachment}},
+            {"sequence": 2, "category": {"coding": [{"code": "info"}]},
+             "valueReference": {"reference": f"ImagingStudy/study-{n}"}},
+        ],
+        "item": [{"sequence": 1, "productOrService": {"text": f"{ds.Modality} imaging"}, "servicedDate": says["date"],
+                  "unitPrice": {"value": 250, "currency": "EUR"}}],
+    }  # fmt: skip
+    return {"resourceType": "Bundle", "id": f"bundle-{n}", "type": "collection",
+            "entry": [{"fullUrl": f"urn:medverify-sample:{r['resourceType']}/{r['id']}", "resource": r}
+                      for r in (claim, patient, study, procedure)]}  # fmt: skip
+
+
+def write_sample_fhir_claims(root: Path) -> Path:
+    """Write claims from the installed sample images and one FHIR R4 bundle a claim under ``root / "fhir"``; return
+    that folder (``medverify claims audit ROOT --fhir ROOT/fhir``).
+
+    CLM-2001 and CLM-2002 are consistent; CLM-2003 files CLM-2002's knee MR for another patient (the same pixels,
+    relabelled, with a bundle that agrees with its new header); CLM-2004's service, procedure and study dates are
+    seven weeks after its CT; CLM-2005 bills a knee MR for an image of the head; CLM-2006 claims a wrist fracture
+    with a chest CT.
+    """
+    import json
+
+    from detectors.data import sample_dicom_files
+    from verifier.errors import InputError
+
+    found = {p.name: p for _pkg, p in sample_dicom_files()}
+    missing = sorted({source for _c, _n, source, _h, _s in _FHIR_CLAIMS} - set(found))
+    if missing:
+        raise InputError(f"the sample image(s) {', '.join(missing)} are not installed (pip install pydicom-data)")
+    bundles = root / "fhir"
+    bundles.mkdir(parents=True, exist_ok=True)
+    for claim, name, source, fields, says in _FHIR_CLAIMS:
+        target = relabelled_copy(found[source], root / claim / name, fields)
+        ds = pydicom.dcmread(target, stop_before_pixels=True)
+        bundle = fhir_claim_bundle(claim, f"{claim}/{name}", ds, says)
+        (bundles / f"{claim}.json").write_text(json.dumps(bundle, indent=2) + "\n", encoding="utf-8")
+    return bundles

@@ -65,6 +65,14 @@ def audit_command(
             "patient_sex, patient_birth_date, claim_date and body_part.",
         ),
     ] = None,
+    fhir: Annotated[
+        Path | None,
+        typer.Option(
+            "--fhir",
+            help="Read the claims from a FHIR R4 bundle (or a folder of *.json bundles) instead of the subfolders: "
+            "the images are cross-checked against the Claim, Patient, ImagingStudy, Procedure and diagnoses.",
+        ),
+    ] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the HTML evidence report here.")] = None,
     package: Annotated[
         Path | None,
@@ -82,7 +90,8 @@ def audit_command(
         typer.Option(
             "--format",
             "-f",
-            help="Output: text, json (the whole audit), jsonl (one line a claim), csv (one row a finding).",
+            help="Output: text, json (the whole audit), jsonl (one line a claim), csv (one row a finding), fhir (a "
+            "FHIR R4 Bundle: a DetectedIssue a finding, a Provenance an image; with --fhir).",
         ),
     ] = "text",
     checks: ChecksOption = None,
@@ -105,7 +114,7 @@ def audit_command(
         if include_images and package is None:
             raise InputError("--include-images puts the images in the evidence package: give --package too")
         return _audit(directory, manifest, report, package, output_format, checks, trust, db, policy_file,
-                      date_tolerance, follow_symlinks, model, heatmaps, include_images)  # fmt: skip
+                      date_tolerance, follow_symlinks, model, heatmaps, include_images, fhir)  # fmt: skip
 
 
 def _audit(
@@ -123,16 +132,27 @@ def _audit(
     model: Path | None,
     heatmaps: Path | None,
     include_images: bool = False,
+    fhir: Path | None = None,
 ) -> int:
     from verifier.claims import ClaimsAuditor, load_claims
 
-    check_format(output_format, (*FORMATS, "csv"))
+    check_format(output_format, (*FORMATS, "csv", "fhir"))
+    if fhir is not None and manifest is not None:
+        raise InputError("give either --fhir or --manifest: the claims come from one of them")
+    if output_format == "fhir" and fhir is None:
+        raise InputError("--format fhir writes the findings against the claims' FHIR resources: give --fhir too")
     settings = _common.settings()
     checker = setup.load_checker(
         settings, checks, trust=trust or (), policy_file=policy_file, model=model, heatmaps=heatmaps,
         notify=_common.note,
     )  # fmt: skip
-    claims = load_claims(directory, manifest, follow_symlinks=follow_symlinks)
+    if fhir is not None:
+        from verifier.claims.fhir.bundle import load_fhir_claims
+
+        # Read and checked in full before any image is checked or any record written.
+        claims = load_fhir_claims(directory, fhir)
+    else:
+        claims = load_claims(directory, manifest, follow_symlinks=follow_symlinks)
     n_files = sum(len(c.files) for c in claims)
     signer = None
     if package is not None:
@@ -171,6 +191,10 @@ def _audit(
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     elif output_format == "csv":
         _print_csv(result)
+    elif output_format == "fhir":
+        from verifier.claims.fhir.export import audit_bundle_json
+
+        sys.stdout.write(audit_bundle_json(result) + "\n")
     else:
         _print_text(result)
     rate = result.files / result.seconds if result.seconds > 0 else 0.0
@@ -212,7 +236,8 @@ def _checks_line(result: ClaimAudit) -> str:
     """What was looked at: each check's coverage, the reuse comparison and the header rules."""
     earlier = (f"compared with each other and with {result.indexed_before} image(s) of earlier audits"
                if result.indexed_before is not None else "compared with each other (no earlier audits)")  # fmt: skip
-    return "; ".join([*(c.sentence() for c in result.coverage()), f"reuse: {earlier}", "header rules: all"])
+    fhir = ["FHIR cross-checks: all"] if any(c.info.fhir is not None for c in result.claims) else []
+    return "; ".join([*(c.sentence() for c in result.coverage()), f"reuse: {earlier}", "header rules: all", *fhir])
 
 
 def _print_text(result: ClaimAudit) -> None:
@@ -251,13 +276,29 @@ def sample_command(
         typer.Option(help="Add a PNG export of a CT made by the in-house GAN (uses the generator and watermark keys "
                      "of the key store, created on first use; the generated image is recorded in the audit log)."),
     ] = True,
+    fhir: Annotated[
+        bool,
+        typer.Option("--fhir", help="Write FHIR R4 claim bundles instead (DIRECTORY/fhir, one a claim) with their "
+                     "DICOM images: consistent claims, a reused image, a contradicting date, body part and diagnosis."),
+    ] = False,
 ) -> None:
     """DICOM claims (a clean one, a reused knee MR, contradicting headers) and exports: a half-size JPEG copy, a PDF
     with a reused image on page 2, a JPEG whose C2PA Content Credentials declare it AI-made, a PNG export of a
-    generated CT."""
+    generated CT. With ``--fhir``: claims as FHIR bundles (``write_sample_fhir_claims``)."""
     import warnings
 
     from verifier.claims.samples import write_sample_claims
+
+    if fhir:
+        from verifier.claims.samples import write_sample_fhir_claims
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bundles = write_sample_fhir_claims(directory)
+        n = len(list(bundles.glob("*.json")))
+        _common.console.print(f"wrote {n} claims under {escape(str(directory))} and their FHIR bundles in "
+                              f"{escape(str(bundles))}", highlight=False)  # fmt: skip
+        return
 
     keys = setup.open_generation_keys(_common.settings(), notify=_common.note) if generated else None
     with warnings.catch_warnings():

@@ -206,7 +206,9 @@ def _claim_view(c: ClaimReport, pairs: list[DuplicatePair], ran: list[str], not_
     mine = [
         p for p in pairs if p.a.claim_id == c.claim_id or (isinstance(p.b, AuditedFile) and p.b.claim_id == c.claim_id)
     ]
-    info = {k: v for k, v in c.info.to_dict().items() if v and k != "claim_id"}
+    info = {k: v for k, v in c.info.to_dict().items() if v and k not in ("claim_id", "fhir")}
+    if c.info.fhir is not None:  # "claimed in FHIR: Claim/c1 (bundle.json): patient ..., born ...; ..."
+        info["in FHIR"] = c.info.fhir.summary()
     files = [_file_view(f) for f in c.files]
     pair_views = [_pair_view(p, c.claim_id) for p in mine]
     by_path = {v["path"]: v for v in files}

@@ -17,6 +17,7 @@ from provenance.trust import TrustPolicy
 from verifier.checker import Checker
 from verifier.claims.audit import _verdict_evidence
 from verifier.claims.evidence import explain, explained_kinds, words
+from verifier.claims.fhir.rules import FHIR_KINDS
 from verifier.claims.headers import HeaderFacts
 from verifier.claims.models import AuditedFile, ClaimInfo, ClaimReport, Finding, Severity
 from verifier.claims.rules import header_findings
@@ -32,7 +33,7 @@ KINDS = {
     "date_mismatch", "equipment_inconsistent", "reused_image", "duplicate_in_claim", "synthetic_copy", "uid_reused",
     "tampered", "suspected_synthetic", "declared_synthetic", "signature_problem", "unreadable",
     "undecodable_pixels", "no_images",
-}  # fmt: skip
+} | FHIR_KINDS  # fmt: skip
 
 
 def test_every_kind_has_its_own_sentence() -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.models.base import Detector, DetectorConfig, FitProgress, ModelError, PatchBatch, register_detector
+from detectors.models.boosting import Forest, fit_forest
 
 __all__ = ["ClassicalDetector", "down_up", "model_features", "patch_features"]
 
@@ -114,7 +115,8 @@ class ClassicalDetector(Detector):
                  "arch_args": {"bins": 8, "C": 1.0, "fit_patches": 512, "two_sided": True}},
         "small": {"patch_size": 64, "max_patches": 32,
                   "arch_args": {"bins": 12, "C": 0.5, "fit_patches": 12000, "self_reference": True,
-                                 "two_sided": True}},
+                                 "two_sided": True, "booster": {"trees": 150, "depth": 3, "rate": 0.1,
+                                                                "subsample": 0.3, "min_leaf": 50}}},
     }
 
     def __init__(self, config: DetectorConfig, *, seed: int = 0) -> None:
@@ -134,6 +136,11 @@ class ClassicalDetector(Detector):
         self.syn_scale = np.ones(n_features)
         self.coef = np.zeros((2, n_features))
         self.intercept = np.zeros(2)
+        booster = config.arch_args.get("booster")
+        #: With ``two_sided``: boosted trees (:mod:`detectors.models.boosting`) for the synthetic head, or None.
+        self.booster: dict[str, float] | None = dict(booster) if booster and self.two_sided else None
+        self.forest: Forest | None = None
+        self._n_features = n_features
 
     def _departures(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """``two_sided``: each feature's clipped absolute departure from the real training patches."""
@@ -145,7 +152,7 @@ class ClassicalDetector(Detector):
         logits = z @ self.coef.T + self.intercept
         if self.two_sided:
             d = (self._departures(x) - self.syn_mean) / self.syn_scale
-            logits[:, 0] = d @ self.coef[0] + self.intercept[0]
+            logits[:, 0] = self.forest.decision(d) if self.forest is not None else d @ self.coef[0] + self.intercept[0]
         return np.asarray(logits, dtype=np.float32)
 
     def fit(
@@ -187,6 +194,10 @@ class ClassicalDetector(Detector):
         for head, labels in enumerate((synthetic, tampered)):
             name = ("syn", "tamper")[head]
             z = heads[head]
+            if head == 0 and self.booster is not None and len(np.unique(labels)) == 2:
+                self.forest = fit_forest(z, labels, seed=seed, **self.booster)
+                metrics[f"{name}_acc"] = float(((self.forest.decision(z) > 0) == labels.astype(bool)).mean())
+                continue
             if len(np.unique(labels)) < 2:
                 self.coef[head] = 0.0
                 self.intercept[head] = -4.0 if labels.max() == 0 else 4.0
@@ -210,6 +221,7 @@ class ClassicalDetector(Detector):
             **({"classical.reference_centre": self.reference[0], "classical.reference_spread": self.reference[1],
                 "classical.syn_mean": self.syn_mean, "classical.syn_scale": self.syn_scale}
                if self.two_sided else {}),
+            **(self.forest.arrays("classical.trees") if self.forest is not None else {}),
         }
 
     def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
@@ -228,6 +240,8 @@ class ClassicalDetector(Detector):
             raise ModelError("classical weights have a non-positive scale")
         if two and (any(a.shape != mean.shape for a in two) or not ((two[1] > 0).all() and (two[3] > 0).all())):
             raise ModelError("classical weights lack a fitting reference of real patches")
+        forest = Forest.from_arrays(arrays, "classical.trees", self._n_features) if self.booster is not None else None
         self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, intercept
+        self.forest = forest
         if two:
             self.reference, self.syn_mean, self.syn_scale = (two[0], two[1]), two[2], two[3]

@@ -735,3 +735,21 @@ def test_boosted_physics_member_keeps_its_scores_through_save_and_load() -> None
     without_trees = {k: v for k, v in detector.state_arrays().items() if not k.startswith("physics.trees.")}
     with pytest.raises(ModelError, match="boosted trees lack"):
         copy.load_state_arrays(without_trees)
+
+
+def test_boosted_classical_synthetic_head_round_trips() -> None:
+    """With ``booster``, the classical member's synthetic head is boosted trees on its two-sided departures; a loaded
+    copy gives the same patch logits, and a bundle without the trees is refused."""
+    settings = {"booster": {"trees": 20, "min_leaf": 5}}
+    detector = create_detector("classical", preset="tiny", seed=0, arch_args=settings)
+    fit = [v for v in tiny_views(10) if v.family != "tamper"]
+    calib = [v for v in tiny_views(6, split="val", offset=50) if v.family != "tamper"]
+    train_detector(detector, fit, calib, steps=1, batch_size=32, seed=0)
+    assert detector.forest is not None and detector.forest.trees == 20
+    copy = create_detector("classical", preset="tiny", seed=0, arch_args=dict(detector.config.arch_args))
+    copy.load_state_arrays(detector.state_arrays())
+    patches = np.stack([v.pixels[:32, :32] for v in tiny_views(3, split="test", offset=300)])
+    np.testing.assert_array_equal(copy.patch_logits(patches), detector.patch_logits(patches))
+    without = {k: v for k, v in detector.state_arrays().items() if not k.startswith("classical.trees.")}
+    with pytest.raises(ModelError, match="boosted trees lack"):
+        copy.load_state_arrays(without)

@@ -533,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reuse", type=Path, default=None, help="Take LOGO figures from this earlier JSON.")
     parser.add_argument("--reuse-bundle", type=Path, default=None,
                         help="Take the bundle's figures from this earlier JSON of the same bundle (to add LOGO or "
-                             "speed without judging it again).")
+                             "speed without judging it again); with --skip-speed, its speed figures too.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--model-card", type=Path, default=None, help="Also write the figures as Markdown here.")
@@ -598,6 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")  # kept if speed fails
     if not args.skip_speed:
         results["speed"] = speed(args.speed_files, args.bundle)
+    elif earlier is not None and earlier.get("speed"):  # the same bundle's speed, measured in the earlier run
+        results["speed"] = earlier["speed"]
     results["targets"] = targets(results)
     results["limits"] = limits(results)
     for name, wanted, got, ok in results["targets"]:

@@ -14,8 +14,10 @@ A second, independent opinion beside the CNN, and fast (numpy FFTs on batches of
   same patch, this depends less on the patch's content and source than the plain features do
   (``benchmarks/bench_detection.py``).
 
-The two heads (synthetic, tamper) are standardised logistic regressions; only their coefficients are stored
-(safetensors), and prediction is plain numpy, so no pickle is ever read.
+The two heads (synthetic, tamper) are standardised logistic regressions; with ``booster`` (the ``small`` preset)
+the synthetic head is boosted trees on its two-sided departures (:mod:`detectors.models.boosting`). Only
+coefficients and the trees' arrays are stored (safetensors), and prediction is plain numpy, so no pickle is ever
+read.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ It never sees a fake, so no generator is "seen" or "unseen" to it. A group with 
 Its tamper score is the largest :func:`~detectors.models.physics.tile_anomaly` of the image (the tile whose
 noise departs most from the rest of its own frame), and that anomaly, tile by tile, is its heatmap.
 
-``physics`` reads the same features but is supervised: a logistic regression of fake against real views (the
-families it was trained on), as a second opinion that stacking weighs against the others. With ``two_sided``
+``physics`` reads the same features but is supervised: a logistic regression, or with ``booster`` (the ``small``
+preset) boosted trees (:mod:`detectors.models.boosting`), of fake against real views (the families it was trained
+on), as a second opinion that stacking weighs against the others. With ``two_sided``
 (the ``small`` preset) it reads each feature as its *departure* from the real images of the image's own group,
 in either direction: the absolute robust z-score against the group's real training images (median and spread,
 with the same fall-back to the form's and then everyone's as the one-class member). A regression on signed

@@ -102,8 +102,13 @@ def test_evaluate_reports_per_family(bundle: Path, corpus: Path, capsys: pytest.
     assert result["data"]["splits"] == ["test", "val"]
     from verifier.cli import _common
 
-    monkeypatch.setattr(_common.console, "width", 160)  # a wide terminal: no cell is wrapped
-    code, out, _err = run_cli(capsys, "evaluate", "--corpus", corpus, "--model", bundle)
+    # A wide terminal, so that no cell is wrapped; then back to the width rich finds itself (monkeypatch would
+    # restore the width it read, fixing it for every later test).
+    _common.console.width = 160
+    try:
+        code, out, _err = run_cli(capsys, "evaluate", "--corpus", corpus, "--model", bundle)
+    finally:
+        _common.console.width = None  # type: ignore[assignment]
     assert code == 0 and "95% CI (patients)" in out and f"{low:.2f}-{high:.2f}" in out
 
 

@@ -717,7 +717,7 @@ def test_boosted_physics_member_keeps_its_scores_through_save_and_load() -> None
     """The physics member with boosted trees and fold-wise references flags held-out blurred fakes, and a loaded
     copy scores exactly as the trained one."""
     fit = [v for v in tiny_views(12) if v.family != "tamper"]
-    settings = {"booster": {"trees": 30, "min_leaf": 2}, "reference_folds": 3}
+    settings = {"booster": {"trees": 30, "min_leaf": 2}, "reference_folds": 3, "twins": 0.5}
     detector = create_detector("physics", preset="tiny", seed=0, arch_args=settings)
     metrics = detector.fit_images([TrainingImage(v.pixels, int(v.family != "real"), v.group, source=v.source_id)
                                    for v in fit])

@@ -1,4 +1,4 @@
-"""Event-driven reactors for the gateway's server-side associations (pynetdicom 3.0).
+"""Event-driven reactors for the gateway's associations (pynetdicom 3.0).
 
 pynetdicom runs two threads per association and both poll: the DUL reactor sleeps 1 ms whenever it found nothing to
 do, and the association reactor sleeps 1 ms on every turn (``_run_loop_delay``, and a literal ``time.sleep(0.001)``
@@ -6,7 +6,7 @@ in ``Association._run_reactor``; its own TODO: "try and make this event based").
 open associations that is some 40,000 wake-ups a second, each taking the interpreter lock from the threads that
 check instances (51 % of the gateway's py-spy samples at 20 associations, benchmarks/README.md).
 
-:func:`make_event_driven` turns a new, not yet started acceptor association into one whose two threads block
+:func:`make_event_driven` turns a new, not yet started association into one whose two threads block
 instead:
 
 - the DUL thread waits in ``select`` on the association's socket and on a wake-up socket, which is written when
@@ -17,8 +17,9 @@ instead:
 
 Both loops are otherwise pynetdicom's own, line for line; both still wake at least every :data:`IDLE_WAIT` seconds,
 so timers (ARTIM, the network idle timeout) and anything this module does not signal are seen as before, only
-later by at most that. The gateway applies it from its ``EVT_CONN_OPEN`` handler, which pynetdicom calls after
-creating the association and before starting its threads. Other pynetdicom versions are left as they are
+later by at most that. The gateway applies it to the associations it accepts from its ``EVT_CONN_OPEN`` handler,
+which pynetdicom calls after creating the association and before starting its threads, and the forwarder to those
+it requests through :func:`requestor_ae`. Other pynetdicom versions are left as they are
 (:func:`supported`), since the loops are copied from 3.0.
 """
 
@@ -33,7 +34,7 @@ import threading
 import time
 from typing import Any, cast
 
-__all__ = ["IDLE_WAIT", "make_event_driven", "supported"]
+__all__ = ["IDLE_WAIT", "make_event_driven", "requestor_ae", "supported"]
 
 #: Longest a reactor thread blocks without a signal (seconds): how late a timer expiry is seen.
 IDLE_WAIT = 0.05
@@ -61,7 +62,7 @@ class _Checkpoint(threading.Event):
 
 
 def make_event_driven(assoc: Any) -> bool:
-    """Make the acceptor association ``assoc`` (created, threads not started) block instead of polling; True if
+    """Make the association ``assoc`` (created, threads not started) block instead of polling; True if
     done. Does nothing (False) with an unsupported pynetdicom or an association already started."""
     if not supported() or assoc.is_alive() or assoc._started_dul:
         return False
@@ -88,6 +89,23 @@ def make_event_driven(assoc: Any) -> bool:
     assoc.dul = dul
     assoc.__class__ = _association_class()
     return True
+
+
+def requestor_ae(ae_title: str) -> Any:
+    """A pynetdicom ``AE`` whose ``associate`` gives event-driven associations (the forwarder's, to the PACS): it
+    converts each one in ``_create_socket``, which ``AE.associate`` calls after creating the association and before
+    requesting it. With an unsupported pynetdicom it is a plain ``AE``."""
+    from pynetdicom import AE
+
+    if "ae" not in _CLASSES:
+
+        class EventDrivenAE(AE):
+            def _create_socket(self, assoc: Any, address: Any, tls_args: Any) -> Any:
+                make_event_driven(assoc)
+                return super()._create_socket(assoc, address, tls_args)
+
+        _CLASSES["ae"] = EventDrivenAE
+    return _CLASSES["ae"](ae_title=ae_title) if supported() else AE(ae_title=ae_title)
 
 
 _CLASSES: dict[str, type] = {}
@@ -123,6 +141,16 @@ def _dul_class() -> type:
         def kill_dul(self) -> None:
             super().kill_dul()
             self._wake()
+
+        def stop_dul(self) -> bool:
+            # pynetdicom's, but the reactor is woken to see the flag instead of finding it after its wait.
+            if self.state_machine.current_state == "Sta1":
+                self._kill_thread = True
+                self._wake()
+                while self.is_alive():
+                    time.sleep(self._run_loop_delay)
+                return True
+            return False
 
         def _wait(self) -> None:
             """Block until the peer sent data, a primitive was handed over, or IDLE_WAIT passed."""

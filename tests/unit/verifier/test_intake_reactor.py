@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from verifier.intake._reactor import IDLE_WAIT, make_event_driven, supported
+from verifier.intake._reactor import IDLE_WAIT, make_event_driven, requestor_ae, supported
 
 pytestmark = pytest.mark.skipif(not supported(), reason="the reactor loops are copied from pynetdicom 3.0")
 
@@ -44,8 +44,8 @@ def server() -> Iterator[dict[str, Any]]:
         srv.shutdown()
 
 
-def _client() -> AE:
-    ae = AE("SCU")
+def _client(event_driven: bool = False) -> AE:
+    ae = requestor_ae("SCU") if event_driven else AE("SCU")
     ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
@@ -114,3 +114,24 @@ def test_a_started_association_is_left_as_it_is(server: dict[str, Any]) -> None:
         assert type(assoc).__name__ == "Association"
     finally:
         assoc.release()
+
+
+def test_requestor_association_of_the_forwarder_is_event_driven(server: dict[str, Any]) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assoc = _client(event_driven=True).associate("127.0.0.1", server["port"])
+    assert assoc.is_established
+    assert type(assoc).__name__ == "EventDrivenAssociation"
+    for _ in range(3):
+        assert assoc.send_c_store(ds).Status == 0x0000
+    before = assoc.dul.waits
+    time.sleep(0.3)
+    assert assoc.dul.waits - before <= 0.3 / IDLE_WAIT + 3
+    assert assoc.send_c_echo().Status == 0x0000
+    started = time.monotonic()
+    assoc.release()
+    assert assoc.is_released
+    assert _wait_until(lambda: not assoc.is_alive() and not assoc.dul.is_alive())
+    assert time.monotonic() - started < 1.0
+    assert server["stored"] == 3

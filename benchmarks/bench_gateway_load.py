@@ -108,12 +108,14 @@ def build_corpus(work: Path, n: int) -> tuple[Path, dict[str, Path]]:
 
 def _association(port: int, called: str, share: list[str], start: float) -> list[tuple[str, int | None, float]]:
     """One association sending ``share`` (file paths) one after another; (path, status, ms) per C-STORE."""
-    from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+    from verifier.intake._reactor import requestor_ae
     from verifier.intake.queue import set_no_delay
 
-    ae = AE(ae_title=CALLER)
+    # As the gateway's forwarder: the association blocks instead of polling every millisecond, and does not lose
+    # responses to pynetdicom issue #435 (which left whole runs with unanswered C-STOREs before).
+    ae = requestor_ae(CALLER)
     ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     time.sleep(max(0.0, start - time.time()))  # every association of every process opens at once

@@ -15,7 +15,10 @@ instead:
   DIMSE message, a release or abort request: whatever the association reactor looks for), when it stops, when
   the association is killed, and when a local caller pauses the reactor to send (``_reactor_checkpoint.clear``).
 
-Both loops are otherwise pynetdicom's own, line for line; both still wake at least every :data:`IDLE_WAIT` seconds,
+Both loops are otherwise pynetdicom's own, line for line, but for one fix: the association reactor checks again,
+after passing its pause point, that no caller paused it meanwhile, before it takes a message off the queue (else it
+can take the response a caller of ``send_c_store`` waits for, which then times out: "Received unexpected C-STORE
+service message", the unanswered C-STOREs of the benchmark's senders, benchmarks/README.md). Both still wake at least every :data:`IDLE_WAIT` seconds,
 so timers (ARTIM, the network idle timeout) and anything this module does not signal are seen as before, only
 later by at most that. The gateway applies it to the associations it accepts from its ``EVT_CONN_OPEN`` handler,
 which pynetdicom calls after creating the association and before starting its threads, and the forwarder to those
@@ -244,13 +247,19 @@ def _association_class() -> type:
 
         def _run_reactor(self) -> None:
             # pynetdicom 3.0's Association._run_reactor, with the time.sleep(0.001) at the top of each turn ->
-            # a wait at the bottom on the DUL's signal (cleared before the queues are looked at, so none is lost).
+            # a wait at the bottom on the DUL's signal (cleared before the queues are looked at, so none is lost),
+            # and the pause checked again before a message is taken (see below).
             self._is_paused = False
             while not self._kill:
                 self._work.clear()
                 self._is_paused = True
                 self._reactor_checkpoint.wait()
                 self._is_paused = False
+                if not self._reactor_checkpoint.is_set():
+                    # A caller paused the reactor after it passed the checkpoint but may have read the stale
+                    # _is_paused = True and gone on to send: its response must not be taken off the queue here
+                    # ("Received unexpected C-STORE service message", and the caller times out). Pause again.
+                    continue
 
                 context_id, msg = self.dimse.get_msg(block=False)
                 if msg:

@@ -18,11 +18,11 @@ instead:
 Both loops are otherwise pynetdicom's own, line for line, but for one fix: the association reactor checks again,
 after passing its pause point, that no caller paused it meanwhile, before it takes a message off the queue (else it
 can take the response a caller of ``send_c_store`` waits for, which then times out: "Received unexpected C-STORE
-service message", the unanswered C-STOREs of the benchmark's senders, benchmarks/README.md). Both still wake at least every :data:`IDLE_WAIT` seconds,
-so timers (ARTIM, the network idle timeout) and anything this module does not signal are seen as before, only
-later by at most that. The gateway applies it to the associations it accepts from its ``EVT_CONN_OPEN`` handler,
-which pynetdicom calls after creating the association and before starting its threads, and the forwarder to those
-it requests through :func:`requestor_ae`. Other pynetdicom versions are left as they are
+service message", the unanswered C-STOREs of the benchmark's senders, benchmarks/README.md). Both still wake at
+least every :data:`IDLE_WAIT` seconds, so timers (ARTIM, the network idle timeout) and anything this module does not
+signal are seen as before, only later by at most that. The gateway applies it to the associations it accepts from its
+``EVT_CONN_OPEN`` handler, which pynetdicom calls after creating the association and before starting its threads,
+and the forwarder to those it requests through :func:`requestor_ae`. Other pynetdicom versions are left as they are
 (:func:`supported`), since the loops are copied from 3.0.
 """
 

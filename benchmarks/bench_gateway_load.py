@@ -13,7 +13,9 @@ Peers, measured in the same run, at every association count of ``--associations`
   namespace, as in bench_intake.py: Orthanc's DICOM port listens on every address; root only; ``--no-orthanc``
   skips it);
 * ``gateway x1``: ``medverify gateway`` (check, audit record, fsync'd spool, answer), forwarding to a storescp;
-* ``gateway xN``: ``medverify gateway --workers N`` (``--workers``, default 2).
+* ``gateway xN``: ``medverify gateway --workers N`` (``--workers``, default 2);
+* ``baseline x1``, ``baseline xN``: with ``--baseline PATH``, the same gateways run from the code of another
+  checkout (a worktree of main), so that a change is measured against what it changes in one run, on one load.
 
 The gateways record into ``--db``: ``sqlite`` (a file per run) or ``postgresql`` (a durable throw-away server,
 fsync on, started here from the PostgreSQL binaries as tests/fixtures_postgres.py does). Checked, not just timed,
@@ -34,6 +36,7 @@ is saved with the figures: on a shared machine they are noisy. Figures are print
     nice -n 10 python benchmarks/bench_gateway_load.py                             # 1/20/50 associations, 2,000
     nice -n 10 python benchmarks/bench_gateway_load.py --associations 20 --instances 600 --db postgresql
     nice -n 10 python benchmarks/bench_gateway_load.py --associations 20 --instances 600 --pin --no-orthanc
+    nice -n 10 python benchmarks/bench_gateway_load.py --associations 1,20 --instances 600 --baseline ../main-copy
 """
 
 from __future__ import annotations
@@ -105,12 +108,14 @@ def build_corpus(work: Path, n: int) -> tuple[Path, dict[str, Path]]:
 
 def _association(port: int, called: str, share: list[str], start: float) -> list[tuple[str, int | None, float]]:
     """One association sending ``share`` (file paths) one after another; (path, status, ms) per C-STORE."""
-    from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+    from verifier.intake._reactor import requestor_ae
     from verifier.intake.queue import set_no_delay
 
-    ae = AE(ae_title=CALLER)
+    # As the gateway's forwarder: the association blocks instead of polling every millisecond, and does not lose
+    # responses to pynetdicom issue #435 (which left whole runs with unanswered C-STOREs before).
+    ae = requestor_ae(CALLER)
     ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     time.sleep(max(0.0, start - time.time()))  # every association of every process opens at once
@@ -207,13 +212,13 @@ def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 proc.wait()
 
 
-def _env(home: Path, db_url: str | None = None) -> dict[str, str]:
+def _env(home: Path, db_url: str | None = None, code: Path = REPO_ROOT) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVERIFY_")}
     env.update(MEDVERIFY_HOME=str(home), MEDVERIFY_KEY_PASSPHRASE=PASSPHRASE, OMP_NUM_THREADS="1", TCP_NODELAY="1")
     if db_url:
         env["MEDVERIFY_DB_URL"] = db_url
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH", "")]))
     return env
 
 
@@ -348,7 +353,9 @@ def run_level(args: argparse.Namespace, work: Path, home: Path, files: Path, uid
     rows: list[dict[str, Any]] = []
     sender_pin, server_pin = _pin(0 if args.pin else None), _pin(1 if args.pin else None)
     peers = ["storescp", *(["orthanc+plugin"] if not args.no_orthanc else []), "gateway x1"]
+    peers += ["baseline x1"] if args.baseline else []
     peers += [f"gateway x{args.workers}"] if args.workers > 1 else []
+    peers += [f"baseline x{args.workers}"] if args.workers > 1 and args.baseline else []
     for label in peers:
         tag = f"{label.replace(' ', '-').replace('+', '-')}-{associations}"
         pacs_dir, pacs_port = work / f"pacs-{tag}", _free_port()
@@ -364,17 +371,18 @@ def run_level(args: argparse.Namespace, work: Path, home: Path, files: Path, uid
             else:
                 workers = int(label.split("x")[1])
                 db_url = pg.create_database() if pg is not None else f"sqlite:///{work / f'audit-{tag}.db'}"
-                env = _env(home, db_url)
+                env = _env(home, db_url, args.baseline if label.startswith("baseline") else REPO_ROOT)
                 gw_port = _free_port()
                 cmd = [*server_pin, *_gateway_cmd(work, tag, gw_port, pacs_port, args.checks, associations, workers)]
                 prof = None
-                if args.profile and workers == 1 and associations == max(args.associations):
+                if args.profile and label == "gateway x1" and associations == max(args.associations):
                     prof = args.output.with_suffix(".pyspy.txt")
                 with _process(cmd, env, work / f"gateway-{tag}.log") as proc:
                     _wait(lambda p=gw_port: _listening(p), "medverify gateway")
                     time.sleep(3.0 if workers > 1 else 0.5)  # every worker listening and warmed up
                     with _sampling(proc.pid, prof) if prof is not None else nullcontext():
-                        load = _send(gw_port, "MEDVERIFY", files, associations, args.processes, env, sender_pin)
+                        load = _send(gw_port, "MEDVERIFY", files, associations, args.processes, _env(home, db_url),
+                                     sender_pin)  # fmt: skip
                     row = _row(label, associations, load)
                     started = time.perf_counter()
                     _wait(lambda d=pacs_dir, k=row["success"]: _stored(d) >= k, "forwarding", timeout=900)
@@ -485,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-orthanc", action="store_true", help="skip the Orthanc rows")
     parser.add_argument("--pin", action="store_true", help="senders on CPU 0, the peer on CPU 1 (taskset)")
     parser.add_argument("--profile", action="store_true", help="cProfile the one-process gateway at the top count")
+    parser.add_argument("--baseline", type=Path, help="also run the gateway rows with the code of this checkout "
+                        "(e.g. a worktree of main), as 'baseline xN', in the same run")  # fmt: skip
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if args.command == "send":
@@ -512,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         "db": args.db,
         "workers": args.workers,
         "pinned": args.pin,
+        "baseline": str(args.baseline) if args.baseline else None,
         "targets": {"per_s_at_20": TARGET_PER_S_20, "added_p50_at_1_ms": TARGET_ADDED_P50_1_MS},
         "machine": {
             "cpus": os.cpu_count(),

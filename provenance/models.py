@@ -118,12 +118,13 @@ class SignatureInfo(_NoBool):
     pixel_binding: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        # Field by field, not dataclasses.asdict: that deep-copies ``covered`` (one string per signed element,
+        # hundreds) only to drop it, which cost the gateway about 2 ms of every audit record.
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "covered"}
         out["status"] = self.status.value
         out["profiles"] = list(self.profiles)
         out["reasons"] = list(self.reasons)
         out["covered_count"] = len(self.covered)
-        del out["covered"]
         return out
 
 

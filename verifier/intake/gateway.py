@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from verifier.errors import ConfigError
+from verifier.intake._reactor import make_event_driven
 from verifier.intake.decide import Intake, IntakeDecision, Peer, error_comment
 from verifier.intake.queue import Destination, Forwarder, QuarantineStore, Spool, set_no_delay
 from verifier.intake.sidecar import sidecar_record
@@ -180,7 +181,7 @@ class Gateway:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_CONN_OPEN, _no_delay),
+            (evt.EVT_CONN_OPEN, _on_connection),
         ]
         server: ThreadedAssociationServer | None
         if self.shared_port:
@@ -353,8 +354,11 @@ def _discard_unclaimed(staging: Future[Path]) -> None:
         Spool.discard(staging.result())  # a no-op after commit: the file was renamed away
 
 
-def _no_delay(event: Event) -> None:
-    """Turn Nagle off on an association's socket: a small last PDU must not wait for a delayed ACK (~40 ms)."""
+def _on_connection(event: Event) -> None:
+    """A new association, before its threads start: its threads block instead of polling every millisecond
+    (:mod:`verifier.intake._reactor`), and Nagle is off on its socket (a small last PDU must not wait for a delayed
+    ACK, ~40 ms)."""
+    make_event_driven(event.assoc)
     set_no_delay(event.assoc)
 
 

@@ -388,8 +388,10 @@ class Forwarder(threading.Thread):
     def _send(self, files: list[Path]) -> bool:
         """Send ``files`` over one association; True if any was delivered or settled for good."""
         from pydicom.uid import UID
-        from pynetdicom import AE, _config
+        from pynetdicom import _config
         from pynetdicom.dsutils import split_dataset
+
+        from verifier.intake._reactor import requestor_ae
 
         _config.STORE_SEND_CHUNKED_DATASET = True  # send the spooled bytes as they are, without decoding
         contexts: dict[tuple[str, str], list[Path]] = {}
@@ -406,7 +408,7 @@ class Forwarder(threading.Thread):
                 contexts.setdefault(key, []).append(path)
         if not contexts:
             return settled
-        ae = AE(ae_title=self.calling_ae_title)
+        ae = requestor_ae(self.calling_ae_title)  # its association blocks instead of polling every millisecond
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         for sop_class, syntax in contexts:
             ae.add_requested_context(UID(sop_class), [UID(syntax)])

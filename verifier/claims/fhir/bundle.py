@@ -193,6 +193,16 @@ def _validate(obj: dict[str, Any], name: str) -> Any:
         raise InputError(f"FHIR bundle {name} is not valid FHIR R4: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
+def _when(date_time: Any, period: Any, element: str) -> When | None:
+    """A FHIR ``[x]`` date choice (``...DateTime`` or ``...Period``) as a :class:`When` naming the element it came from
+    (``element`` is its name without the type suffix); None when neither gives a day."""
+    if (day := _day(date_time)) is not None:
+        return When(start=day, element=f"{element}DateTime")
+    if period is not None and (start := _day(period.start)) is not None:
+        return When(start=start, end=_day(period.end), element=f"{element}Period")
+    return None
+
+
 def _day(value: Any) -> dt.date | None:
     """A FHIR date / dateTime as a date; a partial date (``1970``, ``1970-02``) says no day."""
     if isinstance(value, dt.datetime):
@@ -327,11 +337,7 @@ class _Reader:
 
     def report(self, r: Any) -> FhirReport:
         ref = self.ref(r)
-        effective = None
-        if (day := _day(r.effectiveDateTime)) is not None:
-            effective = When(start=day, element=f"{ref}.effectiveDateTime")
-        elif r.effectivePeriod is not None and (start := _day(r.effectivePeriod.start)) is not None:
-            effective = When(start=start, end=_day(r.effectivePeriod.end), element=f"{ref}.effectivePeriod")
+        effective = _when(r.effectiveDateTime, r.effectivePeriod, f"{ref}.effective")
         studies = []
         for i, study in enumerate(r.imagingStudy or ()):
             target = self.resolve(study, f"{ref}.imagingStudy[{i}]", "ImagingStudy")
@@ -382,11 +388,7 @@ class _Reader:
 
     def procedure(self, p: Any) -> FhirProcedure:
         ref = self.ref(p)
-        performed = None
-        if (day := _day(p.performedDateTime)) is not None:
-            performed = When(start=day, element=f"{ref}.performedDateTime")
-        elif p.performedPeriod is not None and (start := _day(p.performedPeriod.start)) is not None:
-            performed = When(start=start, end=_day(p.performedPeriod.end), element=f"{ref}.performedPeriod")
+        performed = _when(p.performedDateTime, p.performedPeriod, f"{ref}.performed")
         sites: list[Code] = []
         for i, site in enumerate(p.bodySite or ()):
             sites += _codes(site, f"{ref}.bodySite[{i}]")

@@ -45,6 +45,11 @@ def _finding(kind: str, severity: Severity, message: str, files: Iterable[Audite
                    evidence={"fhir": elements, **evidence})  # fmt: skip
 
 
+def _images_of(c: ClaimHeaders, studies: list[FhirStudy]) -> list[Image]:
+    """The images of ``studies``; every image of the claim when a resource names no study."""
+    return [i for s in studies for i in _study_images(c, s)] if studies else list(c.images)
+
+
 def _study_images(c: ClaimHeaders, study: FhirStudy) -> list[Image]:
     return [(f, h) for f, h in c.images if study.uid and h.study_instance_uid == study.uid]
 
@@ -167,18 +172,14 @@ def _dated(claim: FhirClaim, c: ClaimHeaders) -> Iterator[tuple[When, list[Image
     for proc in claim.procedures:
         if proc.performed is None:
             continue
-        linked = [s for s in claim.studies if proc.ref in s.procedures]
-        images = [i for s in linked for i in _study_images(c, s)] if linked else list(c.images)
-        yield proc.performed, images, c.tolerance_days
+        yield proc.performed, _images_of(c, [s for s in claim.studies if proc.ref in s.procedures]), c.tolerance_days
     for study in claim.studies:
         if study.started is not None:
             yield study.started, _study_images(c, study), STUDY_DATE_TOLERANCE_DAYS
     for report in claim.reports:
         if report.effective is None:
             continue
-        read = [s for s in claim.studies if s.ref in report.studies]
-        images = [i for s in read for i in _study_images(c, s)] if read else list(c.images)
-        yield report.effective, images, c.tolerance_days
+        yield report.effective, _images_of(c, [s for s in claim.studies if s.ref in report.studies]), c.tolerance_days
 
 
 def date_mismatch(claim: FhirClaim, c: ClaimHeaders) -> Iterator[Finding]:
